@@ -1,0 +1,94 @@
+"""The command line: parse flags, call one core function, render its result.
+
+Errors from the core arrive as :class:`archiver.errors.ArchiverError` and are turned into a
+message and an exit code here, and only here.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from .. import log
+from ..errors import ArchiverError, ExitCode
+from .context import AppContext, default_policies_path
+from .pending import pending_command
+from .policy_cmd import policy_group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--policies", "policies_path", default=default_policies_path, show_default="$ARCHIVER_POLICIES or ./policies",
+              type=click.Path(), help="Policy file or directory of *.yaml policies.")
+@click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True,
+              help="Log lines as text (terminal) or JSON lines (auto: text on a terminal).")
+@click.option("-v", "--verbose", count=True, help="More logging (debug).")
+@click.option("-q", "--quiet", count=True, help="Less logging (warnings and errors only).")
+@click.version_option(package_name="archiver")
+@click.pass_context
+def cli(ctx: click.Context, policies_path: str, log_format: str, verbose: int, quiet: int) -> None:
+    """Backups, cold-tier archives and restore drills for PostgreSQL / TimescaleDB databases."""
+    log.setup(log_format, verbose - quiet)
+    ctx.obj = AppContext(policies_path=policies_path, log_format=log_format, verbosity=verbose - quiet)
+
+
+cli.add_command(policy_group)
+
+_NAME = click.Argument(["name"])
+_DRY_RUN = click.Option(["--dry-run"], is_flag=True, help="Print the decisions, change nothing.")
+_JSON = click.Option(["--json", "as_json"], is_flag=True, help="Print a JSON document.")
+
+
+@click.group("backups")
+def backups_group() -> None:
+    """Backups in storage."""
+
+
+backups_group.add_command(pending_command("list", "List backups, newest first.", click.Argument(["name"], required=False), _JSON))
+
+for command in (
+    pending_command("backup", "Take one backup of policy NAME now.", _NAME),
+    backups_group,
+    pending_command("prune", "Apply backup retention.", _NAME, _DRY_RUN),
+    pending_command("archive", "Export aged chunks to Parquet.", _NAME, _DRY_RUN, click.Option(["--table"])),
+    pending_command("retention", "Drop chunks past drop_after; expire cold files.", _NAME, _DRY_RUN),
+    pending_command("plan", "What archive / retention / prune would do now.", _NAME),
+    pending_command("restore", "Restore a backup into a target database.", _NAME, click.Option(["--target"]),
+                    click.Option(["--backup"]), click.Option(["--before"]), click.Option(["--clean"], is_flag=True),
+                    click.Option(["--yes"], is_flag=True)),
+    pending_command("restore-archive", "Load archived rows back into a table.", _NAME, click.Option(["--table"]),
+                    click.Option(["--from", "from_"]), click.Option(["--to"]), click.Option(["--target"])),
+    pending_command("verify", "Restore drill into a throw-away instance.", _NAME, click.Option(["--backup"]),
+                    click.Option(["--scratch"]), _JSON),
+    pending_command("run", "Run one task for cron / CronJob.", _NAME, click.Argument(["task"])),
+    pending_command("worker", "Run every policy's tasks on their schedules."),
+    pending_command("status", "Per policy: newest backup, drill, archive coverage.", _JSON),
+    pending_command("demo", "The whole cycle on an embedded default."),
+):
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the command, map errors to exit codes."""
+    try:
+        result = cli.main(args=argv, prog_name="archiver", standalone_mode=False)
+    except ArchiverError as exc:
+        click.echo(f"error: {log.scrub(str(exc))}", err=True)
+        sys.exit(int(exc.exit_code))
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.USAGE)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception:  # a bug: say so plainly, keep the traceback for the report
+        click.echo("internal error (a bug in archiver; please report it with this traceback):", err=True)
+        click.echo(log.scrub(traceback.format_exc()), err=True)
+        sys.exit(ExitCode.TASK_FAILED)
+    sys.exit(int(result) if isinstance(result, int) else ExitCode.OK)

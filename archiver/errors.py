@@ -1,0 +1,99 @@
+"""One exception root for the whole tool.
+
+Every error the core raises derives from :class:`ArchiverError` and carries the exit code the
+command ends with. Only the CLI edge turns an error into a message and an exit code.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    TASK_FAILED = 1
+    USAGE = 2
+    LOCK_BUSY = 3
+    VERIFICATION_FAILED = 4
+    HELD_BACK = 5
+
+
+class ArchiverError(Exception):
+    """Root of every error the tool raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.TASK_FAILED
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class TaskFailed(ArchiverError):
+    exit_code = ExitCode.TASK_FAILED
+
+
+class UsageError(ArchiverError):
+    exit_code = ExitCode.USAGE
+
+
+class NotImplementedYet(UsageError):
+    def __init__(self, command: str) -> None:
+        super().__init__(f"{command}: not implemented yet")
+
+
+class PolicyError(UsageError):
+    """One or more problems in policy files; ``issues`` holds every one of them."""
+
+    def __init__(self, issues: list["PolicyIssue"]) -> None:  # noqa: F821 - defined in policy.py
+        self.issues = issues
+        lines = [str(issue) for issue in issues]
+        super().__init__("\n".join(lines) if lines else "invalid policy")
+
+
+class LockBusy(ArchiverError):
+    exit_code = ExitCode.LOCK_BUSY
+
+
+class VerificationFailed(ArchiverError):
+    exit_code = ExitCode.VERIFICATION_FAILED
+
+
+class StoreError(TaskFailed):
+    """A storage operation failed (after retries, where retrying made sense)."""
+
+
+class ObjectNotFound(StoreError):
+    def __init__(self, url: str) -> None:
+        super().__init__(f"object not found: {url}")
+        self.url = url
+
+
+class ObjectExists(StoreError):
+    """A create-only write found the object already there."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"object already exists: {url}")
+        self.url = url
+
+
+class DatabaseError(TaskFailed):
+    """A database operation failed; the message never contains a password."""
+
+
+class ExternalCommandFailed(TaskFailed):
+    """An external program (pg_dump, pg_restore, initdb ...) failed."""
+
+    def __init__(self, program: str, returncode: int | None, stderr_tail: str, *, what: str = "") -> None:
+        status = "was killed" if returncode is not None and returncode < 0 else f"exited {returncode}"
+        if returncode is None:
+            status = "did not finish"
+        detail = f": {what}" if what else ""
+        tail = f"\n--- {program} stderr (last lines) ---\n{stderr_tail.rstrip()}" if stderr_tail.strip() else ""
+        super().__init__(f"{program} {status}{detail}{tail}")
+        self.program = program
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail

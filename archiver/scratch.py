@@ -1,0 +1,214 @@
+"""Throw-away PostgreSQL instances for restore drills (and, the same code, for the test suite).
+
+``LocalPostgres`` runs ``initdb`` + ``pg_ctl`` in a temporary directory on a free loopback
+port. As root, the server programs run as the ``postgres`` user (initdb refuses root). When the
+TimescaleDB extension is installed for that PostgreSQL, it is preloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from . import pgbin
+from .errors import ExternalCommandFailed, TaskFailed
+
+SERVER_USER = "postgres"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_as() -> dict[str, Any]:
+    """subprocess arguments that drop root for server programs."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        entry = pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        raise TaskFailed(f"running as root needs a {SERVER_USER!r} user to run PostgreSQL server programs "
+                         "(initdb refuses root)") from None
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [],
+            "env": {**os.environ, "HOME": entry.pw_dir, "USER": SERVER_USER}}
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class LocalPostgres:
+    """A PostgreSQL cluster in a temp directory; ``with LocalPostgres() as pg: pg.dsn("db")``."""
+
+    def __init__(self, *, major: int | None = None, bin_dir: str | None = None, base_dir: str | None = None,
+                 timescaledb: bool | None = None, settings: dict[str, str] | None = None,
+                 startup_timeout: float = 120.0) -> None:
+        initdb = pgbin.find("initdb", server_major=major, configured=bin_dir)
+        self.bindir = initdb.parent
+        self.major = pgbin.program_version(str(initdb))[0]
+        if major is not None and self.major != major:
+            raise TaskFailed(f"PostgreSQL {major} server programs are not installed (found {self.major} in {self.bindir})",
+                             hint=f"install postgresql-{major}, or use a container scratch instance")
+        available = pgbin.extension_available(self.bindir, "timescaledb")
+        if timescaledb and not available:
+            raise TaskFailed(f"TimescaleDB is not installed for PostgreSQL {self.major} in {self.bindir}",
+                             hint="install the timescaledb package for this major, or use a container scratch instance "
+                                  "with a timescale/timescaledb image")
+        self.timescaledb = available if timescaledb is None else timescaledb
+        self.base_dir = base_dir
+        self.settings = dict(settings or {})
+        self.startup_timeout = startup_timeout
+        self.workdir: Path | None = None
+        self.port: int | None = None
+        self.started = False
+
+    # -- paths ------------------------------------------------------------------------------
+    @property
+    def datadir(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "socket"
+
+    @property
+    def logfile(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "server.log"
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user={SERVER_USER} dbname={dbname}"
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> "LocalPostgres":
+        self.workdir = Path(tempfile.mkdtemp(prefix="archiver-scratch-", dir=self.base_dir))
+        self.workdir.chmod(0o755)
+        self.socket_dir.mkdir()
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(SERVER_USER)
+            for path in (self.workdir, self.socket_dir):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        try:
+            self._check_workdir_access()
+            self._initdb()
+            self._configure()
+            self._pg_ctl_start()
+        except BaseException:
+            self.stop()
+            raise
+        self.started = True
+        return self
+
+    def _program(self, name: str) -> str:
+        return str(self.bindir / name)
+
+    def _run(self, argv: list[str], what: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.workdir,
+                                    **_run_as())
+        except subprocess.TimeoutExpired as exc:
+            raise ExternalCommandFailed(Path(argv[0]).name, None, str(exc.stderr or ""), what=f"{what} timed out") from None
+        if result.returncode != 0:
+            raise ExternalCommandFailed(Path(argv[0]).name, result.returncode, _tail(result.stderr + result.stdout), what=what)
+        return result
+
+    def _check_workdir_access(self) -> None:
+        if os.geteuid() != 0:
+            return
+        probe = subprocess.run(["test", "-w", str(self.workdir)], **_run_as())
+        if probe.returncode != 0:
+            raise TaskFailed(f"scratch directory {self.workdir} is not reachable by the {SERVER_USER!r} user "
+                             "(a parent directory is private)",
+                             hint="choose a scratch work_dir every user can traverse, e.g. /var/tmp")
+
+    def _initdb(self) -> None:
+        self._run([self._program("initdb"), "-D", str(self.datadir), "-U", SERVER_USER, "-A", "trust",
+                   "-E", "UTF8", "--no-locale", "--no-sync"], "initdb of a scratch cluster", timeout=300)
+
+    def _configure(self) -> None:
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.socket_dir}'",
+            "max_connections": "60",
+            # A scratch cluster is thrown away: durability only costs time here.
+            "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+            "max_wal_size": "2GB", "logging_collector": "off",
+        }
+        if self.timescaledb:
+            settings["shared_preload_libraries"] = "'timescaledb'"
+            settings["timescaledb.telemetry_level"] = "off"
+            settings["max_locks_per_transaction"] = "256"
+        settings.update(self.settings)
+        with open(self.datadir / "postgresql.auto.conf", "a") as conf:
+            for key, value in settings.items():
+                conf.write(f"{key} = {value}\n")
+
+    def _pg_ctl_start(self) -> None:
+        last_error: Exception | None = None
+        for _ in range(3):  # a free port can be taken between choosing it and binding it
+            self.port = free_port()
+            try:
+                self._run([self._program("pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile), "-w",
+                           "-t", str(int(self.startup_timeout)), "-o", f"-p {self.port}", "start"],
+                          "start of a scratch cluster", timeout=self.startup_timeout + 30)
+                return
+            except ExternalCommandFailed as exc:
+                last_error = exc
+                log = self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+                if "could not bind" not in log and "Address already in use" not in log:
+                    raise ExternalCommandFailed("pg_ctl", exc.returncode, _tail(log), what="start of a scratch cluster") from None
+        assert last_error is not None
+        raise last_error
+
+    def stop(self) -> None:
+        """Stop the server (fast, then immediate) and delete its directory."""
+        if self.workdir is None:
+            return
+        if (self.datadir / "postmaster.pid").exists():
+            for mode in ("fast", "immediate"):
+                try:
+                    self._run([self._program("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop"],
+                              "stop of a scratch cluster", timeout=90)
+                    break
+                except ExternalCommandFailed:
+                    time.sleep(0.5)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir = None
+        self.started = False
+
+    def __enter__(self) -> "LocalPostgres":
+        return self.start() if not self.started else self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- conveniences -----------------------------------------------------------------------
+    def psql(self, sql: str, dbname: str = "postgres") -> str:
+        """Run SQL with psql (ON_ERROR_STOP) and return its unaligned output."""
+        result = self._run([self._program("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                            "-d", self.dsn(dbname), "-c", sql], "psql")
+        return result.stdout.strip()
+
+    def create_database(self, name: str, template: str = "template0") -> str:
+        self.psql(f'CREATE DATABASE "{name}" TEMPLATE {template}')
+        return self.dsn(name)
+
+
+@contextlib.contextmanager
+def local_postgres(**kwargs: Any) -> Iterator[LocalPostgres]:
+    with LocalPostgres(**kwargs) as instance:
+        yield instance
