@@ -97,3 +97,7 @@ class ExternalCommandFailed(TaskFailed):
         self.program = program
         self.returncode = returncode
         self.stderr_tail = stderr_tail
+
+
+class Cancelled(TaskFailed):
+    """The run was asked to stop (SIGTERM / SIGINT); whatever was in flight was aborted cleanly."""

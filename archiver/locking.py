@@ -1,0 +1,175 @@
+"""Never run the same task on the same database twice at once (worker, CronJob and human alike).
+
+Two kinds of lock, both reported at once when busy (exit code 3, naming the holder and since when):
+
+- a PostgreSQL advisory lock on the source database, held on its own connection for the task's
+  duration; the server frees it when the process dies;
+- a lease object in the store for store-only work (prune, cold expiry, drills), created with a
+  create-only write and renewed while the task runs; a holder that died stops renewing, and its
+  lease is taken over once it has expired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import db, log
+from .errors import LockBusy, ObjectExists, ObjectNotFound
+from .manifest import read_json, write_json
+from .policy import Policy
+from .storage import Store
+from .timeutil import isoformat, parse_timestamp, utcnow
+
+LOCKS_PREFIX = "locks/"
+
+# Which locks each task takes. Store-only work must not depend on the database being up.
+TASK_LOCKS: dict[str, tuple[str, ...]] = {
+    "backup": ("database",),
+    "archive": ("database",),
+    "retention": ("database", "store"),
+    "prune": ("store",),
+    "verify": ("store",),
+    "restore-archive": ("database",),
+}
+
+_log = log.get_logger("lock")
+
+
+def holder_description(task: str, policy: str) -> str:
+    """Who we are, as shown to a run that finds the lock busy (fits application_name)."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid())
+    return f"archiver {task} {policy} {user}@{socket.gethostname()} pid {os.getpid()}"[:63]
+
+
+def _describe_since(moment: Any) -> str:
+    if isinstance(moment, datetime):
+        age = utcnow() - moment
+        return f"since {isoformat(moment)} ({int(age.total_seconds())}s ago)"
+    return "since an unknown time"
+
+
+@contextlib.contextmanager
+def database_lock(policy: Policy, task: str) -> Iterator[None]:
+    name = f"{policy.name}:{task}"
+    try:
+        with db.advisory_lock(policy.database.resolved_dsn(), name, holder=holder_description(task, policy.name or "")):
+            yield
+    except db.AdvisoryLockBusy as busy:
+        holder = busy.holder
+        who = (f"{holder.application_name or 'an unnamed session'} (server pid {holder.pid}, from {holder.client}) "
+               f"{_describe_since(holder.since)}") if holder else "another session (it ended while we looked)"
+        raise LockBusy(f"{task} of policy {policy.name!r} is already running: the database lock is held by {who}",
+                       hint="wait for it to finish; the lock is freed when that process ends") from None
+
+
+class StoreLease:
+    """A lease object ``locks/<name>.json``: create-only, renewed every ``renew_every``."""
+
+    def __init__(self, store: Store, name: str, holder: str, *, ttl: timedelta = timedelta(minutes=10),
+                 renew_every: timedelta = timedelta(minutes=1)) -> None:
+        self.store = store
+        self.key = f"{LOCKS_PREFIX}{name}.json"
+        self.name = name
+        self.holder = holder
+        self.ttl = ttl
+        self.renew_every = renew_every
+        self.token = uuid.uuid4().hex
+        self.acquired_at = utcnow()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False
+
+    def _document(self) -> dict[str, Any]:
+        now = utcnow()
+        return {"holder": self.holder, "token": self.token, "acquired_at": isoformat(self.acquired_at),
+                "renewed_at": isoformat(now), "expires_at": isoformat(now + self.ttl)}
+
+    def _current(self) -> dict[str, Any] | None:
+        try:
+            return read_json(self.store, self.key)
+        except ObjectNotFound:
+            return None
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            try:
+                write_json(self.store, self.key, self._document(), if_absent=True)
+                break
+            except ObjectExists:
+                current = self._current()
+                if current is None:
+                    continue  # released while we looked: try again
+                expires = parse_timestamp(str(current.get("expires_at", "1970-01-01T00:00:00Z")))
+                if expires > utcnow():
+                    raise LockBusy(
+                        f"{self.name} is already running: lease {self.store.describe(self.key)} is held by "
+                        f"{current.get('holder', '?')} since {current.get('acquired_at', '?')} "
+                        f"(renewed {current.get('renewed_at', '?')}, expires {current.get('expires_at', '?')} "
+                        "unless renewed)",
+                        hint="wait for it to finish; a holder that died stops renewing and its lease expires") from None
+                _log.warning("lock.lease.takeover", extra=log.fields(lease=self.key, previous_holder=current.get("holder"),
+                                                                     expired_at=current.get("expires_at")))
+                self.store.delete(self.key)
+        else:
+            raise LockBusy(f"{self.name}: could not create lease {self.store.describe(self.key)} (contended)")
+        current = self._current()
+        if not current or current.get("token") != self.token:
+            raise LockBusy(f"{self.name}: lease {self.store.describe(self.key)} was taken by "
+                           f"{(current or {}).get('holder', 'another run')} at the same moment")
+        self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.renew_every.total_seconds()):
+            try:
+                current = self._current()
+                if not current or current.get("token") != self.token:
+                    self.lost = True
+                    _log.error("lock.lease.lost", extra=log.fields(lease=self.key, holder=(current or {}).get("holder")))
+                    return
+                write_json(self.store, self.key, self._document())
+            except Exception as exc:  # keep trying: a blip must not end the task
+                _log.warning("lock.lease.renew_failed", extra=log.fields(lease=self.key, error=str(exc)))
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+        try:
+            current = self._current()
+            if current and current.get("token") == self.token:
+                self.store.delete(self.key)
+        except Exception as exc:
+            _log.warning("lock.lease.release_failed", extra=log.fields(lease=self.key, error=str(exc)))
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator["StoreLease"]:
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+
+@contextlib.contextmanager
+def task_lock(policy: Policy, task: str, store: Store) -> Iterator[None]:
+    """Take every lock ``task`` needs for ``policy``; LockBusy (exit 3) at once if one is taken."""
+    kinds = TASK_LOCKS.get(task, ("database",))
+    with contextlib.ExitStack() as stack:
+        for kind in kinds:
+            if kind == "database":
+                stack.enter_context(database_lock(policy, task))
+            else:
+                stack.enter_context(StoreLease(store, task, holder_description(task, policy.name or "")).held())
+        yield

@@ -1,0 +1,113 @@
+"""Running one task the way every entry point runs it (CLI, ``archiver run``, the worker).
+
+``task_run`` takes the task's locks, times it, keeps the run record in the store
+(``runs/<task>.json``: last success and last failure, read by ``archiver status``), updates
+metrics and sends notifications. The task itself is the caller's block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from . import log, notify
+from .errors import ArchiverError, ExitCode, LockBusy, ObjectNotFound
+from .locking import task_lock
+from .manifest import ManifestError, read_json, write_json
+from .metrics import Metrics
+from .policy import Policy
+from .storage import Store, open_store
+from .tasks import TaskResult
+from .timeutil import isoformat, utcnow
+
+RUNS_PREFIX = "runs/"
+_log = log.get_logger("run")
+
+
+@dataclass
+class Run:
+    policy: Policy
+    task: str
+    store: Store
+    started_at: datetime = field(default_factory=utcnow)
+    result: TaskResult | None = None
+
+
+def run_record_key(task: str) -> str:
+    return f"{RUNS_PREFIX}{task}.json"
+
+
+def read_run_record(store: Store, task: str) -> dict[str, Any]:
+    try:
+        return read_json(store, run_record_key(task))
+    except (ObjectNotFound, ManifestError):
+        return {}
+
+
+def _write_run_record(store: Store, task: str, policy: str, outcome: str, entry: dict[str, Any]) -> None:
+    record = read_run_record(store, task)
+    record.update({"task": task, "policy": policy, "last_run": entry})
+    record["last_success" if outcome == "success" else "last_failure"] = entry
+    write_json(store, run_record_key(task), record)
+
+
+def _safely(what: str, action: Any, *args: Any) -> None:
+    """Book-keeping after the fact must not change how the task ended."""
+    try:
+        action(*args)
+    except Exception as exc:
+        _log.warning(f"{what}.failed", extra=log.fields(error=log.scrub(str(exc))))
+
+
+@contextlib.contextmanager
+def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: Metrics | None = None,
+             lock: bool = True, record: bool = True) -> Iterator[Run]:
+    """Run ``task`` for ``policy`` inside the block; set ``run.result`` before leaving it."""
+    store = store or open_store(policy.storage)
+    metrics = metrics or Metrics()
+    name = policy.name or ""
+    run = Run(policy, task, store)
+    started = time.monotonic()
+    fields = {"policy": name, "task": task}
+    _log.info("task.start", extra=log.fields(**fields))
+    try:
+        with task_lock(policy, task, store) if lock else contextlib.nullcontext():
+            yield run
+    except LockBusy:
+        metrics.record_failure(name, task, time.monotonic() - started, result="lock_busy")
+        _log.warning("task.lock_busy", extra=log.fields(**fields))
+        raise
+    except BaseException as exc:
+        duration = time.monotonic() - started
+        message = log.scrub(str(exc)) or type(exc).__name__
+        exit_code = exc.exit_code if isinstance(exc, ArchiverError) else ExitCode.TASK_FAILED
+        _log.error("task.failed", extra=log.fields(**fields, duration_seconds=round(duration, 3), error=message,
+                                                   exit_code=int(exit_code)))
+        metrics.record_failure(name, task, duration)
+        if record:
+            entry = {"finished_at": isoformat(utcnow()), "started_at": isoformat(run.started_at),
+                     "duration_seconds": round(duration, 3), "error": message[-4000:], "exit_code": int(exit_code)}
+            _safely("run_record", _write_run_record, store, task, name, "failure", entry)
+            _safely("notify", notify.send, policy, "failure", f"{task} failed: {message[-1500:]}", task=task)
+        raise
+    result = run.result
+    if result is None:
+        raise ArchiverError(f"internal error: task {task} finished without a result")
+    duration = time.monotonic() - started
+    _log.info("task.done", extra=log.fields(**fields, status=result.status, duration_seconds=round(duration, 3),
+                                            summary=result.summary, **{k: v for k, v in result.metrics.items()}))
+    metrics.record_success(name, task, result, duration)
+    if record:
+        entry = {"finished_at": isoformat(utcnow()), "started_at": isoformat(run.started_at),
+                 "duration_seconds": round(duration, 3), "status": result.status, "summary": result.summary,
+                 "metrics": result.metrics, "held_back": result.data.get("held_back", [])}
+        outcome = "failure" if result.status == "verification_failed" else "success"
+        _safely("run_record", _write_run_record, store, task, name, outcome, entry)
+        if result.status == "held_back":
+            _safely("notify", notify.send, policy, "held_back", result.summary, task=task)
+        elif result.status == "verification_failed":
+            _safely("notify", notify.send, policy, "drill_failed", result.summary, task=task)
