@@ -399,6 +399,19 @@ class Policy:
         if not self.name and self.source:
             object.__setattr__(self, "name", Path(self.source).stem)
 
+    def secret_values(self) -> list[str]:
+        """Every secret this policy resolves to (DSN passwords, webhook URL), for log scrubbing."""
+        values: list[str] = []
+        if self.database.dsn is not None:
+            try:
+                params = db.parse_dsn(self.database.dsn.reveal())
+                values += [params[key] for key in ("password", "sslpassword") if params.get(key)]
+            except UsageError:
+                pass
+        if self.notify and self.notify.webhook_url and self.notify.webhook_url.reveal():
+            values.append(self.notify.webhook_url.reveal())
+        return values
+
 
 # --------------------------------------------------------------------------------------------
 # Environment interpolation

@@ -55,10 +55,10 @@ def _write_run_record(store: Store, task: str, policy: str, outcome: str, entry:
     write_json(store, run_record_key(task), record)
 
 
-def _safely(what: str, action: Any, *args: Any) -> None:
+def _safely(what: str, action: Any, *args: Any, **kwargs: Any) -> None:
     """Book-keeping after the fact must not change how the task ended."""
     try:
-        action(*args)
+        action(*args, **kwargs)
     except Exception as exc:
         _log.warning(f"{what}.failed", extra=log.fields(error=log.scrub(str(exc))))
 
@@ -67,6 +67,8 @@ def _safely(what: str, action: Any, *args: Any) -> None:
 def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: Metrics | None = None,
              lock: bool = True, record: bool = True) -> Iterator[Run]:
     """Run ``task`` for ``policy`` inside the block; set ``run.result`` before leaving it."""
+    for secret in policy.secret_values():
+        log.register_secret(secret)
     store = store or open_store(policy.storage)
     metrics = metrics or Metrics()
     name = policy.name or ""

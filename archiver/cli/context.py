@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .. import log
 from ..policy import Policy, get_policy, load_policies
 
 
@@ -22,7 +23,10 @@ class AppContext:
     verbosity: int
 
     def policy(self, name: str) -> Policy:
-        return get_policy([self.policies_path], name)
+        policy = get_policy([self.policies_path], name)
+        for secret in policy.secret_values():
+            log.register_secret(secret)
+        return policy
 
     def all_policies(self) -> dict[str, Policy]:
         return load_policies([self.policies_path])

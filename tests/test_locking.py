@@ -1,0 +1,117 @@
+"""Locks: a worker, a CronJob and a human never run the same task on the same database at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from archiver import db
+from archiver.errors import LockBusy
+from archiver.locking import StoreLease, database_lock, task_lock
+from archiver.manifest import write_json
+from archiver.policy import DatabaseConfig, Policy, Secret, StorageConfig
+from archiver.storage import Store
+from archiver.timeutil import isoformat, utcnow
+from datetime import timedelta
+
+
+def make_policy(dsn: str, url: str = "file:///srv/none", name: str = "app") -> Policy:
+    return Policy(database=DatabaseConfig(dsn=Secret(dsn)), storage=StorageConfig(url=url), name=name, source=f"{name}.yaml")
+
+
+def test_second_database_lock_is_refused_naming_the_holder(database: str) -> None:
+    policy = make_policy(database)
+    with database_lock(policy, "backup"):
+        with pytest.raises(LockBusy) as caught:
+            with database_lock(policy, "backup"):
+                pass
+        message = str(caught.value)
+        assert caught.value.exit_code == 3
+        assert "backup of policy 'app' is already running" in message
+        assert f"archiver backup app" in message and f"pid {os.getpid()}" in message
+        assert "since 20" in message and "s ago" in message
+        with database_lock(policy, "archive"):  # another task on the same database is not blocked
+            pass
+    with database_lock(policy, "backup"):  # released
+        pass
+
+
+def test_a_killed_holder_frees_the_database_lock(database: str) -> None:
+    script = textwrap.dedent(f"""
+        import sys, time
+        from archiver.locking import database_lock
+        from archiver.policy import DatabaseConfig, Policy, Secret, StorageConfig
+        policy = Policy(database=DatabaseConfig(dsn=Secret({database!r})), storage=StorageConfig(url="file:///srv/x"),
+                        name="app", source="app.yaml")
+        with database_lock(policy, "backup"):
+            print("locked", flush=True)
+            time.sleep(600)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).parent.parent)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LockBusy, match=f"pid {holder.pid}"):
+            with database_lock(make_policy(database), "backup"):
+                pass
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        deadline = time.monotonic() + 30
+        while True:  # the server notices the closed connection almost at once on loopback
+            try:
+                with database_lock(make_policy(database), "backup"):
+                    break
+            except LockBusy:
+                assert time.monotonic() < deadline, "lock not freed after the holder was killed"
+                time.sleep(0.2)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_store_lease_is_exclusive_and_released(store: Store) -> None:
+    first = StoreLease(store, "prune", "archiver prune app host-a pid 1")
+    with first.held():
+        with pytest.raises(LockBusy) as caught:
+            StoreLease(store, "prune", "archiver prune app host-b pid 2").acquire()
+        assert "host-a pid 1" in str(caught.value) and "since 20" in str(caught.value)
+        assert caught.value.exit_code == 3
+    assert store.head("locks/prune.json") is None
+    with StoreLease(store, "prune", "host-b").held():
+        assert store.head("locks/prune.json") is not None
+
+
+def test_an_expired_lease_of_a_dead_holder_is_taken_over(store: Store) -> None:
+    past = utcnow() - timedelta(hours=1)
+    write_json(store, "locks/prune.json", {"holder": "dead host", "token": "x", "acquired_at": isoformat(past),
+                                           "renewed_at": isoformat(past), "expires_at": isoformat(past)})
+    lease = StoreLease(store, "prune", "new holder")
+    with lease.held():
+        assert b"new holder" in store.get_bytes("locks/prune.json")
+
+
+def test_lease_is_renewed_while_held(file_store: Store) -> None:
+    lease = StoreLease(file_store, "verify", "me", ttl=timedelta(seconds=30), renew_every=timedelta(seconds=0.2))
+    with lease.held():
+        first = file_store.get_bytes("locks/verify.json")
+        time.sleep(1.2)
+        assert file_store.get_bytes("locks/verify.json") != first
+        assert not lease.lost
+
+
+def test_task_lock_takes_both_kinds_for_retention(database: str, file_store: Store) -> None:
+    policy = make_policy(database)
+    with task_lock(policy, "retention", file_store):
+        assert file_store.head("locks/retention.json") is not None
+        with pytest.raises(LockBusy, match="database lock"):
+            with task_lock(policy, "retention", file_store):
+                pass
+    assert file_store.head("locks/retention.json") is None
+    assert db.query(database, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
