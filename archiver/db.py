@@ -230,3 +230,17 @@ def advisory_lock(dsn: str, name: str, *, holder: str) -> Iterator[None]:
         raise DatabaseError(f"advisory lock {name!r} on {redact_dsn(dsn)}: {_scrub(str(exc), dsn).strip()}") from None
     finally:
         conn.close()  # ends the session, which releases the lock
+
+
+def probe_server(dsn: str, *, timeout: int = 2) -> int:
+    """``server_version_num`` with one quick attempt (no retries): for readiness polling."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=timeout, autocommit=True) as conn:
+            return int(conn.info.server_version)
+    except psycopg.Error as exc:
+        raise DatabaseError(_scrub(str(exc), dsn).strip()) from None
+
+
+def extension_available(dsn: str, name: str) -> bool:
+    """Whether the server can CREATE EXTENSION ``name`` (installed files, any version)."""
+    return bool(query(dsn, "SELECT 1 FROM pg_available_extensions WHERE name = %s", (name,)))

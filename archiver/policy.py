@@ -352,6 +352,7 @@ class ScratchConfig:
     kind: Literal["local", "container"] = "local"
     image: str | None = None
     engine: Literal["docker", "podman"] | None = None
+    engine_args: list[str] = field(default_factory=list)  # global flags, e.g. [--runtime, runc]
     run_args: list[str] = field(default_factory=list)
     pg_bin_dir: str | None = None
     work_dir: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import pgbin
+from . import db, pgbin
 from .errors import ExternalCommandFailed, TaskFailed
 
 SERVER_USER = "postgres"
@@ -54,7 +55,7 @@ class LocalPostgres:
 
     def __init__(self, *, major: int | None = None, bin_dir: str | None = None, base_dir: str | None = None,
                  timescaledb: bool | None = None, settings: dict[str, str] | None = None,
-                 startup_timeout: float = 120.0) -> None:
+                 startup_timeout: float = 120.0, listen_tcp: bool = True) -> None:
         initdb = pgbin.find("initdb", server_major=major, configured=bin_dir)
         self.bindir = initdb.parent
         self.major = pgbin.program_version(str(initdb))[0]
@@ -70,6 +71,7 @@ class LocalPostgres:
         self.base_dir = base_dir
         self.settings = dict(settings or {})
         self.startup_timeout = startup_timeout
+        self.listen_tcp = listen_tcp
         self.workdir: Path | None = None
         self.port: int | None = None
         self.started = False
@@ -91,13 +93,14 @@ class LocalPostgres:
         return self.workdir / "server.log"
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"host=127.0.0.1 port={self.port} user={SERVER_USER} dbname={dbname}"
+        host = "127.0.0.1" if self.listen_tcp else str(self.socket_dir)
+        return f"host={host} port={self.port} user={SERVER_USER} dbname={dbname}"
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "LocalPostgres":
         self.workdir = Path(tempfile.mkdtemp(prefix="archiver-scratch-", dir=self.base_dir))
-        self.workdir.chmod(0o755)
-        self.socket_dir.mkdir()
+        self.workdir.chmod(0o755 if self.listen_tcp else 0o711)
+        self.socket_dir.mkdir(mode=0o700)
         if os.geteuid() == 0:
             entry = pwd.getpwnam(SERVER_USER)
             for path in (self.workdir, self.socket_dir):
@@ -141,7 +144,9 @@ class LocalPostgres:
 
     def _configure(self) -> None:
         settings = {
-            "listen_addresses": "'127.0.0.1'",
+            # Without TCP the cluster is reachable only through a socket in a private directory:
+            # a drill restores production data, which other local users must not read.
+            "listen_addresses": "'127.0.0.1'" if self.listen_tcp else "''",
             "unix_socket_directories": f"'{self.socket_dir}'",
             "max_connections": "60",
             # A scratch cluster is thrown away: durability only costs time here.
@@ -212,3 +217,140 @@ class LocalPostgres:
 def local_postgres(**kwargs: Any) -> Iterator[LocalPostgres]:
     with LocalPostgres(**kwargs) as instance:
         yield instance
+
+
+# -- containers ----------------------------------------------------------------------------------
+
+CONTAINER_LABEL = "archiver.scratch"
+
+
+def detect_engine(preferred: str | None = None) -> str:
+    """The container engine CLI to use: the policy's choice, else docker, else podman."""
+    for candidate in ([preferred] if preferred else ["docker", "podman"]):
+        if candidate and shutil.which(candidate):
+            return candidate
+    wanted = preferred or "docker or podman"
+    raise TaskFailed(f"no container engine: {wanted} not found on PATH",
+                     hint="install one, or use verify.scratch.kind: local")
+
+
+def _uses_host_network(run_args: list[str]) -> bool:
+    joined = " ".join(run_args)
+    return any(flag in joined for flag in ("--network=host", "--net=host", "--network host", "--net host"))
+
+
+class ContainerPostgres:
+    """PostgreSQL in a throw-away container (``docker``/``podman run --rm``), for restore drills.
+
+    The image is expected to behave like the official ``postgres`` / ``timescale/timescaledb``
+    images: an entrypoint that runs initdb on first start, reading POSTGRES_PASSWORD. The
+    password is random, passed to the engine through its environment (never argv), and the
+    port is published on 127.0.0.1 only. The container is always removed: on success, on
+    failure, on Ctrl-C; leftovers of a killed run are swept by label at the next start.
+    """
+
+    def __init__(self, image: str, *, engine: str | None = None, engine_args: list[str] | None = None,
+                 run_args: list[str] | None = None, startup_timeout: float = 120.0, owner: str = "archiver") -> None:
+        self.image = image
+        self.engine = detect_engine(engine)
+        self.engine_args = list(engine_args or [])
+        self.run_args = list(run_args or [])
+        self.startup_timeout = startup_timeout
+        self.owner = owner
+        self.name = f"archiver-scratch-{owner}-{secrets_token()}"
+        self.port: int | None = None
+        self.password = secrets_token(16)
+        self.started = False
+        self.major: int | None = None
+        self.timescaledb = False
+
+    # -- argv (unit-tested) -------------------------------------------------------------------
+    def run_argv(self, port: int) -> list[str]:
+        host_network = _uses_host_network(self.run_args)
+        listen = "127.0.0.1" if host_network else "*"
+        publish = [] if host_network else ["-p", f"127.0.0.1:{port}:{port}"]
+        return [self.engine, *self.engine_args, "run", "-d", "--rm", "--name", self.name,
+                "--label", f"{CONTAINER_LABEL}={self.owner}", "-e", "POSTGRES_PASSWORD",
+                "-e", "POSTGRES_HOST_AUTH_METHOD=scram-sha-256", *publish, *self.run_args, self.image,
+                "postgres", "-p", str(port), "-c", f"listen_addresses={listen}", "-c", "fsync=off",
+                "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_wal_size=2GB"]
+
+    def remove_argv(self, name: str) -> list[str]:
+        if Path(self.engine).name == "podman":
+            return [self.engine, *self.engine_args, "rm", "-f", "-t", "0", "--ignore", name]
+        return [self.engine, *self.engine_args, "rm", "-f", name]
+
+    def leftovers_argv(self) -> list[str]:
+        return [self.engine, *self.engine_args, "ps", "-aq", "--filter", f"label={CONTAINER_LABEL}={self.owner}"]
+
+    def running_argv(self) -> list[str]:
+        return [self.engine, *self.engine_args, "inspect", "-f", "{{.State.Running}}", self.name]
+
+    def logs_argv(self) -> list[str]:
+        return [self.engine, *self.engine_args, "logs", "--tail", "30", self.name]
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres password={self.password} dbname={dbname}"
+
+    def _engine(self, argv: list[str], what: str, *, check: bool = True, timeout: float = 120) -> str:
+        env = {**os.environ, "POSTGRES_PASSWORD": self.password}
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise ExternalCommandFailed(Path(argv[0]).name, None, "", what=f"{what} timed out") from None
+        if check and result.returncode != 0:
+            raise ExternalCommandFailed(Path(argv[0]).name, result.returncode, _tail(result.stderr + result.stdout), what=what)
+        return result.stdout
+
+    def _sweep_leftovers(self) -> None:
+        for container in self._engine(self.leftovers_argv(), "listing leftover scratch containers", check=False).split():
+            self._engine(self.remove_argv(container), "removing a leftover scratch container", check=False)
+
+    def start(self) -> "ContainerPostgres":
+        self._sweep_leftovers()
+        self.port = free_port()
+        self._engine(self.run_argv(self.port), f"start of scratch container from {self.image}", timeout=600)
+        self.started = True
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                version = db.probe_server(self.dsn(), timeout=2)
+                break
+            except Exception as exc:  # not up yet
+                last = str(exc)
+            if self._engine(self.running_argv(), "inspect", check=False).strip() != "true":
+                logs = self._engine(self.logs_argv(), "logs", check=False)
+                raise TaskFailed(f"scratch container {self.name} ({self.image}) stopped before it was ready:\n{_tail(logs)}")
+            if time.monotonic() > deadline:
+                raise TaskFailed(f"scratch container {self.name} not ready after {self.startup_timeout:.0f}s: {last}")
+            time.sleep(0.3)
+        self.major = version // 10000
+        self.timescaledb = db.extension_available(self.dsn(), "timescaledb")
+
+    def stop(self) -> None:
+        if self.started:
+            self._engine(self.remove_argv(self.name), "removal of the scratch container", check=False)
+            self.started = False
+
+    def __enter__(self) -> "ContainerPostgres":
+        return self.start() if not self.started else self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def create_database(self, name: str, template: str = "template0") -> str:
+        db.execute(self.dsn(), f'CREATE DATABASE "{name}" TEMPLATE {template}')
+        return self.dsn(name)
+
+
+def secrets_token(nbytes: int = 4) -> str:
+    return secrets.token_hex(nbytes)

@@ -99,3 +99,33 @@ def file_store(tmp_path: Path) -> LocalStore:
 def store(request: pytest.FixtureRequest) -> Store:
     """The same contract tests run against every backend."""
     return request.getfixturevalue("file_store" if request.param == "file" else "s3_store")
+
+
+# -- containers (podman here; docker elsewhere) ---------------------------------------------
+
+SCRATCH_IMAGE = os.environ.get("ARCHIVER_TEST_SCRATCH_IMAGE", "archiver-scratch:pg15")
+
+
+def container_settings_or_reason() -> tuple[dict[str, object] | None, str]:
+    import shutil
+    import subprocess
+
+    engine = shutil.which("podman") or shutil.which("docker")
+    if not engine:
+        return None, "no container engine (podman or docker) on this machine"
+    is_podman = Path(engine).name == "podman"
+    engine_args = ["--runtime", "runc", "--cgroup-manager=cgroupfs"] if is_podman and shutil.which("runc") else []
+    probe = subprocess.run([engine, *engine_args, "image", "inspect", SCRATCH_IMAGE], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return None, f"container image {SCRATCH_IMAGE} not present (scripts/build-scratch-image.sh builds it)"
+    # podman as root here: the default nofile/nproc limits exceed the hard limits of this sandbox
+    run_args = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"] if is_podman else []
+    return {"image": SCRATCH_IMAGE, "engine": Path(engine).name, "engine_args": engine_args, "run_args": run_args}, ""
+
+
+@pytest.fixture(scope="session")
+def container_scratch() -> dict[str, object]:
+    settings, reason = container_settings_or_reason()
+    if settings is None:
+        pytest.skip(reason)
+    return settings
