@@ -16,6 +16,7 @@ from ..errors import ArchiverError, ExitCode
 from .context import AppContext, default_policies_path
 from .pending import pending_command
 from .policy_cmd import policy_group
+from .worker_cmd import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,6 +35,7 @@ def cli(ctx: click.Context, policies_path: str, log_format: str, verbose: int, q
 
 
 cli.add_command(policy_group)
+cli.add_command(worker)
 
 _NAME = click.Argument(["name"])
 _DRY_RUN = click.Option(["--dry-run"], is_flag=True, help="Print the decisions, change nothing.")
@@ -62,7 +64,6 @@ for command in (
     pending_command("verify", "Restore drill into a throw-away instance.", _NAME, click.Option(["--backup"]),
                     click.Option(["--scratch"]), _JSON),
     pending_command("run", "Run one task for cron / CronJob.", _NAME, click.Argument(["task"])),
-    pending_command("worker", "Run every policy's tasks on their schedules."),
     pending_command("status", "Per policy: newest backup, drill, archive coverage.", _JSON),
     pending_command("demo", "The whole cycle on an embedded default."),
 ):
