@@ -55,6 +55,8 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # (verified by apt against Debian's archive key), and signed-by limits it to the PGDG source.
 # Its fingerprint is B97B 0AFC AA1A 47F0 44F2 44A0 7FCC 7D46 ACCC 4CF8.
 # create_main_cluster = false: installing a server package must not create a cluster in the image.
+# Versions are not pinned on purpose: PostgreSQL minor releases are security and bug fixes.
+# hadolint ignore=DL3008
 RUN set -eux; \
     export DEBIAN_FRONTEND=noninteractive; \
     apt-get update; \
@@ -77,6 +79,7 @@ RUN set -eux; \
 # Optional TimescaleDB for drills of TimescaleDB dumps. The key file is fetched over HTTPS, but only
 # the key with the pinned fingerprint is exported into the keyring apt uses: a different key
 # served there leaves the keyring empty and fails the build.
+# hadolint ignore=DL3008
 RUN set -eux; \
     if [ -z "${TIMESCALEDB_VERSION}" ]; then exit 0; fi; \
     export DEBIAN_FRONTEND=noninteractive; \
@@ -113,7 +116,9 @@ RUN set -eux; \
     install -d -o 10001 -g 10001 -m 0750 /scratch; \
     install -d -o root -g root -m 0755 /etc/archiver /etc/archiver/policies
 
-# Installed from the wheels of stage 1, bound in for this step only (they leave no layer behind).
+# Installed from the wheels of stage 1, bound in for this step only (they leave no layer behind);
+# --no-index: nothing else can be installed, so the wheels' versions are the pins.
+# hadolint ignore=DL3013
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/tmp/wheels \
     pip install --no-cache-dir --no-index --find-links /tmp/wheels archiver \
  && archiver --version
