@@ -137,7 +137,20 @@ PINNED_SETTINGS = {
     "lc_monetary": "C",
     "xmloption": "content",
 }
-CHECKSUM_METHOD = "md5-sum/v1"
+# Per table: the row count and the exact (numeric) sum over rows of a 64-bit row hash, so the
+# result does not depend on row order. The row hash is hash_record_extended(row, 0), which hashes
+# each value with its type's own extended hash function (the functions hash partitioning relies
+# on, stable across versions); it is 4x cheaper than hashing the row's text and 10x cheaper than
+# an md5 of it. It sees values, not their spelling: numeric 1.5 and 1.50 hash alike. A table
+# falls back to hashtextextended(row text, 0), which sees the text exactly, when a column type
+# has no extended hash function (json, point, ...) or hashes an OID that a restore changes
+# (enums and reg* types, also inside arrays, domains, composites and ranges), and on servers
+# before PostgreSQL 14. Both assume the same byte order on both sides, as hash partitioning does.
+CHECKSUM_METHOD = "hash64-sum/v1"
+ROW_HASHES = {
+    "record": "sum(hash_record_extended(t, 0))",
+    "text": "sum(hashtextextended(ROW(t.*)::text, 0))",
+}
 
 
 @dataclass(frozen=True)
@@ -178,12 +191,14 @@ class TableStats:
     table: TableRef
     rows: int
     checksum: str | None  # None when checksums were not asked for
+    row_hash: str | None = None  # "record" or "text" (see ROW_HASHES)
 
     def to_json(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"schema": self.table.schema, "name": self.table.name, "kind": self.table.kind,
                                  "rows": self.rows}
         if self.checksum is not None:
             entry["checksum"] = self.checksum
+            entry["row_hash"] = self.row_hash
         if self.table.parent:
             entry["parent"] = self.table.parent
         if self.table.view:
@@ -231,12 +246,12 @@ class TableFilter:
     exclude_table_data: tuple[tuple[str | None, str], ...] = ()
 
 
-def combine_checksum(rows: int, high: Any, low: Any) -> str:
-    """32 hex digits from a table's row count and its two sums of md5 halves."""
-    return hashlib.sha256(f"{rows}:{int(high or 0)}:{int(low or 0)}".encode()).hexdigest()[:32]
+def combine_checksum(rows: int, hash_sum: Any, row_hash: str = "record") -> str:
+    """32 hex digits from a table's row count and the sum of its rows' hashes."""
+    return hashlib.sha256(f"{CHECKSUM_METHOD}:{row_hash}:{rows}:{int(hash_sum or 0)}".encode()).hexdigest()[:32]
 
 
-EMPTY_CHECKSUM = combine_checksum(0, 0, 0)
+EMPTY_CHECKSUM = combine_checksum(0, 0)
 
 _TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relispartition,
@@ -249,6 +264,25 @@ WHERE c.relkind IN ('r', 'p')
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                   AND d.deptype = 'e')
 ORDER BY n.nspname, c.relname
+"""
+
+# Does a table have a column whose values hash by OID (enums, reg* types), looking through
+# domains, arrays, composite types and ranges?
+_OID_HASHED_COLUMNS_SQL = """
+WITH RECURSIVE types(oid) AS (
+    SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+  UNION
+    SELECT x.next FROM types t JOIN pg_type ty ON ty.oid = t.oid
+    CROSS JOIN LATERAL (
+        SELECT ty.typbasetype WHERE ty.typtype = 'd'
+        UNION ALL SELECT ty.typelem WHERE ty.typelem <> 0 AND ty.typlen = -1
+        UNION ALL SELECT a.atttypid FROM pg_attribute a
+                  WHERE ty.typtype = 'c' AND a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = ty.oid OR r.rngmultitypid = ty.oid
+    ) AS x(next)
+)
+SELECT EXISTS (SELECT 1 FROM types t JOIN pg_type ty ON ty.oid = t.oid
+               WHERE ty.typtype = 'e' OR (ty.typname LIKE 'reg%%' AND ty.typnamespace = 'pg_catalog'::regnamespace))
 """
 
 _TIMESCALE_SQL = """
@@ -349,7 +383,7 @@ class SnapshotSession:
 
     def _table_stats(self, table: TableRef, checksums: bool) -> TableStats:
         if table.data_excluded:
-            return TableStats(table, 0, EMPTY_CHECKSUM if checksums else None)
+            return TableStats(table, 0, EMPTY_CHECKSUM if checksums else None, "record" if checksums else None)
         # A hypertable is read whole (its chunks, decompressed); a plain table ONLY, since its
         # inheritance children are listed themselves.
         source = sql.SQL("{only}{schema}.{name} AS t").format(
@@ -360,12 +394,34 @@ class SnapshotSession:
                 row = self._conn.execute(sql.SQL("SELECT count(*) FROM {source}").format(source=source)).fetchone()
                 assert row is not None
                 return TableStats(table, int(row[0]), None)
-            row = self._conn.execute(sql.SQL(
-                "SELECT count(*), sum(('x' || substr(h, 1, 16))::bit(64)::bigint), "
-                "sum(('x' || substr(h, 17, 16))::bit(64)::bigint) "
-                "FROM (SELECT md5(ROW(t.*)::text) AS h FROM {source}) AS rows").format(source=source)).fetchone()
-        assert row is not None
-        return TableStats(table, int(row[0]), combine_checksum(int(row[0]), row[1], row[2]))
+            for row_hash in self._row_hashes(table):
+                row = self._hash_rows(source, row_hash)
+                if row is not None:
+                    return TableStats(table, int(row[0]), combine_checksum(int(row[0]), row[1], row_hash), row_hash)
+        raise DatabaseError(f"cannot checksum {table.qualified_name}")  # unreachable: text hashing always works
+
+    def _row_hashes(self, table: TableRef) -> list[str]:
+        """The row hashes to try, in order (see ROW_HASHES)."""
+        if self._conn.info.server_version < 140000:
+            return ["text"]
+        relation = sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.name)).as_string(self._conn)
+        row = self._conn.execute(_OID_HASHED_COLUMNS_SQL, (relation,)).fetchone()
+        return ["text"] if row and row[0] else ["record", "text"]
+
+    def _hash_rows(self, source: sql.Composable, row_hash: str) -> tuple[Any, ...] | None:
+        """(count, hash sum), or None when a column type cannot be hashed that way."""
+        query = sql.SQL("SELECT count(*), {hash} FROM {source}").format(hash=sql.SQL(ROW_HASHES[row_hash]),
+                                                                         source=source)
+        if row_hash == "text":
+            return self._conn.execute(query).fetchone()
+        self._conn.execute("SAVEPOINT archiver_hash")
+        try:
+            row = self._conn.execute(query).fetchone()
+        except psycopg.errors.UndefinedFunction:  # "could not identify an extended hash function for type"
+            self._conn.execute("ROLLBACK TO SAVEPOINT archiver_hash")
+            return None
+        self._conn.execute("RELEASE SAVEPOINT archiver_hash")
+        return row
 
     def _large_object_stats(self, checksums: bool) -> LargeObjectStats:
         with self._errors("counting large objects"):
@@ -379,10 +435,8 @@ class SnapshotSession:
             self._conn.execute("SAVEPOINT archiver_lo")
             try:
                 row = self._conn.execute(
-                    "SELECT sum(('x' || substr(h, 1, 16))::bit(64)::bigint), "
-                    "sum(('x' || substr(h, 17, 16))::bit(64)::bigint) FROM "
-                    "(SELECT md5(m.oid::text || ':' || md5(lo_get(m.oid))) AS h FROM pg_largeobject_metadata m) AS los"
-                ).fetchone()
+                    "SELECT sum(hashtextextended(m.oid::text || ':' || md5(lo_get(m.oid)), 0)) "
+                    "FROM pg_largeobject_metadata AS m").fetchone()
             except psycopg.errors.QueryCanceled:
                 raise
             except psycopg.Error as exc:
@@ -390,7 +444,7 @@ class SnapshotSession:
                 return LargeObjectStats(count, None, note=f"no checksum: {str(exc).strip().splitlines()[0]}")
             self._conn.execute("RELEASE SAVEPOINT archiver_lo")
         assert row is not None
-        return LargeObjectStats(count, combine_checksum(count, row[0], row[1]))
+        return LargeObjectStats(count, combine_checksum(count, row[0]))
 
     def cancel(self) -> None:
         """Cancel the running query, if any (thread-safe)."""

@@ -127,6 +127,9 @@ def test_backup_restores_on_a_new_instance_with_matching_counts_and_checksums(
     kinds = {f"{t['schema']}.{t['name']}": t["kind"] for t in document["content"]["tables"]}
     assert kinds["app.readings_2026_01"] == "partition" and kinds["identity.users"] == "table"
     assert "app.readings" not in kinds  # the partitioned parent holds no rows of its own
+    row_hashes = {f"{t['schema']}.{t['name']}": t["row_hash"] for t in document["content"]["tables"]}
+    assert row_hashes["identity.users"] == "record"
+    assert row_hashes["app.devices"] == "text"  # an enum hashes by OID, which the restore changes
     excluded = [t for t in document["content"]["tables"] if t.get("data_excluded")]
     assert [t["name"] for t in excluded] == ["processed_messages"]
     assert document["content"]["large_objects"]["count"] == 2
@@ -186,28 +189,50 @@ def test_counts_come_from_the_dumped_snapshot(tmp_path: Path, rich_database: tup
     assert live_stats(restored)["app.devices"] == manifest_stats(document)["app.devices"]
 
 
-def test_checksums_change_with_any_value_and_not_with_row_order(database: str) -> None:
-    db.execute(database, "CREATE TABLE t (id int, amount numeric, at timestamptz, tags text[]);"
-                         "INSERT INTO t SELECT i, i * 1.5, '2026-03-01'::timestamptz + i * interval '1 h', ARRAY['a']"
-                         " FROM generate_series(1, 1000) AS i")
+def test_oid_hashed_types_are_found_through_domains_arrays_and_composites(database: str) -> None:
+    db.execute(database, """
+        CREATE TYPE mood AS ENUM ('ok', 'sad');
+        CREATE DOMAIN moods AS mood[];
+        CREATE TYPE reading AS (at timestamptz, how moods);
+        CREATE TABLE plain (id int, at timestamptz, tags text[], doc jsonb);
+        CREATE TABLE nested (id int, r reading[]);
+        CREATE TABLE registry (id int, rel regclass);
+        INSERT INTO nested VALUES (1, ARRAY[ROW(now(), ARRAY['ok']::moods)::reading]);
+        INSERT INTO registry VALUES (1, 'plain');
+    """)
+    hashes = {stats.table.name: stats.row_hash for stats in db.content_stats(database).tables}
+    assert hashes == {"plain": "record", "nested": "text", "registry": "text"}
+
+
+@pytest.mark.parametrize("extra_column, row_hash, changes", [
+    # every type hashable: values are hashed with their types' hash functions
+    ("", "record", [("amount = 1.6", "amount = 1.5"), ("at = at + interval '1 microsecond'", "at = at - interval '1 microsecond'"),
+                    ("tags = ARRAY['b']", "tags = ARRAY['a']"), ("id = 1001", "id = 1")]),
+    # json has no hash function: the row's text is hashed, which sees even numeric scale
+    (", doc json", "text", [("amount = 1.50", "amount = 1.5"), ("doc = '{\"a\": 1}'", "doc = NULL"),
+                            ("at = at + interval '1 microsecond'", "at = at - interval '1 microsecond'")]),
+])
+def test_checksums_change_with_any_value_and_not_with_row_order(database: str, extra_column: str, row_hash: str,
+                                                                 changes: list[tuple[str, str]]) -> None:
+    db.execute(database, f"CREATE TABLE t (id int, amount numeric, at timestamptz, tags text[]{extra_column});"
+                         "INSERT INTO t (id, amount, at, tags) SELECT i, 1.5, '2026-03-01'::timestamptz + i * interval '1 h',"
+                         " ARRAY['a'] FROM generate_series(1, 1000) AS i")
 
     def checksum() -> tuple[int, str | None]:
         (stats,) = db.content_stats(database).tables
+        assert stats.row_hash == row_hash
         return stats.rows, stats.checksum
 
     original = checksum()
     db.execute(database, "UPDATE t SET id = id WHERE id % 2 = 0")  # moves half the rows: another scan order
     assert db.query(database, "SELECT id FROM t LIMIT 2") == [(1,), (3,)]
     assert checksum() == original
-    for change, undo in [("UPDATE t SET amount = 1.50 WHERE id = 1", "UPDATE t SET amount = 1.5 WHERE id = 1"),
-                         ("UPDATE t SET at = at + interval '1 microsecond' WHERE id = 7",
-                          "UPDATE t SET at = at - interval '1 microsecond' WHERE id = 7"),
-                         ("UPDATE t SET tags = ARRAY['b'] WHERE id = 1000", "UPDATE t SET tags = ARRAY['a'] WHERE id = 1000")]:
-        db.execute(database, change)
+    for change, undo in changes:
+        db.execute(database, f"UPDATE t SET {change} WHERE id = 1")
         changed = checksum()
         assert changed[0] == original[0] and changed[1] != original[1], change
-        db.execute(database, undo)
-        assert checksum() == original
+        db.execute(database, f"UPDATE t SET {undo} WHERE id {'= 1001' if change == 'id = 1001' else '= 1'}")
+        assert checksum() == original, undo
     db.execute(database, "DELETE FROM t WHERE id = 500")
     assert checksum()[0] == 999
 
