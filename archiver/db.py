@@ -185,6 +185,12 @@ class TableRef:
     def qualified_name(self) -> str:
         return f"{self.schema}.{self.name}"
 
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> "TableRef":
+        """A table entry of a backup manifest (``content.tables[]``), to count it again elsewhere."""
+        return cls(entry["schema"], entry["name"], entry["kind"], parent=entry.get("parent"), view=entry.get("view"),
+                   data_excluded=bool(entry.get("data_excluded")))
+
 
 @dataclass(frozen=True)
 class TableStats:
