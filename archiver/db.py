@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
 import tenacity
 from psycopg import conninfo as pg_conninfo
+from psycopg import sql
 
 from .errors import DatabaseError, UsageError
 
@@ -244,3 +246,406 @@ def probe_server(dsn: str, *, timeout: int = 2) -> int:
 def extension_available(dsn: str, name: str) -> bool:
     """Whether the server can CREATE EXTENSION ``name`` (installed files, any version)."""
     return bool(query(dsn, "SELECT 1 FROM pg_available_extensions WHERE name = %s", (name,)))
+
+
+# -- consistent snapshots, database facts and content checksums ---------------------------------
+#
+# A backup's row counts and checksums are taken in the very snapshot pg_dump dumps: one
+# connection opens a REPEATABLE READ transaction, exports its snapshot (pg_dump --snapshot=...)
+# and keeps it open while pg_dump runs. The same checksum code runs on a restored database,
+# so a restore drill compares like with like.
+
+# Text output of every type must not depend on the server's or the session's configuration.
+PINNED_SETTINGS = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+    "lc_monetary": "C",
+    "xmloption": "content",
+}
+# Per table: the row count and the exact (numeric) sum over rows of a 64-bit row hash, so the
+# result does not depend on row order. The row hash is hash_record_extended(row, 0), which hashes
+# each value with its type's own extended hash function (the functions hash partitioning relies
+# on, stable across versions); it is 4x cheaper than hashing the row's text and 10x cheaper than
+# an md5 of it. It sees values, not their spelling: numeric 1.5 and 1.50 hash alike. A table
+# falls back to hashtextextended(row text, 0), which sees the text exactly, when a column type
+# has no extended hash function (json, point, ...) or hashes an OID that a restore changes
+# (enums and reg* types, also inside arrays, domains, composites and ranges), and on servers
+# before PostgreSQL 14. Both assume the same byte order on both sides, as hash partitioning does.
+CHECKSUM_METHOD = "hash64-sum/v1"
+ROW_HASHES = {
+    "record": "sum(hash_record_extended(t, 0))",
+    "text": "sum(hashtextextended(ROW(t.*)::text, 0))",
+}
+
+
+@dataclass(frozen=True)
+class DatabaseFacts:
+    name: str
+    server_version: str
+    server_version_num: int
+    size_bytes: int
+    extensions: dict[str, str]  # name -> installed version (pg_extension.extversion)
+    snapshot_time: datetime
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table whose rows a backup accounts for.
+
+    ``kind``: ``table``; ``partition`` (a leaf of a declaratively partitioned table);
+    ``hypertable`` (a TimescaleDB hypertable, counted whole: all its chunks, compressed ones
+    decompressed); ``continuous_aggregate`` (the materialization hypertable of a cagg, whose
+    view is ``view``). Chunks and TimescaleDB's internal compressed tables are not listed:
+    their rows are in their hypertable's totals, and their names are internal.
+    """
+
+    schema: str
+    name: str
+    kind: str
+    parent: str | None = None
+    view: str | None = None
+    data_excluded: bool = False
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> "TableRef":
+        """A table entry of a backup manifest (``content.tables[]``), to count it again elsewhere."""
+        return cls(entry["schema"], entry["name"], entry["kind"], parent=entry.get("parent"), view=entry.get("view"),
+                   data_excluded=bool(entry.get("data_excluded")))
+
+
+@dataclass(frozen=True)
+class TableStats:
+    table: TableRef
+    rows: int
+    checksum: str | None  # None when checksums were not asked for
+    row_hash: str | None = None  # "record" or "text" (see ROW_HASHES)
+
+    def to_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"schema": self.table.schema, "name": self.table.name, "kind": self.table.kind,
+                                 "rows": self.rows}
+        if self.checksum is not None:
+            entry["checksum"] = self.checksum
+            entry["row_hash"] = self.row_hash
+        if self.table.parent:
+            entry["parent"] = self.table.parent
+        if self.table.view:
+            entry["view"] = self.table.view
+        if self.table.data_excluded:
+            entry["data_excluded"] = True
+        return entry
+
+
+@dataclass(frozen=True)
+class LargeObjectStats:
+    count: int
+    checksum: str | None
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"count": self.count}
+        if self.checksum is not None:
+            entry["checksum"] = self.checksum
+        if self.note:
+            entry["note"] = self.note
+        return entry
+
+
+@dataclass(frozen=True)
+class ContentStats:
+    tables: list[TableStats]
+    large_objects: LargeObjectStats
+
+    @property
+    def rows(self) -> int:
+        return sum(stats.rows for stats in self.tables)
+
+
+@dataclass(frozen=True)
+class TableFilter:
+    """Tables pg_dump leaves out, as anchored regexes (see ``dump.parse_name_pattern``).
+
+    Each table pattern is ``(schema_regex or None, name_regex)``; without a schema part it
+    matches tables visible on the search path, as pg_dump's own pattern expansion does.
+    """
+
+    exclude_schemas: tuple[str, ...] = ()
+    exclude_tables: tuple[tuple[str | None, str], ...] = ()
+    exclude_table_data: tuple[tuple[str | None, str], ...] = ()
+
+
+def combine_checksum(rows: int, hash_sum: Any, row_hash: str = "record") -> str:
+    """32 hex digits from a table's row count and the sum of its rows' hashes."""
+    return hashlib.sha256(f"{CHECKSUM_METHOD}:{row_hash}:{rows}:{int(hash_sum or 0)}".encode()).hexdigest()[:32]
+
+
+EMPTY_CHECKSUM = combine_checksum(0, 0)
+
+_TABLES_SQL = """
+SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relispartition,
+       (SELECT pn.nspname || '.' || pc.relname FROM pg_inherits i JOIN pg_class pc ON pc.oid = i.inhparent
+          JOIN pg_namespace pn ON pn.oid = pc.relnamespace WHERE i.inhrelid = c.oid LIMIT 1) AS parent
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname !~ '^pg_(toast|temp_)'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                  AND d.deptype = 'e')
+ORDER BY n.nspname, c.relname
+"""
+
+# Does a table have a column whose values hash by OID (enums, reg* types), looking through
+# domains, arrays, composite types and ranges?
+_OID_HASHED_COLUMNS_SQL = """
+WITH RECURSIVE types(oid) AS (
+    SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+  UNION
+    SELECT x.next FROM types t JOIN pg_type ty ON ty.oid = t.oid
+    CROSS JOIN LATERAL (
+        SELECT ty.typbasetype WHERE ty.typtype = 'd'
+        UNION ALL SELECT ty.typelem WHERE ty.typelem <> 0 AND ty.typlen = -1
+        UNION ALL SELECT a.atttypid FROM pg_attribute a
+                  WHERE ty.typtype = 'c' AND a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = ty.oid OR r.rngmultitypid = ty.oid
+    ) AS x(next)
+)
+SELECT EXISTS (SELECT 1 FROM types t JOIN pg_type ty ON ty.oid = t.oid
+               WHERE ty.typtype = 'e' OR (ty.typname LIKE 'reg%%' AND ty.typnamespace = 'pg_catalog'::regnamespace))
+"""
+
+_TIMESCALE_SQL = """
+SELECT h.schema_name, h.table_name,
+       CASE WHEN h.compression_state = 2 THEN 'internal'
+            WHEN ca.user_view_name IS NOT NULL THEN 'continuous_aggregate'
+            ELSE 'hypertable' END,
+       CASE WHEN ca.user_view_name IS NOT NULL THEN ca.user_view_schema || '.' || ca.user_view_name END
+FROM _timescaledb_catalog.hypertable h
+LEFT JOIN _timescaledb_catalog.continuous_agg ca ON ca.mat_hypertable_id = h.id
+UNION ALL
+SELECT c.schema_name, c.table_name, 'chunk', NULL FROM _timescaledb_catalog.chunk c
+"""
+
+
+class SnapshotSession:
+    """One REPEATABLE READ, READ ONLY transaction on the source database, with settings pinned.
+
+    Its methods run in that transaction's snapshot. ``cancel`` may be called from another thread
+    to stop a running query (a failed dump does not wait for checksums).
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], dsn: str, snapshot_id: str | None) -> None:
+        self._conn = conn
+        self._dsn = dsn
+        self.snapshot_id = snapshot_id
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise DatabaseError(f"{what} on {redact_dsn(self._dsn)}: {_scrub(str(exc), self._dsn).strip()}") from None
+
+    def facts(self) -> DatabaseFacts:
+        with self._errors("reading database facts"):
+            row = self._conn.execute(
+                "SELECT current_database(), current_setting('server_version'), "
+                "current_setting('server_version_num')::int, pg_database_size(current_database()), "
+                "clock_timestamp()").fetchone()
+            assert row is not None
+            extensions = {name: version for name, version in self._conn.execute(
+                "SELECT extname, extversion FROM pg_extension ORDER BY extname").fetchall()}
+        return DatabaseFacts(row[0], row[1], int(row[2]), int(row[3]), extensions, row[4])
+
+    def tables(self, table_filter: TableFilter | None = None) -> list[TableRef]:
+        """Tables whose data a dump holds, classified; pg_dump's exclusions applied."""
+        table_filter = table_filter or TableFilter()
+        with self._errors("listing tables"):
+            rows = self._conn.execute(_TABLES_SQL).fetchall()
+            timescale: dict[tuple[str, str], tuple[str, str | None]] = {}
+            if self._conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
+                timescale = {(schema, name): (kind, view) for schema, name, kind, view in
+                             self._conn.execute(_TIMESCALE_SQL).fetchall()}
+            excluded = self._matching_oids(table_filter.exclude_schemas, table_filter.exclude_tables)
+            no_data = self._matching_oids((), table_filter.exclude_table_data)
+        tables: list[TableRef] = []
+        for oid, schema, name, relkind, is_partition, parent in rows:
+            kind, view = timescale.get((schema, name), (None, None))
+            if relkind == "p" or kind in ("chunk", "internal") or oid in excluded:
+                continue
+            if kind is None:
+                kind = "partition" if is_partition else "table"
+            tables.append(TableRef(schema, name, kind, parent=parent if kind == "partition" else None, view=view,
+                                   data_excluded=oid in no_data))
+        return tables
+
+    def _matching_oids(self, schema_regexes: Sequence[str], table_patterns: Sequence[tuple[str | None, str]]) -> set[int]:
+        matched: set[int] = set()
+        for regex in schema_regexes:
+            matched |= {oid for (oid,) in self._conn.execute(
+                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname ~ %s",
+                (regex,)).fetchall()}
+        for schema_regex, name_regex in table_patterns:
+            if schema_regex is None:
+                sql = ("SELECT c.oid FROM pg_class c WHERE c.relname ~ %s AND pg_catalog.pg_table_is_visible(c.oid)")
+                params: tuple[Any, ...] = (name_regex,)
+            else:
+                sql = ("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                       "WHERE n.nspname ~ %s AND c.relname ~ %s")
+                params = (schema_regex, name_regex)
+            matched |= {oid for (oid,) in self._conn.execute(sql, params).fetchall()}
+        return matched
+
+    def content_stats(self, tables: Sequence[TableRef], *, checksums: bool = True,
+                      stop: Callable[[], bool] | None = None) -> ContentStats:
+        """Row count (and content checksum) of every table, and of the large objects.
+
+        ``stop`` is polled between tables; when it returns True the work ends with an error
+        (with :meth:`cancel`, that also stops the query in flight).
+        """
+        results: list[TableStats] = []
+        for table in tables:
+            if stop is not None and stop():
+                raise DatabaseError("row counting stopped")
+            results.append(self._table_stats(table, checksums))
+        return ContentStats(results, self._large_object_stats(checksums))
+
+    def _table_stats(self, table: TableRef, checksums: bool) -> TableStats:
+        if table.data_excluded:
+            return TableStats(table, 0, EMPTY_CHECKSUM if checksums else None, "record" if checksums else None)
+        # A hypertable is read whole (its chunks, decompressed); a plain table ONLY, since its
+        # inheritance children are listed themselves.
+        source = sql.SQL("{only}{schema}.{name} AS t").format(
+            only=sql.SQL("" if table.kind in ("hypertable", "continuous_aggregate") else "ONLY "),
+            schema=sql.Identifier(table.schema), name=sql.Identifier(table.name))
+        with self._errors(f"counting rows of {table.qualified_name}"):
+            if not checksums:
+                row = self._conn.execute(sql.SQL("SELECT count(*) FROM {source}").format(source=source)).fetchone()
+                assert row is not None
+                return TableStats(table, int(row[0]), None)
+            for row_hash in self._row_hashes(table):
+                row = self._hash_rows(source, row_hash)
+                if row is not None:
+                    return TableStats(table, int(row[0]), combine_checksum(int(row[0]), row[1], row_hash), row_hash)
+        raise DatabaseError(f"cannot checksum {table.qualified_name}")  # unreachable: text hashing always works
+
+    def _row_hashes(self, table: TableRef) -> list[str]:
+        """The row hashes to try, in order (see ROW_HASHES)."""
+        if self._conn.info.server_version < 140000:
+            return ["text"]
+        relation = sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.name)).as_string(self._conn)
+        row = self._conn.execute(_OID_HASHED_COLUMNS_SQL, (relation,)).fetchone()
+        return ["text"] if row and row[0] else ["record", "text"]
+
+    def _hash_rows(self, source: sql.Composable, row_hash: str) -> tuple[Any, ...] | None:
+        """(count, hash sum), or None when a column type cannot be hashed that way."""
+        query = sql.SQL("SELECT count(*), {hash} FROM {source}").format(hash=sql.SQL(ROW_HASHES[row_hash]),
+                                                                         source=source)
+        if row_hash == "text":
+            return self._conn.execute(query).fetchone()
+        self._conn.execute("SAVEPOINT archiver_hash")
+        try:
+            row = self._conn.execute(query).fetchone()
+        except psycopg.errors.UndefinedFunction:  # "could not identify an extended hash function for type"
+            self._conn.execute("ROLLBACK TO SAVEPOINT archiver_hash")
+            return None
+        self._conn.execute("RELEASE SAVEPOINT archiver_hash")
+        return row
+
+    def _large_object_stats(self, checksums: bool) -> LargeObjectStats:
+        with self._errors("counting large objects"):
+            row = self._conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+            assert row is not None
+            count = int(row[0])
+            if not checksums or count == 0:
+                return LargeObjectStats(count, EMPTY_CHECKSUM if checksums else None)
+            # lo_get reads a whole object into memory and fails beyond 1 GB: a checksum is a
+            # bonus, never a reason to fail the backup.
+            self._conn.execute("SAVEPOINT archiver_lo")
+            try:
+                row = self._conn.execute(
+                    "SELECT sum(hashtextextended(m.oid::text || ':' || md5(lo_get(m.oid)), 0)) "
+                    "FROM pg_largeobject_metadata AS m").fetchone()
+            except psycopg.errors.QueryCanceled:
+                raise
+            except psycopg.Error as exc:
+                self._conn.execute("ROLLBACK TO SAVEPOINT archiver_lo")
+                return LargeObjectStats(count, None, note=f"no checksum: {str(exc).strip().splitlines()[0]}")
+            self._conn.execute("RELEASE SAVEPOINT archiver_lo")
+        assert row is not None
+        return LargeObjectStats(count, combine_checksum(count, row[0]))
+
+    def cancel(self) -> None:
+        """Cancel the running query, if any (thread-safe)."""
+        try:
+            self._conn.cancel_safe()
+        except (psycopg.Error, AttributeError):
+            pass
+
+
+def _open_snapshot_connection(dsn: str, *, connect_timeout: int, lock_timeout_ms: int | None,
+                              application_name: str) -> psycopg.Connection[Any]:
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, application_name=application_name,
+                               connect_timeout=connect_timeout)
+    except psycopg.Error as exc:
+        raise DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {_scrub(str(exc), dsn).strip()}") from None
+    settings = {**PINNED_SETTINGS, "statement_timeout": "0", "idle_in_transaction_session_timeout": "0",
+                "lock_timeout": str(lock_timeout_ms or 0)}
+    try:
+        for name, value in settings.items():  # session settings, outside the transaction
+            conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
+    except psycopg.Error as exc:
+        conn.close()
+        raise DatabaseError(f"cannot set up a session on {redact_dsn(dsn)}: {_scrub(str(exc), dsn).strip()}") from None
+    conn.autocommit = False
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    return conn
+
+
+@contextlib.contextmanager
+def exported_snapshot(dsn: str, *, connect_timeout: int = 10, lock_timeout_ms: int | None = None,
+                      application_name: str = "archiver backup") -> Iterator[SnapshotSession]:
+    """A session whose snapshot is exported (``session.snapshot_id``) for ``pg_dump --snapshot``.
+
+    The transaction stays open for the whole ``with`` block: pg_dump can import the snapshot
+    only while it is. Its first statement takes the snapshot, so the facts, the table list and
+    every count describe exactly what pg_dump dumps.
+    """
+    conn = _open_snapshot_connection(dsn, connect_timeout=connect_timeout, lock_timeout_ms=lock_timeout_ms,
+                                     application_name=application_name)
+    try:
+        try:
+            row = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot export a snapshot on {redact_dsn(dsn)}: {_scrub(str(exc), dsn).strip()}") from None
+        assert row is not None
+        yield SnapshotSession(conn, dsn, str(row[0]))
+    finally:
+        try:
+            conn.rollback()  # read only: nothing to commit
+        except psycopg.Error:
+            pass
+        conn.close()
+
+
+def content_stats(dsn: str, *, checksums: bool = True, connect_timeout: int = 10,
+                  tables: Sequence[TableRef] | None = None) -> ContentStats:
+    """Row counts and checksums of a database (a restored one, say), computed as a backup does."""
+    conn = _open_snapshot_connection(dsn, connect_timeout=connect_timeout, lock_timeout_ms=None,
+                                     application_name="archiver checksums")
+    try:
+        session = SnapshotSession(conn, dsn, None)
+        return session.content_stats(session.tables() if tables is None else tables, checksums=checksums)
+    finally:
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            pass
+        conn.close()

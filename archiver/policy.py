@@ -321,6 +321,7 @@ class BackupConfig:
     pg_dump: PgDumpConfig = field(default_factory=PgDumpConfig)
     globals: bool = True
     include_role_passwords: bool = False
+    table_checksums: bool = True  # per-table content checksums in the manifest (row counts are always taken)
 
 
 @dataclass(frozen=True)

@@ -81,3 +81,78 @@ class CuttingProxy:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+class StallingProxy:
+    """Forwards 127.0.0.1:port to an upstream until ``stall_after_request_bytes`` have gone up,
+    then holds every connection open without forwarding a byte more (a hung S3 endpoint).
+
+    ``stalled`` is set at that moment: an upload through the proxy is then certainly in
+    progress and cannot finish, which makes "kill the uploader mid-stream" deterministic.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int, stall_after_request_bytes: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = free_port()
+        self.stalled = threading.Event()
+        self._budget = stall_after_request_bytes
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _allowed(self, size: int) -> int:
+        with self._lock:
+            allowed = max(0, min(size, self._budget))
+            self._budget -= allowed
+            if allowed < size:
+                self.stalled.set()
+            return allowed
+
+    def _pipe(self, source: socket.socket, target: socket.socket, is_request: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if is_request:
+                    allowed = self._allowed(len(data))
+                    target.sendall(data[:allowed])
+                    if allowed < len(data):
+                        return  # hold the connection: neither forward nor close
+                elif self.stalled.is_set():
+                    return
+                else:
+                    target.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._stopped = True
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def __enter__(self) -> "StallingProxy":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

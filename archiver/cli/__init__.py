@@ -13,6 +13,7 @@ import click
 
 from .. import log
 from ..errors import ArchiverError, ExitCode
+from .backup_cmd import backup_command, backups_group, prune_command
 from .context import AppContext, default_policies_path
 from .pending import pending_command
 from .policy_cmd import policy_group
@@ -42,17 +43,10 @@ _DRY_RUN = click.Option(["--dry-run"], is_flag=True, help="Print the decisions, 
 _JSON = click.Option(["--json", "as_json"], is_flag=True, help="Print a JSON document.")
 
 
-@click.group("backups")
-def backups_group() -> None:
-    """Backups in storage."""
-
-
-backups_group.add_command(pending_command("list", "List backups, newest first.", click.Argument(["name"], required=False), _JSON))
-
 for command in (
-    pending_command("backup", "Take one backup of policy NAME now.", _NAME),
+    backup_command,
     backups_group,
-    pending_command("prune", "Apply backup retention.", _NAME, _DRY_RUN),
+    prune_command,
     pending_command("archive", "Export aged chunks to Parquet.", _NAME, _DRY_RUN, click.Option(["--table"])),
     pending_command("retention", "Drop chunks past drop_after; expire cold files.", _NAME, _DRY_RUN),
     pending_command("plan", "What archive / retention / prune would do now.", _NAME),

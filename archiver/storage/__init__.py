@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from ..policy import StorageConfig, parse_storage_url
-from .base import ObjectInfo, ObjectWriter, PutResult, Store, sha256_of
+from .base import IncompleteWrite, ObjectInfo, ObjectWriter, PutResult, Store, sha256_of
 from .local import LocalStore
 from .s3 import S3Store
 
-__all__ = ["ObjectInfo", "ObjectWriter", "PutResult", "Store", "LocalStore", "S3Store", "open_store", "sha256_of"]
+__all__ = ["IncompleteWrite", "ObjectInfo", "ObjectWriter", "PutResult", "Store", "LocalStore", "S3Store", "open_store", "sha256_of"]
 
 
 def open_store(config: StorageConfig | str) -> Store:

@@ -30,6 +30,19 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class IncompleteWrite:
+    """A write that was started and never committed nor aborted (its writer was killed).
+
+    ``handle`` is the backend's own reference (an S3 upload id, a temp file path).
+    """
+
+    key: str
+    started: datetime
+    description: str
+    handle: str
+
+
+@dataclass(frozen=True)
 class PutResult:
     key: str
     size: int
@@ -150,6 +163,14 @@ class Store(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object; removing a missing object is not an error."""
+
+    def incomplete_writes(self, prefix: str = "") -> list[IncompleteWrite]:
+        """Writes under ``prefix`` left behind by a killed writer; backends without any return []."""
+        return []
+
+    def discard_incomplete(self, write: IncompleteWrite) -> None:
+        """Remove what an incomplete write left (an S3 multipart upload, a temp file)."""
+        return None
 
     def describe(self, key: str) -> str:
         """A display URL for an object, for messages."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ObjectExists, ObjectNotFound, StoreError
-from .base import ObjectInfo, ObjectWriter, Store, check_key
+from .base import IncompleteWrite, ObjectInfo, ObjectWriter, Store, check_key
 
 TEMP_MARKER = ".archiver-tmp-"
 
@@ -149,3 +149,30 @@ class LocalStore(Store):
         """Temp files left by a killed writer (cleaned up by prune after a grace period)."""
         if self.root.is_dir():
             yield from (p for p in self.root.rglob(f"{TEMP_MARKER}*") if p.is_file())
+
+    def incomplete_writes(self, prefix: str = "") -> list[IncompleteWrite]:
+        found: list[IncompleteWrite] = []
+        for path in self.stale_temp_files():
+            relative_dir = path.parent.relative_to(self.root).as_posix()
+            # .archiver-tmp-<name>.<32 hex>: the object the writer was making
+            name = path.name[len(TEMP_MARKER):].rsplit(".", 1)[0]
+            key = name if relative_dir == "." else f"{relative_dir}/{name}"
+            if not key.startswith(prefix):
+                continue
+            try:
+                started = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+            except FileNotFoundError:
+                continue
+            found.append(IncompleteWrite(key, started, f"temp file {path}", str(path)))
+        return sorted(found, key=lambda write: write.key)
+
+    def discard_incomplete(self, write: IncompleteWrite) -> None:
+        path = Path(write.handle)
+        if self.root not in path.parents or not path.name.startswith(TEMP_MARKER):
+            raise StoreError(f"refusing to remove {path}: not a temp file of {self.url}")
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot remove {path}: {exc.strerror}") from None

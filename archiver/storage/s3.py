@@ -22,7 +22,7 @@ from botocore.config import Config
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from ..errors import ObjectExists, ObjectNotFound, StoreError
-from .base import ObjectInfo, ObjectWriter, Store, check_key
+from .base import IncompleteWrite, ObjectInfo, ObjectWriter, Store, check_key
 
 MiB = 1024 * 1024
 MIN_PART_SIZE = 8 * MiB
@@ -344,6 +344,31 @@ class S3Store(Store):
             self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
         except Exception as exc:
             raise explain(exc, f"cannot delete {self.describe(key)}") from None
+
+    def incomplete_writes(self, prefix: str = "") -> list[IncompleteWrite]:
+        """Multipart uploads never completed nor aborted (a SIGKILLed writer cannot abort its own)."""
+        root = f"{self.prefix}/" if self.prefix else ""
+        found: list[IncompleteWrite] = []
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                      Prefix=root + prefix):
+                for upload in page.get("Uploads", []):
+                    key = upload["Key"][len(root):]
+                    found.append(IncompleteWrite(key, upload["Initiated"], f"multipart upload {upload['UploadId']}",
+                                                 upload["UploadId"]))
+        except Exception as exc:
+            raise explain(exc, f"cannot list pending uploads under {self.url}/{prefix}") from None
+        return sorted(found, key=lambda write: (write.key, write.started))
+
+    def discard_incomplete(self, write: IncompleteWrite) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.object_key(write.key), UploadId=write.handle)
+        except botocore.exceptions.ClientError as exc:
+            if _error_code(exc) == "NoSuchUpload":
+                return
+            raise explain(exc, f"cannot abort multipart upload {write.handle} of {self.describe(write.key)}") from None
+        except Exception as exc:
+            raise explain(exc, f"cannot abort multipart upload {write.handle} of {self.describe(write.key)}") from None
 
     def pending_uploads(self, prefix: str = "") -> list[dict[str, Any]]:
         """Multipart uploads started under ``prefix`` and neither completed nor aborted."""
