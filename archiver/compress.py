@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 from typing import Any, BinaryIO, Literal, Protocol
 
 import zstandard
+
+from .sysinfo import available_cpus
 
 Codec = Literal["zstd", "gzip", "none"]
 CODECS: tuple[Codec, ...] = ("zstd", "gzip", "none")
@@ -70,7 +71,7 @@ def zstd_threads(configured: int) -> int:
     """
     if configured > 0:
         return configured
-    return max(1, os.cpu_count() or 1)
+    return available_cpus()
 
 
 class TruncatedStream(ValueError):
