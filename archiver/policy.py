@@ -387,6 +387,11 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    pushgateway: str | None = None  # `archiver run` pushes its metrics here (ARCHIVER_PUSHGATEWAY wins)
+
+
+@dataclass(frozen=True)
 class Policy:
     database: DatabaseConfig
     storage: StorageConfig
@@ -395,6 +400,7 @@ class Policy:
     archive: ArchiveConfig | None = None
     verify: VerifyConfig | None = None
     notify: NotifyConfig | None = None
+    metrics: MetricsConfig | None = None
     source: str = field(default="", metadata={"internal": True})
 
     def __post_init__(self) -> None:

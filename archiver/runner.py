@@ -101,7 +101,7 @@ def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: 
         raise ArchiverError(f"internal error: task {task} finished without a result")
     duration = time.monotonic() - started
     _log.info("task.done", extra=log.fields(**fields, status=result.status, duration_seconds=round(duration, 3),
-                                            summary=result.summary, **{k: v for k, v in result.metrics.items()}))
+                                            summary=result.summary, metrics=result.metrics))
     metrics.record_success(name, task, result, duration)
     if record:
         entry = {"finished_at": isoformat(utcnow()), "started_at": isoformat(run.started_at),

@@ -147,7 +147,8 @@ def test_prune_refuses_when_listing_fails(tmp_path: Path, s3_store: S3Store, s3_
     missing_bucket = write_policy(tmp_path / "other", "app", "dbname=app", "s3://no-such-bucket-here/app",
                                   endpoint_url=s3_endpoint, backup={"retention": {"keep_last": 1}})
     result = run_cli("--policies", str(missing_bucket.parent), "prune", "app")
-    assert result.code == 1 and "refusing to prune app: listing" in result.stderr and "bucket does not exist" in result.stderr
+    # the run stops at its first store call (taking the prune lease), before any decision
+    assert result.code == 1 and "locks/prune.json" in result.stderr and "bucket does not exist (permanent" in result.stderr
 
 
 class _Raw:

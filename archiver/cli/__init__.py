@@ -13,10 +13,12 @@ import click
 
 from .. import log
 from ..errors import ArchiverError, ExitCode
+from ..signals import cancel_on_signals
 from .backup_cmd import backup_command, backups_group, prune_command
 from .context import AppContext, default_policies_path
 from .pending import pending_command
 from .policy_cmd import policy_group
+from .run_cmd import run_command
 from .worker_cmd import worker
 
 
@@ -57,7 +59,7 @@ for command in (
                     click.Option(["--from", "from_"]), click.Option(["--to"]), click.Option(["--target"])),
     pending_command("verify", "Restore drill into a throw-away instance.", _NAME, click.Option(["--backup"]),
                     click.Option(["--scratch"]), _JSON),
-    pending_command("run", "Run one task for cron / CronJob.", _NAME, click.Argument(["task"])),
+    run_command,
     pending_command("status", "Per policy: newest backup, drill, archive coverage.", _JSON),
     pending_command("demo", "The whole cycle on an embedded default."),
 ):
@@ -67,7 +69,8 @@ for command in (
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the command, map errors to exit codes."""
     try:
-        result = cli.main(args=argv, prog_name="archiver", standalone_mode=False)
+        with cancel_on_signals():
+            result = cli.main(args=argv, prog_name="archiver", standalone_mode=False)
     except ArchiverError as exc:
         click.echo(f"error: {log.scrub(str(exc))}", err=True)
         sys.exit(int(exc.exit_code))

@@ -6,35 +6,11 @@ import json
 
 import click
 
-from ..errors import ExitCode, PolicyError, UsageError
-from ..policy import Policy, load
-from ..tasks.backup import BackupListing, list_backups, run_backup
-from ..tasks.prune import run_prune
+from ..errors import ExitCode
+from ..tasks.backup import BackupListing, list_backups
+from ..tasks.dispatch import execute
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
-
-
-def _policies_without_secrets(app: AppContext, name: str | None) -> list[Policy]:
-    """Policies for commands that touch storage only (list, prune): their DSN variables need not be set.
-
-    Every other problem in those files is still an error; storage settings must resolve.
-    """
-    result = load([app.policies_path], strict_env=False)
-    if name is not None:
-        chosen = [policy for policy in result.policies if policy.name == name]
-        if not chosen:
-            app.policy(name)  # raises the precise error (unknown name, or the file's problems)
-    else:
-        chosen = [policy for policy in result.policies if policy.backup is not None]
-        if result.issues:
-            raise PolicyError(result.issues)
-    for policy in chosen:
-        unresolved = result.unresolved_env.get(policy.source, {})
-        storage = {key: names for key, names in unresolved.items() if key.startswith("storage")}
-        if storage:
-            key, names = next(iter(storage.items()))
-            raise UsageError(f"policy {policy.name!r}: {key} needs environment variable {', '.join(names)}")
-    return chosen
 
 
 @click.command("backup")
@@ -45,7 +21,7 @@ def backup_command(app: AppContext, name: str) -> int:
 
     Prints the backup id on stdout (for scripts); a summary goes to stderr.
     """
-    result = run_backup(app.policy(name), progress=progress_for_terminal(quiet=app.verbosity < 0))
+    result = execute(app.policy(name), "backup", progress=progress_for_terminal(quiet=app.verbosity < 0))
     for line in result.lines:
         click.echo(line, err=True)
     click.echo(result.summary, err=True)
@@ -83,7 +59,7 @@ def _render_table(listing: BackupListing) -> None:
 @pass_app
 def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
     """List backups (those with a manifest), newest first: every policy's, or NAME's."""
-    listing = list_backups(_policies_without_secrets(app, name))
+    listing = list_backups(app.policies_without_secrets(name))
     if as_json:
         click.echo(json.dumps([item.to_json() for item in listing.backups], indent=2))
     elif listing.backups:
@@ -104,8 +80,7 @@ def prune_command(app: AppContext, name: str, dry_run: bool) -> int:
 
     Every decision is printed with its reason; --dry-run changes nothing.
     """
-    (policy,) = _policies_without_secrets(app, name)
-    result = run_prune(policy, dry_run=dry_run)
+    result = execute(app.policy_for_task(name, "prune"), "prune", dry_run=dry_run)
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary, err=True)

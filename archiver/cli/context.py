@@ -9,7 +9,11 @@ from pathlib import Path
 import click
 
 from .. import log
-from ..policy import Policy, get_policy, load_policies
+from ..errors import PolicyError, UsageError
+from ..policy import Policy, get_policy, load, load_policies
+
+# Tasks that only touch the store: their policy's database variables need not be set.
+STORE_ONLY_TASKS = ("prune",)
 
 
 def default_policies_path() -> str:
@@ -27,6 +31,36 @@ class AppContext:
         for secret in policy.secret_values():
             log.register_secret(secret)
         return policy
+
+    def policy_for_task(self, name: str, task: str) -> Policy:
+        if task in STORE_ONLY_TASKS:
+            (policy,) = self.policies_without_secrets(name)
+            return policy
+        return self.policy(name)
+
+    def policies_without_secrets(self, name: str | None, *, section: str = "backup") -> list[Policy]:
+        """Policies for work that touches storage only (list, prune, status of the store).
+
+        Every other problem in those files is still an error; storage settings must resolve.
+        """
+        result = load([self.policies_path], strict_env=False)
+        if name is not None:
+            chosen = [policy for policy in result.policies if policy.name == name]
+            if not chosen:
+                self.policy(name)  # raises the precise error (unknown name, or the file's problems)
+        else:
+            chosen = [policy for policy in result.policies if getattr(policy, section, None) is not None]
+            if result.issues:
+                raise PolicyError(result.issues)
+        for policy in chosen:
+            unresolved = result.unresolved_env.get(policy.source, {})
+            storage = {key: names for key, names in unresolved.items() if key.startswith("storage")}
+            if storage:
+                key, names = next(iter(storage.items()))
+                raise UsageError(f"policy {policy.name!r}: {key} needs environment variable {', '.join(names)}")
+            for secret in policy.secret_values():
+                log.register_secret(secret)
+        return chosen
 
     def all_policies(self) -> dict[str, Policy]:
         return load_policies([self.policies_path])

@@ -1,0 +1,56 @@
+"""``archiver run NAME TASK``: exactly one task, for cron and Kubernetes CronJobs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from .. import log
+from ..errors import ArchiverError
+from ..metrics import Metrics
+from ..tasks import TASK_NAMES
+from ..tasks.dispatch import execute
+from .context import AppContext, pass_app
+
+_log = log.get_logger("run")
+
+
+@click.command("run")
+@click.argument("name")
+@click.argument("task", type=click.Choice(TASK_NAMES))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line on stdout.")
+@pass_app
+def run_command(app: AppContext, name: str, task: str, as_json: bool) -> int:
+    """Run TASK of policy NAME once, with the same locks and records as the worker.
+
+    Exit codes: 0 done, 1 failed, 2 usage/policy error, 3 another run holds the lock,
+    4 verification failed, 5 done but something was held back. With ARCHIVER_PUSHGATEWAY (or
+    the policy's metrics.pushgateway) set, the run's metrics are pushed there at the end.
+    """
+    policy = app.policy_for_task(name, task)
+    metrics = Metrics()
+    gateway = os.environ.get("ARCHIVER_PUSHGATEWAY") or (policy.metrics.pushgateway if policy.metrics else None)
+    try:
+        result = execute(policy, task, metrics=metrics)
+    finally:
+        if gateway:
+            _push(metrics, gateway, name, task)
+    for line in result.lines:
+        click.echo(line, err=True)
+    if as_json:
+        click.echo(json.dumps({"policy": result.policy, "task": result.task, "status": result.status,
+                               "exit_code": int(result.exit_code), "summary": result.summary,
+                               "metrics": result.metrics, "data": result.data}, default=str))
+    else:
+        click.echo(result.summary)
+    return result.exit_code
+
+
+def _push(metrics: Metrics, gateway: str, policy: str, task: str) -> None:
+    """A Pushgateway that is down must not turn a finished task into a failed one."""
+    try:
+        metrics.push(gateway, policy, task)
+    except (OSError, ArchiverError) as exc:
+        _log.warning("metrics.push_failed", extra=log.fields(gateway=gateway, error=str(exc)))

@@ -1,0 +1,59 @@
+"""One way to run any task: through the runner (locks, run record, metrics, notifications).
+
+The CLI commands (``backup``, ``prune``, ``archive``, ...), ``archiver run NAME TASK`` and the
+worker's child processes all come through :func:`execute`, so a task behaves the same whoever
+starts it. Dry runs change nothing and therefore take no lock and leave no run record.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..errors import UsageError
+from ..metrics import Metrics
+from ..policy import Policy
+from ..progress import NULL_PROGRESS, Progress
+from ..runner import task_run
+from ..storage import Store
+from . import TASK_NAMES, TaskResult
+
+
+def _backup(policy: Policy, store: Store, progress: Progress, **_: Any) -> TaskResult:
+    from .backup import run_backup
+
+    return run_backup(policy, progress=progress, store=store)
+
+
+def _prune(policy: Policy, store: Store, progress: Progress, *, dry_run: bool = False, **_: Any) -> TaskResult:
+    from .prune import run_prune
+
+    return run_prune(policy, dry_run=dry_run, store=store)
+
+
+TASKS: dict[str, Callable[..., TaskResult]] = {
+    "backup": _backup,
+    "prune": _prune,
+}
+
+
+# The policy section each task needs; checked before any lock or connection.
+TASK_SECTIONS = {"backup": "backup", "prune": "backup", "archive": "archive", "retention": "archive",
+                 "verify": "verify"}
+
+
+def check_task_configured(policy: Policy, task: str) -> None:
+    if task not in TASKS:
+        known = ", ".join(name for name in TASK_NAMES if name in TASKS)
+        raise UsageError(f"unknown task {task!r} (allowed: {known})")
+    section = TASK_SECTIONS[task]
+    if getattr(policy, section) is None:
+        raise UsageError(f"policy {policy.name!r} has no {section} section ({policy.source}), so it has no {task} task",
+                         hint=f"add {section}: {{schedule: ...}} to the policy")
+
+
+def execute(policy: Policy, task: str, *, dry_run: bool = False, progress: Progress = NULL_PROGRESS,
+            metrics: Metrics | None = None, **options: Any) -> TaskResult:
+    check_task_configured(policy, task)
+    with task_run(policy, task, metrics=metrics, lock=not dry_run, record=not dry_run) as run:
+        run.result = TASKS[task](policy, run.store, progress, dry_run=dry_run, **options)
+    return run.result
