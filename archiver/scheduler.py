@@ -34,33 +34,17 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from . import log
+from . import log, notify
 from .errors import ExitCode, UsageError
 from .metrics import Metrics
-from .policy import Policy, load
-from .tasks import TASK_NAMES, TaskResult
-from .timeutil import cron_trigger
+from .policy import Policy, load, task_schedules
+from .tasks import TaskResult
+from .tasks.status import policy_status
+from .timeutil import cron_trigger, parse_timestamp
 
 _log = log.get_logger("worker")
 
 TriggerFactory = Callable[[str], BaseTrigger]
-
-
-def task_schedules(policy: Policy) -> dict[str, str]:
-    """Cron expression per task. Prune follows the backup schedule unless it has its own (it
-    then waits for the backup: tasks of one policy run one after another); retention likewise
-    follows the archive schedule."""
-    schedules: dict[str, str] = {}
-    if policy.backup:
-        schedules["backup"] = policy.backup.schedule
-        if policy.backup.retention is not None:
-            schedules["prune"] = policy.backup.prune_schedule or policy.backup.schedule
-    if policy.archive:
-        schedules["archive"] = policy.archive.schedule
-        schedules["retention"] = policy.archive.retention_schedule or policy.archive.schedule
-    if policy.verify:
-        schedules["verify"] = policy.verify.schedule
-    return {task: schedules[task] for task in TASK_NAMES if task in schedules}
 
 
 @dataclass
@@ -74,6 +58,7 @@ class WorkerConfig:
     port: int | None = 9187
     log_format: str = "json"
     run_at_start: tuple[str, ...] = ()
+    status_interval: float = 300.0  # seconds between status checks (ages in /metrics, stale notifications)
     archiver_argv: list[str] = field(default_factory=lambda: [sys.executable, "-m", "archiver"])
     trigger_factory: TriggerFactory = cron_trigger
 
@@ -108,6 +93,7 @@ class Worker:
             timezone="UTC")
         self._http: http.server.ThreadingHTTPServer | None = None
         self._job_schedules: dict[str, str] = {}
+        self._stale_notified: set[str] = set()
 
     # -- policies and jobs ------------------------------------------------------------------
     def load_policies(self, *, initial: bool = False) -> None:
@@ -132,7 +118,7 @@ class Worker:
             for task, expression in task_schedules(policy).items():
                 wanted[f"{name}:{task}"] = (name, task, expression)
         for job in self.scheduler.get_jobs():
-            if job.id not in wanted:
+            if job.id not in wanted and job.id != "status":
                 job.remove()
                 _log.info("job.removed", extra=log.fields(job=job.id))
         for job_id, (name, task, expression) in wanted.items():
@@ -181,6 +167,23 @@ class Worker:
         self._record(outcome)
         return outcome
 
+    def refresh_status(self, names: list[str] | None = None) -> None:
+        """Backup ages for /metrics, and one `stale` notification per policy when it goes stale."""
+        for name in names or sorted(self.policies):
+            policy = self.policies.get(name)
+            if policy is None or policy.backup is None:
+                continue
+            status = policy_status(policy)
+            newest, proven = status.newest_backup, status.newest_verified
+            self.metrics.set_newest_backup(name, parse_timestamp(newest["time"]) if newest else None)
+            self.metrics.set_newest_backup(name, parse_timestamp(proven["time"]) if proven else None, verified=True)
+            stale = bool(newest and newest["stale"])
+            if stale and name not in self._stale_notified:
+                notify.send(policy, "stale", status.problems[0] if status.problems else "backup is stale")
+                self._stale_notified.add(name)
+            elif not stale:
+                self._stale_notified.discard(name)
+
     def _record(self, outcome: RunOutcome) -> None:
         self.history.append(outcome)
         duration = outcome.finished - outcome.started
@@ -193,6 +196,14 @@ class Worker:
             self.metrics.record_failure(outcome.policy, outcome.task, duration, result=kind)
         _log.info("job.done", extra=log.fields(policy=outcome.policy, task=outcome.task, exit_code=outcome.exit_code,
                                                duration_seconds=round(duration, 3)))
+        if outcome.task in ("backup", "prune", "verify"):
+            self._safe_refresh([outcome.policy])
+
+    def _safe_refresh(self, names: list[str] | None = None) -> None:
+        try:
+            self.refresh_status(names)
+        except Exception as exc:  # status is advisory: never let it stop the worker
+            _log.warning("status.failed", extra=log.fields(error=log.scrub(str(exc))))
 
     # -- HTTP: /metrics and /healthz --------------------------------------------------------
     def serve_http(self) -> None:
@@ -233,9 +244,11 @@ class Worker:
     def start(self) -> None:
         self.load_policies(initial=True)
         self.serve_http()
+        self.scheduler.add_job(self._safe_refresh, "interval", seconds=self.config.status_interval, id="status",
+                               next_run_time=datetime.now(timezone.utc))
         self.scheduler.start()
         for job in self.scheduler.get_jobs():
-            if job.args[1] in self.config.run_at_start:
+            if job.args and job.args[1] in self.config.run_at_start:
                 job.modify(next_run_time=datetime.now(timezone.utc))
         _log.info("worker.started", extra=log.fields(policies=sorted(self.policies),
                                                      jobs=[job.id for job in self.scheduler.get_jobs()]))

@@ -155,7 +155,7 @@ def test_worker_runs_each_task_on_its_cadence_without_overlap_and_serves_metrics
                                  trigger_factory=interval_trigger(1.0)))
     worker.start()
     try:
-        assert sorted(job.id for job in worker.scheduler.get_jobs()) == ["app:backup", "app:prune"]
+        assert sorted(job.id for job in worker.scheduler.get_jobs()) == ["app:backup", "app:prune", "status"]
         wait_for(lambda: sum(o.task == "backup" for o in worker.history) >= 3, timeout=120, what="three backups")
         with urllib.request.urlopen(f"http://127.0.0.1:{worker.config.port}/healthz", timeout=5) as response:
             health = json.loads(response.read())

@@ -19,6 +19,7 @@ from .context import AppContext, default_policies_path
 from .pending import pending_command
 from .policy_cmd import policy_group
 from .run_cmd import run_command
+from .status_cmd import status_command
 from .worker_cmd import worker
 
 
@@ -60,7 +61,7 @@ for command in (
     pending_command("verify", "Restore drill into a throw-away instance.", _NAME, click.Option(["--backup"]),
                     click.Option(["--scratch"]), _JSON),
     run_command,
-    pending_command("status", "Per policy: newest backup, drill, archive coverage.", _JSON),
+    status_command,
     pending_command("demo", "The whole cycle on an embedded default."),
 ):
     cli.add_command(command)

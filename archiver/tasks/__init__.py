@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ExitCode
+from ..policy import TASK_ORDER
 
-TASK_NAMES = ("backup", "prune", "archive", "retention", "verify")
+TASK_NAMES = TASK_ORDER
 
 Status = Literal["ok", "held_back", "verification_failed"]
 

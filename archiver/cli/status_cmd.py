@@ -1,0 +1,49 @@
+"""``archiver status [--json]``: one row per policy; exit 1 when anything is stale or failing."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import click
+
+from ..errors import ExitCode
+from ..tasks.status import PolicyStatus, all_status
+from ..timeutil import format_duration
+from .context import AppContext, pass_app
+
+
+def _age(seconds: int | None) -> str:
+    return "-" if seconds is None else format_duration(timedelta(seconds=seconds))
+
+
+def _render(statuses: list[PolicyStatus]) -> None:
+    rows = [("POLICY", "HEALTH", "NEWEST BACKUP", "AGE", "EVERY", "NEWEST PROVEN", "TASKS FAILING")]
+    for status in statuses:
+        newest, proven = status.newest_backup or {}, status.newest_verified or {}
+        failing = ",".join(task for task, entry in status.tasks.items() if entry.get("failing")) or "-"
+        rows.append((status.policy, "ok" if status.healthy else "PROBLEM", newest.get("id", "none"),
+                     _age(newest.get("age_seconds")), _age(newest.get("interval_seconds")),
+                     f"{proven['id']} ({_age(proven['age_seconds'])})" if proven else "none", failing))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for status in statuses:
+        for problem in status.problems:
+            click.echo(f"{status.policy}: {problem}")
+        if status.held_back:
+            click.echo(f"{status.policy}: {len(status.held_back)} chunk(s) held back from drop by the last retention run")
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one entry per policy.")
+@pass_app
+def status_command(app: AppContext, as_json: bool) -> int:
+    """Per policy: newest backup and its age against the schedule, newest proven backup, failing
+    tasks, held-back chunks. Exit 1 when anything is stale or failing (usable as a health check)."""
+    statuses = all_status(app.policies_without_secrets(None, section="storage"))
+    if as_json:
+        click.echo(json.dumps([status.to_json() for status in statuses], indent=2, default=str))
+    else:
+        _render(statuses)
+    return ExitCode.OK if all(status.healthy for status in statuses) else ExitCode.TASK_FAILED

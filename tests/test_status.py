@@ -1,0 +1,83 @@
+"""``archiver status`` and the worker's age metrics: fresh, stale, failing, failed drill."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+
+from archiver import manifest
+from archiver.runner import run_record_key
+from archiver.scheduler import Worker, WorkerConfig
+from archiver.storage import LocalStore
+from archiver.timeutil import isoformat, utcnow
+from tests.backup_helpers import write_policy
+from tests.helpers import run_cli
+from tests.test_prune import fake_backup
+from tests.webhook import WebhookReceiver
+
+
+def test_status_after_a_real_backup_is_healthy(database: str, tmp_path: Path) -> None:
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE users AS SELECT g AS id FROM generate_series(1, 10) g")
+    store = LocalStore(tmp_path / "store")
+    policy = write_policy(tmp_path / "policies", "identity", "${IDENTITY_DSN}", store.url)
+    assert run_cli("--policies", str(policy.parent), "backup", "identity", env={"IDENTITY_DSN": database}).code == 0
+    result = run_cli("--policies", str(policy.parent), "status", "--json")  # no DSN needed: the store answers
+    assert result.code == 0, result.output
+    (entry,) = json.loads(result.stdout)
+    assert entry["policy"] == "identity" and entry["healthy"] is True and entry["problems"] == []
+    assert 0 <= entry["newest_backup"]["age_seconds"] < 600
+    assert entry["newest_backup"]["interval_seconds"] == 86400 and entry["newest_backup"]["stale"] is False
+    assert entry["tasks"]["backup"]["last_success"] and entry["tasks"]["backup"]["failing"] is False
+
+
+def test_stale_backup_failed_drill_and_failing_task_make_status_exit_1(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    policy = write_policy(tmp_path / "policies", "app", "${APP_DSN}", store.url)
+    now = utcnow()
+    proven = fake_backup(store, now - timedelta(days=4), verified="passed")
+    newest = fake_backup(store, now - timedelta(days=3), verified="failed")
+    manifest.write_json(store, run_record_key("backup"), {
+        "task": "backup", "policy": "app",
+        "last_success": {"finished_at": isoformat(now - timedelta(days=3))},
+        "last_failure": {"finished_at": isoformat(now - timedelta(hours=2)), "error": "pg_dump exited 1: disk full"}})
+    result = run_cli("--policies", str(policy.parent), "status", "--json")
+    assert result.code == 1
+    (entry,) = json.loads(result.stdout)
+    assert entry["healthy"] is False
+    assert entry["newest_backup"]["id"] == newest and entry["newest_backup"]["stale"] is True
+    assert 3 * 86400 - 60 <= entry["newest_backup"]["age_seconds"] <= 3 * 86400 + 600
+    assert entry["newest_verified"]["id"] == proven
+    problems = "\n".join(entry["problems"])
+    assert "is 3d old" in problems and "stale after 2d" in problems
+    assert f"the restore drill of the newest backup {newest} failed" in problems
+    assert "backup is failing since" in problems and "disk full" in problems
+    text = run_cli("--policies", str(policy.parent), "status")
+    assert text.code == 1 and "PROBLEM" in text.stdout and f"app: the restore drill of the newest backup {newest} failed" in text.stdout
+
+
+def test_worker_exports_backup_ages_and_notifies_a_stale_backup_once(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    store = LocalStore(tmp_path / "store")
+    now = utcnow()
+    newest = fake_backup(store, now - timedelta(days=3))
+    proven = fake_backup(store, now - timedelta(days=5), verified="passed")
+    with WebhookReceiver() as hook:
+        policies = tmp_path / "policies"
+        write_policy(policies, "app", "dbname=app", store.url)
+        path = policies / "app.yaml"
+        path.write_text(path.read_text() + "notify: {webhook_url: '${HOOK}'}\n")
+        monkeypatch.setenv("HOOK", hook.url)
+        worker = Worker(WorkerConfig(policies_path=str(policies), port=None))
+        worker.load_policies(initial=True)
+        worker.refresh_status()
+        worker.refresh_status()  # still stale: no second notification
+        assert [post["body"]["archiver"]["event"] for post in hook.posts] == ["stale"]
+        assert newest in hook.posts[0]["body"]["text"]
+    age = worker.metrics.registry.get_sample_value("archiver_newest_backup_age_seconds", {"policy": "app"})
+    proven_age = worker.metrics.registry.get_sample_value("archiver_newest_verified_backup_age_seconds", {"policy": "app"})
+    assert age is not None and 3 * 86400 - 60 <= age <= 3 * 86400 + 600
+    assert proven_age is not None and 5 * 86400 - 60 <= proven_age <= 5 * 86400 + 600
+    assert proven
