@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,6 +110,22 @@ _PERMANENT_SQLSTATES = {
     "3D000": "the database does not exist",
     "42501": "permission denied",
 }
+# libpq reports a refused login as a plain connection failure (no SQLSTATE): recognise the
+# server's FATAL messages, which say what no retry can change.
+_PERMANENT_MESSAGES = (
+    (re.compile(r"password authentication failed|authentication failed for user"), "authentication failed"),
+    (re.compile(r'FATAL:\s+database ".*" does not exist'), "the database does not exist"),
+    (re.compile(r'FATAL:\s+role ".*" does not exist'), "the role does not exist"),
+    (re.compile(r"no pg_hba\.conf entry"), "pg_hba.conf rejects this connection"),
+    (re.compile(r"permission denied for database"), "permission denied"),
+    (re.compile(r"certificate verify failed|SSL error: certificate"), "the server's certificate is not trusted"),
+)
+
+
+def _permanent_reason(sqlstate: str | None, detail: str) -> str | None:
+    if sqlstate in _PERMANENT_SQLSTATES:
+        return _PERMANENT_SQLSTATES[sqlstate]
+    return next((reason for pattern, reason in _PERMANENT_MESSAGES if pattern.search(detail)), None)
 
 
 class _TransientConnectError(Exception):
@@ -122,9 +139,8 @@ def _open(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
         return psycopg.connect(dsn, **kwargs)
     except psycopg.Error as exc:
         detail = _scrub(str(exc), dsn).strip()
-        sqlstate = getattr(exc, "sqlstate", None)
-        if sqlstate in _PERMANENT_SQLSTATES or "password authentication failed" in detail:
-            reason = _PERMANENT_SQLSTATES.get(sqlstate or "", "authentication failed")
+        reason = _permanent_reason(getattr(exc, "sqlstate", None), detail)
+        if reason is not None:
             raise DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {detail} (permanent: {reason}; not retried)") from None
         raise _TransientConnectError(detail) from None
 

@@ -12,9 +12,9 @@ from archiver.scratch import free_port
 class CuttingProxy:
     """Forwards 127.0.0.1:port to an upstream; ``arm(n)`` cuts the next response after n bytes."""
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, port: int | None = None) -> None:
         self.upstream = (upstream_host, upstream_port)
-        self.port = free_port()
+        self.port = port or free_port()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._cut_after: int | None = None
         self._lock = threading.Lock()
