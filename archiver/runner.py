@@ -103,6 +103,8 @@ def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: 
     _log.info("task.done", extra=log.fields(**fields, status=result.status, duration_seconds=round(duration, 3),
                                             summary=result.summary, metrics=result.metrics))
     metrics.record_success(name, task, result, duration)
+    if result.status == "ok" and task in ("backup", "verify"):
+        metrics.set_newest_backup(name, utcnow(), verified=task == "verify")
     if record:
         entry = {"finished_at": isoformat(utcnow()), "started_at": isoformat(run.started_at),
                  "duration_seconds": round(duration, 3), "status": result.status, "summary": result.summary,
