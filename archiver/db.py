@@ -8,11 +8,12 @@ exact: a password containing ``@`` or ``:`` is found as reliably as a plain one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -128,6 +129,10 @@ def _permanent_reason(sqlstate: str | None, detail: str) -> str | None:
     return next((reason for pattern, reason in _PERMANENT_MESSAGES if pattern.search(detail)), None)
 
 
+class DatabaseMissing(DatabaseError):
+    """The server answered, but the database named in the DSN does not exist."""
+
+
 class _TransientConnectError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -141,7 +146,8 @@ def _open(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
         detail = _scrub(str(exc), dsn).strip()
         reason = _permanent_reason(getattr(exc, "sqlstate", None), detail)
         if reason is not None:
-            raise DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {detail} (permanent: {reason}; not retried)") from None
+            error = DatabaseMissing if reason == "the database does not exist" else DatabaseError
+            raise error(f"cannot connect to {redact_dsn(dsn)}: {detail} (permanent: {reason}; not retried)") from None
         raise _TransientConnectError(detail) from None
 
 
@@ -448,6 +454,36 @@ SELECT c.schema_name, c.table_name, 'chunk', NULL FROM _timescaledb_catalog.chun
 """
 
 
+# Hypertables with their chunk counts, through the documented information views (the catalog
+# tables change between TimescaleDB versions). A continuous aggregate's materialization
+# hypertable is not in timescaledb_information.hypertables, so it is added from its view.
+_HYPERTABLES_SQL = """
+SELECT h.hypertable_schema, h.hypertable_name, count(c.chunk_name), count(c.chunk_name) FILTER (WHERE c.is_compressed)
+FROM (SELECT hypertable_schema::text, hypertable_name::text FROM timescaledb_information.hypertables
+      UNION SELECT materialization_hypertable_schema::text, materialization_hypertable_name::text
+            FROM timescaledb_information.continuous_aggregates) AS h
+LEFT JOIN timescaledb_information.chunks AS c
+       ON c.hypertable_schema::text = h.hypertable_schema AND c.hypertable_name::text = h.hypertable_name
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+
+@dataclass(frozen=True)
+class HypertableStats:
+    schema: str
+    name: str
+    chunks: int
+    compressed_chunks: int
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": self.schema, "name": self.name, "chunks": self.chunks,
+                "compressed_chunks": self.compressed_chunks}
+
+
 class SnapshotSession:
     """One REPEATABLE READ, READ ONLY transaction on the source database, with settings pinned.
 
@@ -499,6 +535,14 @@ class SnapshotSession:
             tables.append(TableRef(schema, name, kind, parent=parent if kind == "partition" else None, view=view,
                                    data_excluded=oid in no_data))
         return tables
+
+    def hypertables(self) -> list[HypertableStats]:
+        """TimescaleDB hypertables (continuous aggregates' too) with their chunk counts; [] without TimescaleDB."""
+        with self._errors("listing hypertables"):
+            if not self._conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
+                return []
+            return [HypertableStats(schema, name, int(chunks), int(compressed))
+                    for schema, name, chunks, compressed in self._conn.execute(_HYPERTABLES_SQL).fetchall()]
 
     def _matching_oids(self, schema_regexes: Sequence[str], table_patterns: Sequence[tuple[str | None, str]]) -> set[int]:
         matched: set[int] = set()
@@ -665,3 +709,268 @@ def content_stats(dsn: str, *, checksums: bool = True, connect_timeout: int = 10
         except psycopg.Error:
             pass
         conn.close()
+
+
+def timescale_inventory(dsn: str, *, connect_timeout: int = 10) -> list[HypertableStats]:
+    """Hypertables and chunk counts of a database (a restored one, say), read as a backup reads them."""
+    conn = _open_snapshot_connection(dsn, connect_timeout=connect_timeout, lock_timeout_ms=None,
+                                     application_name="archiver inventory")
+    try:
+        return SnapshotSession(conn, dsn, None).hypertables()
+    finally:
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            pass
+        conn.close()
+
+
+def missing_tables(dsn: str, tables: Sequence[TableRef]) -> list[TableRef]:
+    """The tables of ``tables`` that do not exist in the database."""
+    if not tables:
+        return []
+    with connect(dsn, application_name="archiver verify") as conn:
+        present = {(schema, name) for schema, name in conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p')").fetchall()}
+    return [table for table in tables if (table.schema, table.name) not in present]
+
+
+def first_value(dsn: str, statement: str, *, application_name: str = "archiver check") -> Any:
+    """The first column of the first row of ``statement`` (None when it returns no row), run read-only."""
+    with connect(dsn, autocommit=False, application_name=application_name) as conn:
+        conn.read_only = True
+        row = conn.execute(statement).fetchone()  # type: ignore[arg-type]
+        conn.rollback()
+    return None if row is None else row[0]
+
+
+# -- restore targets ------------------------------------------------------------------------------
+#
+# What a restore needs to know about its target before it writes anything, and the few
+# statements it runs around pg_restore (roles, the TimescaleDB extension, cleaning, undoing).
+
+_USER_NAMESPACES = ("n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'")
+
+
+def _not_extension_member(catalog: str, alias: str) -> str:
+    return (f"NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{catalog}'::regclass "
+            f"AND d.objid = {alias}.oid AND d.deptype = 'e')")
+
+
+_TARGET_SQL = {
+    "relations": f"""
+        SELECT n.nspname, c.relname, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c') AND {_USER_NAMESPACES}
+          AND {_not_extension_member('pg_class', 'c')} ORDER BY 1, 2""",
+    "functions": f"""
+        SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE {_USER_NAMESPACES} AND {_not_extension_member('pg_proc', 'p')}""",
+    "types": f"""
+        SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        WHERE {_USER_NAMESPACES} AND t.typrelid = 0 AND t.typtype IN ('b', 'd', 'e', 'r') AND t.typcategory <> 'A'
+          AND {_not_extension_member('pg_type', 't')}""",
+    "schemas": f"""
+        SELECT n.nspname FROM pg_namespace n WHERE {_USER_NAMESPACES} AND n.nspname <> 'public'
+          AND {_not_extension_member('pg_namespace', 'n')} ORDER BY 1""",
+}
+
+
+@dataclass(frozen=True)
+class TargetContents:
+    """What a database already holds, apart from what every new database has."""
+
+    schemas: tuple[str, ...] = ()  # besides public, not created by an extension
+    tables: tuple[str, ...] = ()  # tables and partitioned tables (TimescaleDB chunks left out), qualified
+    relations: int = 0  # tables, views, sequences, foreign tables, composite types (chunks included)
+    functions: int = 0
+    types: int = 0
+    large_objects: int = 0
+    extensions: dict[str, str] = field(default_factory=dict)  # besides plpgsql
+
+    def is_empty(self, *, ignoring_extensions: dict[str, str] | None = None) -> bool:
+        """No user object at all; extensions in ``ignoring_extensions`` at exactly that version are allowed."""
+        allowed = ignoring_extensions or {}
+        extra = {name: version for name, version in self.extensions.items() if allowed.get(name) != version}
+        return not (self.schemas or self.relations or self.functions or self.types or self.large_objects or extra)
+
+    def describe(self) -> str:
+        parts = []
+        for count, noun in ((len(self.tables), "table"), (self.relations - len(self.tables), "other relation"),
+                            (self.functions, "function"), (self.types, "type"), (self.large_objects, "large object")):
+            if count > 0:
+                parts.append(f"{count} {noun}{'s' if count != 1 else ''}")
+        if self.schemas:
+            parts.append(f"schema{'s' if len(self.schemas) != 1 else ''} {', '.join(self.schemas)}")
+        if self.extensions:
+            parts.append("extension" + ("s " if len(self.extensions) != 1 else " ")
+                         + ", ".join(f"{name} {version}" for name, version in sorted(self.extensions.items())))
+        return ", ".join(parts) or "nothing"
+
+
+@dataclass(frozen=True)
+class TargetFacts:
+    name: str
+    server_version: str
+    server_version_num: int
+    user: str
+    superuser: bool
+    create_role: bool
+    create_db: bool
+    available: dict[str, list[str]]  # extension -> versions the server can create (only those asked about)
+    preload_libraries: tuple[str, ...]
+    roles: frozenset[str]
+    tablespaces: frozenset[str]
+    contents: TargetContents
+
+
+def inspect_target(dsn: str, extensions: Sequence[str] = (), *, connect_timeout: int = 10) -> TargetFacts:
+    """Facts about a restore target, read-only; raises DatabaseMissing when its database does not exist."""
+    with connect(dsn, application_name="archiver restore (inspect)", connect_timeout=connect_timeout) as conn:
+        row = conn.execute(
+            "SELECT current_database(), current_setting('server_version'), current_setting('server_version_num')::int, "
+            "current_user, r.rolsuper, r.rolcreaterole, r.rolcreatedb, current_setting('shared_preload_libraries') "
+            "FROM pg_roles r WHERE r.rolname = current_user").fetchone()
+        assert row is not None
+        available: dict[str, list[str]] = {}
+        for name, version in conn.execute("SELECT name, version FROM pg_available_extension_versions "
+                                          "WHERE name = ANY(%s) ORDER BY name, version", (list(extensions),)).fetchall():
+            available.setdefault(name, []).append(version)
+        roles = frozenset(name for (name,) in conn.execute("SELECT rolname FROM pg_roles").fetchall())
+        tablespaces = frozenset(name for (name,) in conn.execute("SELECT spcname FROM pg_tablespace").fetchall())
+        relations = conn.execute(_TARGET_SQL["relations"]).fetchall()
+        installed = {name: version for name, version in conn.execute(
+            "SELECT extname, extversion FROM pg_extension WHERE extname <> 'plpgsql'").fetchall()}
+        contents = TargetContents(
+            schemas=tuple(name for (name,) in conn.execute(_TARGET_SQL["schemas"]).fetchall()),
+            tables=tuple(f"{schema}.{name}" for schema, name, kind in relations
+                         if kind in ("r", "p") and not schema.startswith("_timescaledb")),
+            relations=len(relations),
+            functions=int(conn.execute(_TARGET_SQL["functions"]).fetchone()[0]),  # type: ignore[index]
+            types=int(conn.execute(_TARGET_SQL["types"]).fetchone()[0]),  # type: ignore[index]
+            large_objects=int(conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0]),  # type: ignore[index]
+            extensions=installed)
+    preload = tuple(part.strip() for part in str(row[7]).split(",") if part.strip())
+    return TargetFacts(row[0], row[1], int(row[2]), row[3], bool(row[4]), bool(row[5]), bool(row[6]), available,
+                       preload, roles, tablespaces, contents)
+
+
+def inspect_server(dsn: str, extensions: Sequence[str] = ()) -> TargetFacts:
+    """Facts about the server of a DSN whose database does not exist yet (read through ``postgres``/``template1``)."""
+    last: DatabaseError | None = None
+    for candidate in _maintenance_dsns(dsn):
+        try:
+            facts = inspect_target(candidate, extensions)
+        except DatabaseError as exc:
+            last = exc
+            continue
+        return dataclasses.replace(facts, name=parse_dsn(dsn).get("dbname", ""), contents=TargetContents())
+    assert last is not None
+    raise last
+
+
+def _maintenance_dsns(dsn: str) -> list[str]:
+    return [dsn_with(dsn, dbname=name) for name in ("postgres", "template1")]
+
+
+@contextlib.contextmanager
+def _maintenance_connection(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the same server's ``postgres`` (or ``template1``) database."""
+    last: DatabaseError | None = None
+    for candidate in _maintenance_dsns(dsn):
+        try:
+            conn = open_connection(candidate, application_name="archiver restore")
+        except DatabaseError as exc:
+            last = exc
+            continue
+        try:
+            with conn:
+                yield conn
+            return
+        except psycopg.Error as exc:
+            raise DatabaseError(f"database error on {redact_dsn(candidate)}: {_scrub(str(exc), dsn).strip()}") from None
+    assert last is not None
+    raise last
+
+
+def create_database(dsn: str) -> None:
+    """CREATE DATABASE for the DSN's dbname (from template0, owned by the connecting role)."""
+    name = parse_dsn(dsn).get("dbname") or ""
+    if not name:
+        raise UsageError(f"{redact_dsn(dsn)} names no database (dbname=...)")
+    with _maintenance_connection(dsn) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+
+
+def drop_database(dsn: str) -> None:
+    """DROP DATABASE for the DSN's dbname, ending its sessions (only for a database archiver created)."""
+    name = parse_dsn(dsn).get("dbname") or ""
+    with _maintenance_connection(dsn) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def run_in_transaction(dsn: str, statements: Sequence[str], *, application_name: str = "archiver restore") -> None:
+    """Run ``statements`` (complete SQL, no parameters) in one transaction: all or nothing."""
+    with connect(dsn, autocommit=False, application_name=application_name) as conn:
+        for statement in statements:
+            conn.execute(statement)  # type: ignore[arg-type]
+        conn.commit()
+
+
+def drop_roles(dsn: str, roles: Sequence[str]) -> None:
+    with connect(dsn, application_name="archiver restore (undo)") as conn:
+        for role in reversed(list(roles)):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def prepare_timescaledb(dsn: str, version: str, *, create: bool) -> None:
+    """``CREATE EXTENSION timescaledb VERSION ...`` (when ``create``) and ``timescaledb_pre_restore()``."""
+    with connect(dsn, application_name="archiver restore") as conn:
+        if create:
+            conn.execute(sql.SQL("CREATE EXTENSION timescaledb VERSION {}").format(sql.Literal(version)))
+        conn.execute("SELECT timescaledb_pre_restore()")
+
+
+def timescaledb_post_restore(dsn: str) -> None:
+    with connect(dsn, application_name="archiver restore") as conn:
+        conn.execute("SELECT timescaledb_post_restore()")
+
+
+def drop_extension(dsn: str, name: str) -> None:
+    with connect(dsn, application_name="archiver restore (undo)") as conn:
+        conn.execute(sql.SQL("DROP EXTENSION IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("ALTER DATABASE {} RESET timescaledb.restoring").format(
+            sql.Identifier(conn.info.dbname)))
+
+
+def terminate_sessions(dsn: str, application_name: str) -> int:
+    """End the sessions of this database that carry ``application_name`` (a killed pg_restore's backend)."""
+    with connect(dsn, application_name="archiver restore (undo)") as conn:
+        rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND application_name = %s AND pid <> pg_backend_pid()",
+                            (application_name[:63],)).fetchall()
+    return len(rows)
+
+
+def clean_database(dsn: str) -> None:
+    """Drop everything a database holds (user schemas, extensions, large objects) in one transaction,
+    leaving it as a new database from template0: for ``restore --clean`` of a TimescaleDB target."""
+    with connect(dsn, autocommit=False, application_name="archiver restore (clean)") as conn:
+        schemas = [name for (name,) in conn.execute(_TARGET_SQL["schemas"]).fetchall()]
+        extensions = [name for (name,) in conn.execute(
+            "SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'").fetchall()]
+        for extension in extensions:
+            conn.execute(sql.SQL("DROP EXTENSION IF EXISTS {} CASCADE").format(sql.Identifier(extension)))
+        for schema in schemas:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        conn.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
+        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
+        if conn.info.server_version >= 150000:
+            conn.execute("CREATE SCHEMA public AUTHORIZATION pg_database_owner")
+            conn.execute("GRANT USAGE ON SCHEMA public TO PUBLIC")
+        else:
+            conn.execute("CREATE SCHEMA public")
+            conn.execute("GRANT CREATE, USAGE ON SCHEMA public TO PUBLIC")
+        conn.execute("COMMENT ON SCHEMA public IS 'standard public schema'")
+        conn.execute(sql.SQL("ALTER DATABASE {} RESET timescaledb.restoring").format(sql.Identifier(conn.info.dbname)))
+        conn.commit()

@@ -14,13 +14,13 @@ import os
 import re
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
-from . import pgbin
+from . import db, pgbin
 from .errors import ExternalCommandFailed, UsageError
 from .policy import PgDumpConfig
 
@@ -108,6 +108,48 @@ def pg_dumpall_globals_argv(pg_dumpall: Path, *, database: str | None, include_r
     if database:
         argv.append(f"--database={database}")
     return argv
+
+
+def pg_restore_argv(pg_restore: Path, *, dbname: str, single_transaction: bool = True, clean: bool = False,
+                    jobs: int = 1, no_tablespaces: bool = False, archive: Path | None = None) -> list[str]:
+    """pg_restore into ``dbname`` (a name; host, user and password come from ``PG*`` variables).
+
+    ``--exit-on-error``: the first error ends the restore (with ``--single-transaction`` it also
+    rolls everything back). ``--verbose`` names each step on stderr, which the progress display
+    counts and the error message shows the last of. Without ``archive`` the dump is read from stdin.
+    """
+    argv = [str(pg_restore), "--no-password", "--exit-on-error", "--verbose", f"--dbname={db.dsn_with('', dbname=dbname)}"]
+    if single_transaction:
+        argv.append("--single-transaction")
+    if jobs > 1:
+        argv.append(f"--jobs={jobs}")
+    if clean:
+        argv += ["--clean", "--if-exists"]
+    if no_tablespaces:
+        argv.append("--no-tablespaces")
+    if archive is not None:
+        argv.append(str(archive))
+    return argv
+
+
+def pg_amcheck_argv(pg_amcheck: Path) -> list[str]:
+    """pg_amcheck of the database named by ``PGDATABASE``: every table's heap and every B-tree index.
+
+    ``--install-missing`` creates the amcheck extension where it is missing (a scratch database).
+    """
+    return [str(pg_amcheck), "--no-password", "--install-missing"]
+
+
+def run_captured(argv: Sequence[str], env: Mapping[str, str], program: str, *,
+                 timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a program to completion, capturing its output; judging its exit status is the caller's job."""
+    try:
+        return subprocess.run(list(argv), env=dict(env), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ExternalCommandFailed(program, None, "", what=f"{argv[0]} did not finish within {timeout:.0f}s") from None
+    except OSError as exc:
+        raise ExternalCommandFailed(program, None, str(exc), what=f"cannot start {argv[0]}") from None
 
 
 def child_env(connection_env: Mapping[str, str], application_name: str) -> dict[str, str]:
@@ -290,6 +332,106 @@ class StreamingCommand:
             for stream in (self.process.stdout, self.process.stderr):
                 if stream is not None:
                     stream.close()
+
+
+class FeedingCommand:
+    """A child process whose stdin is written in chunks (pg_restore reading a dump); never left running.
+
+    ``write`` returns False once the child has closed its input (it exited: see ``finish``).
+    ``finish`` closes the input, waits and raises :class:`ExternalCommandFailed` on a non-zero
+    exit; ``on_line`` sees every stderr line (from the reader thread). Leaving the block early
+    kills the child.
+    """
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], program: str, *, what: str = "",
+                 on_line: Callable[[str], None] | None = None) -> None:
+        self.argv = list(argv)
+        self.env = dict(env)
+        self.program = program
+        self.what = what
+        self.on_line = on_line
+        self.stderr = StderrCapture(program)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stderr_thread: threading.Thread | None = None
+        self.bytes_in = 0
+
+    def __enter__(self) -> "FeedingCommand":
+        try:
+            self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE, env=self.env, bufsize=0)
+        except OSError as exc:
+            raise ExternalCommandFailed(self.program, None, str(exc), what=f"cannot start {self.argv[0]}") from None
+        assert self.process.stdin is not None and self.process.stderr is not None
+        _grow_pipe(self.process.stdin.fileno())
+        self._stderr_thread = threading.Thread(target=self._read_stderr, name=f"{self.program}-stderr", daemon=True)
+        self._stderr_thread.start()
+        return self
+
+    def _read_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr.add(line)
+            if self.on_line is not None:
+                self.on_line(line.decode("utf-8", "replace").rstrip("\r\n"))
+
+    def write(self, data: bytes | bytearray | memoryview) -> bool:
+        assert self.process is not None and self.process.stdin is not None
+        view = memoryview(data)
+        fd = self.process.stdin.fileno()
+        try:
+            while view.nbytes:
+                written = os.write(fd, view)
+                self.bytes_in += written
+                view = view[written:]
+        except BrokenPipeError:
+            return False
+        return True
+
+    def close_input(self) -> None:
+        if self.process is not None and self.process.stdin is not None and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+
+    def poll(self, timeout: float) -> int | None:
+        """The exit status, or None if the child is still running after ``timeout`` seconds."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def finish(self, *, while_waiting: Callable[[], None] | None = None) -> None:
+        """Close the input, wait (calling ``while_waiting`` every half second), raise on a failure."""
+        self.close_input()
+        while (returncode := self.poll(0.5)) is None:
+            if while_waiting is not None:
+                while_waiting()
+        self._join_stderr()
+        if returncode != 0:
+            raise ExternalCommandFailed(self.program, returncode, self.stderr.text(), what=self.what)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._join_stderr()
+
+    def _join_stderr(self) -> None:
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=30)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is not None or (self.process is not None and self.process.poll() is None):
+            self.kill()
+        if self.process is not None:
+            for stream in (self.process.stdin, self.process.stderr):
+                try:
+                    if stream is not None:
+                        stream.close()
+                except OSError:
+                    pass
 
 
 def _grow_pipe(fd: int) -> None:

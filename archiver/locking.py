@@ -60,16 +60,19 @@ def _describe_since(moment: Any) -> str:
 
 
 @contextlib.contextmanager
-def database_lock(policy: Policy, task: str) -> Iterator[None]:
+def database_lock(policy: Policy, task: str, *, dsn: str | None = None) -> Iterator[None]:
+    """The advisory lock ``<policy>:<task>`` on the policy's database, or on ``dsn`` (a restore target)."""
     name = f"{policy.name}:{task}"
+    where = "the database lock" if dsn is None else f"the lock on {db.redact_dsn(dsn)}"
     try:
-        with db.advisory_lock(policy.database.resolved_dsn(), name, holder=holder_description(task, policy.name or "")):
+        with db.advisory_lock(dsn or policy.database.resolved_dsn(), name,
+                              holder=holder_description(task, policy.name or "")):
             yield
     except db.AdvisoryLockBusy as busy:
         holder = busy.holder
         who = (f"{holder.application_name or 'an unnamed session'} (server pid {holder.pid}, from {holder.client}) "
                f"{_describe_since(holder.since)}") if holder else "another session (it ended while we looked)"
-        raise LockBusy(f"{task} of policy {policy.name!r} is already running: the database lock is held by {who}",
+        raise LockBusy(f"{task} of policy {policy.name!r} is already running: {where} is held by {who}",
                        hint="wait for it to finish; the lock is freed when that process ends") from None
 
 

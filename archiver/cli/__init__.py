@@ -18,7 +18,9 @@ from .backup_cmd import backup_command, backups_group, prune_command
 from .context import AppContext, default_policies_path
 from .pending import pending_command
 from .policy_cmd import policy_group
+from .restore_cmd import restore_command
 from .run_cmd import run_command
+from .verify_cmd import verify_command
 from .status_cmd import status_command
 from .worker_cmd import worker
 
@@ -53,13 +55,10 @@ for command in (
     pending_command("archive", "Export aged chunks to Parquet.", _NAME, _DRY_RUN, click.Option(["--table"])),
     pending_command("retention", "Drop chunks past drop_after; expire cold files.", _NAME, _DRY_RUN),
     pending_command("plan", "What archive / retention / prune would do now.", _NAME),
-    pending_command("restore", "Restore a backup into a target database.", _NAME, click.Option(["--target"]),
-                    click.Option(["--backup"]), click.Option(["--before"]), click.Option(["--clean"], is_flag=True),
-                    click.Option(["--yes"], is_flag=True)),
+    restore_command,
     pending_command("restore-archive", "Load archived rows back into a table.", _NAME, click.Option(["--table"]),
                     click.Option(["--from", "from_"]), click.Option(["--to"]), click.Option(["--target"])),
-    pending_command("verify", "Restore drill into a throw-away instance.", _NAME, click.Option(["--backup"]),
-                    click.Option(["--scratch"]), _JSON),
+    verify_command,
     run_command,
     status_command,
     pending_command("demo", "The whole cycle on an embedded default."),

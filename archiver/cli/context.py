@@ -13,7 +13,8 @@ from ..errors import PolicyError, UsageError
 from ..policy import Policy, get_policy, load, load_policies
 
 # Tasks that only touch the store: their policy's database variables need not be set.
-STORE_ONLY_TASKS = ("prune",)
+# restore and verify read backups and write elsewhere (a target, a scratch instance).
+STORE_ONLY_TASKS = ("prune", "restore", "verify")
 
 
 def default_policies_path() -> str:

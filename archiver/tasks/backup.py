@@ -119,6 +119,7 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
         pg_dump = dump.find_tool("pg_dump", facts.server_version_num, policy.database.pg_bin_dir)
         pg_dumpall = dump.find_tool("pg_dumpall", facts.server_version_num, policy.database.pg_bin_dir) \
             if config.globals else None
+        hypertables = session.hypertables()
         stats_job = _StatsJob(session, session.tables(table_filter(config.pg_dump)), config.table_checksums)
         try:
             globals_object = None
@@ -136,7 +137,8 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
             document = _manifest_document(
                 policy=policy, backup_id=backup_id, dsn=dsn, facts=facts, started=started, finished=finished,
                 duration=duration, pg_dump=pg_dump, pg_dumpall=pg_dumpall, argv=argv, config=config,
-                dump_object=dump_object, globals_object=globals_object, stats=stats, stderr=stderr)
+                dump_object=dump_object, globals_object=globals_object, stats=stats, stderr=stderr,
+                hypertables=hypertables)
             manifest_result = manifest.write_json(store, manifest.backup_manifest_key(backup_id), document,
                                                   if_absent=True)
         except BaseException as exc:
@@ -213,7 +215,7 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: db.Da
                        finished: datetime, duration: float, pg_dump: dump.Tool, pg_dumpall: dump.Tool | None,
                        argv: list[str], config: BackupConfig, dump_object: StoredObject,
                        globals_object: StoredObject | None, stats: db.ContentStats,
-                       stderr: dump.StderrCapture) -> dict[str, Any]:
+                       stderr: dump.StderrCapture, hypertables: list[db.HypertableStats]) -> dict[str, Any]:
     objects: dict[str, Any] = {"dump": dump_object.to_json(format="custom")}
     if globals_object is not None:
         objects["globals"] = globals_object.to_json(format="sql", scope="cluster",
@@ -223,6 +225,15 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: db.Da
         tools["pg_dumpall"] = {"path": str(pg_dumpall.path), "version": pg_dumpall.version}
     warnings = [{"text": text, "expected": dump.is_expected_warning(text, facts.extensions)}
                 for text in stderr.warnings]
+    content: dict[str, Any] = {
+        "method": db.CHECKSUM_METHOD if config.table_checksums else None,
+        "settings": db.PINNED_SETTINGS,
+        "rows": stats.rows,
+        "tables": [entry.to_json() for entry in stats.tables],
+        "large_objects": stats.large_objects.to_json(),
+    }
+    if "timescaledb" in facts.extensions:
+        content["hypertables"] = [hypertable.to_json() for hypertable in hypertables]  # chunk counts, for drills
     return {
         "format_version": manifest.FORMAT_VERSION,
         "kind": "backup",
@@ -244,13 +255,7 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: db.Da
         "tools": tools,
         "pg_dump_options": argv[1:],
         "objects": objects,
-        "content": {
-            "method": db.CHECKSUM_METHOD if config.table_checksums else None,
-            "settings": db.PINNED_SETTINGS,
-            "rows": stats.rows,
-            "tables": [entry.to_json() for entry in stats.tables],
-            "large_objects": stats.large_objects.to_json(),
-        },
+        "content": content,
         "warnings": warnings,
         "warnings_dropped": stderr.dropped_warnings,
     }

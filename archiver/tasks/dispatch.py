@@ -30,9 +30,19 @@ def _prune(policy: Policy, store: Store, progress: Progress, *, dry_run: bool = 
     return run_prune(policy, dry_run=dry_run, store=store)
 
 
+def _verify(policy: Policy, store: Store, progress: Progress, *, dry_run: bool = False, backup_id: str | None = None,
+            scratch: str | None = None, archives: bool | None = None, **_: Any) -> TaskResult:
+    from .verify import run_verify
+
+    if dry_run:
+        raise UsageError("verify has no dry run: a drill only reads the store and writes its verdict")
+    return run_verify(policy, store=store, progress=progress, backup_id=backup_id, scratch=scratch, archives=archives)
+
+
 TASKS: dict[str, Callable[..., TaskResult]] = {
     "backup": _backup,
     "prune": _prune,
+    "verify": _verify,
 }
 
 

@@ -1,0 +1,64 @@
+"""``archiver restore NAME --target DSN`` (and ``restore-archive``): incident-time commands."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from click.core import ParameterSource
+
+from ..errors import UsageError
+from ..tasks.restore import Confirm, RestorePlan, RestoreRequest, parse_before, run_restore
+from .context import AppContext, pass_app
+from .progress import progress_for_terminal
+
+
+def _confirmation(yes: bool) -> Confirm:
+    def confirm(plan: RestorePlan) -> bool:
+        for line in plan.lines():
+            click.echo(line, err=True)
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to restore without a confirmation: stdin is not a terminal",
+                             hint="read the plan above, then rerun with --yes")
+        return click.confirm(f"Restore backup {plan.source.entry.id} into {plan.target_name}?", default=False,
+                             err=True, abort=True)
+    return confirm
+
+
+@click.command("restore")
+@click.argument("name")
+@click.option("--target", required=True, envvar="ARCHIVER_RESTORE_TARGET", show_envvar=True,
+              help="libpq DSN of the database to restore into; created when it does not exist. No password here: "
+                   "PGPASSWORD, ~/.pgpass, or the whole DSN in ARCHIVER_RESTORE_TARGET.")
+@click.option("--backup", "backup_id", metavar="ID", help="The backup to restore (default: the newest).")
+@click.option("--before", metavar="TIMESTAMP", help="The newest backup taken before this time (ISO 8601, UTC).")
+@click.option("--clean", is_flag=True, help="Replace what a non-empty target holds (refused without it).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Parallel pg_restore jobs (plain databases; spools the dump to --work-dir; not one transaction).")
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Where --jobs spools the dump (default: TMPDIR).")
+@click.option("--checksums", is_flag=True, help="Also compare every table's content checksum with the manifest.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and the checks of the target; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
+@click.pass_context
+@pass_app
+def restore_command(app: AppContext, ctx: click.Context, name: str, target: str, backup_id: str | None,
+                    before: str | None, clean: bool, jobs: int, work_dir: str | None, checksums: bool, dry_run: bool,
+                    yes: bool) -> int:
+    """Restore a backup of policy NAME into the database --target.
+
+    Prints the plan (backup, its age and size, source versions, target, what --clean drops) and asks
+    before it writes anything. Exit codes: 0 restored and matching the manifest, 1 failed (the target
+    is put back as it was), 2 refused (the message says why), 4 the backup does not match its
+    manifest (corrupt or missing object, or restored rows differ).
+    """
+    request = RestoreRequest(target=target, backup_id=backup_id, before=parse_before(before) if before else None,
+                             clean=clean, jobs=jobs, work_dir=work_dir, dry_run=dry_run, checksums=checksums,
+                             target_in_argv=ctx.get_parameter_source("target") != ParameterSource.ENVIRONMENT)
+    result = run_restore(app.policy_for_task(name, "restore"), request, confirm=_confirmation(yes),
+                         progress=progress_for_terminal(quiet=app.verbosity < 0))
+    for line in result.lines:
+        click.echo(line)
+    click.echo(result.summary, err=True)
+    return result.exit_code
