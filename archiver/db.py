@@ -665,3 +665,9 @@ def content_stats(dsn: str, *, checksums: bool = True, connect_timeout: int = 10
         except psycopg.Error:
             pass
         conn.close()
+
+
+def execute_script(dsn: str, script: str) -> None:
+    """Run a multi-statement SQL script (no parameters) in one transaction."""
+    with connect(dsn, autocommit=False) as conn:
+        conn.execute(script.encode())
