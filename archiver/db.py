@@ -711,6 +711,12 @@ def content_stats(dsn: str, *, checksums: bool = True, connect_timeout: int = 10
         conn.close()
 
 
+def execute_script(dsn: str, script: str) -> None:
+    """Run a multi-statement SQL script (no parameters) in one transaction."""
+    with connect(dsn, autocommit=False) as conn:
+        conn.execute(script.encode())
+
+
 def timescale_inventory(dsn: str, *, connect_timeout: int = 10) -> list[HypertableStats]:
     """Hypertables and chunk counts of a database (a restored one, say), read as a backup reads them."""
     conn = _open_snapshot_connection(dsn, connect_timeout=connect_timeout, lock_timeout_ms=None,

@@ -17,6 +17,7 @@ from ..signals import cancel_on_signals
 from .backup_cmd import backup_command, backups_group, prune_command
 from .context import AppContext, default_policies_path
 from .pending import pending_command
+from .demo_cmd import demo_command
 from .policy_cmd import policy_group
 from .restore_cmd import restore_command
 from .run_cmd import run_command
@@ -61,7 +62,7 @@ for command in (
     verify_command,
     run_command,
     status_command,
-    pending_command("demo", "The whole cycle on an embedded default."),
+    demo_command,
 ):
     cli.add_command(command)
 

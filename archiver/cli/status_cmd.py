@@ -17,7 +17,7 @@ def _age(seconds: int | None) -> str:
     return "-" if seconds is None else format_duration(timedelta(seconds=seconds))
 
 
-def _render(statuses: list[PolicyStatus]) -> None:
+def render_status(statuses: list[PolicyStatus]) -> None:
     rows = [("POLICY", "HEALTH", "NEWEST BACKUP", "AGE", "EVERY", "NEWEST PROVEN", "TASKS FAILING")]
     for status in statuses:
         newest, proven = status.newest_backup or {}, status.newest_verified or {}
@@ -45,5 +45,5 @@ def status_command(app: AppContext, as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps([status.to_json() for status in statuses], indent=2, default=str))
     else:
-        _render(statuses)
+        render_status(statuses)
     return ExitCode.OK if all(status.healthy for status in statuses) else ExitCode.TASK_FAILED
