@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
+from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, Literal, Protocol
 
 import zstandard
@@ -136,3 +138,35 @@ def open_decompressed(stream: BinaryIO, codec: str) -> BinaryIO:
     if codec == "none":
         return stream
     raise ValueError(f"unknown codec {codec!r} (allowed: {', '.join(CODECS)})")
+
+
+def iter_decompressed(chunks: Iterable[bytes], codec: str) -> Iterator[bytes]:
+    """The original bytes of an object written with ``codec``, from its stored chunks, as they come.
+
+    The generator form of :func:`open_decompressed` for hot paths (a restore feeding pg_restore):
+    each input chunk is decompressed in one call, with no intermediate buffering or copying. Every
+    frame (zstd) or member (gzip) is read; a stream that ends inside one raises
+    :class:`TruncatedStream`.
+    """
+    if codec == "none":
+        yield from chunks
+        return
+    if codec not in ("zstd", "gzip"):
+        raise ValueError(f"unknown codec {codec!r} (allowed: {', '.join(CODECS)})")
+    new = (zstandard.ZstdDecompressor().decompressobj if codec == "zstd"
+           else lambda: zlib.decompressobj(wbits=16 + zlib.MAX_WBITS))
+    decoder: Any = new()
+    started = False
+    for chunk in chunks:
+        while chunk:
+            started = True
+            output = decoder.decompress(chunk)
+            if output:
+                yield output
+            if not decoder.eof:
+                break
+            chunk = decoder.unused_data
+            decoder, started = new(), False
+    if started:
+        raise TruncatedStream(f"{codec} stream ends in the middle of a {'frame' if codec == 'zstd' else 'member'} "
+                              "(the object is truncated)")

@@ -9,16 +9,19 @@ able to take it back.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
-import io
+import queue
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from types import TracebackType
 from typing import Any, BinaryIO
 
 import zstandard
 
-from .compress import TruncatedStream, open_decompressed
+from .compress import TruncatedStream, iter_decompressed
 from .errors import ObjectNotFound, VerificationFailed
 from .storage import ObjectInfo, Store
 
@@ -59,45 +62,13 @@ def precheck(store: Store, entry: dict[str, Any], what: str) -> ObjectInfo:
     return info
 
 
-class _HashingReader(io.RawIOBase):
-    """Counts and hashes every byte read from ``source``."""
-
-    def __init__(self, source: BinaryIO) -> None:
-        super().__init__()
-        self._source = source
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._source.read(len(buffer))
-        if not data:
-            return 0
-        view = memoryview(buffer).cast("B")
-        view[:len(data)] = data
-        self.sha256.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def drain(self) -> None:
-        """Read (and hash) whatever is left; bytes a decompressor never asked for count too."""
-        buffer = bytearray(READ_SIZE)
-        while self.readinto(buffer):
-            pass
-
-    def close(self) -> None:
-        self._source.close()
-        super().close()
-
-
 class CheckedObject:
     """An object of a manifest, read as its original (decompressed) bytes and checked at the end.
 
     ``with CheckedObject(store, entry, "dump") as obj: for chunk in obj.chunks(): ...; obj.finish()``.
     ``chunks`` raises :class:`ObjectMismatch` when the object is missing or cannot be decompressed;
-    ``finish`` when its size, SHA-256 or decompressed size differ from the manifest.
+    ``finish`` when its size, SHA-256 or decompressed size differ from the manifest. A consumer
+    that stops early may call ``chunks`` again to go on where it stopped.
     """
 
     def __init__(self, store: Store, entry: dict[str, Any], what: str) -> None:
@@ -106,56 +77,56 @@ class CheckedObject:
         self.what = what
         self.key = str(entry["key"])
         self.decompressed_bytes = 0
-        self._raw: _HashingReader | None = None
-        self._stream: BinaryIO | None = None
+        self.stored_bytes = 0
+        self._sha256 = hashlib.sha256()
+        self._source: BinaryIO | None = None
+        self._decoded: Iterator[bytes] | None = None
 
     def __enter__(self) -> "CheckedObject":
         try:
-            source = self.store.open(self.key)
+            self._source = self.store.open(self.key)
         except ObjectNotFound:
             raise ObjectMismatch(f"{self.what} {self.store.describe(self.key)} is missing", key=self.key,
                                  reason="missing") from None
-        self._raw = _HashingReader(source)
-        self._stream = open_decompressed(io.BufferedReader(self._raw, buffer_size=READ_SIZE),  # type: ignore[arg-type]
-                                         str(self.entry.get("codec", "none")))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for stream in (self._stream, self._raw):
-            try:
-                if stream is not None:
-                    stream.close()
-            except Exception:
-                pass
+        if self._source is not None:
+            with contextlib.suppress(Exception):
+                self._source.close()
 
-    @property
-    def stored_bytes(self) -> int:
-        return self._raw.size if self._raw is not None else 0
-
-    def chunks(self, size: int = READ_SIZE) -> Iterator[bytes]:
-        """The original bytes, in chunks; a damaged object raises (never a silent short read)."""
-        assert self._stream is not None
-        while True:
-            try:
-                chunk = self._stream.read(size)
-            except (TruncatedStream, EOFError) as exc:
-                raise self._mismatch("truncated", f"ends in the middle of its compressed stream ({exc})") from None
-            except _DECOMPRESSION_ERRORS as exc:
-                raise self._mismatch("corrupt", f"cannot be decompressed ({type(exc).__name__}: {exc})") from None
-            if not chunk:
-                return
-            self.decompressed_bytes += len(chunk)
+    def _stored_chunks(self) -> Iterator[bytes]:
+        assert self._source is not None
+        while chunk := self._source.read(READ_SIZE):
+            self._sha256.update(chunk)
+            self.stored_bytes += len(chunk)
             yield chunk
+
+    def _decode(self) -> Iterator[bytes]:
+        try:
+            for chunk in iter_decompressed(self._stored_chunks(), str(self.entry.get("codec", "none"))):
+                self.decompressed_bytes += len(chunk)
+                yield chunk
+        except TruncatedStream as exc:
+            raise self._mismatch("truncated", f"ends in the middle of its compressed stream ({exc})") from None
+        except _DECOMPRESSION_ERRORS as exc:
+            raise self._mismatch("corrupt", f"cannot be decompressed ({type(exc).__name__}: {exc})") from None
+
+    def chunks(self) -> Iterator[bytes]:
+        """The original bytes, in chunks; a damaged object raises (never a silent short read)."""
+        if self._decoded is None:
+            self._decoded = self._decode()
+        yield from self._decoded
 
     def finish(self) -> None:
         """Read what the decompressor left (trailing bytes count too) and compare with the manifest."""
-        assert self._raw is not None
-        self._raw.drain()
+        for _ in self._stored_chunks():
+            pass
         expected_size, expected_sha = int(self.entry["size"]), str(self.entry["sha256"])
-        if self._raw.size != expected_size:
-            raise self._mismatch("size", f"is {self._raw.size:,} bytes; its manifest says {expected_size:,} "
+        if self.stored_bytes != expected_size:
+            raise self._mismatch("size", f"is {self.stored_bytes:,} bytes; its manifest says {expected_size:,} "
                                          "(truncated or replaced)")
-        actual_sha = self._raw.sha256.hexdigest()
+        actual_sha = self._sha256.hexdigest()
         if actual_sha != expected_sha:
             raise self._mismatch("checksum", f"has SHA-256 {actual_sha[:16]}...; its manifest says "
                                              f"{expected_sha[:16]}... (altered or replaced)")
@@ -164,10 +135,11 @@ class CheckedObject:
             raise self._mismatch("size", f"decompresses to {self.decompressed_bytes:,} bytes; its manifest says "
                                          f"{int(expected_plain):,}")
 
-    def read_rest_and_check(self) -> ObjectMismatch | None:
-        """After a consumer gave up early: read the rest, and say whether the object is damaged."""
+    def read_rest_and_check(self, chunks: Iterable[bytes] | None = None) -> ObjectMismatch | None:
+        """After a consumer gave up early: read the rest (of ``chunks``, when it read through a
+        :class:`Prefetch`), and say whether the object is damaged."""
         try:
-            for _ in self.chunks():
+            for _ in self.chunks() if chunks is None else chunks:
                 pass
             self.finish()
         except ObjectMismatch as exc:
@@ -177,6 +149,63 @@ class CheckedObject:
     def _mismatch(self, reason: str, detail: str) -> ObjectMismatch:
         at = f" (after {self.stored_bytes:,} stored bytes)" if reason in ("truncated", "corrupt") else ""
         return ObjectMismatch(f"{self.what} {self.store.describe(self.key)} {detail}{at}", key=self.key, reason=reason)
+
+
+class Prefetch:
+    """Pulls chunks from ``source`` on a thread, up to ``depth`` ahead, so that reading, hashing and
+    decompressing overlap with the consumer's writes (a restore feeding pg_restore).
+
+    Iterate it inside its ``with`` block; an error of the source is raised to the consumer; leaving
+    the block stops the thread (the source is not read any further).
+    """
+
+    _END = object()
+
+    def __init__(self, source: Iterator[bytes], depth: int = 4) -> None:
+        self._source = source
+        self._queue: queue.Queue[Any] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="archiver-prefetch", daemon=True)
+
+    def __enter__(self) -> "Prefetch":
+        self._thread.start()
+        return self
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for chunk in self._source:
+                if not self._put(chunk):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the consumer
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                self._queue.put(self._END)  # iterating again ends at once too
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.1)
+        self._thread.join()
 
 
 def read_verified(store: Store, entry: dict[str, Any], what: str) -> bytes:

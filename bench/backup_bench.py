@@ -19,53 +19,17 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
-import boto3
 import yaml
+from common import GB, MiB, MotoServer, create_sensor_database, database_size, grow_to, run_archiver, use_moto_credentials
 
 from archiver import db
-from archiver.scratch import LocalPostgres, free_port
-
-PROJECT = Path(__file__).resolve().parent.parent
-MiB = 1024 * 1024
-GB = 1000 ** 3
-
-SCHEMA = """
-CREATE TABLE sensor_readings (
-    time        timestamptz      NOT NULL,
-    device_id   uuid             NOT NULL,
-    temperature double precision,
-    humidity    double precision,
-    pressure    double precision,
-    voltage     double precision,
-    energy_kwh  numeric(12, 3),
-    status      text,
-    attrs       jsonb
-);
-"""
-
-# One batch: 10 days of readings, one per device every 5 minutes (1000 devices -> 2.88 M rows).
-BATCH = """
-INSERT INTO sensor_readings
-SELECT ts, md5(d::text)::uuid,
-       20 + 10 * sin(extract(epoch FROM ts) / 3600 + d) + random(),
-       40 + 20 * random(), 1013 + 5 * random(), 230 + random() * 4,
-       round((random() * 1000)::numeric, 3),
-       (ARRAY['ok', 'ok', 'ok', 'degraded', 'offline'])[1 + (d + extract(minute FROM ts)::int) %% 5],
-       CASE WHEN random() < 0.05 THEN jsonb_build_object('fw', '1.' || (d %% 9), 'alarm', random() < 0.5) END
-FROM generate_series(%(start)s::timestamptz, %(start)s::timestamptz + interval '10 days' - interval '5 minutes',
-                     interval '5 minutes') AS ts,
-     generate_series(1, 1000) AS d
-"""
+from archiver.scratch import LocalPostgres
 
 
 @dataclass
@@ -78,22 +42,6 @@ class Measurement:
     peak_rss_bytes: int | None = None
     time_ratio: float = 0.0
     size_ratio: float = 0.0
-
-
-def database_size(dsn: str) -> int:
-    return int(db.query(dsn, "SELECT pg_database_size(current_database())")[0][0])
-
-
-def grow_to(dsn: str, target_bytes: int, batches_done: int) -> int:
-    """Insert 10-day batches until the database is at least ``target_bytes``; returns batches done."""
-    while database_size(dsn) < target_bytes:
-        start = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(days=10 * batches_done)
-        with db.connect(dsn) as conn:
-            conn.execute(BATCH, {"start": start})
-        batches_done += 1
-        print(f"  generated batch {batches_done}: database {database_size(dsn) / GB:.2f} GB", flush=True)
-    db.execute(dsn, "VACUUM ANALYZE sensor_readings")
-    return batches_done
 
 
 def timed_pg_dump(instance: LocalPostgres, dbname: str, extra: list[str]) -> tuple[float, int]:
@@ -112,46 +60,9 @@ def timed_pg_dump(instance: LocalPostgres, dbname: str, extra: list[str]) -> tup
 
 def timed_backup(policies: Path, name: str) -> tuple[float, int, int]:
     """``archiver backup NAME`` as a subprocess: wall time, stored bytes, peak RSS (VmHWM)."""
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "archiver", "--policies", str(policies), "--log-format", "json",
-                             "backup", name], capture_output=True, text=True, cwd=PROJECT)
-    seconds = time.monotonic() - started
-    if result.returncode != 0:
-        raise SystemExit(f"archiver backup {name} failed:\n{result.stderr}")
-    done = next(json.loads(line) for line in result.stderr.splitlines()
-                if line.startswith("{") and json.loads(line).get("event") == "backup.done")
+    seconds, _, events = run_archiver(policies, "backup", name)
+    done = events["backup.done"]
     return seconds, int(done["metrics"]["bytes"]), int(done["metrics"]["peak_rss_bytes"])
-
-
-class MotoServer:
-    """moto's S3 server in its own process, so its memory and CPU are not the benchmark's."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
-        if not moto:
-            raise SystemExit("moto_server not found: pip install 'moto[server]'")
-        self.process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(self.port)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise SystemExit("moto_server did not start")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def client(self) -> Any:
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait()
 
 
 def write_policies(directory: Path, dsn: str, file_root: Path, s3_url: str) -> None:
@@ -221,9 +132,7 @@ def main() -> None:
     parser.add_argument("--json", dest="json_out", help="also write the measurements to this JSON file")
     args = parser.parse_args()
     sizes = sorted(float(s) for s in args.sizes.split(","))
-    # moto accepts any credentials; the archiver subprocesses inherit these
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    os.environ.pop("AWS_PROFILE", None)
+    use_moto_credentials()
     work = Path(tempfile.mkdtemp(prefix="archiver-bench-", dir=args.workdir))
     work.chmod(0o755)  # the server (user postgres) lives below it
     moto = MotoServer()
@@ -231,11 +140,7 @@ def main() -> None:
     try:
         moto.client().create_bucket(Bucket="bench-backups")
         with LocalPostgres(base_dir=str(work), settings={"shared_buffers": "'256MB'"}) as instance:
-            dsn = instance.create_database("telemetry")
-            db.execute(dsn, SCHEMA)
-            if instance.timescaledb:
-                db.execute(dsn, "CREATE EXTENSION timescaledb")
-                db.execute(dsn, "SELECT create_hypertable('sensor_readings', 'time', chunk_time_interval => interval '1 day')")
+            dsn = create_sensor_database(instance, "telemetry")
             print(f"PostgreSQL {instance.major}, TimescaleDB {'yes' if instance.timescaledb else 'no'}, "
                   f"{os.cpu_count()} CPUs, workdir {work}", flush=True)
             write_policies(work / "policies", dsn, work / "store", moto.url)

@@ -39,7 +39,7 @@ from typing import Any, Literal
 from .. import db, dump, log, manifest, sysinfo
 from ..errors import ArchiverError, ExternalCommandFailed, ObjectNotFound, TaskFailed, UsageError
 from ..globals_sql import RolesPlan, plan_roles
-from ..integrity import CheckedObject, ObjectMismatch, human_size, precheck, read_verified
+from ..integrity import CheckedObject, ObjectMismatch, Prefetch, human_size, precheck, read_verified
 from ..locking import database_lock
 from ..policy import Policy
 from ..progress import NULL_PROGRESS, Progress
@@ -588,6 +588,9 @@ def _take_back(plan: RestorePlan, undo: _Undo, app_name: str, exc: BaseException
     state = "; ".join(parts) or "nothing was written to the target"
     logger.error("restore.failed", extra=log.fields(backup_id=plan.source.entry.id, error=log.scrub(str(exc)),
                                                     target_state=state))
+    if isinstance(exc, ExternalCommandFailed) and "max_locks_per_transaction" in exc.stderr_tail:
+        state += ("; the restore runs in one transaction and holds a lock per table, index and chunk: raise "
+                  "max_locks_per_transaction on the target (a restart), or for a plain database use --jobs 2")
     if isinstance(exc, ArchiverError):
         exc.hint = f"{exc.hint}; {state}" if exc.hint else state
         if isinstance(exc, ObjectMismatch):
@@ -623,10 +626,11 @@ def _stream_restore(plan: RestorePlan, store: Store, argv: list[str], env: dict[
     steps = _StepCounter()
     progress.phase(f"restore {plan.target_name}: download and load", total=outcome.dump_bytes or None)
     with CheckedObject(store, plan.source.dump, f"the dump object of backup {plan.source.entry.id}") as obj, \
+            Prefetch(obj.chunks()) as chunks, \
             dump.FeedingCommand(argv, env, "pg_restore", what=what, on_line=steps) as child:
         withheld = _Withheld(HOLD_BACK)
         accepted = True
-        for chunk in obj.chunks():
+        for chunk in chunks:
             for piece in withheld.push(chunk):
                 accepted = child.write(piece)
                 if not accepted:
@@ -635,7 +639,7 @@ def _stream_restore(plan: RestorePlan, store: Store, argv: list[str], env: dict[
             if not accepted:
                 break
         if not accepted:
-            _explain_early_exit(plan, obj, child, progress)
+            _explain_early_exit(plan, obj, chunks, child, progress)
         obj.finish()  # raises on any mismatch: pg_restore is killed and its transaction rolls back
         outcome.download_seconds = time.monotonic() - clock
         for piece in withheld.rest():
@@ -648,12 +652,12 @@ def _stream_restore(plan: RestorePlan, store: Store, argv: list[str], env: dict[
     outcome.post_data_seconds = time.monotonic() - clock - outcome.load_seconds
 
 
-def _explain_early_exit(plan: RestorePlan, obj: CheckedObject, child: dump.FeedingCommand,
+def _explain_early_exit(plan: RestorePlan, obj: CheckedObject, chunks: Prefetch, child: dump.FeedingCommand,
                         progress: Progress) -> None:
     """pg_restore stopped reading before the end: was the object damaged, or did the restore fail?"""
     progress.phase("checking the rest of the dump object to explain pg_restore's failure",
                    total=int(plan.source.dump.get("uncompressed_size") or 0) or None)
-    mismatch = obj.read_rest_and_check()
+    mismatch = obj.read_rest_and_check(chunks)
     progress.done()
     try:
         child.finish()
@@ -826,7 +830,7 @@ def _restore_result(policy: Policy, plan: RestorePlan, outcome: RestoreOutcome, 
                "duration_seconds": round(outcome.seconds, 3), "count_seconds": round(count_seconds, 3),
                "peak_rss_bytes": float(sysinfo.peak_rss_bytes())}
     logger.info("restore.done", extra=log.fields(policy=policy.name, backup_id=plan.source.entry.id,
-                                                 mismatched=len(bad), metrics=metrics))
+                                                 mismatched=len(bad), metrics=metrics, durations=outcome.durations()))
     summary = (f"restore of {plan.source.entry.id} into {plan.target_name}: "
                + (f"{len(bad)} of {len(checks)} tables DIFFER from the manifest" if bad else
                   f"{len(checks)} tables, {rows:,} rows, matching the manifest") + f", RTO {outcome.seconds:.1f}s")

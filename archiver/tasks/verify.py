@@ -332,6 +332,6 @@ def _result(policy: Policy, drill: Drill, record: dict[str, Any]) -> TaskResult:
                "rows": float(drill.source.rows), "bytes": float(entry.size),
                "peak_rss_bytes": float(sysinfo.peak_rss_bytes())}
     logger.info("verify.done", extra=log.fields(policy=policy.name, backup_id=entry.id, result=record["result"],
-                                                failed=record["failed"], metrics=metrics))
+                                                failed=record["failed"], metrics=metrics, durations=record["durations"]))
     return TaskResult(policy=policy.name or "", task="verify", status="verification_failed" if failed else "ok",
                       summary=summary, lines=lines, metrics=metrics, data=record)
