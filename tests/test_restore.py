@@ -254,3 +254,32 @@ def test_a_target_that_does_not_preload_timescaledb_is_told_how(tmp_path: Path, 
         assert "the target server does not preload TimescaleDB" in result.stderr
         assert "add timescaledb to shared_preload_libraries" in result.stderr
         assert not database_exists(plain, "telemetry")
+
+
+def test_a_pg_restore_failure_on_an_intact_dump_rolls_back_and_says_why(
+        tmp_path: Path, rich_database: tuple[str, str], file_store: Store, target_server: LocalPostgres) -> None:
+    """pg_restore stops early: archiver reads the rest of the object to tell a damaged backup (exit 4)
+    from a failed restore (exit 1), and the transaction leaves nothing behind."""
+    source, _ = rich_database
+    path, _ = backed_up(tmp_path, source, file_store, None, globals=False)
+    name, target = new_database(target_server)
+    db.execute(target_server.dsn(), f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    result = restore(path, target, "--yes")
+    assert result.code == 1, result.output
+    assert "pg_restore exited 1" in result.stderr and "read-only transaction" in result.stderr
+    assert "nothing was written to the target" in result.stderr
+    db.execute(target_server.dsn(), f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+    assert user_tables(target) == []
+
+
+def test_two_restores_into_one_target_do_not_run_at_once(
+        tmp_path: Path, rich_database: tuple[str, str], file_store: Store, target_server: LocalPostgres) -> None:
+    source, _ = rich_database
+    path, _ = backed_up(tmp_path, source, file_store, None)
+    _, target = new_database(target_server)
+    with db.advisory_lock(target, "app:restore", holder="archiver restore app (another engineer)"):
+        result = restore(path, target, "--yes")
+    assert result.code == 3, result.output
+    assert "restore of policy 'app' is already running" in result.stderr
+    assert "archiver restore app (another engineer)" in result.stderr
+    assert user_tables(target) == []
