@@ -27,7 +27,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 from common import GB, MiB, MotoServer, create_sensor_database, database_size, grow_to, run_archiver, use_moto_credentials
