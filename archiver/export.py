@@ -198,12 +198,14 @@ def export_chunk(dsn: str, store: Store, *, database: str, info: TableInfo, chun
         put, summary = _stream(dsn, store, key, sql, snapshot_id, schema, settings, size_hint, counted, chunk, plans,
                                on_rows)
         expected = counted.result()
-    archived = archive_fingerprint(store, key, plans, info.time_column)
-    differences = expected.differences(archived)
-    if differences:
-        store.delete(key)
-        raise VerificationFailed(f"{chunk.display}: the archive read back from {store.describe(key)} does not match "
-                                 f"the database: {'; '.join(differences[:5])}; the object was removed")
+    try:
+        differences = expected.differences(archive_fingerprint(store, key, plans, info.time_column))
+        if differences:
+            raise VerificationFailed(f"{chunk.display}: the archive read back from {store.describe(key)} does not "
+                                     f"match the database: {'; '.join(differences[:5])}")
+    except VerificationFailed as exc:
+        store.delete(key)  # a wrong object must not stay where readers look
+        raise VerificationFailed(f"{exc.message}; the object was removed") from None
     return ExportResult(chunk, key, put, summary, expected, exported_at, now(), time.monotonic() - started)
 
 

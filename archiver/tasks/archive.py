@@ -11,7 +11,7 @@ versions of a chunk.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -103,36 +103,41 @@ def _run_exports(dsn: str, store: Store, database: str, policy: Policy, config: 
     settings = parquet.WriterSettings(zstd_level=config.zstd_level, row_group_rows=config.row_group_rows,
                                       row_group_bytes=config.row_group_mib * MiB)
     results: list[ExportResult] = []
-    unexpected: list[BaseException] = []
     progress.phase("archive", total=len(jobs), unit="chunks")
     with ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="archiver-export") as pool:
         futures = {pool.submit(_export_one, dsn, store, database, policy, job, settings): job for job in jobs}
-        for future in as_completed(futures):
-            job = futures[future]
-            try:
-                results.append(future.result())
-                outcome = results[-1]
-                record(decisions, Decision("archive", job.info.display, job.chunk.display, "exported",
-                                           f"v{job.version}: {outcome.fingerprint.rows} rows, "
-                                           f"{human_bytes(outcome.put.size)}, verified, {outcome.key}"),
-                       "archive.chunk.exported")
-            except Unrepresentable as exc:
-                record(decisions, Decision("archive", job.info.display, job.chunk.display, coldplan.HOLD,
-                                           f"not archived: {'; '.join(exc.problems)} ({exc.hint})"),
-                       "archive.chunk.held_back")
-            except VerificationFailed as exc:
-                record(decisions, Decision("archive", job.info.display, job.chunk.display, "mismatch", exc.message),
-                       "archive.chunk.verification_failed")
-            except ArchiverError as exc:
-                record(decisions, Decision("archive", job.info.display, job.chunk.display, coldplan.FAIL, str(exc)),
-                       "archive.chunk.failed")
-            except BaseException as exc:  # a bug: finish the others, then let it surface
-                unexpected.append(exc)
-            progress.advance(1)
+        try:
+            for future in as_completed(futures):
+                _collect(future, futures[future], results, decisions)
+                progress.advance(1)
+        except BaseException:  # a bug or an interrupt: start nothing new, let it surface
+            for future in futures:
+                future.cancel()
+            raise
     progress.done()
-    if unexpected:
-        raise unexpected[0]
     return results
+
+
+def _collect(future: Future[ExportResult], job: ExportJob, results: list[ExportResult],
+             decisions: list[Decision]) -> None:
+    """One finished export as a decision line; errors of the task's own kinds do not stop the others."""
+    where = (job.info.display, job.chunk.display)
+    try:
+        outcome = future.result()
+    except Unrepresentable as exc:
+        record(decisions, Decision("archive", *where, coldplan.HOLD, f"not archived: {'; '.join(exc.problems)} "
+                                                                     f"({exc.hint})"), "archive.chunk.held_back")
+        return
+    except VerificationFailed as exc:
+        record(decisions, Decision("archive", *where, "mismatch", exc.message), "archive.chunk.verification_failed")
+        return
+    except ArchiverError as exc:
+        record(decisions, Decision("archive", *where, coldplan.FAIL, str(exc)), "archive.chunk.failed")
+        return
+    results.append(outcome)
+    record(decisions, Decision("archive", *where, "exported",
+                               f"v{job.version}: {outcome.fingerprint.rows} rows, {human_bytes(outcome.put.size)}, "
+                               f"verified, {outcome.key}"), "archive.chunk.exported")
 
 
 def _export_one(dsn: str, store: Store, database: str, policy: Policy, job: ExportJob,

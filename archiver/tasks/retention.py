@@ -262,7 +262,14 @@ def _sweep_orphans(store: Store, database: str, now: datetime, decisions: list[D
                if info.key.endswith(".parquet") and info.key not in referenced]
     if not orphans:
         return
-    if not referenced or len(orphans) > max(ORPHAN_LIMIT, len(referenced) // 10):
+    if not referenced:
+        record(decisions, Decision("expiry", "", "", HOLD,
+                                   f"{len(orphans)} Parquet object(s) under archive/ but no archive manifest at all: "
+                                   "they cannot be told apart from archives whose catalog/ was lost, so none is "
+                                   "deleted (the next archive run replaces those of chunks still in the database)"),
+               "retention.orphans")
+        return
+    if len(orphans) > max(ORPHAN_LIMIT, len(referenced) // 10):
         record(decisions, Decision("expiry", "", "", HOLD,
                                    f"{len(orphans)} Parquet object(s) under archive/ have no manifest, against "
                                    f"{len(referenced)} archived; not deleting that many - check the catalog/ prefix"),
