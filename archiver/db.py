@@ -439,6 +439,9 @@ def exported_snapshot(dsn: str) -> Iterator[tuple[str, Session]]:
     rows, even while late data keeps arriving.
     """
     with session(dsn, application_name="archiver archive") as current:
+        # one core for the fingerprint: the export stream needs the others, and a production
+        # server's parallel workers are not ours to take
+        current.execute("SET max_parallel_workers_per_gather = 0")
         current.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             snapshot_id = str(current.scalar("SELECT pg_export_snapshot()"))

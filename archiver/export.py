@@ -24,10 +24,11 @@ from . import __version__, db, fingerprint as fp, parquet
 from .chunks import Chunk, TableInfo, show_value
 from .errors import ArchiverError, ObjectNotFound, StoreError, TaskFailed, VerificationFailed
 from .storage import PutResult, Store, sha256_of
+from .sysinfo import release_free_memory
 from .typemap import ColumnPlan, select_sql
 
 T = TypeVar("T")
-ADBC_BATCH_BYTES = 8 * 1024 * 1024
+ADBC_BATCH_BYTES = 4 * 1024 * 1024
 
 
 class Unrepresentable(ArchiverError):
@@ -61,8 +62,10 @@ def archive_fingerprint(store: Store, key: str, plans: list[ColumnPlan], time_co
     accumulator = fp.ArrowFingerprint(plans, time_column)
     try:
         with store.open_seekable(key) as source:
-            for batch in parquet.read_batches(source):
-                accumulator.add(batch)
+            for rows, columns in parquet.read_columns(source, [plan.name for plan in plans]):
+                accumulator.add_rows(rows)
+                for name, values in columns:
+                    accumulator.add_column(name, values)
     except (pa.ArrowException, OSError) as exc:
         raise VerificationFailed(f"{store.describe(key)} cannot be read back as Parquet: {exc}") from None
     return accumulator.result()
@@ -198,6 +201,7 @@ def export_chunk(dsn: str, store: Store, *, database: str, info: TableInfo, chun
         put, summary = _stream(dsn, store, key, sql, snapshot_id, schema, settings, size_hint, counted, chunk, plans,
                                on_rows)
         expected = counted.result()
+    release_free_memory()
     try:
         differences = expected.differences(archive_fingerprint(store, key, plans, info.time_column))
         if differences:

@@ -341,19 +341,29 @@ class ArrowFingerprint:
         self.time_column = time_column
         self.rows = 0
         self.totals: dict[str, dict[str, Any]] = {plan.name: dict.fromkeys(measure_names(plan), 0) for plan in plans}
+        self._by_name = {plan.name: plan for plan in plans}
         self.time_min: Any = None
         self.time_max: Any = None
         self._time_kind = ""
 
     def add(self, batch: pa.RecordBatch) -> None:
-        self.rows += batch.num_rows
+        self.add_rows(batch.num_rows)
         for plan in self.plans:
-            values = batch.column(batch.schema.get_field_index(plan.name))
-            bucket = self.totals[plan.name]
-            for measure, amount in self._measures(plan, values):
+            self.add_column(plan.name, batch.column(batch.schema.get_field_index(plan.name)))
+
+    def add_rows(self, count: int) -> None:
+        self.rows += count
+
+    def add_column(self, name: str, values: pa.Array | pa.ChunkedArray) -> None:
+        """Part of one column (rows are counted separately, with :meth:`add_rows`)."""
+        plan = self._by_name[name]
+        pieces = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+        bucket = self.totals[name]
+        for piece in pieces:
+            for measure, amount in self._measures(plan, piece):
                 bucket[measure] = _add(bucket[measure], amount)
-            if plan.name == self.time_column and values.null_count < len(values):
-                self._time_bounds(plan, values)
+            if name == self.time_column and piece.null_count < len(piece):
+                self._time_bounds(plan, piece)
 
     def _time_bounds(self, plan: ColumnPlan, values: pa.Array) -> None:
         if plan.kind == tm.TIMESTAMP:

@@ -18,9 +18,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import TaskFailed
+from .sysinfo import release_free_memory
 
 METADATA_PREFIX = "archiver."
 READ_BATCH_ROWS = 64 * 1024
+READ_BUFFER_BYTES = 4 * 1024 * 1024  # stream column chunks instead of loading each whole
 
 
 class ConversionError(TaskFailed):
@@ -149,6 +151,8 @@ class RowGroupWriter:
         table = pa.Table.from_batches(self._pending, schema=self.schema)
         self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
         self._writer.write_table(table, row_group_size=table.num_rows)
+        del table
+        release_free_memory()
 
     def close(self) -> FileSummary:
         self._flush()
@@ -201,12 +205,29 @@ def write_batches(batches: Iterable[pa.RecordBatch], sink: Any, schema: pa.Schem
 
 def open_file(source: BinaryIO) -> pq.ParquetFile:
     """A Parquet file whose page checksums are verified as its pages are read."""
-    return pq.ParquetFile(source, page_checksum_verification=True, pre_buffer=False)
+    return pq.ParquetFile(source, page_checksum_verification=True, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
 
 
 def read_batches(source: BinaryIO, *, batch_rows: int = READ_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     parquet = open_file(source)
     yield from parquet.iter_batches(batch_size=batch_rows, use_threads=True)
+
+
+def read_columns(source: BinaryIO, names: list[str], *,
+                 batch_rows: int = READ_BATCH_ROWS) -> Iterator[tuple[int, Iterator[tuple[str, pa.Array]]]]:
+    """Row group by row group, column by column, a batch at a time: memory holds one slice of one
+    column, whatever the size of the file or its row groups."""
+    parquet = open_file(source)
+
+    def pieces(index: int) -> Iterator[tuple[str, pa.Array]]:
+        for name in names:
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[index], columns=[name],
+                                              use_threads=False):
+                yield name, batch.column(0)
+        release_free_memory()
+
+    for index in range(parquet.num_row_groups):
+        yield parquet.metadata.row_group(index).num_rows, pieces(index)
 
 
 def archiver_metadata(parquet: pq.ParquetFile) -> dict[str, str]:

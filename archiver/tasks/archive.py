@@ -10,6 +10,7 @@ versions of a chunk.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from ..coldplan import Decision
 from ..errors import ArchiverError, VerificationFailed
 from ..export import ExportResult, Unrepresentable, check_object, database_fingerprint, export_chunk
 from ..fingerprint import Fingerprint, time_display
-from ..policy import ArchiveConfig, Policy
+from ..policy import ArchiveConfig, Policy, StorageConfig
 from ..progress import NULL_PROGRESS, Progress
 from ..storage import Store, open_store
 from ..timeutil import utcnow
@@ -50,7 +51,7 @@ def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = No
     config = archive_section(policy)
     tables = select_tables(config, table)
     dsn = policy.database.resolved_dsn()
-    store = store or open_store(policy.storage)
+    store = store or open_store(_shared_upload_budget(policy.storage, config.parallel))
     moment = now or utcnow()
     started = time.monotonic()
     decisions: list[Decision] = []
@@ -63,6 +64,12 @@ def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = No
         if not dry_run and jobs:
             results = _run_exports(dsn, store, database, policy, config, jobs, decisions, progress)
     return _result(policy, decisions, results, jobs, dry_run=dry_run, seconds=time.monotonic() - started)
+
+
+def _shared_upload_budget(storage: StorageConfig, parallel: int) -> StorageConfig:
+    """``upload_concurrency`` bounds the parts in flight (and their memory) for the whole run, so
+    parallel exports share it rather than multiply it."""
+    return dataclasses.replace(storage, upload_concurrency=max(1, storage.upload_concurrency // parallel))
 
 
 def _plan_table(current: db.Session, store: Store, database: str, info: TableInfo, now: datetime,
@@ -101,7 +108,7 @@ def _plan_table(current: db.Session, store: Store, database: str, info: TableInf
 def _run_exports(dsn: str, store: Store, database: str, policy: Policy, config: ArchiveConfig, jobs: list[ExportJob],
                  decisions: list[Decision], progress: Progress) -> list[ExportResult]:
     settings = parquet.WriterSettings(zstd_level=config.zstd_level, row_group_rows=config.row_group_rows,
-                                      row_group_bytes=config.row_group_mib * MiB)
+                                      row_group_bytes=config.row_group_mib * MiB // config.parallel)
     results: list[ExportResult] = []
     progress.phase("archive", total=len(jobs), unit="chunks")
     with ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="archiver-export") as pool:
