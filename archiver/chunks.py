@@ -66,10 +66,6 @@ class TableInfo:
         return f"{self.schema}.{self.name}"
 
     @property
-    def relation(self) -> str:
-        return db.qualified(self.schema, self.name)
-
-    @property
     def is_integer(self) -> bool:
         return self.time_type == INTEGER
 

@@ -57,7 +57,8 @@ def archive_decision(manifest: LoadedManifest | None, object_problem: str | None
     if not late_data_check:
         return SKIP, f"archived as v{version} (late-data check is off)"
     if changes:
-        return EXPORT, f"rows changed since archive v{version} (late data: {_summary(changes)}); exporting v{version + 1}"
+        return EXPORT, (f"rows changed since archive v{version} (late data: {_summary(changes)}); "
+                        f"exporting v{version + 1}")
     rows = (manifest.document or {}).get("rows")
     return SKIP, f"verified archive v{version} still matches ({rows} rows)"
 

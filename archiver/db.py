@@ -167,7 +167,7 @@ class Session:
             if cursor.description is None:
                 return []
             names = [column.name for column in cursor.description]
-            return [dict(zip(names, row)) for row in cursor.fetchall()]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         except psycopg.Error as exc:
             raise self._error(exc) from None
 
@@ -299,7 +299,8 @@ def table_columns(current: Session, schema: str, table: str) -> list[dict[str, A
 
 def is_hypertable(current: Session, schema: str, table: str) -> bool:
     return bool(current.scalar(
-        "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_schema = %s AND hypertable_name = %s",
+        "SELECT count(*) FROM timescaledb_information.hypertables "
+        "WHERE hypertable_schema = %s AND hypertable_name = %s",
         (schema, table)))
 
 

@@ -25,10 +25,10 @@ from .chunks import Chunk, TableInfo, show_value
 from .errors import ArchiverError, ObjectNotFound, StoreError, TaskFailed, VerificationFailed
 from .storage import PutResult, Store, sha256_of
 from .sysinfo import release_free_memory
-from .typemap import ColumnPlan, select_sql
+from .typemap import ColumnPlan, arrow_schema, select_sql
 
 T = TypeVar("T")
-ADBC_BATCH_BYTES = 4 * 1024 * 1024
+ADBC_BATCH_BYTES = 2 * 1024 * 1024
 
 
 class Unrepresentable(ArchiverError):
@@ -52,7 +52,8 @@ class ExportResult:
     seconds: float
 
 
-def database_fingerprint(current: db.Session, chunk: Chunk, plans: list[ColumnPlan], time_column: str) -> fp.Fingerprint:
+def database_fingerprint(current: db.Session, chunk: Chunk, plans: list[ColumnPlan],
+                         time_column: str) -> fp.Fingerprint:
     query = fp.database_query(plans, chunk.relation, time_column)
     return fp.from_database_row(query, current.query(query.sql)[0])
 
@@ -94,7 +95,8 @@ def check_object(store: Store, document: dict[str, Any], *, footer: bool = False
         except ObjectNotFound:
             return f"the object {store.describe(key)} is missing"
         if digest != recorded.get("sha256"):
-            return f"the object {store.describe(key)} was altered (SHA-256 {digest[:12]}…, manifest {recorded.get('sha256', '')[:12]}…)"
+            return (f"the object {store.describe(key)} was altered (SHA-256 {digest[:12]}…, manifest "
+                    f"{str(recorded.get('sha256'))[:12]}…)")
     if footer:
         return _footer_problem(store, key, document)
     return None
@@ -192,7 +194,7 @@ def export_chunk(dsn: str, store: Store, *, database: str, info: TableInfo, chun
     """
     started = time.monotonic()
     plans = info.plans()
-    schema = pa.schema([plan.field for plan in plans], metadata=export_metadata(database, info, chunk, plans))
+    schema = arrow_schema(plans, export_metadata(database, info, chunk, plans))
     sql = select_sql(plans, chunk.relation)
     with db.exported_snapshot(dsn) as (snapshot_id, snapshot_session), ThreadPoolExecutor(1) as pool:
         counted: Future[fp.Fingerprint] = pool.submit(database_fingerprint, snapshot_session, chunk, plans,

@@ -239,7 +239,7 @@ def database_query(plans: list[ColumnPlan], relation: str, time_column: str) -> 
 
 def from_database_row(query: DatabaseQuery, row: tuple[Any, ...]) -> Fingerprint:
     fingerprint = Fingerprint(rows=int(row[0]), time_min=time_number(row[1]), time_max=time_number(row[2]))
-    for (column, measure), value in zip(query.layout, row[3:]):
+    for (column, measure), value in zip(query.layout, row[3:], strict=True):
         fingerprint.columns.setdefault(column, {})[measure] = canonical(value)
     return fingerprint
 

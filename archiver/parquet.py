@@ -142,7 +142,9 @@ class RowGroupWriter:
             self._pending_bytes += piece.nbytes
             self.rows += piece.num_rows
             batch = batch.slice(piece.num_rows)
-            if self._pending_rows >= self.settings.row_group_rows or self._pending_bytes >= self.settings.row_group_bytes:
+            full = (self._pending_rows >= self.settings.row_group_rows
+                    or self._pending_bytes >= self.settings.row_group_bytes)
+            if full:
                 self._flush()
 
     def _flush(self) -> None:
@@ -206,11 +208,6 @@ def write_batches(batches: Iterable[pa.RecordBatch], sink: Any, schema: pa.Schem
 def open_file(source: BinaryIO) -> pq.ParquetFile:
     """A Parquet file whose page checksums are verified as its pages are read."""
     return pq.ParquetFile(source, page_checksum_verification=True, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
-
-
-def read_batches(source: BinaryIO, *, batch_rows: int = READ_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    parquet = open_file(source)
-    yield from parquet.iter_batches(batch_size=batch_rows, use_threads=True)
 
 
 def read_columns(source: BinaryIO, names: list[str], *,

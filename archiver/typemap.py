@@ -44,7 +44,6 @@ BOOL, INT, FLOAT, DECIMAL, NUMERIC_TEXT, TIMESTAMP, DATE, TIME, INTERVAL, UUID, 
     "binary", "list")
 
 MAX_DECIMAL128_PRECISION = 38
-TIME_COLUMN_TYPES = ("timestamptz", "timestamp", "date", "int2", "int4", "int8")
 
 _SCALARS: dict[str, tuple[pa.DataType, str]] = {
     "bool": (pa.bool_(), BOOL),

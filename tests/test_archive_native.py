@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from archiver import typemap as tm
 from archiver.policy import StorageConfig
-from archiver.storage import Store, open_store
+from archiver.storage import open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.plan import run_plan
 from archiver.tasks.retention import run_retention

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from archiver import db
 from archiver.errors import UsageError
 from archiver.policy import StorageConfig
 from archiver.storage import open_store

@@ -17,7 +17,6 @@ from archiver import db
 from archiver.errors import LockBusy
 from archiver.policy import StorageConfig
 from archiver.storage import LocalStore, ObjectWriter, open_store
-from archiver.storage.local import LocalWriter
 from archiver.tasks.archive import run_archive
 from archiver.tasks.coldtier import LOCK_NAME
 from archiver.tasks.retention import run_retention

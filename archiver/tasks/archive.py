@@ -59,7 +59,8 @@ def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = No
         with db.session(dsn, connect_timeout=policy.database.connect_timeout) as current:
             database = db.current_database(current)
             infos = [chunks.discover(current, entry) for entry in tables]
-            jobs = [job for info in infos for job in _plan_table(current, store, database, info, moment, config, decisions)]
+            jobs = [job for info in infos
+                    for job in _plan_table(current, store, database, info, moment, config, decisions)]
         results: list[ExportResult] = []
         if not dry_run and jobs:
             results = _run_exports(dsn, store, database, policy, config, jobs, decisions, progress)
@@ -99,9 +100,8 @@ def _plan_table(current: db.Session, store: Store, database: str, info: TableInf
                                   db.relation_size(current, chunk.schema, chunk.name)))
     waiting = len(info.chunks) - len(due)
     if waiting:
-        record(decisions, Decision("archive", info.display, "", "wait",
-                                   f"{waiting} chunk(s) not due yet (ranges ending after {chunks.show_value(boundary)})"),
-               "archive.waiting")
+        reason = f"{waiting} chunk(s) not due yet (ranges ending after {chunks.show_value(boundary)})"
+        record(decisions, Decision("archive", info.display, "", "wait", reason), "archive.waiting")
     return jobs
 
 
