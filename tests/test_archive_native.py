@@ -281,3 +281,44 @@ def test_large_row_groups_split_by_rows(database: str, tmp_path: Path) -> None:
     document = manifests(open_store(storage))["device_metrics_d40"]
     assert document["parquet"]["row_group_rows"] == [1000, 1000, 650]
     assert document["rows"] == 2650
+
+
+def test_integer_date_and_naive_timestamp_partition_keys(database: str, tmp_path: Path) -> None:
+    epoch_day = "(extract(epoch FROM current_date)::bigint / 86400)"
+    statements = [
+        "CREATE TABLE events (seq bigint NOT NULL, at_s bigint NOT NULL, kind text) PARTITION BY RANGE (at_s)",
+        "CREATE TABLE daily_totals (day date NOT NULL, total numeric(14,2)) PARTITION BY RANGE (day)",
+        "CREATE TABLE local_readings (at timestamp NOT NULL, value real) PARTITION BY RANGE (at)",
+    ]
+    for age in (40, 20, 1):
+        statements += [
+            f"CREATE TABLE events_d{age} PARTITION OF events FOR VALUES FROM (({epoch_day} - {age}) * 86400) "
+            f"TO (({epoch_day} - {age} + 1) * 86400)",
+            f"INSERT INTO events SELECT g, ({epoch_day} - {age}) * 86400 + g * 60, 'k' || g % 3 "
+            "FROM generate_series(0, 99) g",
+            f"CREATE TABLE daily_totals_d{age} PARTITION OF daily_totals FOR VALUES FROM (current_date - {age}) "
+            f"TO (current_date - {age} + 1)",
+            f"INSERT INTO daily_totals VALUES (current_date - {age}, {age} * 1.5)",
+            f"CREATE TABLE local_readings_d{age} PARTITION OF local_readings FOR VALUES FROM "
+            f"((current_date - {age})::timestamp) TO ((current_date - {age} + 1)::timestamp)",
+            f"INSERT INTO local_readings SELECT (current_date - {age})::timestamp + g * interval '1 hour', g / 4.0 "
+            "FROM generate_series(0, 23) g",
+        ]
+    for statement in statements:
+        sql(database, statement)
+    storage = StorageConfig(url=f"file://{tmp_path}/store")
+    tables = [table("public.events", archive_after=10, drop_after=30, time_unit="s"),
+              table("public.daily_totals", archive_after=10, drop_after=30),
+              table("public.local_readings", archive_after=10, drop_after=30)]
+    policy = make_policy(database, storage, tables)
+    result = run_archive(policy)
+    assert result.status == "ok" and result.metrics["chunks_archived"] == 6, result.lines
+    found = manifests(open_store(storage))
+    assert found["events_d40"]["range"]["end_utc"].endswith("T00:00:00Z")
+    assert found["events_d40"]["object"]["key"].endswith(
+        f"events_d40_{found['events_d40']['range']['start']}_{found['events_d40']['range']['end']}.parquet")
+    assert found["daily_totals_d40"]["min_time"] == found["daily_totals_d40"]["range"]["start"][:10]
+    assert found["local_readings_d20"]["rows"] == 24
+    retained = run_retention(policy)
+    assert retained.metrics["chunks_dropped"] == 3, retained.lines
+    assert relations(database, "%\\_d40") == []
