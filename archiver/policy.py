@@ -352,7 +352,7 @@ class ArchiveConfig:
     allow_timescaledb_retention_policy: bool = False
     row_group_rows: Annotated[int, _range(1000, 50_000_000)] = 1_000_000
     # memory for row groups being assembled, shared by the `parallel` exports of a run
-    row_group_mib: Annotated[int, _range(4, 1024)] = 64
+    row_group_mib: Annotated[int, _range(4, 1024)] = 48
     zstd_level: Annotated[int, _range(1, 22)] = 3
     parallel: Annotated[int, _range(1, 8)] = 1
     late_data_check: bool = True

@@ -191,8 +191,8 @@ def archive_run(workdir: Path, dsn: str, label: str, storage: str, parallel: int
 
 
 def report(kind: str, rows: int, days: int, chunk_bytes: int, measures: list[Measure]) -> list[str]:
-    copy = next(m for m in measures if m.name.startswith("raw COPY"))
-    baseline = next(m for m in measures if m.name.startswith("psycopg"))
+    copy = max((m for m in measures if m.name.startswith("raw COPY")), key=lambda m: m.rows_per_second)
+    baseline = max((m for m in measures if m.name.startswith("psycopg")), key=lambda m: m.rows_per_second)
     lines = [f"{rows:,} rows in {days} daily chunks ({kind}); chunks on disk {chunk_bytes / 2**20:,.0f} MiB; "
              f"{os.cpu_count()} CPUs", "",
              f"{'measure':<44} {'rows/s':>10} {'x COPY':>7} {'x psycopg':>9} {'peak RSS':>9} {'Parquet':>9} "
@@ -204,8 +204,9 @@ def report(kind: str, rows: int, days: int, chunk_bytes: int, measures: list[Mea
         lines.append(f"{m.name:<44} {m.rows_per_second:>10,.0f} {m.rows_per_second / copy.rows_per_second:>7.2f} "
                      f"{m.rows_per_second / baseline.rows_per_second:>9.2f} {rss:>9} {out:>9} {ratio:>7} "
                      f"{m.load or 0:>5.2f}")
-    lines += ["", "targets: >= 3x psycopg; >= 0.3x raw COPY (one export), >= 0.45x (two in parallel); "
-                  "peak RSS < 300 MiB"]
+    lines += ["", "ratios are against the faster of the two baseline measurements (before and after the runs)",
+              "targets: >= 3x psycopg; >= 0.3x raw COPY (one export), >= 0.45x (two in parallel); "
+              "peak RSS < 300 MiB"]
     return lines
 
 
@@ -242,6 +243,10 @@ def main() -> None:
                          ("moto S3, 2 parallel", f"{{url: \"s3://bench-2/cold\", endpoint_url: \"{moto.url}\"}}", 2)]
             for label, storage, parallel in runs:
                 measures.append(archive_run(workdir, dsn, label, storage, parallel))
+            # the machine's load changes while the runs go on: measure the baselines again and
+            # compare against the faster of the two measurements (the harder target)
+            measures.append(raw_copy(pg, dsn, chunks, rows))
+            measures.append(psycopg_fetchmany(dsn, chunks, args.psycopg_rows))
             lines = report(kind, rows, args.days, chunk_bytes, measures)
             print("\n" + "\n".join(lines))
             if args.json_path:
