@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from archiver import db
-from archiver.errors import LockBusy
+from archiver.errors import LockBusy, StoreError
 from archiver.policy import StorageConfig
 from archiver.storage import LocalStore, ObjectWriter, open_store
 from archiver.tasks.archive import run_archive
-from archiver.tasks.coldtier import LOCK_NAME
+from archiver.tasks.coldtier import LOCK_NAME, ColdTierFailed
 from archiver.tasks.retention import run_retention
 from tests.coldtier import make_policy, manifests, parquet_keys, read_archive, relations, sql, table
 
@@ -255,3 +255,25 @@ def test_parallel_exports_give_the_same_archives(database: str, local: StorageCo
     result = run_archive(policy)
     assert result.metrics["chunks_archived"] == 4 and result.metrics["rows"] == 560
     assert sorted(manifests(open_store(local))) == [f"readings_d{age}" for age in sorted(AGES)]
+
+
+class FailingParquetStore(LocalStore):
+    """A store whose Parquet uploads fail (a full disk, a revoked bucket policy)."""
+
+    def writer(self, key: str, **kwargs: Any) -> ObjectWriter:
+        if "/readings_d80_" in key:
+            raise StoreError(f"cannot write {self.describe(key)}: No space left on device")
+        return super().writer(key, **kwargs)
+
+
+def test_a_failing_chunk_fails_the_run_but_every_other_chunk_is_archived_and_reported(
+        database: str, local: StorageConfig) -> None:
+    create_readings(database)
+    store = open_store(local)
+    with pytest.raises(ColdTierFailed) as failure:
+        run_archive(policy_for(database, local), store=FailingParquetStore(store.root))  # type: ignore[attr-defined]
+    assert failure.value.exit_code == 1 and "No space left on device" in str(failure.value)
+    result = failure.value.result
+    assert result.metrics["chunks_archived"] == 3 and result.metrics["chunks_failed"] == 1
+    assert sum(line.startswith("exported") for line in result.lines) == 3
+    assert sorted(manifests(store)) == ["readings_d60", "readings_d70", "readings_d90"]
