@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .. import __version__, chunks, coldplan, db, log, manifest, parquet
+from .. import __version__, chunks, coldplan, db, manifest, parquet
 from ..chunks import Chunk, TableInfo
 from ..coldplan import Decision
 from ..errors import ArchiverError, VerificationFailed
@@ -30,9 +30,6 @@ from ..timeutil import utcnow
 from . import TaskResult
 from .coldtier import (MiB, ColdTierFailed, archive_section, catalog_prefix, cold_tier_lock, finish, human_bytes, iso,
                        record, select_tables)
-
-_log = log.get_logger("archive")
-
 
 @dataclass
 class ExportJob:
