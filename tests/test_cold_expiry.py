@@ -90,3 +90,16 @@ def test_orphans_are_removed_after_a_day_but_never_in_bulk(database: str, tmp_pa
     assert refused.status == "held_back" and refused.metrics["orphans_removed"] == 0
     assert any("not deleting that many" in line for line in refused.lines)
     assert len(parquet_keys(store)) == 16
+
+
+def test_cold_retention_shorter_than_a_drop_after_is_a_policy_error(tmp_path: Path) -> None:
+    from archiver.policy import load
+
+    path = tmp_path / "telemetry.yaml"
+    path.write_text("database: {dsn: 'dbname=telemetry'}\nstorage: {url: 'file:///srv/cold'}\narchive:\n"
+                    "  schedule: '30 1 * * *'\n  tables:\n    - {table: public.asset_metrics, archive_after: 7d, "
+                    "drop_after: 90d, time_unit: s, text_columns: [value]}\n  cold_retention: 30d\n  parallel: 9\n")
+    issues = [str(issue) for issue in load([path], environ={}).issues]
+    assert len(issues) == 2, issues
+    assert "archive.cold_retention: is shorter than archive.tables[0].drop_after" in issues[0]
+    assert "archive.parallel: out of range (got 9; allowed 1..8)" in issues[1]
