@@ -40,6 +40,12 @@ TASK_LOCKS: dict[str, tuple[str, ...]] = {
     "restore-archive": ("database",),
 }
 
+# Tasks that must not overlap each other share a database lock: archive and retention both
+# decide about the same chunks (a chunk being re-exported must not be dropped meanwhile), and
+# restore-archive writes rows into the ranges they look at.
+DATABASE_LOCK_NAMES = {"archive": "cold-tier", "retention": "cold-tier", "restore-archive": "cold-tier"}
+LOCK_DESCRIPTIONS = {"cold-tier": "the cold tier (archive, retention, restore-archive)"}
+
 _log = log.get_logger("lock")
 
 
@@ -61,7 +67,8 @@ def _describe_since(moment: Any) -> str:
 
 @contextlib.contextmanager
 def database_lock(policy: Policy, task: str) -> Iterator[None]:
-    name = f"{policy.name}:{task}"
+    lock = DATABASE_LOCK_NAMES.get(task, task)
+    name = f"{policy.name}:{lock}"
     try:
         with db.advisory_lock(policy.database.resolved_dsn(), name, holder=holder_description(task, policy.name or "")):
             yield
@@ -69,7 +76,9 @@ def database_lock(policy: Policy, task: str) -> Iterator[None]:
         holder = busy.holder
         who = (f"{holder.application_name or 'an unnamed session'} (server pid {holder.pid}, from {holder.client}) "
                f"{_describe_since(holder.since)}") if holder else "another session (it ended while we looked)"
-        raise LockBusy(f"{task} of policy {policy.name!r} is already running: the database lock is held by {who}",
+        what = f"{task} of policy {policy.name!r}" + (
+            f" cannot start: {LOCK_DESCRIPTIONS[lock]} is busy" if lock in LOCK_DESCRIPTIONS else " is already running")
+        raise LockBusy(f"{what}: the database lock is held by {who}",
                        hint="wait for it to finish; the lock is freed when that process ends") from None
 
 
