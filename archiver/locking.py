@@ -40,6 +40,12 @@ TASK_LOCKS: dict[str, tuple[str, ...]] = {
     "restore-archive": ("database",),
 }
 
+# Tasks that must not overlap each other share a database lock: archive and retention both
+# decide about the same chunks (a chunk being re-exported must not be dropped meanwhile), and
+# restore-archive writes rows into the ranges they look at.
+DATABASE_LOCK_NAMES = {"archive": "cold-tier", "retention": "cold-tier", "restore-archive": "cold-tier"}
+LOCK_DESCRIPTIONS = {"cold-tier": "the cold tier (archive, retention, restore-archive)"}
+
 _log = log.get_logger("lock")
 
 
@@ -61,8 +67,9 @@ def _describe_since(moment: Any) -> str:
 
 @contextlib.contextmanager
 def database_lock(policy: Policy, task: str, *, dsn: str | None = None) -> Iterator[None]:
-    """The advisory lock ``<policy>:<task>`` on the policy's database, or on ``dsn`` (a restore target)."""
-    name = f"{policy.name}:{task}"
+    """The advisory lock of ``task`` on the policy's database, or on ``dsn`` (a restore target)."""
+    lock = DATABASE_LOCK_NAMES.get(task, task)
+    name = f"{policy.name}:{lock}"
     where = "the database lock" if dsn is None else f"the lock on {db.redact_dsn(dsn)}"
     try:
         with db.advisory_lock(dsn or policy.database.resolved_dsn(), name,
@@ -72,7 +79,9 @@ def database_lock(policy: Policy, task: str, *, dsn: str | None = None) -> Itera
         holder = busy.holder
         who = (f"{holder.application_name or 'an unnamed session'} (server pid {holder.pid}, from {holder.client}) "
                f"{_describe_since(holder.since)}") if holder else "another session (it ended while we looked)"
-        raise LockBusy(f"{task} of policy {policy.name!r} is already running: {where} is held by {who}",
+        what = f"{task} of policy {policy.name!r}" + (
+            f" cannot start: {LOCK_DESCRIPTIONS[lock]} is busy" if lock in LOCK_DESCRIPTIONS else " is already running")
+        raise LockBusy(f"{what}: {where} is held by {who}",
                        hint="wait for it to finish; the lock is freed when that process ends") from None
 
 

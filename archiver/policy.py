@@ -324,6 +324,9 @@ class BackupConfig:
     table_checksums: bool = True  # per-table content checksums in the manifest (row counts are always taken)
 
 
+TIME_UNITS = ("ns", "us", "ms", "s", "min", "h", "d")
+
+
 @dataclass(frozen=True)
 class ArchiveTable:
     table: Annotated[str, _pattern(r'[A-Za-z_][\w$]*(\.[A-Za-z_][\w$]*)?', "schema.table (unquoted identifiers)")]
@@ -331,6 +334,10 @@ class ArchiveTable:
     drop_after: Duration | None = None
     time_column: str | None = None
     require_archive: bool = True
+    # integer time columns: what one step of the integer means (counted from the Unix epoch)
+    time_unit: Literal[TIME_UNITS] | None = None  # type: ignore[valid-type]
+    # columns exported as their PostgreSQL text form (e.g. a numeric(p,s) column that holds NaN)
+    text_columns: list[str] = field(default_factory=list)
 
     @property
     def qualified_name(self) -> str:
@@ -345,7 +352,11 @@ class ArchiveConfig:
     cold_retention: Duration | None = None
     allow_timescaledb_retention_policy: bool = False
     row_group_rows: Annotated[int, _range(1000, 50_000_000)] = 1_000_000
+    # memory for row groups being assembled, shared by the `parallel` exports of a run
+    row_group_mib: Annotated[int, _range(4, 1024)] = 48
     zstd_level: Annotated[int, _range(1, 22)] = 3
+    parallel: Annotated[int, _range(1, 8)] = 1
+    late_data_check: bool = True
 
 
 @dataclass(frozen=True)
@@ -729,6 +740,12 @@ def _check_archive(policy: Policy, b: _Builder) -> None:
             b.issue(path + ("drop_after",), f"is shorter than archive_after: rows would be dropped before they are "
                                             f"archived (got {format_duration(table.drop_after)} < "
                                             f"{format_duration(table.archive_after)}; allowed >= archive_after)")
+        cold = policy.archive.cold_retention
+        if cold is not None and table.drop_after is not None and cold < table.drop_after:
+            b.issue(("archive", "cold_retention"), f"is shorter than archive.tables[{index}].drop_after: cold files would "
+                                                   f"expire while their rows are still in the database (got "
+                                                   f"{format_duration(cold)} < {format_duration(table.drop_after)}; "
+                                                   "allowed >= every drop_after)")
         name = table.qualified_name
         if name in seen:
             b.issue(path + ("table",), f"is listed twice (got {name!r}, also archive.tables[{seen[name]}])")

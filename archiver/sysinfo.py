@@ -51,3 +51,23 @@ def _cgroup_cpu_quota() -> float | None:
         return None if quota_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None
+
+
+_libc: object = None
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by C libraries back to the system (glibc keeps it per thread arena).
+
+    The ADBC driver and the Parquet reader free large buffers from several threads; without
+    this, the process keeps the high-water mark of every phase. A no-op where glibc is absent.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+            _libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)  # type: ignore[attr-defined]

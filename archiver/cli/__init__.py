@@ -15,6 +15,7 @@ from .. import log
 from ..errors import ArchiverError, ExitCode
 from ..signals import cancel_on_signals
 from .backup_cmd import backup_command, backups_group, prune_command
+from .archive_cmd import archive_command, plan_command, retention_command
 from .context import AppContext, default_policies_path
 from .pending import pending_command
 from .demo_cmd import demo_command
@@ -53,9 +54,9 @@ for command in (
     backup_command,
     backups_group,
     prune_command,
-    pending_command("archive", "Export aged chunks to Parquet.", _NAME, _DRY_RUN, click.Option(["--table"])),
-    pending_command("retention", "Drop chunks past drop_after; expire cold files.", _NAME, _DRY_RUN),
-    pending_command("plan", "What archive / retention / prune would do now.", _NAME),
+    archive_command,
+    retention_command,
+    plan_command,
     restore_command,
     pending_command("restore-archive", "Load archived rows back into a table.", _NAME, click.Option(["--table"]),
                     click.Option(["--from", "from_"]), click.Option(["--to"]), click.Option(["--target"])),

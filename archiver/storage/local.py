@@ -95,6 +95,9 @@ class LocalStore(Store):
         except OSError as exc:
             raise StoreError(f"cannot read {self.describe(key)}: {exc.strerror}") from None
 
+    def open_seekable(self, key: str) -> BinaryIO:
+        return self.open(key)
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Walk only the directory the prefix pins down, then filter by the full prefix.
         directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""

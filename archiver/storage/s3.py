@@ -9,6 +9,7 @@ response body, which botocore does not retry, resumes with a ranged GET pinned t
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from collections import deque
@@ -315,6 +316,32 @@ class S3Store(Store):
 
     def open(self, key: str) -> BinaryIO:
         return io.BufferedReader(S3Reader(self, key), buffer_size=1024 * 1024)  # type: ignore[return-value]
+
+    def read_range(self, key: str, start: int, length: int, *, etag: str | None = None) -> bytes:
+        if length <= 0:
+            return b""
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": self.object_key(key),
+                                     "Range": f"bytes={start}-{start + length - 1}"}
+        if etag:
+            arguments["IfMatch"] = f'"{etag}"'
+
+        @retry(retry=retry_if_exception_type(_TRANSIENT_READ_ERRORS), stop=stop_after_attempt(self.max_attempts),
+               wait=wait_random_exponential(multiplier=0.2, max=10), reraise=True)
+        def attempt() -> bytes:
+            response = self.client.get_object(**arguments)
+            with contextlib.closing(response["Body"]) as body:
+                return bytes(body.read())
+        try:
+            return attempt()
+        except botocore.exceptions.ClientError as exc:
+            code = _error_code(exc)
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFound(self.describe(key)) from None
+            if code in ("PreconditionFailed", "412"):
+                raise StoreError(f"{self.describe(key)} changed while it was being read (ETag no longer {etag})") from None
+            raise explain(exc, f"cannot read {self.describe(key)}") from None
+        except Exception as exc:
+            raise explain(exc, f"reading {self.describe(key)} failed at byte {start}") from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         root = f"{self.prefix}/" if self.prefix else ""

@@ -30,6 +30,21 @@ def _prune(policy: Policy, store: Store, progress: Progress, *, dry_run: bool = 
     return run_prune(policy, dry_run=dry_run, store=store)
 
 
+def _archive(policy: Policy, store: Store, progress: Progress, *, dry_run: bool = False, table: str | None = None,
+             **_: Any) -> TaskResult:
+    from .archive import run_archive
+
+    # no store handed over: the archive opens its own, with the upload budget shared by its
+    # parallel exports
+    return run_archive(policy, dry_run=dry_run, table=table, progress=progress)
+
+
+def _retention(policy: Policy, store: Store, progress: Progress, *, dry_run: bool = False, **_: Any) -> TaskResult:
+    from .retention import run_retention
+
+    return run_retention(policy, dry_run=dry_run, store=store, progress=progress)
+
+
 def _verify(policy: Policy, store: Store, progress: Progress, *, dry_run: bool = False, backup_id: str | None = None,
             scratch: str | None = None, archives: bool | None = None, **_: Any) -> TaskResult:
     from .verify import run_verify
@@ -42,6 +57,8 @@ def _verify(policy: Policy, store: Store, progress: Progress, *, dry_run: bool =
 TASKS: dict[str, Callable[..., TaskResult]] = {
     "backup": _backup,
     "prune": _prune,
+    "archive": _archive,
+    "retention": _retention,
     "verify": _verify,
 }
 

@@ -1,0 +1,62 @@
+"""``archiver archive``, ``archiver retention`` and ``archiver plan``: the cold tier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from ..tasks import TaskResult
+from ..tasks.coldtier import ColdTierFailed
+from ..tasks.dispatch import execute
+from ..tasks.plan import run_plan
+from .context import AppContext, pass_app
+from .progress import progress_for_terminal
+
+
+def _render(result: TaskResult) -> None:
+    for line in result.lines:
+        click.echo(line)
+    click.echo(result.summary)
+
+
+def _run(task: Callable[[], TaskResult]) -> int:
+    try:
+        result = task()
+    except ColdTierFailed as exc:
+        _render(exc.result)  # every other chunk's outcome, then the error and its exit code
+        raise
+    _render(result)
+    return int(result.exit_code)
+
+
+@click.command("archive")
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="Print the decisions, change nothing.")
+@click.option("--table", metavar="T", help="Only this table (schema.table, as listed in the policy).")
+@pass_app
+def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None) -> int:
+    """Export aged chunks of policy NAME to Parquet, verify them, then write their manifests."""
+    policy = app.policy(name)
+    progress = progress_for_terminal(quiet=app.verbosity < 0)
+    return _run(lambda: execute(policy, "archive", dry_run=dry_run, table=table, progress=progress))
+
+
+@click.command("retention")
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="Print the decisions, change nothing.")
+@pass_app
+def retention_command(app: AppContext, name: str, dry_run: bool) -> int:
+    """Drop chunks past drop_after whose archive is verified; expire cold files past cold_retention."""
+    policy = app.policy(name)
+    progress = progress_for_terminal(quiet=app.verbosity < 0)
+    return _run(lambda: execute(policy, "retention", dry_run=dry_run, progress=progress))
+
+
+@click.command("plan")
+@click.argument("name")
+@pass_app
+def plan_command(app: AppContext, name: str) -> int:
+    """What archive and retention would do now for policy NAME, per table, and why (changes nothing)."""
+    policy = app.policy(name)
+    return _run(lambda: run_plan(policy))

@@ -1,0 +1,244 @@
+"""One chunk to one verified Parquet object, and the checks that prove an archive still holds.
+
+Export streams rows from an exported snapshot (ADBC, COPY binary) through the Parquet writer
+into a streaming upload, while the database fingerprint of the same snapshot is computed on a
+second connection. The upload commits only when every value was representable and the row count
+matches; then the object is read back *from the store* and its fingerprint compared with the
+database's. Only then may the caller write the manifest.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import pyarrow as pa
+
+from . import __version__, db, fingerprint as fp, parquet
+from .chunks import Chunk, TableInfo, show_value
+from .errors import ArchiverError, ObjectNotFound, StoreError, TaskFailed, VerificationFailed
+from .storage import PutResult, Store, sha256_of
+from .sysinfo import release_free_memory
+from .typemap import ColumnPlan, arrow_schema, select_sql
+
+T = TypeVar("T")
+ADBC_BATCH_BYTES = 2 * 1024 * 1024
+
+
+class Unrepresentable(ArchiverError):
+    """The chunk holds values its planned Parquet types cannot store; it is held back, not lost."""
+
+    def __init__(self, chunk: str, problems: list[str]) -> None:
+        super().__init__(f"{chunk}: " + "; ".join(problems),
+                         hint="list the column in archive.tables[].text_columns to archive it as text")
+        self.problems = problems
+
+
+@dataclass
+class ExportResult:
+    chunk: Chunk
+    key: str
+    put: PutResult
+    summary: parquet.FileSummary
+    fingerprint: fp.Fingerprint
+    exported_at: datetime
+    verified_at: datetime
+    seconds: float
+
+
+def database_fingerprint(current: db.Session, chunk: Chunk, plans: list[ColumnPlan],
+                         time_column: str) -> fp.Fingerprint:
+    query = fp.database_query(plans, chunk.relation, time_column)
+    return fp.from_database_row(query, current.query(query.sql)[0])
+
+
+def archive_fingerprint(store: Store, key: str, plans: list[ColumnPlan], time_column: str) -> fp.Fingerprint:
+    """The fingerprint of the object as the store returns it (ranged reads, page checksums verified)."""
+    accumulator = fp.ArrowFingerprint(plans, time_column)
+    try:
+        with store.open_seekable(key) as source:
+            for rows, columns in parquet.read_columns(source, [plan.name for plan in plans]):
+                accumulator.add_rows(rows)
+                for name, values in columns:
+                    accumulator.add_column(name, values)
+    except (pa.ArrowException, OSError) as exc:
+        raise VerificationFailed(f"{store.describe(key)} cannot be read back as Parquet: {exc}") from None
+    return accumulator.result()
+
+
+def check_object(store: Store, document: dict[str, Any], *, footer: bool = False) -> str | None:
+    """Does the store still hold exactly the object the manifest describes? The problem, or None.
+
+    Size always; the ETag when both sides have one, otherwise the SHA-256 of the whole object;
+    with ``footer``, also the Parquet footer's row count and chunk name.
+    """
+    recorded = document["object"]
+    key = recorded["key"]
+    info = store.head(key)
+    if info is None:
+        return f"the object {store.describe(key)} is missing"
+    if info.size != recorded.get("size"):
+        return f"the object {store.describe(key)} has {info.size} bytes, the manifest says {recorded.get('size')}"
+    if info.etag and recorded.get("etag"):
+        if info.etag != recorded["etag"]:
+            return f"the object {store.describe(key)} was replaced (ETag {info.etag}, manifest {recorded['etag']})"
+    else:
+        try:
+            with store.open(key) as stream:
+                digest, _ = sha256_of(stream)
+        except ObjectNotFound:
+            return f"the object {store.describe(key)} is missing"
+        if digest != recorded.get("sha256"):
+            return (f"the object {store.describe(key)} was altered (SHA-256 {digest[:12]}…, manifest "
+                    f"{str(recorded.get('sha256'))[:12]}…)")
+    if footer:
+        return _footer_problem(store, key, document)
+    return None
+
+
+def _footer_problem(store: Store, key: str, document: dict[str, Any]) -> str | None:
+    try:
+        with store.open_seekable(key) as source:
+            parquet_file = parquet.open_file(source)
+            rows = parquet_file.metadata.num_rows
+            chunk = parquet.archiver_metadata(parquet_file).get("chunk")
+    except (pa.ArrowException, OSError, StoreError) as exc:
+        return f"the object {store.describe(key)} is not readable Parquet ({exc})"
+    expected = f"{document['chunk']['schema']}.{document['chunk']['name']}"
+    if rows != document["rows"] or chunk != expected:
+        return (f"the object {store.describe(key)} holds {rows} rows of {chunk}, the manifest says "
+                f"{document['rows']} rows of {expected}")
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming export
+
+
+class _Prefetch(Generic[T]):
+    """Pull items from an iterator on a thread, a few ahead, so reading overlaps writing."""
+
+    _END = object()
+
+    def __init__(self, source: Iterator[T], depth: int = 2) -> None:
+        self._source = source
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="archiver-read", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._source:
+                if not self._put(("item", item)):
+                    break
+            else:
+                self._put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._put(("error", exc))
+        finally:
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            kind, value = self._queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
+def export_metadata(database: str, info: TableInfo, chunk: Chunk, plans: list[ColumnPlan]) -> dict[str, str]:
+    return parquet.file_metadata({
+        "database": database, "source_table": info.display, "chunk": chunk.display, "time_column": info.time_column,
+        "range_start": show_value(chunk.start), "range_end": show_value(chunk.end),
+        "pg_types": {plan.name: plan.pg_type for plan in plans}, "archiver_version": __version__,
+    })
+
+
+def export_chunk(dsn: str, store: Store, *, database: str, info: TableInfo, chunk: Chunk, key: str,
+                 settings: parquet.WriterSettings, size_hint: int | None = None,
+                 on_rows: Callable[[int], None] | None = None, now: Callable[[], datetime]) -> ExportResult:
+    """Export one chunk to ``key`` and verify it; raises Unrepresentable, VerificationFailed or TaskFailed.
+
+    On any failure nothing is left at ``key`` by this run (the upload is aborted, or the object
+    that failed verification deleted); a previous version there is replaced only by a complete
+    object, never by a partial one.
+    """
+    started = time.monotonic()
+    plans = info.plans()
+    schema = arrow_schema(plans, export_metadata(database, info, chunk, plans))
+    sql = select_sql(plans, chunk.relation)
+    with db.shared_read_snapshot(dsn) as (snapshot_id, snapshot_session), ThreadPoolExecutor(1) as pool:
+        counted: Future[fp.Fingerprint] = pool.submit(database_fingerprint, snapshot_session, chunk, plans,
+                                                      info.time_column)
+        exported_at = now()
+        put, summary = _stream(dsn, store, key, sql, snapshot_id, schema, settings, size_hint, counted, chunk, plans,
+                               on_rows)
+        expected = counted.result()
+    release_free_memory()
+    try:
+        differences = expected.differences(archive_fingerprint(store, key, plans, info.time_column))
+        if differences:
+            raise VerificationFailed(f"{chunk.display}: the archive read back from {store.describe(key)} does not "
+                                     f"match the database: {'; '.join(differences[:5])}")
+    except VerificationFailed as exc:
+        store.delete(key)  # a wrong object must not stay where readers look
+        raise VerificationFailed(f"{exc.message}; the object was removed") from None
+    return ExportResult(chunk, key, put, summary, expected, exported_at, now(), time.monotonic() - started)
+
+
+def _stream(dsn: str, store: Store, key: str, sql: str, snapshot_id: str, schema: pa.Schema,
+            settings: parquet.WriterSettings, size_hint: int | None, counted: Future[fp.Fingerprint], chunk: Chunk,
+            plans: list[ColumnPlan], on_rows: Callable[[int], None] | None) -> tuple[PutResult, parquet.FileSummary]:
+    writer = store.writer(key, size_hint=size_hint, content_type="application/vnd.apache.parquet")
+    batches = _Prefetch(db.arrow_batches(dsn, sql, snapshot_id=snapshot_id, batch_bytes=ADBC_BATCH_BYTES))
+    try:
+        summary = parquet.write_batches(batches, writer, schema, settings,
+                                        on_batch=(lambda batch: on_rows(batch.num_rows)) if on_rows else None)
+        expected = counted.result()
+        problems = fp.unrepresentable(expected, plans)
+        if problems:
+            raise Unrepresentable(chunk.display, problems)
+        if summary.rows != expected.rows:
+            raise VerificationFailed(f"{chunk.display}: {summary.rows} rows were streamed but the snapshot holds "
+                                     f"{expected.rows}")
+        return writer.commit(), summary
+    except parquet.ConversionError as exc:
+        writer.abort()
+        problems = fp.unrepresentable(counted.result(), plans)
+        if problems:
+            raise Unrepresentable(chunk.display, problems) from None
+        raise TaskFailed(f"{chunk.display}: {exc}") from None
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        batches.close()

@@ -1,0 +1,56 @@
+"""Helpers for the cold-tier tests: policies built in code, SQL on the test server, reading archives."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from archiver import db, manifest
+from archiver.policy import (ArchiveConfig, ArchiveTable, DatabaseConfig, Policy, Secret, StorageConfig)
+from archiver.storage import Store
+
+
+def make_policy(dsn: str, storage: StorageConfig, tables: list[ArchiveTable], name: str = "telemetry",
+                **archive: Any) -> Policy:
+    return Policy(database=DatabaseConfig(dsn=Secret(dsn)), storage=storage, name=name,
+                  archive=ArchiveConfig(schedule="30 1 * * *", tables=tables, **archive))
+
+
+def table(name: str, archive_after: int, drop_after: int | None = None, **options: Any) -> ArchiveTable:
+    """An archive.tables entry with durations in days."""
+    return ArchiveTable(table=name, archive_after=timedelta(days=archive_after),
+                        drop_after=timedelta(days=drop_after) if drop_after is not None else None, **options)
+
+
+def sql(dsn: str, statement: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+    with db.session(dsn) as current:
+        return current.query(statement, params)
+
+
+def manifests(store: Store, prefix: str = "catalog/archive/") -> dict[str, dict[str, Any]]:
+    """Every archive manifest in the store, by chunk name."""
+    found = manifest.list_archive_manifests(store, prefix)
+    return {loaded.document["chunk"]["name"]: loaded.document for loaded in found.values() if loaded.document}
+
+
+def read_archive(store: Store, document: dict[str, Any]) -> pa.Table:
+    with store.open_seekable(document["object"]["key"]) as source:
+        return pq.ParquetFile(source).read()
+
+
+def parquet_keys(store: Store) -> list[str]:
+    return sorted(info.key for info in store.list("archive/") if info.key.endswith(".parquet"))
+
+
+def relations(dsn: str, pattern: str) -> list[str]:
+    return [row[0] for row in sql(dsn, "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n "
+                                       "ON n.oid = c.relnamespace WHERE c.relname LIKE %s AND c.relkind IN ('r', 'p') "
+                                       "ORDER BY 1", (pattern,))]
+
+
+def file_path(store: Store, key: str) -> Path:
+    return Path(store.path_of(key))  # type: ignore[attr-defined]
