@@ -29,7 +29,7 @@ def test_rows_come_from_the_exported_snapshot_even_while_rows_arrive(database: s
     with db.session(database) as current:
         current.execute("CREATE TABLE t (n int)")
         current.execute("INSERT INTO t SELECT generate_series(1, 10)")
-    with db.exported_snapshot(database) as (snapshot_id, current):
+    with db.shared_read_snapshot(database) as (snapshot_id, current):
         with db.session(database) as other:
             other.execute("INSERT INTO t VALUES (11)")
         rows = sum(batch.num_rows for batch in db.arrow_batches(database, "SELECT n FROM t", snapshot_id=snapshot_id))

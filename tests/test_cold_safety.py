@@ -242,8 +242,8 @@ def test_another_run_holding_the_lock_is_reported_at_once(database: str, local: 
     holder.start()
     try:
         assert entered.wait(30)
-        with pytest.raises(LockBusy, match="retention of policy 'app' cannot start: the cold tier .* is busy: "
-                                           "the database lock is held by archiver archive app"):
+        with pytest.raises(LockBusy, match="retention of policy 'telemetry' cannot start: the cold tier .* is busy: "
+                                           "the database lock is held by archiver archive telemetry"):
             execute(policy, "retention")  # ...keeps retention out
         assert execute(policy, "archive", dry_run=True).status == "ok"  # a dry run reads only and takes no lock
     finally:
