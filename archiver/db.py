@@ -1330,3 +1330,131 @@ def clean_database(dsn: str) -> None:
         conn.execute("COMMENT ON SCHEMA public IS 'standard public schema'")
         conn.execute(sql.SQL("ALTER DATABASE {} RESET timescaledb.restoring").format(sql.Identifier(conn.info.dbname)))
         conn.commit()
+
+
+# -- restore-archive: loading Parquet rows back ------------------------------------------------------
+#
+# Rows go in bulk: ADBC ingests the Arrow batches into a temporary staging table (COPY binary),
+# then one INSERT ... SELECT moves the rows of the asked range into the table, cast to its column
+# types, in the same transaction as the check that the range holds none of them yet.
+
+@dataclass(frozen=True)
+class StagedColumn:
+    """A target column and where its values are in the staging table.
+
+    ``kind`` ``value``: one staging column, cast to the target type; ``interval``: the three
+    columns (months, days, nanoseconds) of an interval archived as Arrow's month-day-nano struct.
+    """
+
+    target: str
+    staging: tuple[str, ...]
+    kind: str = "value"
+
+
+@dataclass(frozen=True)
+class ArchiveLoad:
+    staged: int  # rows of the archive files
+    in_range: int  # of them, rows within the asked range
+    present: int  # rows the table held in that range before
+    loaded: int  # rows inserted (none when the range was not empty)
+
+
+def target_table(current: Session, schema: str, name: str) -> tuple[str | None, dict[str, str]]:
+    """(kind, columns) of a table: kind ``hypertable``, ``partitioned``, ``table`` or None when it does not exist."""
+    facts = relation_facts(current, schema, name)
+    if facts is None:
+        return None, {}
+    columns = {row["name"]: row["pg_type"] for row in table_columns(current, schema, name)}
+    if timescaledb_version(current) and is_hypertable(current, schema, name):
+        return "hypertable", columns
+    return ("partitioned" if facts["relkind"] == "p" else "table"), columns
+
+
+def create_plain_table(current: Session, schema: str, name: str, columns: Sequence[tuple[str, str]]) -> None:
+    """A plain table with the archive's columns and PostgreSQL types (restore-archive into another database)."""
+    current.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+    definition = ", ".join(f"{quote_ident(column)} {pg_type}" for column, pg_type in columns)
+    current.execute(f"CREATE TABLE {qualified(schema, name)} ({definition})")
+
+
+def unknown_types(current: Session, types: Sequence[str]) -> set[str]:
+    """The type names of ``types`` this database does not know (a domain or enum of another database)."""
+    return {name for name in set(types) if current.scalar("SELECT to_regtype(%s)", (name,)) is None}
+
+
+def create_range_partition(current: Session, parent_schema: str, parent: str, schema: str, name: str,
+                           low_sql: str | None, high_sql: str | None) -> None:
+    """A partition for a range whose partition was dropped (bounds from the archive manifest)."""
+    current.execute(f"CREATE TABLE {qualified(schema, name)} PARTITION OF {qualified(parent_schema, parent)} "
+                    f"FOR VALUES FROM ({low_sql or 'MINVALUE'}) TO ({high_sql or 'MAXVALUE'})")
+
+
+def _range_condition(alias: str, column: str, low_sql: str | None, high_sql: str | None) -> str:
+    parts = [f"{alias}.{quote_ident(column)} >= {low_sql}" if low_sql else "",
+             f"{alias}.{quote_ident(column)} < {high_sql}" if high_sql else ""]
+    return " AND ".join(part for part in parts if part) or "true"
+
+
+def count_in_range(current: Session, schema: str, name: str, column: str, low_sql: str | None,
+                   high_sql: str | None) -> int:
+    return int(current.scalar(f"SELECT count(*) FROM {qualified(schema, name)} AS t "
+                              f"WHERE {_range_condition('t', column, low_sql, high_sql)}"))
+
+
+def _staged_expression(column: StagedColumn, pg_type: str) -> str:
+    if column.kind == "interval":
+        months, days, nanos = (f"s.{quote_ident(part)}" for part in column.staging)
+        return (f"CASE WHEN {months} IS NULL THEN NULL ELSE make_interval(months => {months}, days => {days}) "
+                f"+ ({nanos} / 1000) * interval '1 microsecond' END::{pg_type}")
+    return f"CAST(s.{quote_ident(column.staging[0])} AS {pg_type})"
+
+
+def load_archive_rows(dsn: str, *, schema: str, name: str, batches: Any, columns: Sequence[StagedColumn],
+                      column_types: dict[str, str], time_column: str, low_sql: str | None,
+                      high_sql: str | None) -> ArchiveLoad:
+    """Stage ``batches`` (a pyarrow RecordBatchReader) and insert the rows of the range, unless it holds rows.
+
+    All in one transaction: the range is counted and filled under the same snapshot, so a second
+    run (or a run after a partial manual load) never adds a row twice; a range that already holds
+    rows is left as it is and reported.
+    """
+    import adbc_driver_manager
+    import adbc_driver_postgresql.dbapi as adbc_dbapi
+
+    staging = "archiver_restore_staging"
+    target = qualified(schema, name)
+    condition = _range_condition("s", time_column, low_sql, high_sql)
+    try:
+        connection = adbc_dbapi.connect(dsn_with(dsn, application_name="archiver restore-archive"))
+    except adbc_driver_manager.Error as exc:
+        raise _adbc_error(exc, dsn) from None
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SET TIME ZONE 'UTC'")
+        cursor.adbc_ingest(staging, batches, mode="create", temporary=True)
+        cursor.execute(f"SELECT count(*), count(*) FILTER (WHERE {condition}) FROM pg_temp.{staging} AS s")
+        staged, in_range = (int(value) for value in cursor.fetchone())  # type: ignore[misc]
+        cursor.execute(f"SELECT count(*) FROM {target} AS s WHERE {condition}")
+        present = int(cursor.fetchone()[0])  # type: ignore[index]
+        loaded = 0
+        if present == 0 and in_range:
+            names = ", ".join(quote_ident(column.target) for column in columns)
+            values = ", ".join(_staged_expression(column, column_types[column.target]) for column in columns)
+            cursor.execute(f"INSERT INTO {target} ({names}) SELECT {values} FROM pg_temp.{staging} AS s "
+                           f"WHERE {condition}")
+            cursor.execute(f"SELECT count(*) FROM {target} AS s WHERE {condition}")
+            loaded = int(cursor.fetchone()[0])  # type: ignore[index]
+            if loaded != in_range:
+                raise DatabaseError(f"{schema}.{name}: {in_range} archived rows were inserted but the range holds "
+                                    f"{loaded}; rolled back")
+        cursor.execute(f"DROP TABLE pg_temp.{staging}")
+        connection.commit()
+    except adbc_driver_manager.Error as exc:
+        raise DatabaseError(f"database error on {redact_dsn(dsn)} (loading archived rows into {schema}.{name}): "
+                            f"{_scrub(str(exc), dsn).strip()}") from None
+    finally:
+        try:
+            connection.close()
+        except adbc_driver_manager.Error:
+            pass
+    return ArchiveLoad(staged, in_range, present, loaded)

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from archiver import db, manifest
-from archiver.storage import Store
+from archiver.storage import LocalStore, Store
 from archiver.tasks.backup import run_backup
 from tests.backup_helpers import load_policy, read_manifest
 from tests.helpers import CliResult, run_cli
@@ -170,3 +171,34 @@ def test_a_full_drill_in_a_real_container(tmp_path: Path, rich_database: tuple[s
     leftover = subprocess.run([*engine, "ps", "-aq", "--filter", "label=archiver.scratch=app"], capture_output=True,
                               text=True)
     assert leftover.stdout.strip() == ""  # the container is gone
+
+
+def test_a_drill_with_archives_checks_every_cold_object(tmp_path: Path, database: str) -> None:
+    from tests.test_archive_native import ARCHIVED, create_device_metrics
+
+    create_device_metrics(database)
+    path = tmp_path / "policies" / "app.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump({
+        "database": {"dsn": database}, "storage": {"url": f"file://{tmp_path}/store"},
+        "backup": {"schedule": "0 2 * * *"},
+        "archive": {"schedule": "30 1 * * *", "tables": [{"table": "public.device_metrics", "archive_after": "30d"}]},
+        "verify": {"schedule": "0 5 * * 1", "archives": True, "amcheck": False, "scratch": {"work_dir": "/var/tmp"}}}))
+    for task in ("backup", "archive"):
+        assert run_cli("--policies", str(path.parent), task, "app").code == 0
+    result = verify(path, "--json")
+    assert result.code == 0, result.output
+    archives = {check["name"]: check for check in json.loads(result.stdout)["checks"] if check["kind"] == "archive"}
+    assert sorted(archives) == sorted(f"public.device_metrics {name}" for name in ARCHIVED)
+    assert all(check["status"] == "pass" for check in archives.values())
+    assert archives["public.device_metrics device_metrics_d100"]["actual"] == {"rows": 150}
+
+    store = LocalStore(tmp_path / "store")
+    (key,) = [info.key for info in store.list("archive/") if "device_metrics_d80" in info.key]
+    store.put_bytes(key, store.get_bytes(key)[:-50])
+    damaged = verify(path)
+    assert damaged.code == 4, damaged.output
+    assert "FAIL  archives      4 of 5 cold archives match their manifests" in damaged.stdout
+    assert "FAIL  archive       public.device_metrics device_metrics_d80 (the archive of" in damaged.stdout
+    assert "truncated or replaced" in damaged.stdout
+    assert verify(path, "--no-archives").code == 0

@@ -17,10 +17,9 @@ from ..signals import cancel_on_signals
 from .backup_cmd import backup_command, backups_group, prune_command
 from .archive_cmd import archive_command, plan_command, retention_command
 from .context import AppContext, default_policies_path
-from .pending import pending_command
 from .demo_cmd import demo_command
 from .policy_cmd import policy_group
-from .restore_cmd import restore_command
+from .restore_cmd import restore_archive_command, restore_command
 from .run_cmd import run_command
 from .verify_cmd import verify_command
 from .status_cmd import status_command
@@ -45,11 +44,6 @@ def cli(ctx: click.Context, policies_path: str, log_format: str, verbose: int, q
 cli.add_command(policy_group)
 cli.add_command(worker)
 
-_NAME = click.Argument(["name"])
-_DRY_RUN = click.Option(["--dry-run"], is_flag=True, help="Print the decisions, change nothing.")
-_JSON = click.Option(["--json", "as_json"], is_flag=True, help="Print a JSON document.")
-
-
 for command in (
     backup_command,
     backups_group,
@@ -58,8 +52,7 @@ for command in (
     retention_command,
     plan_command,
     restore_command,
-    pending_command("restore-archive", "Load archived rows back into a table.", _NAME, click.Option(["--table"]),
-                    click.Option(["--from", "from_"]), click.Option(["--to"]), click.Option(["--target"])),
+    restore_archive_command,
     verify_command,
     run_command,
     status_command,

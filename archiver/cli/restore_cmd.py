@@ -8,7 +8,8 @@ import click
 from click.core import ParameterSource
 
 from ..errors import UsageError
-from ..tasks.restore import Confirm, RestorePlan, RestoreRequest, parse_before, run_restore
+from ..tasks.restore import Confirm, RestorePlan, RestoreRequest, parse_before, refuse_password_in_argv, run_restore
+from ..tasks.restore_archive import run_restore_archive
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
 
@@ -58,6 +59,38 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
                              target_in_argv=ctx.get_parameter_source("target") != ParameterSource.ENVIRONMENT)
     result = run_restore(app.policy_for_task(name, "restore"), request, confirm=_confirmation(yes),
                          progress=progress_for_terminal(quiet=app.verbosity < 0))
+    for line in result.lines:
+        click.echo(line)
+    click.echo(result.summary, err=True)
+    return result.exit_code
+
+
+@click.command("restore-archive")
+@click.argument("name")
+@click.option("--table", required=True, help="The archived table (schema.table; public. when omitted).")
+@click.option("--from", "start", required=True, metavar="TS", help="Start of the range, inclusive (ISO 8601 UTC, or "
+                                                                    "an integer for integer time columns).")
+@click.option("--to", "end", required=True, metavar="TS", help="End of the range, exclusive.")
+@click.option("--target", envvar="ARCHIVER_RESTORE_TARGET", show_envvar=True,
+              help="Load into this database instead of the policy's (a plain table is created there if needed).")
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Where Parquet files are checked (default TMPDIR).")
+@click.option("--dry-run", is_flag=True, help="Say which ranges would be loaded or skipped; change nothing.")
+@click.pass_context
+@pass_app
+def restore_archive_command(app: AppContext, ctx: click.Context, name: str, table: str, start: str, end: str,
+                            target: str | None, work_dir: str | None, dry_run: bool) -> int:
+    """Load archived rows of TABLE in [--from, --to) back from the cold tier.
+
+    Every Parquet object is checked against its manifest before its rows are loaded (in bulk,
+    through a staging table); a range that already holds the rows is skipped, so running it twice
+    adds nothing. Exit codes: 0 done, 4 an archive object does not match its manifest, 5 a range
+    holds other rows and was left alone.
+    """
+    if target is not None and ctx.get_parameter_source("target") != ParameterSource.ENVIRONMENT:
+        refuse_password_in_argv(target)
+    policy = app.policies_without_secrets(name, section="archive")[0] if target else app.policy(name)
+    result = run_restore_archive(policy, table=table, start=start, end=end, target=target, work_dir=work_dir,
+                                 dry_run=dry_run, progress=progress_for_terminal(quiet=app.verbosity < 0))
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary, err=True)

@@ -777,11 +777,8 @@ def run_restore(policy: Policy, request: RestoreRequest, *, confirm: Confirm, pr
     if request.backup_id is not None and request.before is not None:
         raise UsageError("--backup and --before exclude each other: name one backup, or a time to restore to")
     log.register_secret(db.parse_dsn(request.target).get("password"))
-    if request.target_in_argv and db.dsn_has_password(request.target):
-        raise UsageError("--target holds a password, which every local user can read in the process list; "
-                         "refusing to use it",
-                         hint="leave the password out and use PGPASSWORD or ~/.pgpass, or pass the whole DSN in "
-                              "ARCHIVER_RESTORE_TARGET instead of --target")
+    if request.target_in_argv:
+        refuse_password_in_argv(request.target)
     store = store or open_store(policy.storage)
     entry = select_backup(store, backup_id=request.backup_id, before=request.before, policy=policy.name or "")
     plan = plan_restore(store, entry, request.target, policy=policy.name or "", clean=request.clean,
@@ -800,6 +797,15 @@ def run_restore(policy: Policy, request: RestoreRequest, *, confirm: Confirm, pr
     checks = compare_tables(request.target, plan.source, checksums=request.checksums)
     progress.done()
     return _restore_result(policy, plan, outcome, checks, time.monotonic() - clock)
+
+
+def refuse_password_in_argv(dsn: str) -> None:
+    """A DSN typed on the command line must not carry a password: ``ps`` shows it to every local user."""
+    if db.dsn_has_password(dsn):
+        raise UsageError("--target holds a password, which every local user can read in the process list; "
+                         "refusing to use it",
+                         hint="leave the password out and use PGPASSWORD or ~/.pgpass, or pass the whole DSN in "
+                              "ARCHIVER_RESTORE_TARGET instead of --target")
 
 
 def _source_dsn(policy: Policy) -> str | None:

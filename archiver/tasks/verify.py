@@ -5,7 +5,8 @@ a private directory, TimescaleDB preloaded when the backup needs it; or ``contai
 podman ``run --rm`` of the policy's image), the backup is restored into it by exactly the code
 ``archiver restore`` runs, and then checked: every table of the manifest with its row count and
 content checksum (taken in the dump's snapshot), large objects, TimescaleDB hypertables and their
-chunk counts, ``pg_amcheck``, and the policy's own SQL checks. The verdict is written next to the
+chunk counts, ``pg_amcheck``, and the policy's own SQL checks; with ``--archives`` also every cold
+archive (object present, SHA-256 and Parquet row count as recorded). The verdict is written next to the
 backup (``backups/<id>/verification.json``): ``backups list`` shows it and ``prune`` keeps the
 newest backup whose drill passed.
 
@@ -25,10 +26,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from .. import __version__, db, dump, log, manifest, pgbin, sysinfo
 from ..errors import ArchiverError, ExternalCommandFailed, TaskFailed, UsageError
 from ..expect import parse_expectation
-from ..integrity import ObjectMismatch
+from ..integrity import CheckedObject, ObjectMismatch
 from ..policy import Policy, ScratchConfig, VerifyConfig
 from ..progress import NULL_PROGRESS, Progress
 from ..scratch import ContainerPostgres, LocalPostgres
@@ -187,8 +191,7 @@ def run_verify(policy: Policy, *, store: Store | None = None, progress: Progress
         if _restore(drill, policy, store, target, config, progress):
             _check_restored(drill, target, config, instance, progress)
     if archives if archives is not None else config.archives:
-        drill.checks.append(Check("archive", "cold archives", "skip", detail="archive verification is not available "
-                                                                             "in this build"))
+        drill.checks += _archive_checks(store, progress)
     drill.durations["total"] = time.monotonic() - clock
     record = drill.record(policy.name or "")
     manifest.write_json(store, manifest.verification_key(entry.id), record)
@@ -303,6 +306,39 @@ def _amcheck(target: str, instance: LocalPostgres | ContainerPostgres) -> Check:
     return Check("amcheck", "pg_amcheck", "fail", detail=f"exit {result.returncode}: {tail}")
 
 
+def _archive_checks(store: Store, progress: Progress) -> list[Check]:
+    """Every cold archive: its manifest reads, its object is there with the size and SHA-256 the manifest
+    records (a full read: a checksum, not only an ETag), and its Parquet footer holds the recorded rows."""
+    found = manifest.list_archive_manifests(store, manifest.ARCHIVE_CATALOG_PREFIX)
+    checks: list[Check] = []
+    progress.phase("archives", total=len(found), unit="objects")
+    for key, loaded in sorted(found.items()):
+        document = loaded.document
+        if document is None:
+            checks.append(Check("archive", key, "fail", detail=f"unreadable manifest: {loaded.error}"))
+            continue
+        name = f"{document['table']} {document['chunk']['name']}"
+        try:
+            with CheckedObject(store, {**document["object"], "codec": "none"}, f"the archive of {name}") as obj:
+                for _ in obj.chunks():
+                    pass
+                obj.finish()
+            with store.open_seekable(str(document["object"]["key"])) as source:
+                rows = pq.ParquetFile(source).metadata.num_rows
+        except ObjectMismatch as exc:
+            checks.append(Check("archive", name, "fail", detail=exc.message))
+            continue
+        except (pa.ArrowException, OSError, ArchiverError) as exc:
+            checks.append(Check("archive", name, "fail", detail=f"not readable as Parquet: {exc}"))
+            continue
+        status: Status = "pass" if rows == int(document["rows"]) else "fail"
+        checks.append(Check("archive", name, status, {"rows": int(document["rows"])}, {"rows": rows},
+                            detail="" if status == "fail" else "SHA-256 and Parquet row count match the manifest"))
+        progress.advance(1)
+    progress.done()
+    return checks
+
+
 def _sql_check(target: str, name: str, statement: str, expect: str) -> Check:
     expectation = parse_expectation(expect)
     try:
@@ -314,12 +350,15 @@ def _sql_check(target: str, name: str, statement: str, expect: str) -> Check:
 
 def _result(policy: Policy, drill: Drill, record: dict[str, Any]) -> TaskResult:
     failed = [check for check in drill.checks if check.status == "fail"]
-    tables = [check for check in drill.checks if check.kind == "table"]
-    lines = [check.line() for check in drill.checks if check.kind != "table" or check.status == "fail"]
-    if tables:
-        good = sum(1 for check in tables if check.status == "pass")
-        lines.insert(0, f"{'PASS' if good == len(tables) else 'FAIL':4}  tables        {good} of {len(tables)} "
-                        "match the manifest (rows and content checksums)")
+    summarised = {"table": "tables        {good} of {total} match the manifest (rows and content checksums)",
+                  "archive": "archives      {good} of {total} cold archives match their manifests (SHA-256, "
+                             "Parquet row counts)"}
+    lines = [check.line() for check in drill.checks if check.kind not in summarised or check.status == "fail"]
+    for kind, text in reversed(summarised.items()):
+        group = [check for check in drill.checks if check.kind == kind]
+        if group:
+            good = sum(1 for check in group if check.status == "pass")
+            lines.insert(0, f"{'PASS' if good == len(group) else 'FAIL':4}  " + text.format(good=good, total=len(group)))
     durations = drill.durations
     lines.append("time: " + ", ".join(f"{key} {value:.1f}s" for key, value in durations.items()))
     entry = drill.source.entry

@@ -1,0 +1,166 @@
+"""``archiver restore-archive``: archive -> drop -> restore-archive -> the same rows; twice adds nothing."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from archiver import db
+from archiver.errors import LockBusy
+from archiver.locking import database_lock
+from archiver.policy import StorageConfig
+from archiver.storage import open_store
+from archiver.tasks.archive import run_archive
+from archiver.tasks.restore_archive import run_restore_archive
+from archiver.tasks.retention import run_retention
+from tests.coldtier import make_policy, manifests, relations, sql, table
+from tests.helpers import run_cli
+from tests.test_archive_native import DROPPED, create_device_metrics
+from tests.test_archive_timescaledb import ASSET_METRICS
+
+
+def digest(dsn: str, relation: str, time_column: str, start: str, end: str, order: str) -> tuple[int, str]:
+    """Row count and an ordered digest of every column's text, in a time range (settings pinned)."""
+    with db.connect(dsn) as conn:
+        for name, value in db.PINNED_SETTINGS.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        row = conn.execute(f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY {order}), '')) "
+                           f"FROM {relation} AS t WHERE {time_column} >= %s::timestamptz "
+                           f"AND {time_column} < %s::timestamptz", (start, end)).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+def days_ago(days: int) -> str:
+    return (date.today() - timedelta(days=days)).isoformat()
+
+
+@pytest.fixture(params=["file", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> StorageConfig:
+    if request.param == "file":
+        return StorageConfig(url=f"file://{tmp_path}/store")
+    bucket, endpoint = request.getfixturevalue("bucket"), request.getfixturevalue("s3_endpoint")
+    return StorageConfig(url=f"s3://{bucket}/telemetry", endpoint_url=endpoint, region="us-east-1")
+
+
+def test_dropped_partitions_come_back_with_every_value_and_a_second_run_adds_nothing(
+        database: str, storage: StorageConfig) -> None:
+    create_device_metrics(database)
+    start, end = days_ago(110), days_ago(50)
+    before = digest(database, "device_metrics", "recorded_at", start, end, "t.id")
+    policy = make_policy(database, storage, [table("public.device_metrics", archive_after=30, drop_after=50)])
+    assert run_archive(policy).status == "ok"
+    assert run_retention(policy).metrics["chunks_dropped"] == 4
+    assert digest(database, "device_metrics", "recorded_at", start, end, "t.id")[0] == 0
+
+    result = run_restore_archive(policy, table="device_metrics", start=start, end=end)
+    assert result.status == "ok", result.lines
+    assert result.metrics["ranges_loaded"] == 3 and result.metrics["rows"] == before[0] == 150 + 150 + 12
+    assert sum(line.startswith("load") and "recreated partition public.device_metrics_d" in line
+               for line in result.lines) == 3, result.lines
+    assert any(line.startswith("skip") and "device_metrics_d70" in line for line in result.lines)  # an empty one
+    assert digest(database, "device_metrics", "recorded_at", start, end, "t.id") == before
+    assert set(relations(database, "device_metrics_%")) >= {f"public.{name}" for name in DROPPED if name != "device_metrics_d70"}
+    assert sql(database, "SELECT count(*) FROM device_metrics_default")[0][0] == 1  # routed to partitions, not here
+
+    again = run_restore_archive(policy, table="device_metrics", start=start, end=end)
+    assert again.status == "ok" and again.metrics["rows"] == 0 and again.metrics["ranges_loaded"] == 0
+    assert all(line.startswith("skip") for line in again.lines), again.lines
+    assert digest(database, "device_metrics", "recorded_at", start, end, "t.id") == before
+
+
+def test_into_another_database_a_plain_table_is_made(database: str, tmp_path: Path, pg: Any) -> None:
+    create_device_metrics(database)
+    storage = StorageConfig(url=f"file://{tmp_path}/store")
+    policy = make_policy(database, storage, [table("public.device_metrics", archive_after=30)])
+    assert run_archive(policy).status == "ok"
+    start, end = days_ago(101), days_ago(79)
+    other = pg.create_database(f"audit_{tmp_path.name[-8:].replace('-', '_')}")
+    result = run_restore_archive(policy, table="public.device_metrics", start=start, end=end, target=other)
+    assert result.status == "ok", result.lines
+    assert "does not exist in the target: created it as a plain table" in result.lines[0]
+    assert digest(other, "device_metrics", "recorded_at", start, end, "t.id") == \
+        digest(database, "device_metrics", "recorded_at", start, end, "t.id")
+    assert sql(other, "SELECT relkind FROM pg_class WHERE relname = 'device_metrics'") == [("r",)]
+
+
+def test_a_damaged_archive_is_not_loaded_and_the_command_says_so(database: str, tmp_path: Path) -> None:
+    create_device_metrics(database)
+    storage = StorageConfig(url=f"file://{tmp_path}/store")
+    policy = make_policy(database, storage, [table("public.device_metrics", archive_after=30, drop_after=50)])
+    assert run_archive(policy).status == "ok"
+    assert run_retention(policy).metrics["chunks_dropped"] == 4
+    store = open_store(storage)
+    key = manifests(store)["device_metrics_d100"]["object"]["key"]
+    data = bytearray(store.get_bytes(key))
+    data[len(data) // 2] ^= 0x01
+    store.put_bytes(key, bytes(data))
+
+    policy_file = tmp_path / "policies" / "telemetry.yaml"
+    policy_file.parent.mkdir()
+    policy_file.write_text(yaml.safe_dump({
+        "database": {"dsn": database}, "storage": {"url": storage.url},
+        "archive": {"schedule": "30 1 * * *", "tables": [{"table": "public.device_metrics", "archive_after": "30d",
+                                                          "drop_after": "50d"}]}}))
+    result = run_cli("--policies", str(policy_file.parent), "restore-archive", "telemetry", "--table",
+                     "device_metrics", "--from", days_ago(110), "--to", days_ago(50))
+    assert result.code == 4, result.output
+    assert "mismatch" in result.stdout and "device_metrics_d100" in result.stdout and "SHA-256" in result.stdout
+    assert "1 archive(s) FAILED their checksum" in result.stderr
+    assert digest(database, "device_metrics", "recorded_at", days_ago(101), days_ago(99), "t.id")[0] == 0
+    assert digest(database, "device_metrics", "recorded_at", days_ago(81), days_ago(79), "t.id")[0] == 150
+
+    dry = run_cli("--policies", str(policy_file.parent), "restore-archive", "telemetry", "--table",
+                  "device_metrics", "--from", days_ago(110), "--to", days_ago(50), "--dry-run")
+    assert dry.code == 0, dry.output
+    assert "would load" in dry.stdout and "device_metrics_d100" in dry.stdout
+    assert "skip" in dry.stdout and "device_metrics_d80" in dry.stdout
+
+
+@pytest.mark.timescaledb
+def test_hypertable_chunks_come_back_and_a_partial_range_is_never_loaded_twice(database: str, tmp_path: Path) -> None:
+    sql(database, ASSET_METRICS)
+    storage = StorageConfig(url=f"file://{tmp_path}/store")
+    policy = make_policy(database, storage, [table("public.asset_metrics", archive_after=10, drop_after=45)])
+    start, end = days_ago(70), days_ago(45)
+    order = "t.time, t.asset_id, t.metric"
+    middle, later = f"{days_ago(50)}T06:00:00Z", f"{days_ago(50)}T18:00:00Z"
+    before = digest(database, "asset_metrics", "time", start, end, order)
+    half_day = digest(database, "asset_metrics", "time", middle, later, order)
+    assert before[0] > half_day[0] > 0
+    assert run_archive(policy).status == "ok"
+    assert run_retention(policy).metrics["chunks_dropped"] > 0
+    assert digest(database, "asset_metrics", "time", start, end, order)[0] == 0
+
+    # half a day first: only its rows come back
+    part = run_restore_archive(policy, table="asset_metrics", start=middle, end=later)
+    assert part.status == "ok" and part.metrics["ranges_loaded"] == 1, part.lines
+    assert part.metrics["rows"] == half_day[0]
+    assert digest(database, "asset_metrics", "time", start, end, order) == half_day
+
+    # the whole range: that day now holds some of its rows, so it is held back; every other day loads
+    whole = run_restore_archive(policy, table="asset_metrics", start=start, end=end)
+    assert whole.status == "held_back", whole.lines
+    assert whole.metrics["ranges_held_back"] == 1 and whole.metrics["ranges_loaded"] > 0
+    (held,) = [line for line in whole.lines if line.startswith("hold")]
+    assert f"{half_day[0]:,} rows in this range" in held and "would duplicate rows" in held
+
+    sql(database, f"DELETE FROM asset_metrics WHERE time >= '{middle}' AND time < '{later}'")
+    final = run_restore_archive(policy, table="asset_metrics", start=start, end=end)
+    assert final.status == "ok" and final.metrics["ranges_loaded"] == 1, final.lines
+    assert digest(database, "asset_metrics", "time", start, end, order) == before
+    assert run_restore_archive(policy, table="asset_metrics", start=start, end=end).metrics["rows"] == 0
+
+
+def test_restore_archive_does_not_start_while_archive_or_retention_runs(database: str, tmp_path: Path) -> None:
+    create_device_metrics(database)
+    policy = make_policy(database, StorageConfig(url=f"file://{tmp_path}/store"),
+                         [table("public.device_metrics", archive_after=30)])
+    assert run_archive(policy).status == "ok"
+    with database_lock(policy, "retention"):
+        with pytest.raises(LockBusy, match="restore-archive of policy 'telemetry' cannot start: the cold tier"):
+            run_restore_archive(policy, table="device_metrics", start=days_ago(110), end=days_ago(50))
