@@ -27,6 +27,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from common import GB, MiB, MotoServer, create_sensor_database, database_size, grow_to, run_archiver, use_moto_credentials
@@ -40,7 +41,7 @@ class Measurement:
     variant: str
     seconds: float  # wall time of the whole command
     restore_seconds: float  # the restore itself (archiver: its RTO, without counting rows or starting Python)
-    phases: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, Any] = field(default_factory=dict)
     peak_rss_bytes: int | None = None
     time_ratio: float = 0.0
     restore_ratio: float = 0.0
@@ -106,18 +107,28 @@ def archiver_verify(policies: Path, policy: str) -> Measurement:
                        phases, int(done["metrics"]["peak_rss_bytes"]))
 
 
+def median(items: list[Measurement]) -> Measurement:
+    """The run with the median restore time (its wall time and phases come with it)."""
+    ordered = sorted(items, key=lambda item: item.restore_seconds)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    if len(items) > 1:
+        chosen.variant += f" (median of {len(items)})"
+        chosen.phases["samples"] = [round(item.restore_seconds, 1) for item in items]
+    return chosen
+
+
 def drop(instance: LocalPostgres, dbname: str) -> None:
     instance.psql(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 def render(results: list[Measurement], size: int, load: list[float]) -> str:
-    header = f"{'variant':52} {'wall s':>7} {'x raw':>6} {'restore s':>9} {'x raw':>6} {'peak RSS':>9}  phases (s)"
+    header = f"{'variant':62} {'wall s':>7} {'x raw':>6} {'restore s':>9} {'x raw':>6} {'peak RSS':>9}  phases (s)"
     lines = [f"database {size / GB:.2f} GB; load average before/after: {load[0]:.2f} / {load[1]:.2f}", header,
              "-" * len(header)]
     for item in results:
         rss = f"{item.peak_rss_bytes / MiB:.0f} MiB" if item.peak_rss_bytes else "-"
-        phases = ", ".join(f"{key} {value:g}" for key, value in item.phases.items())
-        lines.append(f"{item.variant:52} {item.seconds:7.1f} {item.time_ratio:6.2f} {item.restore_seconds:9.1f} "
+        phases = ", ".join(f"{key} {value}" for key, value in item.phases.items())
+        lines.append(f"{item.variant:62} {item.seconds:7.1f} {item.time_ratio:6.2f} {item.restore_seconds:9.1f} "
                      f"{item.restore_ratio:6.2f} {rss:>9}  {phases}")
     return "\n".join(lines)
 
@@ -127,6 +138,8 @@ def main() -> None:
     parser.add_argument("--size", type=float, default=1.0, help="database size in GB (default 1)")
     parser.add_argument("--workdir", default="/var/tmp", help="where the clusters, stores and dump file live "
                                                                "(must be traversable by the postgres user)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the four restores, interleaved; the "
+                                                                 "median of each is reported (default 3)")
     parser.add_argument("--json", dest="json_out", help="also write the measurements to this JSON file")
     args = parser.parse_args()
     use_moto_credentials()
@@ -163,12 +176,15 @@ def main() -> None:
                 ("from_s3", lambda: archiver_restore(instance, policies, "bench-s3", "from_s3",
                                                      "archiver restore from the moto S3 store")),
             ]
-            for dbname, run in runs:
-                item = run()
-                results.append(item)
-                print(f"  {item.variant}: {item.seconds:.1f}s (restore {item.restore_seconds:.1f}s) {item.phases}",
-                      flush=True)
-                drop(instance, dbname)
+            samples: dict[str, list[Measurement]] = {}
+            for round_number in range(1, args.repeat + 1):  # interleaved, so a busy minute hits every variant
+                for dbname, run in runs:
+                    item = run()
+                    samples.setdefault(dbname, []).append(item)
+                    print(f"  round {round_number}: {item.variant}: {item.seconds:.1f}s "
+                          f"(restore {item.restore_seconds:.1f}s) {item.phases}", flush=True)
+                    drop(instance, dbname)
+            results = [median(items) for items in samples.values()]
             dump_file.unlink()
             item = archiver_verify(policies, "bench-file")
             results.append(item)
