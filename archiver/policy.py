@@ -29,7 +29,7 @@ from . import db
 from .errors import PolicyError, UsageError
 from .expect import ExpectationError, parse_expectation
 from .timeutil import CronError, DurationError, cron_trigger, format_duration, parse_duration
-from .yamlmarks import LoadedYaml, Mark, YamlSyntaxError, load_yaml
+from .yamlmarks import LoadedYaml, YamlSyntaxError, load_yaml
 
 KeyPath = tuple[str | int, ...]
 

@@ -54,6 +54,15 @@ def format_duration(delta: timedelta) -> str:
     return "".join(parts[:2])
 
 
+def format_bytes(amount: float) -> str:
+    """``812 B``, ``24.3 KiB``, ``1.2 GiB``."""
+    for suffix in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if amount < 1024 or suffix == "TiB":
+            return f"{amount:.1f} {suffix}" if suffix != "B" else f"{int(amount)} B"
+        amount /= 1024
+    return f"{amount:.1f} TiB"
+
+
 class CronError(ValueError):
     pass
 

@@ -35,7 +35,7 @@ def test_second_database_lock_is_refused_naming_the_holder(database: str) -> Non
         message = str(caught.value)
         assert caught.value.exit_code == 3
         assert "backup of policy 'app' is already running" in message
-        assert f"archiver backup app" in message and f"pid {os.getpid()}" in message
+        assert "archiver backup app" in message and f"pid {os.getpid()}" in message
         assert "since 20" in message and "s ago" in message
         with database_lock(policy, "archive"):  # another task on the same database is not blocked
             pass

@@ -9,6 +9,7 @@ import click
 from ..errors import ExitCode
 from ..tasks.backup import BackupListing, list_backups
 from ..tasks.dispatch import execute
+from ..timeutil import format_bytes
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
 
@@ -34,19 +35,11 @@ def backups_group() -> None:
     """Backups in storage."""
 
 
-def _size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 def _render_table(listing: BackupListing) -> None:
     rows = [("POLICY", "ID", "TIME (UTC)", "SIZE", "DURATION", "VERIFIED")]
     for item in listing.backups:
         entry = item.entry
-        rows.append((item.policy, entry.id, entry.time.strftime("%Y-%m-%d %H:%M:%S"), _size(entry.size),
+        rows.append((item.policy, entry.id, entry.time.strftime("%Y-%m-%d %H:%M:%S"), format_bytes(entry.size),
                      f"{entry.duration_seconds:.1f}s", entry.verified))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

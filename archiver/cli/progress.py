@@ -7,16 +7,11 @@ import time
 from typing import TextIO
 
 from ..progress import NULL_PROGRESS, Progress
+from ..timeutil import format_bytes
 
 
 def _human(amount: float, unit: str) -> str:
-    if unit != "B":
-        return f"{int(amount):,} {unit}"
-    for suffix in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if amount < 1024 or suffix == "TiB":
-            return f"{amount:.1f} {suffix}" if suffix != "B" else f"{int(amount)} B"
-        amount /= 1024
-    return f"{amount:.1f} TiB"
+    return format_bytes(amount) if unit == "B" else f"{int(amount):,} {unit}"
 
 
 class TerminalProgress:

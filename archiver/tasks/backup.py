@@ -21,7 +21,7 @@ from ..errors import ArchiverError, TaskFailed, UsageError
 from ..policy import BackupConfig, PgDumpConfig, Policy
 from ..progress import NULL_PROGRESS, Progress
 from ..storage import PutResult, Store, open_store
-from ..timeutil import isoformat, utcnow
+from ..timeutil import format_bytes, isoformat, utcnow
 from . import TaskResult
 
 logger = log.get_logger("backup")
@@ -261,22 +261,14 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: db.Da
     }
 
 
-def _human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 def _result(policy: Policy, backup_id: str, document: dict[str, Any], manifest_result: PutResult,
             dump_object: StoredObject, globals_object: StoredObject | None, stats: db.ContentStats,
             duration: float) -> TaskResult:
     stored = dump_object.result.size + (globals_object.result.size if globals_object else 0)
-    lines = [f"dump      {dump_object.result.key}  {_human(dump_object.result.size)} "
-             f"({_human(dump_object.uncompressed_size)} before {dump_object.codec})"]
+    lines = [f"dump      {dump_object.result.key}  {format_bytes(dump_object.result.size)} "
+             f"({format_bytes(dump_object.uncompressed_size)} before {dump_object.codec})"]
     if globals_object is not None:
-        lines.append(f"globals   {globals_object.result.key}  {_human(globals_object.result.size)}")
+        lines.append(f"globals   {globals_object.result.key}  {format_bytes(globals_object.result.size)}")
     lines.append(f"manifest  {manifest_result.key}")
     unexpected = [w["text"] for w in document["warnings"] if not w["expected"]]
     lines += [f"pg_dump {text}" for text in unexpected]
@@ -288,8 +280,8 @@ def _result(policy: Policy, backup_id: str, document: dict[str, Any], manifest_r
         "duration_seconds": round(duration, 3),
         "peak_rss_bytes": float(sysinfo.peak_rss_bytes()),
     }
-    summary = (f"backup {backup_id} of {document['database']['name']}: {_human(dump_object.uncompressed_size)} dump "
-               f"stored as {_human(stored)} ({dump_object.codec}) in {duration:.1f}s, "
+    summary = (f"backup {backup_id} of {document['database']['name']}: {format_bytes(dump_object.uncompressed_size)} dump "
+               f"stored as {format_bytes(stored)} ({dump_object.codec}) in {duration:.1f}s, "
                f"{len(stats.tables)} tables, {stats.rows:,} rows")
     for text in unexpected:
         logger.warning("backup.pg_dump_warning", extra=log.fields(backup_id=backup_id, warning=text))

@@ -5,10 +5,9 @@ Locking is the runner's: archive and retention share one database lock (see arch
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
-from .. import db, log, sysinfo
+from .. import log, sysinfo
 from ..chunks import TableInfo, key_part
 from ..coldplan import Decision
 from ..errors import TaskFailed, UsageError
@@ -62,10 +61,6 @@ def record(decisions: list[Decision], decision: Decision, event: str) -> Decisio
     return decision
 
 
-def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def finish(result: TaskResult, decisions: list[Decision], *, dry_run: bool, metrics: dict[str, float],
            event: str) -> TaskResult:
     metrics["peak_rss_bytes"] = sysinfo.peak_rss_bytes()
@@ -84,11 +79,3 @@ def finish(result: TaskResult, decisions: list[Decision], *, dry_run: bool, metr
 
 def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: round(value, 3) if isinstance(value, float) else value for key, value in metrics.items()}
-
-
-def human_bytes(amount: float) -> str:
-    for suffix in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if amount < 1024 or suffix == "TiB":
-            return f"{amount:.1f} {suffix}" if suffix != "B" else f"{int(amount)} B"
-        amount /= 1024
-    return f"{amount:.1f} TiB"
