@@ -41,14 +41,6 @@ class ObjectMismatch(VerificationFailed):
         self.reason = reason
 
 
-def human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 def precheck(store: Store, entry: dict[str, Any], what: str) -> ObjectInfo:
     """The object exists with the size its manifest records (a listing call: cheap, before any download)."""
     key = str(entry["key"])

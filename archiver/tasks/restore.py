@@ -39,12 +39,12 @@ from typing import Any, Literal
 from .. import db, dump, log, manifest, sysinfo
 from ..errors import ArchiverError, ExternalCommandFailed, ObjectNotFound, TaskFailed, UsageError
 from ..globals_sql import RolesPlan, plan_roles
-from ..integrity import CheckedObject, ObjectMismatch, Prefetch, human_size, precheck, read_verified
+from ..integrity import CheckedObject, ObjectMismatch, Prefetch, precheck, read_verified
 from ..locking import database_lock
 from ..policy import Policy
 from ..progress import NULL_PROGRESS, Progress
 from ..storage import Store, open_store
-from ..timeutil import format_duration, isoformat, parse_timestamp, utcnow
+from ..timeutil import format_bytes, format_duration, isoformat, parse_timestamp, utcnow
 from . import TaskResult
 
 logger = log.get_logger("restore")
@@ -201,7 +201,7 @@ class RestorePlan:
     def steps(self) -> list[str]:
         steps: list[str] = []
         if self.mode == "spool":
-            steps.append(f"download the dump to {self.work_dir} and check it in full ({human_size(self.space_needed)} "
+            steps.append(f"download the dump to {self.work_dir} and check it in full ({format_bytes(self.space_needed)} "
                          "of space) before anything touches the target")
         if self.create_database:
             steps.append(f"CREATE DATABASE {self.target_name}")
@@ -230,7 +230,7 @@ class RestorePlan:
         dump_entry = source.dump
         lines = [
             f"backup   {entry.id}  taken {entry.time:%Y-%m-%d %H:%M:%S} UTC ({age} ago), "
-            f"{human_size(entry.size)} stored ({human_size(int(dump_entry.get('uncompressed_size', 0)))} dump, "
+            f"{format_bytes(entry.size)} stored ({format_bytes(int(dump_entry.get('uncompressed_size', 0)))} dump, "
             f"{dump_entry.get('codec', 'none')}), restore drill: {drill}",
             f"source   {source.describe()}",
         ]
@@ -411,10 +411,10 @@ def _plan_mode(plan: RestorePlan, work_dir: str | None) -> None:
     reason = f"--jobs {plan.jobs} needs a seekable file" if plan.jobs > 1 else \
         "--clean of a TimescaleDB target drops everything first, so the dump is proven before that"
     if free < plan.space_needed:
-        raise TargetUnsuitable(f"{reason}: the dump needs {human_size(plan.space_needed)} in {plan.work_dir}, which has "
-                               f"{human_size(free)} free", hint="choose a directory with room: --work-dir DIR")
-    plan.notes.append(f"{reason}: spooled to {plan.work_dir} ({human_size(plan.space_needed)} needed, "
-                      f"{human_size(free)} free) and deleted afterwards")
+        raise TargetUnsuitable(f"{reason}: the dump needs {format_bytes(plan.space_needed)} in {plan.work_dir}, which has "
+                               f"{format_bytes(free)} free", hint="choose a directory with room: --work-dir DIR")
+    plan.notes.append(f"{reason}: spooled to {plan.work_dir} ({format_bytes(plan.space_needed)} needed, "
+                      f"{format_bytes(free)} free) and deleted afterwards")
     if plan.jobs > 1:
         plan.notes.append(f"pg_restore --jobs {plan.jobs} is not one transaction: if it fails midway the target holds "
                           "a partial restore" + (" (archiver then drops the database it created)"
