@@ -26,10 +26,10 @@ from ..fingerprint import Fingerprint, time_display
 from ..policy import ArchiveConfig, Policy, StorageConfig
 from ..progress import NULL_PROGRESS, Progress
 from ..storage import Store, open_store
-from ..timeutil import utcnow
+from ..timeutil import format_bytes, isoformat, utcnow
 from . import TaskResult
-from .coldtier import (MiB, ColdTierFailed, archive_section, catalog_prefix, finish, human_bytes, iso,
-                       record, select_tables)
+from .coldtier import MiB, ColdTierFailed, archive_section, catalog_prefix, finish, record, select_tables
+
 
 @dataclass
 class ExportJob:
@@ -139,7 +139,7 @@ def _collect(future: Future[ExportResult], job: ExportJob, results: list[ExportR
         return
     results.append(outcome)
     record(decisions, Decision("archive", *where, "exported",
-                               f"v{job.version}: {outcome.fingerprint.rows} rows, {human_bytes(outcome.put.size)}, "
+                               f"v{job.version}: {outcome.fingerprint.rows} rows, {format_bytes(outcome.put.size)}, "
                                f"verified, {outcome.key}"), "archive.chunk.exported")
 
 
@@ -158,15 +158,15 @@ def _export_one(dsn: str, store: Store, database: str, policy: Policy, job: Expo
 def _range_json(value: chunks.TimeValue | None) -> str | int | None:
     if value is None or isinstance(value, int):
         return value
-    return iso(value)
+    return isoformat(value)
 
 
 def _range_utc(value: chunks.TimeValue | None, time_unit: str | None) -> str | None:
     if value is None:
         return None
     if isinstance(value, int):
-        return iso(chunks.integer_to_datetime(value, time_unit or "s"))
-    return iso(value)
+        return isoformat(chunks.integer_to_datetime(value, time_unit or "s"))
+    return isoformat(value)
 
 
 def archive_manifest(policy: Policy, database: str, job: ExportJob, result: ExportResult) -> dict[str, Any]:
@@ -197,8 +197,8 @@ def archive_manifest(policy: Policy, database: str, job: ExportJob, result: Expo
         "parquet": {**result.summary.to_json(),
                     "columns": [{"name": plan.name, "pg_type": plan.pg_type, "arrow_type": str(plan.arrow_type),
                                  "text_form": plan.text_form} for plan in plans]},
-        "exported_at": iso(result.exported_at),
-        "verified_at": iso(result.verified_at),
+        "exported_at": isoformat(result.exported_at),
+        "verified_at": isoformat(result.verified_at),
         "seconds": round(result.seconds, 3),
         "archiver_version": __version__,
     }
@@ -220,7 +220,7 @@ def _result(policy: Policy, decisions: list[Decision], results: list[ExportResul
     if dry_run:
         result.summary = f"dry run: would export {count['export']} chunk(s), skip {count['skip']}"
     else:
-        result.summary = (f"archived {len(results)} chunk(s) ({rows:,} rows, {human_bytes(size)}), "
+        result.summary = (f"archived {len(results)} chunk(s) ({rows:,} rows, {format_bytes(size)}), "
                           f"skipped {count['skip']}, held back {count['hold']}")
     if count["mismatch"]:
         result.status = "verification_failed"
