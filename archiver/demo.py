@@ -25,7 +25,7 @@ from .tasks.dispatch import execute
 from .tasks.status import PolicyStatus, all_status
 
 MARKER = ".archiver-demo"
-DAYS = 45
+DAYS = 100
 
 IDENTITY_SQL = """
 CREATE TABLE users (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email text UNIQUE NOT NULL,
@@ -148,8 +148,8 @@ def _policy_documents(instance: LocalPostgres, store_root: Path) -> dict[str, di
     telemetry = base("telemetry", "0 3 * * 0")
     telemetry["backup"]["retention"] = {"keep_last": 2, "keep_weekly": 8}
     telemetry["archive"] = {"schedule": "30 1 * * *", "cold_retention": "2y", "tables": [
-        {"table": "public.asset_metrics", "archive_after": "7d", "drop_after": "30d"},
-        {"table": "public.market_prices", "archive_after": "7d", "drop_after": "30d"}]}
+        {"table": "public.asset_metrics", "archive_after": "7d", "drop_after": "60d"},
+        {"table": "public.market_prices", "archive_after": "7d", "drop_after": "60d"}]}
     telemetry["verify"]["checks"] = [{"name": "recent metrics present", "expect": "> 0",
                                       "sql": "SELECT count(*) FROM asset_metrics WHERE time > now() - interval '1 day'"}]
     return {"identity": identity, "app": app, "telemetry": telemetry}

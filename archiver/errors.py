@@ -40,11 +40,6 @@ class UsageError(ArchiverError):
     exit_code = ExitCode.USAGE
 
 
-class NotImplementedYet(UsageError):
-    def __init__(self, command: str) -> None:
-        super().__init__(f"{command}: not implemented yet")
-
-
 class PolicyError(UsageError):
     """One or more problems in policy files; ``issues`` holds every one of them."""
 

@@ -22,7 +22,7 @@ from .metrics import Metrics
 from .policy import Policy
 from .storage import Store, open_store
 from .tasks import TaskResult
-from .timeutil import isoformat, utcnow
+from .timeutil import isoformat, parse_timestamp, utcnow
 
 RUNS_PREFIX = "runs/"
 _log = log.get_logger("run")
@@ -103,8 +103,10 @@ def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: 
     _log.info("task.done", extra=log.fields(**fields, status=result.status, duration_seconds=round(duration, 3),
                                             summary=result.summary, metrics=result.metrics))
     metrics.record_success(name, task, result, duration)
-    if result.status == "ok" and task in ("backup", "verify"):
-        metrics.set_newest_backup(name, utcnow(), verified=task == "verify")
+    if result.status == "ok" and task == "backup":
+        metrics.set_newest_backup(name, utcnow())
+    if result.status == "ok" and task == "verify" and result.data.get("backup_time"):
+        metrics.set_newest_backup(name, parse_timestamp(str(result.data["backup_time"])), verified=True)
     if record:
         entry = {"finished_at": isoformat(utcnow()), "started_at": isoformat(run.started_at),
                  "duration_seconds": round(duration, 3), "status": result.status, "summary": result.summary,

@@ -114,4 +114,6 @@ def test_task_lock_takes_both_kinds_for_retention(database: str, file_store: Sto
             with task_lock(policy, "retention", file_store):
                 pass
     assert file_store.head("locks/retention.json") is None
-    assert db.query(database, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+    held = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    assert db.query(database, held) == [(0,)]  # pg_locks is cluster-wide: count this database's only

@@ -81,3 +81,29 @@ def test_worker_exports_backup_ages_and_notifies_a_stale_backup_once(tmp_path: P
     assert age is not None and 3 * 86400 - 60 <= age <= 3 * 86400 + 600
     assert proven_age is not None and 5 * 86400 - 60 <= proven_age <= 5 * 86400 + 600
     assert proven
+
+
+def test_status_shows_archive_coverage_hot_dropped_and_gaps(database: str, tmp_path: Path) -> None:
+    from archiver.policy import StorageConfig
+    from archiver.tasks.archive import run_archive
+    from archiver.tasks.retention import run_retention
+    from archiver.tasks.status import policy_status
+    from tests.test_cold_safety import AGES, create_readings, policy_for
+
+    create_readings(database)
+    policy = policy_for(database, StorageConfig(url=f"file://{tmp_path}/store"))
+    archived = run_archive(policy).metrics["chunks_archived"]
+    dropped = run_retention(policy).metrics["chunks_dropped"]
+    coverage = policy_status(policy).archive
+    assert coverage is not None and coverage["database"] == "checked"
+    entry = coverage["tables"]["public.readings"]
+    assert entry["archived"]["count"] == archived > 0
+    assert entry["dropped"]["count"] == dropped > 0
+    assert entry["hot"]["count"] == len(AGES) - dropped
+    assert entry["hot_not_archived"] == len(AGES) - archived
+    # the partitions are one day each at the ages listed: every missing day between them is a gap
+    ages = sorted(AGES, reverse=True)
+    expected_gaps = sum(1 for older, newer in zip(ages, ages[1:]) if older - newer > 1)
+    assert len(entry["gaps"]) == expected_gaps
+    store_only = policy_status(policy, check_database=False).archive
+    assert store_only is not None and "hot" not in store_only["tables"]["public.readings"]

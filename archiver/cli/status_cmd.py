@@ -31,17 +31,37 @@ def render_status(statuses: list[PolicyStatus]) -> None:
     for status in statuses:
         for problem in status.problems:
             click.echo(f"{status.policy}: {problem}")
+        for table, entry in ((status.archive or {}).get("tables") or {}).items():
+            click.echo(f"{status.policy}: {table}: {_coverage(entry)}")
         if status.held_back:
             click.echo(f"{status.policy}: {len(status.held_back)} chunk(s) held back from drop by the last retention run")
 
 
+def _coverage(entry: dict[str, object]) -> str:
+    def span(part: object) -> str:
+        data = part if isinstance(part, dict) else {}
+        if not data.get("count"):
+            return "0"
+        return f"{data['count']} ({str(data['from'])[:10]} .. {str(data['to'])[:10]})"
+
+    text = f"archived {span(entry.get('archived'))}"
+    if "hot" in entry:
+        text += f", hot {span(entry['hot'])}, dropped {span(entry['dropped'])}"
+        if entry.get("hot_not_archived"):
+            text += f", {entry['hot_not_archived']} hot chunk(s) not archived yet"
+    gaps = entry.get("gaps") or []
+    text += f", gaps: {len(gaps)} (first {gaps[0]['from']} .. {gaps[0]['to']})" if gaps else ", no gaps"  # type: ignore[index]
+    return text
+
+
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one entry per policy.")
+@click.option("--no-database", is_flag=True, help="Answer from the store alone (skip the hot chunks).")
 @pass_app
-def status_command(app: AppContext, as_json: bool) -> int:
+def status_command(app: AppContext, as_json: bool, no_database: bool) -> int:
     """Per policy: newest backup and its age against the schedule, newest proven backup, failing
     tasks, held-back chunks. Exit 1 when anything is stale or failing (usable as a health check)."""
-    statuses = all_status(app.policies_without_secrets(None, section="storage"))
+    statuses = all_status(app.policies_without_secrets(None, section="storage"), check_database=not no_database)
     if as_json:
         click.echo(json.dumps([status.to_json() for status in statuses], indent=2, default=str))
     else:

@@ -3,13 +3,15 @@
 Built from the store alone (manifests, verification records, run records), so it answers even
 when a database is down: newest backup and its age against the schedule (stale when older
 than two intervals), the newest backup a drill proved, each task's last success and failure,
-and what retention held back. Anything stale or failing makes the policy unhealthy.
+and what retention held back. Anything stale or failing makes the policy unhealthy. Archive
+coverage (archived, hot, dropped ranges and gaps) comes from the archive manifests, and from the
+database's chunks when its DSN is set and it answers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from .. import log, manifest
@@ -91,17 +93,115 @@ def _task_status(policy: Policy, store: Store, status: PolicyStatus) -> None:
         status.tasks[task] = entry
 
 
-def policy_status(policy: Policy, *, store: Store | None = None, now: datetime | None = None) -> PolicyStatus:
+Range = tuple[datetime, datetime]
+
+
+def _merged(ranges: list[Range]) -> list[Range]:
+    merged: list[Range] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _gaps(ranges: list[Range], limit: int = 10) -> list[dict[str, str]]:
+    merged = _merged(ranges)
+    holes = [{"from": isoformat(a[1]), "to": isoformat(b[0])} for a, b in zip(merged, merged[1:])]
+    return holes[:limit]
+
+
+def _span(ranges: list[Range]) -> dict[str, Any]:
+    return {"count": len(ranges), "from": isoformat(min(r[0] for r in ranges)) if ranges else None,
+            "to": isoformat(max(r[1] for r in ranges)) if ranges else None}
+
+
+def _archived_ranges(store: Store) -> dict[str, dict[str, tuple[Range, int]]]:
+    """table -> chunk -> (UTC range, rows), from the archive manifests."""
+    found: dict[str, dict[str, tuple[Range, int]]] = {}
+    for loaded in manifest.list_archive_manifests(store, manifest.ARCHIVE_CATALOG_PREFIX).values():
+        document = loaded.document
+        if not document:
+            continue
+        span = document.get("range", {})
+        if not span.get("start_utc") or not span.get("end_utc"):
+            continue
+        chunk = document.get("chunk", {})
+        found.setdefault(str(document["table"]), {})[f"{chunk.get('schema')}.{chunk.get('name')}"] = (
+            (parse_timestamp(span["start_utc"]), parse_timestamp(span["end_utc"])), int(document.get("rows", 0)))
+    return found
+
+
+def _hot_ranges(policy: Policy) -> tuple[dict[str, dict[str, Range]] | None, str]:
+    """table -> chunk -> UTC range of what is in the database now; None with the reason when the
+    database is not reachable from here (status answers from the store alone then)."""
+    from .. import chunks, db  # the database side is optional for status
+
+    assert policy.archive is not None
+    try:
+        dsn = policy.database.resolved_dsn()
+        if "${" in dsn:
+            return None, "not checked (its DSN variable is not set here)"
+        db.probe_server(dsn, timeout=3)
+        hot: dict[str, dict[str, Range]] = {}
+        with db.session(dsn, connect_timeout=5) as current:
+            for table in policy.archive.tables:
+                info = chunks.discover(current, table)
+                unit = table.time_unit
+                hot[info.display] = {chunk.display: (_utc(chunk.start, unit), _utc(chunk.end, unit))
+                                     for chunk in info.chunks if chunk.start is not None and chunk.end is not None}
+        return hot, "checked"
+    except ArchiverError as exc:
+        return None, f"not reachable: {str(exc).splitlines()[0][:200]}"
+
+
+def _utc(value: Any, unit: str | None) -> datetime:
+    from ..chunks import integer_to_datetime
+
+    if isinstance(value, int):
+        return integer_to_datetime(value, unit or "s")
+    return value if isinstance(value, datetime) else datetime.combine(value, datetime.min.time(), tzinfo=timezone.utc)
+
+
+def _archive_status(policy: Policy, store: Store, status: PolicyStatus, *, check_database: bool) -> None:
+    if policy.archive is None:
+        return
+    archived = _archived_ranges(store)
+    hot, database_state = _hot_ranges(policy) if check_database else (None, "not checked")
+    tables: dict[str, Any] = {}
+    for table in policy.archive.tables:
+        name = table.qualified_name
+        cold = archived.get(name, {})
+        entry: dict[str, Any] = {"archived": {**_span([r for r, _ in cold.values()]),
+                                              "rows": sum(rows for _, rows in cold.values())}}
+        ranges = [r for r, _ in cold.values()]
+        if hot is not None:
+            in_db = hot.get(name, {})
+            entry["hot"] = _span(list(in_db.values()))
+            entry["hot_not_archived"] = len(set(in_db) - set(cold))
+            entry["dropped"] = _span([cold[c][0] for c in set(cold) - set(in_db)])
+            ranges += list(in_db.values())
+        entry["gaps"] = _gaps(ranges)
+        tables[name] = entry
+    status.archive = {"database": database_state, "tables": tables}
+
+
+def policy_status(policy: Policy, *, store: Store | None = None, now: datetime | None = None,
+                  check_database: bool = True) -> PolicyStatus:
+    """``check_database``: also look at the hot chunks (when the DSN is set and the server answers)."""
     now = now or utcnow()
     status = PolicyStatus(policy.name or "", now)
     try:
         store = store or open_store(policy.storage)
         _backup_status(policy, store, now, status)
         _task_status(policy, store, status)
+        _archive_status(policy, store, status, check_database=check_database)
     except ArchiverError as exc:
         status.problems.append(f"cannot read the store: {exc}")
     return status
 
 
-def all_status(policies: list[Policy], *, now: datetime | None = None) -> list[PolicyStatus]:
-    return [policy_status(policy, now=now) for policy in sorted(policies, key=lambda p: p.name or "")]
+def all_status(policies: list[Policy], *, now: datetime | None = None, check_database: bool = True) -> list[PolicyStatus]:
+    return [policy_status(policy, now=now, check_database=check_database)
+            for policy in sorted(policies, key=lambda p: p.name or "")]

@@ -119,7 +119,7 @@ class Drill:
     def record(self, policy: str) -> dict[str, Any]:
         return {
             "format_version": manifest.FORMAT_VERSION, "kind": "verification", "backup_id": self.source.entry.id,
-            "policy": policy, "result": "passed" if self.passed else "failed",
+            "backup_time": isoformat(self.source.entry.time), "policy": policy, "result": "passed" if self.passed else "failed",
             "started_at": isoformat(self.started_at), "finished_at": isoformat(utcnow()),
             "durations": {key: round(value, 3) for key, value in self.durations.items()},
             "scratch": self.scratch, "versions": self.versions,
