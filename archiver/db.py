@@ -650,11 +650,7 @@ class SnapshotSession:
 
 def _open_snapshot_connection(dsn: str, *, connect_timeout: int, lock_timeout_ms: int | None,
                               application_name: str) -> psycopg.Connection[Any]:
-    try:
-        conn = psycopg.connect(dsn, autocommit=True, application_name=application_name,
-                               connect_timeout=connect_timeout)
-    except psycopg.Error as exc:
-        raise DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {_scrub(str(exc), dsn).strip()}") from None
+    conn = open_connection(dsn, autocommit=True, application_name=application_name, connect_timeout=connect_timeout)
     settings = {**PINNED_SETTINGS, "statement_timeout": "0", "idle_in_transaction_session_timeout": "0",
                 "lock_timeout": str(lock_timeout_ms or 0)}
     try:
@@ -695,20 +691,26 @@ def exported_snapshot(dsn: str, *, connect_timeout: int = 10, lock_timeout_ms: i
         conn.close()
 
 
-def content_stats(dsn: str, *, checksums: bool = True, connect_timeout: int = 10,
-                  tables: Sequence[TableRef] | None = None) -> ContentStats:
-    """Row counts and checksums of a database (a restored one, say), computed as a backup does."""
+@contextlib.contextmanager
+def _reading_session(dsn: str, *, connect_timeout: int, application_name: str) -> Iterator[SnapshotSession]:
+    """A read-only REPEATABLE READ session (no exported snapshot) for looking at a database."""
     conn = _open_snapshot_connection(dsn, connect_timeout=connect_timeout, lock_timeout_ms=None,
-                                     application_name="archiver checksums")
+                                     application_name=application_name)
     try:
-        session = SnapshotSession(conn, dsn, None)
-        return session.content_stats(session.tables() if tables is None else tables, checksums=checksums)
+        yield SnapshotSession(conn, dsn, None)
     finally:
         try:
-            conn.rollback()
+            conn.rollback()  # read only: nothing to commit
         except psycopg.Error:
             pass
         conn.close()
+
+
+def content_stats(dsn: str, *, checksums: bool = True, connect_timeout: int = 10,
+                  tables: Sequence[TableRef] | None = None) -> ContentStats:
+    """Row counts and checksums of a database (a restored one, say), computed as a backup does."""
+    with _reading_session(dsn, connect_timeout=connect_timeout, application_name="archiver checksums") as session:
+        return session.content_stats(session.tables() if tables is None else tables, checksums=checksums)
 
 
 def execute_script(dsn: str, script: str) -> None:
@@ -1069,16 +1071,8 @@ def arrow_batches(dsn: str, sql: str, *, snapshot_id: str | None = None,
 
 def timescale_inventory(dsn: str, *, connect_timeout: int = 10) -> list[HypertableStats]:
     """Hypertables and chunk counts of a database (a restored one, say), read as a backup reads them."""
-    conn = _open_snapshot_connection(dsn, connect_timeout=connect_timeout, lock_timeout_ms=None,
-                                     application_name="archiver inventory")
-    try:
-        return SnapshotSession(conn, dsn, None).hypertables()
-    finally:
-        try:
-            conn.rollback()
-        except psycopg.Error:
-            pass
-        conn.close()
+    with _reading_session(dsn, connect_timeout=connect_timeout, application_name="archiver inventory") as session:
+        return session.hypertables()
 
 
 def missing_tables(dsn: str, tables: Sequence[TableRef]) -> list[TableRef]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from . import db, pgbin
 from .errors import ExternalCommandFailed, UsageError
@@ -255,32 +256,33 @@ class StderrCapture:
             return "\n".join(self.tail)
 
 
-class StreamingCommand:
-    """A child process whose stdout is read in chunks; a context manager that never leaves it running.
+class _ChildProcess:
+    """A child process with its stderr read on a thread into a :class:`StderrCapture`; as a
+    context manager it never leaves the child running. Subclasses pick which pipe carries data."""
 
-    ``with StreamingCommand(argv, env, "pg_dump") as child: for chunk in child.chunks(): ...``
-    then ``child.finish()`` waits and raises :class:`ExternalCommandFailed` on a non-zero exit
-    or a signal. Leaving the block early (an exception) kills the child.
-    """
+    stdin_mode: int = subprocess.DEVNULL
+    stdout_mode: int = subprocess.DEVNULL
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], program: str, *, what: str = "") -> None:
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], program: str, *, what: str = "",
+                 on_line: Callable[[str], None] | None = None) -> None:
         self.argv = list(argv)
         self.env = dict(env)
         self.program = program
         self.what = what
+        self.on_line = on_line
         self.stderr = StderrCapture(program)
         self.process: subprocess.Popen[bytes] | None = None
         self._stderr_thread: threading.Thread | None = None
-        self.bytes_out = 0
 
-    def __enter__(self) -> "StreamingCommand":
+    def __enter__(self) -> Self:
         try:
-            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            self.process = subprocess.Popen(self.argv, stdin=self.stdin_mode, stdout=self.stdout_mode,
                                             stderr=subprocess.PIPE, env=self.env, bufsize=0)
         except OSError as exc:
             raise ExternalCommandFailed(self.program, None, str(exc), what=f"cannot start {self.argv[0]}") from None
-        assert self.process.stdout is not None and self.process.stderr is not None
-        _grow_pipe(self.process.stdout.fileno())
+        data_pipe = self.process.stdout if self.stdout_mode == subprocess.PIPE else self.process.stdin
+        assert data_pipe is not None and self.process.stderr is not None
+        _grow_pipe(data_pipe.fileno())
         self._stderr_thread = threading.Thread(target=self._read_stderr, name=f"{self.program}-stderr", daemon=True)
         self._stderr_thread.start()
         return self
@@ -294,21 +296,10 @@ class StreamingCommand:
         assert self.process is not None and self.process.stderr is not None
         for line in self.process.stderr:
             self.stderr.add(line)
+            if self.on_line is not None:
+                self.on_line(line.decode("utf-8", "replace").rstrip("\r\n"))
 
-    def chunks(self, size: int = READ_SIZE) -> Iterator[bytes]:
-        assert self.process is not None and self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        while True:
-            chunk = os.read(fd, size)
-            if not chunk:
-                return
-            self.bytes_out += len(chunk)
-            yield chunk
-
-    def finish(self) -> None:
-        """Wait for the exit; a non-zero status or a signal raises with the stderr tail."""
-        assert self.process is not None
-        returncode = self.process.wait()
+    def _raise_on_failure(self, returncode: int) -> None:
         self._join_stderr()
         if returncode != 0:
             raise ExternalCommandFailed(self.program, returncode, self.stderr.text(), what=self.what)
@@ -324,18 +315,49 @@ class StreamingCommand:
             self._stderr_thread.join(timeout=30)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc_type is not None:
-            self.kill()
-        elif self.process is not None and self.process.poll() is None:
-            self.kill()  # the caller did not call finish(): never leave the child behind
+        if exc_type is not None or (self.process is not None and self.process.poll() is None):
+            self.kill()  # an error, or the caller did not call finish(): never leave the child behind
         if self.process is not None:
-            for stream in (self.process.stdout, self.process.stderr):
-                if stream is not None:
-                    stream.close()
+            for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+                try:
+                    if stream is not None:
+                        stream.close()
+                except OSError:
+                    pass
 
 
-class FeedingCommand:
-    """A child process whose stdin is written in chunks (pg_restore reading a dump); never left running.
+class StreamingCommand(_ChildProcess):
+    """A child process whose stdout is read in chunks (pg_dump writing a dump).
+
+    ``with StreamingCommand(argv, env, "pg_dump") as child: for chunk in child.chunks(): ...``
+    then ``child.finish()`` waits and raises :class:`ExternalCommandFailed` on a non-zero exit
+    or a signal. Leaving the block early (an exception) kills the child.
+    """
+
+    stdout_mode = subprocess.PIPE
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], program: str, *, what: str = "") -> None:
+        super().__init__(argv, env, program, what=what)
+        self.bytes_out = 0
+
+    def chunks(self, size: int = READ_SIZE) -> Iterator[bytes]:
+        assert self.process is not None and self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        while True:
+            chunk = os.read(fd, size)
+            if not chunk:
+                return
+            self.bytes_out += len(chunk)
+            yield chunk
+
+    def finish(self) -> None:
+        """Wait for the exit; a non-zero status or a signal raises with the stderr tail."""
+        assert self.process is not None
+        self._raise_on_failure(self.process.wait())
+
+
+class FeedingCommand(_ChildProcess):
+    """A child process whose stdin is written in chunks (pg_restore reading a dump).
 
     ``write`` returns False once the child has closed its input (it exited: see ``finish``).
     ``finish`` closes the input, waits and raises :class:`ExternalCommandFailed` on a non-zero
@@ -343,36 +365,12 @@ class FeedingCommand:
     kills the child.
     """
 
+    stdin_mode = subprocess.PIPE
+
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], program: str, *, what: str = "",
                  on_line: Callable[[str], None] | None = None) -> None:
-        self.argv = list(argv)
-        self.env = dict(env)
-        self.program = program
-        self.what = what
-        self.on_line = on_line
-        self.stderr = StderrCapture(program)
-        self.process: subprocess.Popen[bytes] | None = None
-        self._stderr_thread: threading.Thread | None = None
+        super().__init__(argv, env, program, what=what, on_line=on_line)
         self.bytes_in = 0
-
-    def __enter__(self) -> "FeedingCommand":
-        try:
-            self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.PIPE, env=self.env, bufsize=0)
-        except OSError as exc:
-            raise ExternalCommandFailed(self.program, None, str(exc), what=f"cannot start {self.argv[0]}") from None
-        assert self.process.stdin is not None and self.process.stderr is not None
-        _grow_pipe(self.process.stdin.fileno())
-        self._stderr_thread = threading.Thread(target=self._read_stderr, name=f"{self.program}-stderr", daemon=True)
-        self._stderr_thread.start()
-        return self
-
-    def _read_stderr(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        for line in self.process.stderr:
-            self.stderr.add(line)
-            if self.on_line is not None:
-                self.on_line(line.decode("utf-8", "replace").rstrip("\r\n"))
 
     def write(self, data: bytes | bytearray | memoryview) -> bool:
         assert self.process is not None and self.process.stdin is not None
@@ -408,30 +406,7 @@ class FeedingCommand:
         while (returncode := self.poll(0.5)) is None:
             if while_waiting is not None:
                 while_waiting()
-        self._join_stderr()
-        if returncode != 0:
-            raise ExternalCommandFailed(self.program, returncode, self.stderr.text(), what=self.what)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._join_stderr()
-
-    def _join_stderr(self) -> None:
-        if self._stderr_thread is not None:
-            self._stderr_thread.join(timeout=30)
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc_type is not None or (self.process is not None and self.process.poll() is None):
-            self.kill()
-        if self.process is not None:
-            for stream in (self.process.stdin, self.process.stderr):
-                try:
-                    if stream is not None:
-                        stream.close()
-                except OSError:
-                    pass
+        self._raise_on_failure(returncode)
 
 
 def _grow_pipe(fd: int) -> None:

@@ -9,14 +9,12 @@ database's. Only then may the caller write the manifest.
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -25,6 +23,7 @@ from .chunks import Chunk, TableInfo, show_value
 from .errors import ArchiverError, ObjectNotFound, StoreError, TaskFailed, VerificationFailed
 from .storage import PutResult, Store, sha256_of
 from .sysinfo import release_free_memory
+from .prefetch import Prefetch
 from .typemap import ColumnPlan, arrow_schema, select_sql
 
 T = TypeVar("T")
@@ -121,60 +120,6 @@ def _footer_problem(store: Store, key: str, document: dict[str, Any]) -> str | N
 # Streaming export
 
 
-class _Prefetch(Generic[T]):
-    """Pull items from an iterator on a thread, a few ahead, so reading overlaps writing."""
-
-    _END = object()
-
-    def __init__(self, source: Iterator[T], depth: int = 2) -> None:
-        self._source = source
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="archiver-read", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: tuple[str, Any]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            for item in self._source:
-                if not self._put(("item", item)):
-                    break
-            else:
-                self._put(("end", None))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            self._put(("error", exc))
-        finally:
-            close = getattr(self._source, "close", None)
-            if close is not None:
-                close()
-
-    def __iter__(self) -> Iterator[T]:
-        while True:
-            kind, value = self._queue.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-
-    def close(self) -> None:
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        self._thread.join()
-
-
 def export_metadata(database: str, info: TableInfo, chunk: Chunk, plans: list[ColumnPlan]) -> dict[str, str]:
     return parquet.file_metadata({
         "database": database, "source_table": info.display, "chunk": chunk.display, "time_column": info.time_column,
@@ -219,7 +164,7 @@ def _stream(dsn: str, store: Store, key: str, sql: str, snapshot_id: str, schema
             settings: parquet.WriterSettings, size_hint: int | None, counted: Future[fp.Fingerprint], chunk: Chunk,
             plans: list[ColumnPlan], on_rows: Callable[[int], None] | None) -> tuple[PutResult, parquet.FileSummary]:
     writer = store.writer(key, size_hint=size_hint, content_type="application/vnd.apache.parquet")
-    batches = _Prefetch(db.arrow_batches(dsn, sql, snapshot_id=snapshot_id, batch_bytes=ADBC_BATCH_BYTES))
+    batches = Prefetch(db.arrow_batches(dsn, sql, snapshot_id=snapshot_id, batch_bytes=ADBC_BATCH_BYTES))
     try:
         summary = parquet.write_batches(batches, writer, schema, settings,
                                         on_batch=(lambda batch: on_rows(batch.num_rows)) if on_rows else None)

@@ -12,11 +12,8 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import queue
-import threading
 import zlib
 from collections.abc import Iterable, Iterator
-from types import TracebackType
 from typing import Any, BinaryIO
 
 import zstandard
@@ -141,63 +138,6 @@ class CheckedObject:
     def _mismatch(self, reason: str, detail: str) -> ObjectMismatch:
         at = f" (after {self.stored_bytes:,} stored bytes)" if reason in ("truncated", "corrupt") else ""
         return ObjectMismatch(f"{self.what} {self.store.describe(self.key)} {detail}{at}", key=self.key, reason=reason)
-
-
-class Prefetch:
-    """Pulls chunks from ``source`` on a thread, up to ``depth`` ahead, so that reading, hashing and
-    decompressing overlap with the consumer's writes (a restore feeding pg_restore).
-
-    Iterate it inside its ``with`` block; an error of the source is raised to the consumer; leaving
-    the block stops the thread (the source is not read any further).
-    """
-
-    _END = object()
-
-    def __init__(self, source: Iterator[bytes], depth: int = 4) -> None:
-        self._source = source
-        self._queue: queue.Queue[Any] = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="archiver-prefetch", daemon=True)
-
-    def __enter__(self) -> "Prefetch":
-        self._thread.start()
-        return self
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            for chunk in self._source:
-                if not self._put(chunk):
-                    return
-            self._put(self._END)
-        except BaseException as exc:  # handed to the consumer
-            self._put(exc)
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                self._queue.put(self._END)  # iterating again ends at once too
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        while self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self._queue.get(timeout=0.1)
-        self._thread.join()
 
 
 def read_verified(store: Store, entry: dict[str, Any], what: str) -> bytes:

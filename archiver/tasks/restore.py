@@ -39,7 +39,8 @@ from typing import Any, Literal
 from .. import db, dump, log, manifest, sysinfo
 from ..errors import ArchiverError, ExternalCommandFailed, ObjectNotFound, TaskFailed, UsageError
 from ..globals_sql import RolesPlan, plan_roles
-from ..integrity import CheckedObject, ObjectMismatch, Prefetch, precheck, read_verified
+from ..integrity import CheckedObject, ObjectMismatch, precheck, read_verified
+from ..prefetch import Prefetch
 from ..locking import database_lock
 from ..policy import Policy
 from ..progress import NULL_PROGRESS, Progress
@@ -626,7 +627,7 @@ def _stream_restore(plan: RestorePlan, store: Store, argv: list[str], env: dict[
     steps = _StepCounter()
     progress.phase(f"restore {plan.target_name}: download and load", total=outcome.dump_bytes or None)
     with CheckedObject(store, plan.source.dump, f"the dump object of backup {plan.source.entry.id}") as obj, \
-            Prefetch(obj.chunks()) as chunks, \
+            Prefetch(obj.chunks(), depth=4, close_source=False) as chunks, \
             dump.FeedingCommand(argv, env, "pg_restore", what=what, on_line=steps) as child:
         withheld = _Withheld(HOLD_BACK)
         accepted = True
@@ -652,7 +653,7 @@ def _stream_restore(plan: RestorePlan, store: Store, argv: list[str], env: dict[
     outcome.post_data_seconds = time.monotonic() - clock - outcome.load_seconds
 
 
-def _explain_early_exit(plan: RestorePlan, obj: CheckedObject, chunks: Prefetch, child: dump.FeedingCommand,
+def _explain_early_exit(plan: RestorePlan, obj: CheckedObject, chunks: Prefetch[bytes], child: dump.FeedingCommand,
                         progress: Progress) -> None:
     """pg_restore stopped reading before the end: was the object damaged, or did the restore fail?"""
     progress.phase("checking the rest of the dump object to explain pg_restore's failure",
