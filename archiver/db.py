@@ -648,6 +648,20 @@ class SnapshotSession:
             pass
 
 
+@contextlib.contextmanager
+def _snapshot_connection(dsn: str, *, connect_timeout: int, lock_timeout_ms: int | None,
+                         application_name: str) -> Iterator[psycopg.Connection[Any]]:
+    """A read-only REPEATABLE READ connection, rolled back and closed when the block ends."""
+    conn = _open_snapshot_connection(dsn, connect_timeout=connect_timeout, lock_timeout_ms=lock_timeout_ms,
+                                     application_name=application_name)
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()  # read only: nothing to commit
+        conn.close()
+
+
 def _open_snapshot_connection(dsn: str, *, connect_timeout: int, lock_timeout_ms: int | None,
                               application_name: str) -> psycopg.Connection[Any]:
     conn = open_connection(dsn, autocommit=True, application_name=application_name, connect_timeout=connect_timeout)
@@ -674,36 +688,22 @@ def exported_snapshot(dsn: str, *, connect_timeout: int = 10, lock_timeout_ms: i
     only while it is. Its first statement takes the snapshot, so the facts, the table list and
     every count describe exactly what pg_dump dumps.
     """
-    conn = _open_snapshot_connection(dsn, connect_timeout=connect_timeout, lock_timeout_ms=lock_timeout_ms,
-                                     application_name=application_name)
-    try:
+    with _snapshot_connection(dsn, connect_timeout=connect_timeout, lock_timeout_ms=lock_timeout_ms,
+                              application_name=application_name) as conn:
         try:
             row = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot export a snapshot on {redact_dsn(dsn)}: {_scrub(str(exc), dsn).strip()}") from None
         assert row is not None
         yield SnapshotSession(conn, dsn, str(row[0]))
-    finally:
-        try:
-            conn.rollback()  # read only: nothing to commit
-        except psycopg.Error:
-            pass
-        conn.close()
 
 
 @contextlib.contextmanager
 def _reading_session(dsn: str, *, connect_timeout: int, application_name: str) -> Iterator[SnapshotSession]:
     """A read-only REPEATABLE READ session (no exported snapshot) for looking at a database."""
-    conn = _open_snapshot_connection(dsn, connect_timeout=connect_timeout, lock_timeout_ms=None,
-                                     application_name=application_name)
-    try:
+    with _snapshot_connection(dsn, connect_timeout=connect_timeout, lock_timeout_ms=None,
+                              application_name=application_name) as conn:
         yield SnapshotSession(conn, dsn, None)
-    finally:
-        try:
-            conn.rollback()  # read only: nothing to commit
-        except psycopg.Error:
-            pass
-        conn.close()
 
 
 def content_stats(dsn: str, *, checksums: bool = True, connect_timeout: int = 10,

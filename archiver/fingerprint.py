@@ -154,6 +154,13 @@ class Fingerprint:
 # Database side
 
 
+def _special_value_counts(v: str) -> list[tuple[str, str]]:
+    """Counts of NaN and the infinities, which sums leave out (float and numeric alike)."""
+    return [("nan", f"count(*) FILTER (WHERE {v} = 'NaN')"),
+            ("pinf", f"count(*) FILTER (WHERE {v} = 'Infinity')"),
+            ("ninf", f"count(*) FILTER (WHERE {v} = '-Infinity')")]
+
+
 def _send_bits(function: str, expression: str, start: int, length: int) -> str:
     """A big-endian slice of a type's binary send form as a signed integer (``bit(n)`` -> int)."""
     target = "bigint" if length == 8 else "int"
@@ -170,18 +177,14 @@ def _measures_sql(plan: ColumnPlan) -> list[tuple[str, str]]:
         measures.append(("sum", f"sum({v})"))
     elif kind == tm.FLOAT:
         finite = f"{v} > '-Infinity' AND {v} < 'Infinity'"  # NaN sorts above Infinity in PostgreSQL
-        measures += [("nan", f"count(*) FILTER (WHERE {v} = 'NaN')"),
-                     ("pinf", f"count(*) FILTER (WHERE {v} = 'Infinity')"),
-                     ("ninf", f"count(*) FILTER (WHERE {v} = '-Infinity')"),
+        measures += [*_special_value_counts(v),
                      ("fsum", f"sum({v}::float8) FILTER (WHERE {finite})"),
                      ("fabs", f"sum(abs({v}::float8)) FILTER (WHERE {finite})")]
     elif kind == tm.DECIMAL:
         measures.append(("sum", f"sum({v})"))
     elif kind == tm.NUMERIC_TEXT:
         measures += [("sum", f"sum({v}) FILTER (WHERE {v} NOT IN ('NaN', 'Infinity', '-Infinity'))"),
-                     ("nan", f"count(*) FILTER (WHERE {v} = 'NaN')"),
-                     ("pinf", f"count(*) FILTER (WHERE {v} = 'Infinity')"),
-                     ("ninf", f"count(*) FILTER (WHERE {v} = '-Infinity')")]
+                     *_special_value_counts(v)]
     elif kind == tm.TIMESTAMP:
         measures.append(("sum", f"sum(extract(epoch FROM {v}))"))
     elif kind == tm.DATE:
