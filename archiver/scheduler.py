@@ -24,11 +24,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -72,6 +73,22 @@ class RunOutcome:
     finished: float
     result: dict[str, Any] | None
     stderr_tail: str
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+def _relay_lines(stream: IO[str] | None, tail: deque[str]) -> None:
+    """Pass a child's log lines on to the worker's stderr as they come (a backup's progress must
+    not wait for its end), keeping the last ones for the failure notification."""
+    if stream is None:
+        return
+    for line in stream:
+        with _STDERR_LOCK:  # whole lines, whichever child's relay writes
+            sys.stderr.write(line if line.endswith("\n") else line + "\n")
+            sys.stderr.flush()
+        if line.strip():
+            tail.append(line.rstrip("\n"))
 
 
 class Worker:
@@ -155,15 +172,20 @@ class Worker:
                                  start_new_session=True)
         with self._children_lock:
             self._children[child.pid] = child
+        tail: deque[str] = deque(maxlen=20)
+        relay = threading.Thread(target=_relay_lines, args=(child.stderr, tail), name=f"relay-{name}-{task}",
+                                 daemon=True)
+        relay.start()
         try:
-            stdout, stderr = child.communicate()
+            assert child.stdout is not None
+            stdout = child.stdout.read()
+            child.wait()
+            relay.join()
         finally:
             with self._children_lock:
                 self._children.pop(child.pid, None)
-        for line in stderr.splitlines():
-            sys.stderr.write(line + "\n")  # the child's JSON log lines become the worker's
         outcome = RunOutcome(name, task, child.returncode, started, time.time(), _parse_result(stdout),
-                             "\n".join(stderr.strip().splitlines()[-20:]))
+                             "\n".join(tail))
         self._record(outcome)
         return outcome
 
@@ -195,7 +217,9 @@ class Worker:
             kind = "lock_busy" if outcome.exit_code == ExitCode.LOCK_BUSY else "failed"
             self.metrics.record_failure(outcome.policy, outcome.task, duration, result=kind)
         _log.info("job.done", extra=log.fields(policy=outcome.policy, task=outcome.task, exit_code=outcome.exit_code,
-                                               duration_seconds=round(duration, 3)))
+                                               duration_seconds=round(duration, 3),
+                                               summary=(outcome.result or {}).get("summary"),
+                                               lines=(outcome.result or {}).get("lines") or None))
         if outcome.task in ("backup", "prune", "verify"):
             self._safe_refresh([outcome.policy])
 

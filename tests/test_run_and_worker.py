@@ -9,8 +9,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 from apscheduler.triggers.interval import IntervalTrigger
 
 from archiver import manifest
-from archiver.scheduler import Worker, WorkerConfig
+from archiver.scheduler import Worker, WorkerConfig, _relay_lines
 from archiver.scratch import free_port
 from archiver.storage import LocalStore, S3Store
 from tests.backup_helpers import write_policy
@@ -71,6 +73,9 @@ def test_run_prints_a_json_result_and_records_the_run(database: str, tmp_path: P
     assert result.code == 0, result.stderr
     document = json.loads(result.stdout.strip().splitlines()[-1])
     assert document["status"] == "ok" and document["exit_code"] == 0 and document["metrics"]["rows"] == 200
+    manifest_lines = [line for line in document["lines"] if line.startswith("manifest ")]
+    assert len(manifest_lines) == 1 and document["data"]["id"] in manifest_lines[0]
+    assert manifest_lines[0] not in result.stderr, "with --json the decision lines travel inside the JSON only"
     assert [entry.id for entry in manifest.list_backups(store)] == [document["data"]["id"]]
     record = json.loads(store.get_bytes("runs/backup.json"))
     assert record["last_success"]["metrics"]["rows"] == 200
@@ -171,6 +176,8 @@ def test_worker_runs_each_task_on_its_cadence_without_overlap_and_serves_metrics
         assert later.started >= earlier.finished
     assert 'archiver_task_runs_total{policy="app",result="ok",task="backup"}' in exposition
     assert len(manifest.list_backups(store)) >= 3
+    prune_lines = [line for o in runs if o.task == "prune" for line in (o.result or {}).get("lines", [])]
+    assert any("keep: last #1" in line for line in prune_lines), prune_lines  # prune's reasons reach the worker
 
 
 def test_worker_reload_keeps_the_old_policy_when_the_file_turns_invalid(tmp_path: Path) -> None:
@@ -209,3 +216,24 @@ def test_sigterm_during_a_backup_leaves_no_manifest_and_no_pending_upload(databa
     assert list(s3_store.list("backups/")) == []
     assert s3_store.pending_uploads() == []
     assert not pg_dump_waiting(database)
+
+
+def test_worker_relays_a_childs_log_lines_while_the_child_still_runs(capfd: pytest.CaptureFixture[str]) -> None:
+    """A long backup's log lines must reach the worker's log as they happen, not when it ends."""
+    script = "import sys, time; print('{\"event\": \"backup.step\"}', file=sys.stderr, flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    tail: deque[str] = deque(maxlen=20)
+    relay = threading.Thread(target=_relay_lines, args=(child.stderr, tail), daemon=True)
+    relay.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not tail and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child.poll() is None, "the child should still be running"
+        assert list(tail) == ['{"event": "backup.step"}']
+        assert '{"event": "backup.step"}\n' in capfd.readouterr().err
+    finally:
+        child.kill()
+        child.wait()
+        relay.join(timeout=10)
+    assert not relay.is_alive()

@@ -37,13 +37,13 @@ def run_command(app: AppContext, name: str, task: str, as_json: bool) -> int:
     finally:
         if gateway:
             _push(metrics, gateway, name, task)
-    for line in result.lines:
-        click.echo(line, err=True)
-    if as_json:
+    if as_json:  # one JSON document: the decision lines travel inside it, not as loose text on stderr
         click.echo(json.dumps({"policy": result.policy, "task": result.task, "status": result.status,
                                "exit_code": int(result.exit_code), "summary": result.summary,
-                               "metrics": result.metrics, "data": result.data}, default=str))
+                               "lines": result.lines, "metrics": result.metrics, "data": result.data}, default=str))
     else:
+        for line in result.lines:
+            click.echo(line, err=True)
         click.echo(result.summary)
     return result.exit_code
 
