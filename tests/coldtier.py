@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from archiver import db, manifest
 from archiver.policy import (ArchiveConfig, ArchiveTable, DatabaseConfig, Policy, Secret, StorageConfig)
@@ -54,3 +55,13 @@ def relations(dsn: str, pattern: str) -> list[str]:
 
 def file_path(store: Store, key: str) -> Path:
     return Path(store.path_of(key))  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=["file", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> StorageConfig:
+    """The cold-tier tests run against both stores: a file:// directory and moto's S3 (import it
+    into a test module to use it)."""
+    if request.param == "file":
+        return StorageConfig(url=f"file://{tmp_path}/store")
+    bucket, endpoint = request.getfixturevalue("bucket"), request.getfixturevalue("s3_endpoint")
+    return StorageConfig(url=f"s3://{bucket}/telemetry", endpoint_url=endpoint, region="us-east-1")

@@ -1,101 +1,24 @@
-"""A TCP proxy that can drop a connection mid-response: a real network fault, on loopback."""
+"""Real network faults on loopback: TCP proxies that cut or stall a connection, and S3 error answers."""
 
 from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
+
+from botocore.awsrequest import AWSResponse
 
 from archiver.scratch import free_port
 
 
-class CuttingProxy:
-    """Forwards 127.0.0.1:port to an upstream; ``arm(n)`` cuts the next response after n bytes."""
+class _Proxy:
+    """Forwards 127.0.0.1:port to an upstream; subclasses decide what each direction's ``_pipe`` does."""
 
     def __init__(self, upstream_host: str, upstream_port: int, port: int | None = None) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.port = port or free_port()
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._cut_after: int | None = None
-        self._lock = threading.Lock()
-        self.cuts = 0
-        self._stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def arm(self, cut_after_bytes: int) -> None:
-        with self._lock:
-            self._cut_after = cut_after_bytes
-
-    def _take_budget(self, size: int) -> int | None:
-        """How many of ``size`` bytes may pass before cutting, or None for no limit."""
-        with self._lock:
-            if self._cut_after is None:
-                return None
-            allowed = min(size, self._cut_after)
-            self._cut_after -= allowed
-            if self._cut_after == 0 and allowed < size:
-                self._cut_after = None
-                self.cuts += 1
-                return allowed
-            return None if allowed == size else allowed
-
-    def _accept(self) -> None:
-        while not self._stopped:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, target: socket.socket, is_response: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                if is_response:
-                    allowed = self._take_budget(len(data))
-                    if allowed is not None:
-                        target.sendall(data[:allowed])
-                        raise ConnectionAbortedError("cut by the test proxy")
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-
-    def close(self) -> None:
-        self._stopped = True
-        self._listener.close()
-
-    def __enter__(self) -> "CuttingProxy":
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-
-
-class StallingProxy:
-    """Forwards 127.0.0.1:port to an upstream until ``stall_after_request_bytes`` have gone up,
-    then holds every connection open without forwarding a byte more (a hung S3 endpoint).
-
-    ``stalled`` is set at that moment: an upload through the proxy is then certainly in
-    progress and cannot finish, which makes "kill the uploader mid-stream" deterministic.
-    """
-
-    def __init__(self, upstream_host: str, upstream_port: int, stall_after_request_bytes: int) -> None:
-        self.upstream = (upstream_host, upstream_port)
-        self.port = free_port()
-        self.stalled = threading.Event()
-        self._budget = stall_after_request_bytes
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener = socket.create_server(("127.0.0.1", self.port))
@@ -117,6 +40,84 @@ class StallingProxy:
                 self._sockets += [client, upstream]
             threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket, is_request: bool) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stopped = True
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def __enter__(self) -> "_Proxy":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class CuttingProxy(_Proxy):
+    """``arm(n)`` cuts the next response after n bytes."""
+
+    def __init__(self, upstream_host: str, upstream_port: int, port: int | None = None) -> None:
+        self._cut_after: int | None = None
+        self.cuts = 0
+        super().__init__(upstream_host, upstream_port, port)
+
+    def arm(self, cut_after_bytes: int) -> None:
+        with self._lock:
+            self._cut_after = cut_after_bytes
+
+    def _take_budget(self, size: int) -> int | None:
+        """How many of ``size`` bytes may pass before cutting, or None for no limit."""
+        with self._lock:
+            if self._cut_after is None:
+                return None
+            allowed = min(size, self._cut_after)
+            self._cut_after -= allowed
+            if self._cut_after == 0 and allowed < size:
+                self._cut_after = None
+                self.cuts += 1
+                return allowed
+            return None if allowed == size else allowed
+
+    def _pipe(self, source: socket.socket, target: socket.socket, is_request: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if not is_request:
+                    allowed = self._take_budget(len(data))
+                    if allowed is not None:
+                        target.sendall(data[:allowed])
+                        raise ConnectionAbortedError("cut by the test proxy")
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+
+class StallingProxy(_Proxy):
+    """Forwards until ``stall_after_request_bytes`` have gone up, then holds every connection open
+    without forwarding a byte more (a hung S3 endpoint).
+
+    ``stalled`` is set at that moment: an upload through the proxy is then certainly in
+    progress and cannot finish, which makes "kill the uploader mid-stream" deterministic.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int, stall_after_request_bytes: int) -> None:
+        self.stalled = threading.Event()
+        self._budget = stall_after_request_bytes
+        super().__init__(upstream_host, upstream_port)
 
     def _allowed(self, size: int) -> int:
         with self._lock:
@@ -141,18 +142,26 @@ class StallingProxy:
         except OSError:
             pass
 
-    def close(self) -> None:
-        self._stopped = True
-        self._listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
 
-    def __enter__(self) -> "StallingProxy":
-        return self
+def inject_s3_errors(store: Any, operation: str, failing: Callable[[int], bool], *, status: int = 500) -> list[str]:
+    """Answer the n-th request of ``operation`` (n from 1) with an HTTP error before it reaches the
+    server whenever ``failing(n)``; returns the URLs of every request seen."""
+    calls: list[str] = []
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+    def handler(request: Any, **_: Any) -> AWSResponse | None:
+        calls.append(request.url)
+        if failing(len(calls)):
+            body = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+            return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _Raw(body))
+        return None
+
+    store.client.meta.events.register(f"before-send.s3.{operation}", handler)
+    return calls
+
+
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Any:
+        yield self._body

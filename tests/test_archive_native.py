@@ -22,7 +22,7 @@ from archiver.storage import open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.plan import run_plan
 from archiver.tasks.retention import run_retention
-from tests.coldtier import make_policy, manifests, parquet_keys, read_archive, relations, sql, table
+from tests.coldtier import storage, make_policy, manifests, parquet_keys, read_archive, relations, sql, table  # noqa: F401  storage is a fixture
 
 SCHEMA = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -110,14 +110,6 @@ AGES = {"d100": 100, "d80": 80, "d70": 70, "d60": 60, "d40": 40, "d20": 20, "d5"
 ARCHIVED = ["device_metrics_d100", "device_metrics_d80", "device_metrics_d70", "device_metrics_d60",
             "device_metrics_d40"]
 DROPPED = ARCHIVED[:4]
-
-
-@pytest.fixture(params=["file", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> StorageConfig:
-    if request.param == "file":
-        return StorageConfig(url=f"file://{tmp_path}/store")
-    bucket, endpoint = request.getfixturevalue("bucket"), request.getfixturevalue("s3_endpoint")
-    return StorageConfig(url=f"s3://{bucket}/telemetry", endpoint_url=endpoint, region="us-east-1")
 
 
 def rows_sql(base: int, age: int, count: int) -> str:

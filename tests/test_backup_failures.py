@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from botocore.awsrequest import AWSResponse
 
 from archiver import db, manifest
 from archiver.errors import ExitCode, ExternalCommandFailed, StoreError
@@ -31,7 +30,7 @@ from archiver.tasks.prune import run_prune
 from archiver.timeutil import utcnow
 from tests.backup_helpers import live_stats, load_policy, manifest_stats, read_manifest, restore_backup, write_policy
 from tests.helpers import PROJECT, run_cli
-from tests.netfault import StallingProxy
+from tests.netfault import StallingProxy, inject_s3_errors
 
 MiB = 1024 * 1024
 
@@ -167,34 +166,11 @@ def test_losing_the_connection_fails_the_backup_with_the_server_message(
     assert_only(s3_store, previous, pg)
 
 
-def fail_after(store: S3Store, operation: str, successes: int) -> list[str]:
-    """Let ``successes`` requests of ``operation`` through, then answer every later one with HTTP 500."""
-    calls: list[str] = []
-
-    def handler(request: Any, **_: Any) -> AWSResponse | None:
-        calls.append(request.url)
-        if len(calls) > successes:
-            body = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
-            return AWSResponse(request.url, 500, {"Content-Type": "application/xml"}, _Raw(body))
-        return None
-
-    store.client.meta.events.register(f"before-send.s3.{operation}", handler)
-    return calls
-
-
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Any:
-        yield self._body
-
-
 def test_store_failing_midway_aborts_everything(tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str,
                                                 previous: str, pg: LocalPostgres) -> None:
     policy = load_policy(policy_path(tmp_path, source, s3_store, s3_endpoint))
     failing = S3Store(s3_store.bucket, s3_store.prefix, endpoint_url=s3_endpoint, region="us-east-1", max_attempts=2)
-    calls = fail_after(failing, "UploadPart", successes=1)
+    calls = inject_s3_errors(failing, "UploadPart", lambda n: n > 1)  # part 1 goes through
     with pytest.raises(StoreError) as failure:
         run_backup(policy, store=failing)
     assert len(calls) >= 3  # part 1 went through; later parts failed after retries

@@ -22,7 +22,7 @@ from archiver.locking import database_lock
 from archiver.tasks.coldtier import ColdTierFailed
 from archiver.tasks.dispatch import execute
 from archiver.tasks.retention import run_retention
-from tests.coldtier import make_policy, manifests, parquet_keys, read_archive, relations, sql, table
+from tests.coldtier import storage, make_policy, manifests, parquet_keys, read_archive, relations, sql, table  # noqa: F401  storage is a fixture
 
 AGES = (90, 80, 70, 60)
 
@@ -49,14 +49,6 @@ def policy_for(dsn: str, storage: StorageConfig, **options: Any):  # type: ignor
 @pytest.fixture
 def local(tmp_path: Path) -> StorageConfig:
     return StorageConfig(url=f"file://{tmp_path}/store")
-
-
-@pytest.fixture(params=["file", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> StorageConfig:
-    if request.param == "file":
-        return StorageConfig(url=f"file://{tmp_path}/store")
-    bucket, endpoint = request.getfixturevalue("bucket"), request.getfixturevalue("s3_endpoint")
-    return StorageConfig(url=f"s3://{bucket}/telemetry", endpoint_url=endpoint, region="us-east-1")
 
 
 def held(lines: list[str]) -> dict[str, str]:

@@ -17,7 +17,7 @@ from archiver.storage import open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.restore_archive import run_restore_archive
 from archiver.tasks.retention import run_retention
-from tests.coldtier import make_policy, manifests, relations, sql, table
+from tests.coldtier import storage, make_policy, manifests, relations, sql, table  # noqa: F401  storage is a fixture
 from tests.helpers import run_cli
 from tests.test_archive_native import DROPPED, create_device_metrics
 from tests.test_archive_timescaledb import ASSET_METRICS
@@ -37,14 +37,6 @@ def digest(dsn: str, relation: str, time_column: str, start: str, end: str, orde
 
 def days_ago(days: int) -> str:
     return (date.today() - timedelta(days=days)).isoformat()
-
-
-@pytest.fixture(params=["file", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> StorageConfig:
-    if request.param == "file":
-        return StorageConfig(url=f"file://{tmp_path}/store")
-    bucket, endpoint = request.getfixturevalue("bucket"), request.getfixturevalue("s3_endpoint")
-    return StorageConfig(url=f"s3://{bucket}/telemetry", endpoint_url=endpoint, region="us-east-1")
 
 
 def test_dropped_partitions_come_back_with_every_value_and_a_second_run_adds_nothing(

@@ -8,13 +8,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from botocore.awsrequest import AWSResponse
 
 from archiver.errors import StoreError
 from archiver.storage import S3Store, open_store
 from archiver.storage.s3 import MAX_PARTS, MIN_PART_SIZE, MiB, choose_part_size, part_size_for
 from archiver.policy import StorageConfig
-from tests.netfault import CuttingProxy
+from tests.netfault import CuttingProxy, inject_s3_errors
 from tests.test_storage_contract import pattern
 
 GiB = 1024 * MiB
@@ -37,31 +36,8 @@ def test_parts_grow_when_the_stream_outgrows_its_hint() -> None:
     assert sum(sizes) > 500 * GiB  # a stream far beyond 78 GiB still fits in 10,000 parts
 
 
-def fail_requests(store: S3Store, operation: str, *, times: int, status: int = 500) -> list[int]:
-    """Answer the next ``times`` requests of ``operation`` with an HTTP error before they reach moto."""
-    calls: list[int] = []
-
-    def handler(request: Any, **_: Any) -> AWSResponse | None:
-        calls.append(1)
-        if len(calls) <= times:
-            body = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
-            return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _Raw(body))
-        return None
-
-    store.client.meta.events.register(f"before-send.s3.{operation}", handler)
-    return calls
-
-
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Any:
-        yield self._body
-
-
 def test_transient_part_errors_are_retried_by_botocore(s3_store: S3Store) -> None:
-    calls = fail_requests(s3_store, "UploadPart", times=2)
+    calls = inject_s3_errors(s3_store, "UploadPart", lambda n: n <= 2)
     data = pattern(20 * MiB)
     result = s3_store.put("retried.bin", iter([data]))
     assert len(calls) >= 5  # 3 parts, two of the attempts failed
@@ -72,7 +48,7 @@ def test_transient_part_errors_are_retried_by_botocore(s3_store: S3Store) -> Non
 
 def test_part_failing_beyond_retries_aborts_the_upload(s3_store: S3Store) -> None:
     s3_store.put_bytes("dump.bin", b"previous")
-    calls = fail_requests(s3_store, "UploadPart", times=1000)
+    calls = inject_s3_errors(s3_store, "UploadPart", lambda n: True)
     with pytest.raises(StoreError, match="upload of part .* failed: InternalError"):
         s3_store.put("dump.bin", iter([pattern(20 * MiB)]))
     assert len(calls) >= s3_store.max_attempts
