@@ -235,3 +235,23 @@ def test_no_planted_function_operator_or_cast_is_ever_called(
     traces = sorted(os.listdir(log_dir))
     # the policy's own check ran with the role's search_path: its count(*) is the planted one
     assert traces and all(trace.startswith("count @ archiver check ") for trace in traces), traces
+
+
+def test_adbc_sessions_get_the_safe_search_path_and_keep_the_dsns_own_options(
+        database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    db.execute(database, "ALTER ROLE postgres IN DATABASE " + db.parse_dsn(database)["dbname"]
+               + " SET search_path = public")
+    with_options = db.dsn_with(database, options="-c statement_timeout=5s")
+    assert db.safe_options(with_options) == "-c statement_timeout=5s -c search_path=pg_catalog,pg_temp"
+    sql = "SELECT current_setting('search_path') AS path, current_setting('statement_timeout') AS timeout"
+    rows = [batch.to_pylist() for batch in db.arrow_batches(with_options, sql)]
+    assert rows == [[{"path": "pg_catalog, pg_temp", "timeout": "5s"}]]
+
+    monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=7s")
+    assert db.safe_options(database) == "-c lock_timeout=7s -c search_path=pg_catalog,pg_temp"
+    sql = "SELECT current_setting('search_path') AS path, current_setting('lock_timeout') AS timeout"
+    assert [batch.to_pylist() for batch in db.arrow_batches(database, sql)] == [[{"path": "pg_catalog, pg_temp",
+                                                                                 "timeout": "7s"}]]
+    with db.connect(database) as conn:  # psycopg sessions: pinned after connecting, PGOPTIONS untouched
+        assert conn.execute(sql).fetchone() == ("pg_catalog, pg_temp", "7s")
+    assert db.query(database, "SELECT current_setting('search_path')") == [("public",)]  # the operator's own SQL
