@@ -24,6 +24,8 @@ from ..errors import DatabaseError, UsageError
 if TYPE_CHECKING:
     from .restore import RestorePlan, Source
 
+LOCALE_HINT = ("restore to a server that provides this encoding and locale (`locale -a` lists a machine's locales; on "
+               "Debian/Ubuntu add one with the locales package, then restart PostgreSQL)")
 NEW_DATABASE_HINT = ("restore into a new database (name one that does not exist: archiver creates it with the "
                      "backup's encoding and locale)")
 
@@ -56,10 +58,7 @@ def plan_properties(plan: "RestorePlan") -> None:
         icu_locale=properties.locale if properties.provider == "icu" else None)
     if problem:
         raise TargetUnsuitable(f"the target server cannot create database {plan.target_name} with the source "
-                               f"database's {properties.locale_text()}: {problem}",
-                               hint="restore to a server that provides this locale (`locale -a` lists a machine's "
-                                    "locales; on Debian/Ubuntu add it with the locales package), or keep the source's "
-                                    "server")
+                               f"database's {properties.locale_text()}: {problem}", hint=LOCALE_HINT)
     roles = set(plan.target.roles) | set(plan.roles.create if plan.roles else [])
     plan.database_options = dbprops.create_options(properties, plan.target.server_version_num)
     plan.properties_plan = dbprops.plan_properties(properties, plan.target_name, roles=roles,
@@ -91,9 +90,7 @@ def create_database(plan: "RestorePlan") -> None:
         assert plan.properties is not None
         raise TargetUnsuitable(f"the target server refused to create database {plan.target_name} with the source "
                                f"database's {plan.properties.locale_text()}: {exc.message}",
-                               hint=NEW_DATABASE_HINT.replace("restore into a new database", "check the name and the "
-                                                              "server's locales, or restore into another database")
-                               ) from None
+                               hint=LOCALE_HINT) from None
 
 
 def apply_properties(plan: "RestorePlan") -> list[tuple[str, str]]:
