@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -139,9 +140,41 @@ class _TransientConnectError(Exception):
         self.message = message
 
 
-def _open(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+# -- a safe search_path in every session -------------------------------------------------------
+#
+# Objects in a user's database may be hostile: a role that can CREATE in any schema on the
+# search_path can plant a function or operator (hash_record_extended(its_table, integer),
+# octet_length(varchar), count(), ...) that an unqualified call would run with archiver's
+# privileges, or that ALTER ROLE/DATABASE ... SET search_path puts ahead of pg_catalog. So every
+# session archiver opens resolves names in pg_catalog only: pg_temp is never searched for
+# functions or operators, and only this session can create objects in it. As pg_dump does, the
+# setting is made with set_config() right after connecting, before anything else runs; it
+# overrides role and database settings, and survives poolers that drop startup options. Only a
+# policy's own SQL checks run with the role's search_path, in a session of their own
+# (first_value(..., safe_search_path=False)).
+SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
+_PIN_SEARCH_PATH = "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)"
+
+
+def safe_options(dsn: str) -> str:
+    """The DSN's ``options`` (or ``$PGOPTIONS``) with the safe search_path appended (later ``-c`` wins).
+
+    For drivers that run queries of their own while connecting (ADBC reads pg_type), where
+    only a startup option comes early enough.
+    """
+    existing = parse_dsn(dsn).get("options") or os.environ.get("PGOPTIONS", "")
+    return f"{existing} -c search_path={SAFE_SEARCH_PATH.replace(' ', '')}".strip()
+
+
+def _pin_search_path(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(_PIN_SEARCH_PATH)
+    if not conn.autocommit:
+        conn.commit()  # a rolled-back set_config() would be undone
+
+
+def _open(dsn: str, *, safe_search_path: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
     try:
-        return psycopg.connect(dsn, **kwargs)
+        conn = psycopg.connect(dsn, **kwargs)
     except psycopg.Error as exc:
         detail = _scrub(str(exc), dsn).strip()
         reason = _permanent_reason(getattr(exc, "sqlstate", None), detail)
@@ -149,11 +182,23 @@ def _open(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
             error = DatabaseMissing if reason == "the database does not exist" else DatabaseError
             raise error(f"cannot connect to {redact_dsn(dsn)}: {detail} (permanent: {reason}; not retried)") from None
         raise _TransientConnectError(detail) from None
+    if safe_search_path:
+        try:
+            _pin_search_path(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise DatabaseError(f"cannot set a safe search_path on {redact_dsn(dsn)}: "
+                                f"{_scrub(str(exc), dsn).strip()}") from None
+    return conn
 
 
 def open_connection(dsn: str, *, autocommit: bool = True, application_name: str = "archiver",
-                    connect_timeout: int = 10) -> psycopg.Connection[Any]:
-    """Connect, retrying transient failures with exponential backoff and jitter."""
+                    connect_timeout: int = 10, safe_search_path: bool = True) -> psycopg.Connection[Any]:
+    """Connect, retrying transient failures with exponential backoff and jitter.
+
+    The session's search_path is ``pg_catalog, pg_temp`` unless ``safe_search_path`` is False
+    (only for SQL the operator wrote, which expects the role's own search_path).
+    """
     settings = CONNECT_RETRY
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(_TransientConnectError),
@@ -166,18 +211,18 @@ def open_connection(dsn: str, *, autocommit: bool = True, application_name: str 
     )
     keepalive = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
     try:
-        return retrying(_open, dsn, autocommit=autocommit, application_name=application_name[:63],
-                        connect_timeout=connect_timeout, **keepalive)
+        return retrying(_open, dsn, safe_search_path=safe_search_path, autocommit=autocommit,
+                        application_name=application_name[:63], connect_timeout=connect_timeout, **keepalive)
     except _TransientConnectError as exc:
         raise DatabaseError(f"cannot connect to {redact_dsn(dsn)} after {settings.attempts} attempts: {exc.message}") from None
 
 
 @contextlib.contextmanager
 def connect(dsn: str, *, autocommit: bool = True, application_name: str = "archiver",
-            connect_timeout: int = 10) -> Iterator[psycopg.Connection[Any]]:
-    """A psycopg connection whose errors never carry the password."""
+            connect_timeout: int = 10, safe_search_path: bool = True) -> Iterator[psycopg.Connection[Any]]:
+    """A psycopg connection whose errors never carry the password (search_path: see open_connection)."""
     conn = open_connection(dsn, autocommit=autocommit, application_name=application_name,
-                           connect_timeout=connect_timeout)
+                           connect_timeout=connect_timeout, safe_search_path=safe_search_path)
     try:
         with conn:
             yield conn
@@ -192,12 +237,14 @@ def server_version_num(dsn: str) -> int:
 
 
 def execute(dsn: str, sql: str, params: tuple[Any, ...] | None = None) -> None:
-    with connect(dsn) as conn:
+    """Run the operator's own SQL as psql would: with the role's search_path (no task calls this)."""
+    with connect(dsn, safe_search_path=False) as conn:
         conn.execute(sql, params)  # type: ignore[arg-type]
 
 
 def query(dsn: str, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
-    with connect(dsn) as conn:
+    """The rows of the operator's own SQL, run as psql would: with the role's search_path (no task calls this)."""
+    with connect(dsn, safe_search_path=False) as conn:
         return list(conn.execute(sql, params).fetchall())  # type: ignore[arg-type]
 
 
@@ -260,6 +307,7 @@ def probe_server(dsn: str, *, timeout: int = 2) -> int:
     """``server_version_num`` with one quick attempt (no retries): for readiness polling."""
     try:
         with psycopg.connect(dsn, connect_timeout=timeout, autocommit=True) as conn:
+            _pin_search_path(conn)
             return int(conn.info.server_version)
     except psycopg.Error as exc:
         raise DatabaseError(_scrub(str(exc), dsn).strip()) from None
@@ -267,7 +315,9 @@ def probe_server(dsn: str, *, timeout: int = 2) -> int:
 
 def extension_available(dsn: str, name: str) -> bool:
     """Whether the server can CREATE EXTENSION ``name`` (installed files, any version)."""
-    return bool(query(dsn, "SELECT 1 FROM pg_available_extensions WHERE name = %s", (name,)))
+    with connect(dsn) as conn:
+        return conn.execute("SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = %s",
+                            (name,)).fetchone() is not None
 
 
 # -- consistent snapshots, database facts and content checksums ---------------------------------
@@ -296,11 +346,37 @@ PINNED_SETTINGS = {
 # has no extended hash function (json, point, ...) or hashes an OID that a restore changes
 # (enums and reg* types, also inside arrays, domains, composites and ranges), and on servers
 # before PostgreSQL 14. Both assume the same byte order on both sides, as hash partitioning does.
-CHECKSUM_METHOD = "hash64-sum/v1"
-ROW_HASHES = {
-    "record": "sum(hash_record_extended(t, 0))",
-    "text": "sum(hashtextextended(ROW(t.*)::text, 0))",
+#
+# v2 (what backups record now) hashes a row's columns in the order of their names (sorted by
+# code point: a fixed order that no server setting changes), not in column-position order as
+# v1 did: pg_dump re-creates an inheritance child whose parent gained a column after it with
+# another column order, and the same rows must give the same checksum there. A manifest names
+# its method (content.method); a restore drill computes with that method, so backups taken
+# before v2 still verify. Every function is schema-qualified, on top of the session's safe
+# search_path: hashing runs on databases whose users may have planted look-alike functions.
+CHECKSUM_V1 = "hash64-sum/v1"
+CHECKSUM_V2 = "hash64-sum/v2"
+CHECKSUM_METHOD = CHECKSUM_V2
+CHECKSUM_METHODS = (CHECKSUM_V1, CHECKSUM_V2)
+ROW_HASHES = {  # v1; {row} is the whole row
+    "record": "pg_catalog.sum(pg_catalog.hash_record_extended({row}, 0))",
+    "text": "pg_catalog.sum(pg_catalog.hashtextextended(({row})::text, 0))",
 }
+
+
+def row_expression(method: str, columns: Sequence[str]) -> str:
+    """The row a checksum hashes: ``t`` / ``ROW(t.*)`` (v1), or its columns by name (v2)."""
+    if method == CHECKSUM_V1:
+        return "t"
+    return "ROW(" + ", ".join(f"t.{quote_ident(name)}" for name in sorted(columns)) + ")"
+
+
+def row_hash_sql(method: str, row_hash: str, columns: Sequence[str]) -> str:
+    """The aggregate that sums a table's row hashes (``t`` is the table's alias)."""
+    row = row_expression(method, columns)
+    if method == CHECKSUM_V1 and row_hash == "text":
+        row = "ROW(t.*)"
+    return ROW_HASHES[row_hash].format(row=row)
 
 
 @dataclass(frozen=True)
@@ -311,6 +387,7 @@ class DatabaseFacts:
     size_bytes: int
     extensions: dict[str, str]  # name -> installed version (pg_extension.extversion)
     snapshot_time: datetime
+    extension_schemas: dict[str, str] = field(default_factory=dict)  # name -> schema (pg_extension.extnamespace)
 
 
 @dataclass(frozen=True)
@@ -330,6 +407,7 @@ class TableRef:
     parent: str | None = None
     view: str | None = None
     data_excluded: bool = False
+    row_hash: str | None = None  # the row hash a manifest recorded, to checksum the same way again
 
     @property
     def qualified_name(self) -> str:
@@ -339,7 +417,7 @@ class TableRef:
     def from_json(cls, entry: dict[str, Any]) -> "TableRef":
         """A table entry of a backup manifest (``content.tables[]``), to count it again elsewhere."""
         return cls(entry["schema"], entry["name"], entry["kind"], parent=entry.get("parent"), view=entry.get("view"),
-                   data_excluded=bool(entry.get("data_excluded")))
+                   data_excluded=bool(entry.get("data_excluded")), row_hash=entry.get("row_hash"))
 
 
 @dataclass(frozen=True)
@@ -383,6 +461,7 @@ class LargeObjectStats:
 class ContentStats:
     tables: list[TableStats]
     large_objects: LargeObjectStats
+    materialized_views: list[MatviewStats] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -402,12 +481,16 @@ class TableFilter:
     exclude_table_data: tuple[tuple[str | None, str], ...] = ()
 
 
-def combine_checksum(rows: int, hash_sum: Any, row_hash: str = "record") -> str:
+def combine_checksum(rows: int, hash_sum: Any, row_hash: str = "record", method: str = CHECKSUM_METHOD) -> str:
     """32 hex digits from a table's row count and the sum of its rows' hashes."""
-    return hashlib.sha256(f"{CHECKSUM_METHOD}:{row_hash}:{rows}:{int(hash_sum or 0)}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{method}:{row_hash}:{rows}:{int(hash_sum or 0)}".encode()).hexdigest()[:32]
 
 
-EMPTY_CHECKSUM = combine_checksum(0, 0)
+def empty_checksum(method: str = CHECKSUM_METHOD) -> str:
+    return combine_checksum(0, 0, method=method)
+
+
+EMPTY_CHECKSUM = empty_checksum()
 
 _TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relispartition,
@@ -421,6 +504,9 @@ WHERE c.relkind IN ('r', 'p')
                   AND d.deptype = 'e')
 ORDER BY n.nspname, c.relname
 """
+
+_COLUMN_NAMES_SQL = ("SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = %s::pg_catalog.regclass "
+                     "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum")
 
 # Does a table have a column whose values hash by OID (enums, reg* types), looking through
 # domains, arrays, composite types and ranges?
@@ -484,6 +570,107 @@ class HypertableStats:
                 "compressed_chunks": self.compressed_chunks}
 
 
+@dataclass(frozen=True)
+class MatviewRef:
+    """A materialized view of a dump: pg_dump keeps its definition and re-computes its rows on restore
+    (REFRESH), unless it was not populated; ``data_excluded``: pg_dump leaves it unpopulated."""
+
+    schema: str
+    name: str
+    populated: bool
+    data_excluded: bool = False
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> "MatviewRef":
+        return cls(entry["schema"], entry["name"], bool(entry.get("populated")),
+                   data_excluded=bool(entry.get("data_excluded")))
+
+
+@dataclass(frozen=True)
+class MatviewStats:
+    view: MatviewRef
+    populated: bool | None  # None: the view does not exist
+    rows: int | None  # None: not populated (or missing)
+
+    def to_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"schema": self.view.schema, "name": self.view.name, "populated": bool(self.populated),
+                                 "rows": self.rows}
+        if self.view.data_excluded:
+            entry["data_excluded"] = True
+        return entry
+
+
+_MATVIEWS_SQL = """
+SELECT c.oid, n.nspname, c.relname, c.relispopulated
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'm' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY n.nspname, c.relname
+"""
+_MATVIEW_STATE_SQL = """
+SELECT c.relispopulated FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'm' AND n.nspname = %s AND c.relname = %s
+"""
+
+# The database's own properties, in the form a backup manifest records them (database.properties).
+# pg_database's locale columns differ between versions (daticulocale 15-16, datlocale 17+,
+# daticurules 16+), so they are read from the row as JSON.
+_DATABASE_SQL = """
+SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, pg_catalog.to_jsonb(d),
+       pg_catalog.pg_get_userbyid(d.datdba), d.datconnlimit, pg_catalog.shobj_description(d.oid, 'pg_database'),
+       d.datacl IS NULL
+FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()
+"""
+_DATABASE_SETTINGS_SQL = """
+SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(s.setrole) END, s.setconfig
+FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+WHERE d.datname = pg_catalog.current_database()
+ORDER BY s.setrole <> 0, 1
+"""
+_DATABASE_ACL_SQL = """
+SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END, a.privilege_type, a.is_grantable
+FROM pg_catalog.pg_database d CROSS JOIN LATERAL pg_catalog.aclexplode(d.datacl) AS a
+WHERE d.datname = pg_catalog.current_database()
+ORDER BY 1 NULLS FIRST, 2
+"""
+
+
+def _read_database_properties(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    row = conn.execute(_DATABASE_SQL).fetchone()
+    assert row is not None
+    encoding, collate, ctype, columns, owner, connection_limit, comment, default_acl = row
+    provider_code = str(columns.get("datlocprovider") or "c")
+    settings = []
+    for role, config in conn.execute(_DATABASE_SETTINGS_SQL).fetchall():
+        for item in config or []:
+            name, _, value = str(item).partition("=")
+            settings.append({"name": name, "value": value, "role": role})
+    acl = None if default_acl else [{"grantee": grantee, "privilege": privilege, "grantable": bool(grantable)}
+                                    for grantee, privilege, grantable in conn.execute(_DATABASE_ACL_SQL).fetchall()]
+    return {"encoding": encoding, "collate": collate, "ctype": ctype,
+            "provider": {"c": "libc", "i": "icu", "b": "builtin"}.get(provider_code, provider_code),
+            "locale": columns.get("datlocale") or columns.get("daticulocale"), "icu_rules": columns.get("daticurules"),
+            "owner": owner, "connection_limit": int(connection_limit), "settings": settings, "comment": comment,
+            "acl": acl}
+
+
+def database_properties(dsn: str, *, connect_timeout: int = 10) -> dict[str, Any]:
+    """The properties of a database (a restore target, a restored one), as a backup records them."""
+    with connect(dsn, application_name="archiver properties", connect_timeout=connect_timeout) as conn:
+        return _read_database_properties(conn)
+
+
+def matview_stats(dsn: str, views: Sequence[MatviewRef], *, connect_timeout: int = 10) -> list[MatviewStats]:
+    """Populated flag and row count of materialized views (of a restored database, say)."""
+    with _reading_session(dsn, connect_timeout=connect_timeout, application_name="archiver matviews") as session:
+        return session.matview_stats(views)
+
+
 class SnapshotSession:
     """One REPEATABLE READ, READ ONLY transaction on the source database, with settings pinned.
 
@@ -510,9 +697,45 @@ class SnapshotSession:
                 "current_setting('server_version_num')::int, pg_database_size(current_database()), "
                 "clock_timestamp()").fetchone()
             assert row is not None
-            extensions = {name: version for name, version in self._conn.execute(
-                "SELECT extname, extversion FROM pg_extension ORDER BY extname").fetchall()}
-        return DatabaseFacts(row[0], row[1], int(row[2]), int(row[3]), extensions, row[4])
+            extensions: dict[str, str] = {}
+            schemas: dict[str, str] = {}
+            for name, version, schema in self._conn.execute(
+                    "SELECT e.extname, e.extversion, n.nspname FROM pg_catalog.pg_extension e "
+                    "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace ORDER BY e.extname").fetchall():
+                extensions[name], schemas[name] = version, schema
+        return DatabaseFacts(row[0], row[1], int(row[2]), int(row[3]), extensions, row[4], schemas)
+
+    def database_properties(self) -> dict[str, Any]:
+        """Encoding, locale, owner, settings, comment and privileges of the database (see dbprops)."""
+        with self._errors("reading the database's properties"):
+            return _read_database_properties(self._conn)
+
+    def materialized_views(self, table_filter: TableFilter | None = None) -> list[MatviewRef]:
+        """Materialized views a dump holds (pg_dump's exclusions applied), populated or not."""
+        table_filter = table_filter or TableFilter()
+        with self._errors("listing materialized views"):
+            rows = self._conn.execute(_MATVIEWS_SQL).fetchall()
+            excluded = self._matching_oids(table_filter.exclude_schemas, table_filter.exclude_tables)
+            no_data = self._matching_oids((), table_filter.exclude_table_data)
+        return [MatviewRef(schema, name, bool(populated), data_excluded=oid in no_data)
+                for oid, schema, name, populated in rows if oid not in excluded]
+
+    def matview_stats(self, views: Sequence[MatviewRef]) -> list[MatviewStats]:
+        """Whether each view is populated now, and its row count when it is (None when it is missing)."""
+        results = []
+        for view in views:
+            with self._errors(f"counting rows of materialized view {view.qualified_name}"):
+                row = self._conn.execute(_MATVIEW_STATE_SQL, (view.schema, view.name)).fetchone()
+                if row is None:
+                    results.append(MatviewStats(view, None, None))
+                    continue
+                rows = None
+                if row[0]:
+                    counted = self._conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}.{}").format(
+                        sql.Identifier(view.schema), sql.Identifier(view.name))).fetchone()
+                    rows = int(counted[0]) if counted else 0
+                results.append(MatviewStats(view, bool(row[0]), rows))
+        return results
 
     def tables(self, table_filter: TableFilter | None = None) -> list[TableRef]:
         """Tables whose data a dump holds, classified; pg_dump's exclusions applied."""
@@ -562,22 +785,28 @@ class SnapshotSession:
         return matched
 
     def content_stats(self, tables: Sequence[TableRef], *, checksums: bool = True,
-                      stop: Callable[[], bool] | None = None) -> ContentStats:
-        """Row count (and content checksum) of every table, and of the large objects.
+                      stop: Callable[[], bool] | None = None, method: str = CHECKSUM_METHOD,
+                      matviews: Sequence[MatviewRef] = ()) -> ContentStats:
+        """Row count (and content checksum, computed by ``method``) of every table, of the large objects
+        and of the populated ``matviews``.
 
         ``stop`` is polled between tables; when it returns True the work ends with an error
         (with :meth:`cancel`, that also stops the query in flight).
         """
+        if method not in CHECKSUM_METHODS:
+            raise DatabaseError(f"unknown checksum method {method!r} (this archiver computes "
+                                f"{', '.join(CHECKSUM_METHODS)})")
         results: list[TableStats] = []
         for table in tables:
             if stop is not None and stop():
                 raise DatabaseError("row counting stopped")
-            results.append(self._table_stats(table, checksums))
-        return ContentStats(results, self._large_object_stats(checksums))
+            results.append(self._table_stats(table, checksums, method))
+        large_objects = self._large_object_stats(checksums, method)
+        return ContentStats(results, large_objects, self.matview_stats(matviews))
 
-    def _table_stats(self, table: TableRef, checksums: bool) -> TableStats:
+    def _table_stats(self, table: TableRef, checksums: bool, method: str) -> TableStats:
         if table.data_excluded:
-            return TableStats(table, 0, EMPTY_CHECKSUM if checksums else None, "record" if checksums else None)
+            return TableStats(table, 0, empty_checksum(method) if checksums else None, "record" if checksums else None)
         # A hypertable is read whole (its chunks, decompressed); a plain table ONLY, since its
         # inheritance children are listed themselves.
         source = sql.SQL("{only}{schema}.{name} AS t").format(
@@ -585,27 +814,39 @@ class SnapshotSession:
             schema=sql.Identifier(table.schema), name=sql.Identifier(table.name))
         with self._errors(f"counting rows of {table.qualified_name}"):
             if not checksums:
-                row = self._conn.execute(sql.SQL("SELECT count(*) FROM {source}").format(source=source)).fetchone()
+                row = self._conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {source}").format(
+                    source=source)).fetchone()
                 assert row is not None
                 return TableStats(table, int(row[0]), None)
-            for row_hash in self._row_hashes(table):
-                row = self._hash_rows(source, row_hash)
+            columns, oid_hashed = self._columns(table)
+            for row_hash in self._row_hashes(table, oid_hashed):
+                row = self._hash_rows(source, row_hash_sql(method, row_hash, columns), row_hash)
                 if row is not None:
-                    return TableStats(table, int(row[0]), combine_checksum(int(row[0]), row[1], row_hash), row_hash)
+                    checksum = combine_checksum(int(row[0]), row[1], row_hash, method)
+                    return TableStats(table, int(row[0]), checksum, row_hash)
         raise DatabaseError(f"cannot checksum {table.qualified_name}")  # unreachable: text hashing always works
 
-    def _row_hashes(self, table: TableRef) -> list[str]:
-        """The row hashes to try, in order (see ROW_HASHES)."""
-        if self._conn.info.server_version < 140000:
-            return ["text"]
+    def _columns(self, table: TableRef) -> tuple[list[str], bool]:
+        """The table's column names, and whether a column's values hash by OID (see _OID_HASHED_COLUMNS_SQL)."""
         relation = sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.name)).as_string(self._conn)
+        names = [str(name) for (name,) in self._conn.execute(_COLUMN_NAMES_SQL, (relation,)).fetchall()]
         row = self._conn.execute(_OID_HASHED_COLUMNS_SQL, (relation,)).fetchone()
-        return ["text"] if row and row[0] else ["record", "text"]
+        return names, bool(row and row[0])
 
-    def _hash_rows(self, source: sql.Composable, row_hash: str) -> tuple[Any, ...] | None:
+    def _row_hashes(self, table: TableRef, oid_hashed: bool) -> list[str]:
+        """The row hashes to try, in order (see ROW_HASHES): the one a manifest recorded first."""
+        if self._conn.info.server_version < 140000 or oid_hashed:
+            candidates = ["text"]
+        else:
+            candidates = ["record", "text"]
+        if table.row_hash in ROW_HASHES:
+            return [table.row_hash] + [row_hash for row_hash in candidates if row_hash != table.row_hash]
+        return candidates
+
+    def _hash_rows(self, source: sql.Composable, hash_sql: str, row_hash: str) -> tuple[Any, ...] | None:
         """(count, hash sum), or None when a column type cannot be hashed that way."""
-        query = sql.SQL("SELECT count(*), {hash} FROM {source}").format(hash=sql.SQL(ROW_HASHES[row_hash]),
-                                                                         source=source)
+        query = sql.SQL("SELECT pg_catalog.count(*), {hash} FROM {source}").format(hash=sql.SQL(hash_sql),
+                                                                                    source=source)
         if row_hash == "text":
             return self._conn.execute(query).fetchone()
         self._conn.execute("SAVEPOINT archiver_hash")
@@ -617,20 +858,21 @@ class SnapshotSession:
         self._conn.execute("RELEASE SAVEPOINT archiver_hash")
         return row
 
-    def _large_object_stats(self, checksums: bool) -> LargeObjectStats:
+    def _large_object_stats(self, checksums: bool, method: str) -> LargeObjectStats:
         with self._errors("counting large objects"):
-            row = self._conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+            row = self._conn.execute("SELECT pg_catalog.count(*) FROM pg_catalog.pg_largeobject_metadata").fetchone()
             assert row is not None
             count = int(row[0])
             if not checksums or count == 0:
-                return LargeObjectStats(count, EMPTY_CHECKSUM if checksums else None)
+                return LargeObjectStats(count, empty_checksum(method) if checksums else None)
             # lo_get reads a whole object into memory and fails beyond 1 GB: a checksum is a
             # bonus, never a reason to fail the backup.
             self._conn.execute("SAVEPOINT archiver_lo")
             try:
                 row = self._conn.execute(
-                    "SELECT sum(hashtextextended(m.oid::text || ':' || md5(lo_get(m.oid)), 0)) "
-                    "FROM pg_largeobject_metadata AS m").fetchone()
+                    "SELECT pg_catalog.sum(pg_catalog.hashtextextended(m.oid::pg_catalog.text || ':' || "
+                    "pg_catalog.md5(pg_catalog.lo_get(m.oid)), 0)) FROM pg_catalog.pg_largeobject_metadata AS m"
+                ).fetchone()
             except psycopg.errors.QueryCanceled:
                 raise
             except psycopg.Error as exc:
@@ -638,7 +880,7 @@ class SnapshotSession:
                 return LargeObjectStats(count, None, note=f"no checksum: {str(exc).strip().splitlines()[0]}")
             self._conn.execute("RELEASE SAVEPOINT archiver_lo")
         assert row is not None
-        return LargeObjectStats(count, combine_checksum(count, row[0]))
+        return LargeObjectStats(count, combine_checksum(count, row[0], method=method))
 
     def cancel(self) -> None:
         """Cancel the running query, if any (thread-safe)."""
@@ -707,15 +949,17 @@ def _reading_session(dsn: str, *, connect_timeout: int, application_name: str) -
 
 
 def content_stats(dsn: str, *, checksums: bool = True, connect_timeout: int = 10,
-                  tables: Sequence[TableRef] | None = None) -> ContentStats:
-    """Row counts and checksums of a database (a restored one, say), computed as a backup does."""
+                  tables: Sequence[TableRef] | None = None, method: str = CHECKSUM_METHOD) -> ContentStats:
+    """Row counts and checksums of a database (a restored one, say), computed as a backup does (by ``method``)."""
     with _reading_session(dsn, connect_timeout=connect_timeout, application_name="archiver checksums") as session:
-        return session.content_stats(session.tables() if tables is None else tables, checksums=checksums)
+        return session.content_stats(session.tables() if tables is None else tables, checksums=checksums,
+                                     method=method)
 
 
 def execute_script(dsn: str, script: str) -> None:
-    """Run a multi-statement SQL script (no parameters) in one transaction."""
-    with connect(dsn, autocommit=False) as conn:
+    """Run the operator's own multi-statement SQL script (no parameters) in one transaction, with the
+    role's search_path, as psql would (the demo's data; no task calls this)."""
+    with connect(dsn, autocommit=False, safe_search_path=False) as conn:
         conn.execute(script.encode())
 
 
@@ -799,9 +1043,15 @@ class Session:
 
 
 @contextlib.contextmanager
-def session(dsn: str, *, application_name: str = "archiver", connect_timeout: int = 10) -> Iterator[Session]:
-    """An autocommit session in UTC with ISO dates (catalog text such as partition bounds depends on it)."""
-    with connect(dsn, autocommit=True, application_name=application_name, connect_timeout=connect_timeout) as conn:
+def session(dsn: str, *, application_name: str = "archiver", connect_timeout: int = 10,
+            safe_search_path: bool = True) -> Iterator[Session]:
+    """An autocommit session in UTC with ISO dates (catalog text such as partition bounds depends on it).
+
+    Its search_path is ``pg_catalog, pg_temp`` (see open_connection); ``safe_search_path=False``
+    only for the operator's own SQL (test fixtures), never in a task.
+    """
+    with connect(dsn, autocommit=True, application_name=application_name, connect_timeout=connect_timeout,
+                 safe_search_path=safe_search_path) as conn:
         current = Session(conn, dsn)
         current.execute("SET TIME ZONE 'UTC'")
         current.execute("SET DateStyle = 'ISO, YMD'")
@@ -989,8 +1239,11 @@ def drop_timescaledb_chunk(current: Session, schema: str, name: str) -> None:
 
 def drop_chunks_older_than(current: Session, schema: str, table: str, boundary: Any, sql_type: str) -> list[str]:
     """TimescaleDB drop_chunks(older_than => boundary); the names of the chunks it dropped."""
-    rows = current.query(f"SELECT drop_chunks(%s::regclass, older_than => %s::{sql_type})",
-                         (qualified(schema, table), boundary))
+    extension_schema = current.scalar(_EXTENSION_SCHEMA_SQL, ("timescaledb",))
+    if extension_schema is None:
+        raise DatabaseError(f"drop_chunks: extension timescaledb is not installed in database {current_database(current)!r}")
+    rows = current.query(f"SELECT {quote_ident(str(extension_schema))}.drop_chunks(%s::regclass, "
+                         f"older_than => %s::{sql_type})", (qualified(schema, table), boundary))
     return [str(row[0]) for row in rows]
 
 
@@ -1025,6 +1278,26 @@ def shared_read_snapshot(dsn: str) -> Iterator[tuple[str, Session]]:
                 pass
 
 
+def _adbc_connect(dsn: str, application_name: str, **kwargs: Any) -> Any:
+    """An ADBC connection whose search_path is safe from the start (a startup option, because the
+    driver queries the catalog while connecting) and again after (a pooler may drop startup options)."""
+    import adbc_driver_postgresql.dbapi as adbc_dbapi
+
+    connection = adbc_dbapi.connect(dsn_with(dsn, application_name=application_name, options=safe_options(dsn)),
+                                    **kwargs)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(_PIN_SEARCH_PATH)
+        cursor.fetchall()
+        cursor.close()
+        if not kwargs.get("autocommit"):
+            connection.commit()
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
 def _adbc_error(exc: Exception, dsn: str) -> DatabaseError:
     return DatabaseError(f"database error on {redact_dsn(dsn)} (reading rows): {_scrub(str(exc), dsn).strip()}")
 
@@ -1037,11 +1310,9 @@ def arrow_batches(dsn: str, sql: str, *, snapshot_id: str | None = None,
     With ``snapshot_id`` the rows come from that exported snapshot.
     """
     import adbc_driver_manager
-    import adbc_driver_postgresql.dbapi as adbc_dbapi
 
-    uri = dsn_with(dsn, application_name="archiver archive")
     try:
-        connection = adbc_dbapi.connect(uri, autocommit=True)
+        connection = _adbc_connect(dsn, "archiver archive", autocommit=True)
     except adbc_driver_manager.Error as exc:
         raise _adbc_error(exc, dsn) from None
     try:
@@ -1087,8 +1358,12 @@ def missing_tables(dsn: str, tables: Sequence[TableRef]) -> list[TableRef]:
 
 
 def first_value(dsn: str, statement: str, *, application_name: str = "archiver check") -> Any:
-    """The first column of the first row of ``statement`` (None when it returns no row), run read-only."""
-    with connect(dsn, autocommit=False, application_name=application_name) as conn:
+    """The first column of the first row of ``statement`` (None when it returns no row), run read-only.
+
+    A policy's SQL check is the operator's own SQL: it runs in a session of its own with the role's
+    (and the database's) search_path, as it would in psql, never in one of archiver's sessions.
+    """
+    with connect(dsn, autocommit=False, application_name=application_name, safe_search_path=False) as conn:
         conn.read_only = True
         row = conn.execute(statement).fetchone()  # type: ignore[arg-type]
         conn.rollback()
@@ -1243,13 +1518,67 @@ def _maintenance_connection(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     raise last
 
 
-def create_database(dsn: str) -> None:
-    """CREATE DATABASE for the DSN's dbname (from template0, owned by the connecting role)."""
+def create_database(dsn: str, options: str = "") -> None:
+    """CREATE DATABASE for the DSN's dbname (from template0, owned by the connecting role).
+
+    ``options``: further clauses (ENCODING ..., LC_COLLATE ..., already quoted; see dbprops.create_options).
+    """
     name = parse_dsn(dsn).get("dbname") or ""
     if not name:
         raise UsageError(f"{redact_dsn(dsn)} names no database (dbname=...)")
     with _maintenance_connection(dsn) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 {}").format(sql.Identifier(name), sql.SQL(options)))
+
+
+def locale_problem(dsn: str, *, encoding: str, locales: Sequence[str], icu_locale: str | None = None) -> str | None:
+    """Why the DSN's server cannot create a database with this encoding and these locales, or None.
+
+    Read-only: the server is asked to load each locale for a temporary collation, in a
+    transaction that is rolled back. A libc locale is tried only where the maintenance
+    database's encoding is the one asked for (the server refuses a locale of another encoding
+    there, which says nothing about CREATE DATABASE); C and POSIX need no trying.
+    """
+    with _maintenance_connection(dsn) as conn:
+        row = conn.execute("SELECT pg_catalog.pg_char_to_encoding(%s), pg_catalog.pg_encoding_to_char("
+                           "pg_catalog.pg_char_to_encoding(%s)) = pg_catalog.getdatabaseencoding()",
+                           (encoding, encoding)).fetchone()
+        assert row is not None
+        if int(row[0]) < 0:
+            return f"the server does not know encoding {encoding}"
+        probes = [sql.SQL("CREATE COLLATION pg_temp.archiver_probe_{} (LC_COLLATE = {}, LC_CTYPE = {})").format(
+                      sql.SQL(str(index)), sql.Literal(name), sql.Literal(name))
+                  for index, name in enumerate(dict.fromkeys(locales)) if name.lower() not in ("c", "posix") and row[1]]
+        if icu_locale:
+            probes.append(sql.SQL("CREATE COLLATION pg_temp.archiver_probe_icu (PROVIDER = icu, LOCALE = {})").format(
+                sql.Literal(icu_locale)))
+        if not probes:
+            return None
+        conn.execute("BEGIN")
+        try:
+            for probe in probes:
+                conn.execute(probe)
+        except psycopg.Error as exc:
+            return _scrub(str(exc), dsn).strip().splitlines()[0]
+        finally:
+            conn.execute("ROLLBACK")
+    return None
+
+
+def apply_statements(dsn: str, statements: Sequence[str], *, application_name: str = "archiver restore") -> list[tuple[str, str]]:
+    """Run ``statements`` in one transaction, each in a savepoint; (statement, error) for those that failed."""
+    failed: list[tuple[str, str]] = []
+    with connect(dsn, autocommit=False, application_name=application_name) as conn:
+        for statement in statements:
+            conn.execute("SAVEPOINT archiver_step")
+            try:
+                conn.execute(statement)  # type: ignore[arg-type]
+            except psycopg.Error as exc:
+                conn.execute("ROLLBACK TO SAVEPOINT archiver_step")
+                failed.append((statement, _scrub(str(exc), dsn).strip().splitlines()[0]))
+            else:
+                conn.execute("RELEASE SAVEPOINT archiver_step")
+        conn.commit()
+    return failed
 
 
 def drop_database(dsn: str) -> None:
@@ -1273,17 +1602,31 @@ def drop_roles(dsn: str, roles: Sequence[str]) -> None:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
-def prepare_timescaledb(dsn: str, version: str, *, create: bool) -> None:
-    """``CREATE EXTENSION timescaledb VERSION ...`` (when ``create``) and ``timescaledb_pre_restore()``."""
+_EXTENSION_SCHEMA_SQL = ("SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n "
+                         "ON n.oid = e.extnamespace WHERE e.extname = %s")
+
+
+def _extension_function(conn: psycopg.Connection[Any], extension: str, function: str) -> sql.Composable:
+    """``schema.function`` of an extension's function, the schema read from pg_extension (the search_path
+    holds pg_catalog only, and an unqualified name could reach a planted function)."""
+    row = conn.execute(_EXTENSION_SCHEMA_SQL, (extension,)).fetchone()
+    if row is None:
+        raise DatabaseError(f"extension {extension} is not installed in database {conn.info.dbname!r}")
+    return sql.SQL("{}.{}").format(sql.Identifier(str(row[0])), sql.Identifier(function))
+
+
+def prepare_timescaledb(dsn: str, version: str, *, create: bool, schema: str = "public") -> None:
+    """``CREATE EXTENSION timescaledb WITH SCHEMA ... VERSION ...`` (when ``create``) and ``timescaledb_pre_restore()``."""
     with connect(dsn, application_name="archiver restore") as conn:
         if create:
-            conn.execute(sql.SQL("CREATE EXTENSION timescaledb VERSION {}").format(sql.Literal(version)))
-        conn.execute("SELECT timescaledb_pre_restore()")
+            conn.execute(sql.SQL("CREATE EXTENSION timescaledb WITH SCHEMA {} VERSION {}").format(
+                sql.Identifier(schema), sql.Literal(version)))
+        conn.execute(sql.SQL("SELECT {}()").format(_extension_function(conn, "timescaledb", "timescaledb_pre_restore")))
 
 
 def timescaledb_post_restore(dsn: str) -> None:
     with connect(dsn, application_name="archiver restore") as conn:
-        conn.execute("SELECT timescaledb_post_restore()")
+        conn.execute(sql.SQL("SELECT {}()").format(_extension_function(conn, "timescaledb", "timescaledb_post_restore")))
 
 
 def drop_extension(dsn: str, name: str) -> None:
@@ -1413,13 +1756,12 @@ def load_archive_rows(dsn: str, *, schema: str, name: str, batches: Any, columns
     rows is left as it is and reported.
     """
     import adbc_driver_manager
-    import adbc_driver_postgresql.dbapi as adbc_dbapi
 
     staging = "archiver_restore_staging"
     target = qualified(schema, name)
     condition = _range_condition("s", time_column, low_sql, high_sql)
     try:
-        connection = adbc_dbapi.connect(dsn_with(dsn, application_name="archiver restore-archive"))
+        connection = _adbc_connect(dsn, "archiver restore-archive")
     except adbc_driver_manager.Error as exc:
         raise _adbc_error(exc, dsn) from None
     try:

@@ -152,13 +152,29 @@ def _scalar(typname: str, typtype: str | None, typmod: int) -> tuple[pa.DataType
     return _SCALARS.get(typname)
 
 
+# Types any role can create, and so own: their owner may CREATE CAST (the_type AS text) WITH FUNCTION
+# of its own, which ``::text`` would run with archiver's privileges (casts are not schema objects: no
+# search_path keeps them out). Their text form is taken from their output function instead, which
+# is what the cast-free ``::text`` conversion of these types does.
+_OWNABLE_TYPTYPES = ("e", "c", "r", "m")  # enum, composite, range, multirange
+
+
+def _text_sql(column: CatalogColumn, value_sql: str) -> str:
+    """``value_sql`` as text without a cast a type's owner could have planted (NULL stays NULL)."""
+    ownable = column.typtype in _OWNABLE_TYPTYPES or (column.category == "A" and
+                                                      column.elem_typtype in _OWNABLE_TYPTYPES)
+    if ownable:
+        return f"CASE WHEN pg_catalog.num_nulls({value_sql}) = 0 THEN pg_catalog.concat({value_sql}) END"
+    return f"({value_sql})::text"
+
+
 def plan_column(column: CatalogColumn, *, text_form: bool = False) -> ColumnPlan:
     """How one column is read, typed and fingerprinted."""
     ident = quote_ident(column.name)
     value_sql = f"{ident}::{column.base_type}" if column.is_domain else ident
 
     def as_text(kind: str = TEXT) -> ColumnPlan:
-        return ColumnPlan(column.name, column.pg_type, pa.string(), kind, value_sql, f"({value_sql})::text",
+        return ColumnPlan(column.name, column.pg_type, pa.string(), kind, value_sql, _text_sql(column, value_sql),
                           text_form=True)
 
     if text_form:
@@ -176,7 +192,8 @@ def plan_column(column: CatalogColumn, *, text_form: bool = False) -> ColumnPlan
     if scalar is None:
         return as_text()
     arrow_type, kind = scalar
-    as_text_sql = f"({value_sql})::text" if column.typname in ("json", "jsonb") or column.typtype == "e" else value_sql
+    as_text_sql = _text_sql(column, value_sql) if column.typname in ("json", "jsonb") or column.typtype == "e" \
+        else value_sql
     return ColumnPlan(column.name, column.pg_type, arrow_type, kind, value_sql, value_sql, length_sql=as_text_sql)
 
 

@@ -95,7 +95,7 @@ def live_stats(dsn: str) -> dict[str, tuple[int, str | None]]:
 
 def table_digest(dsn: str, table: str, order_by: str) -> tuple[int, str]:
     """Row count and an ordered digest of a table's text, computed independently of archiver's checksum."""
-    with db.connect(dsn) as conn:
+    with db.connect(dsn, safe_search_path=False) as conn:  # the test's own SQL, as psql would run it
         for name, value in db.PINNED_SETTINGS.items():
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
         row = conn.execute(f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY {order_by}), '')) "

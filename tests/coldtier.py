@@ -28,7 +28,8 @@ def table(name: str, archive_after: int, drop_after: int | None = None, **option
 
 
 def sql(dsn: str, statement: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
-    with db.session(dsn) as current:
+    """The test's own SQL, with the role's search_path (as psql would run it)."""
+    with db.session(dsn, safe_search_path=False) as current:
         return current.query(statement, params)
 
 

@@ -285,7 +285,7 @@ CREATE MATERIALIZED VIEW asset_metrics_hourly WITH (timescaledb.continuous) AS
 
 
 def timescale_state(dsn: str) -> dict[str, Any]:
-    with db.connect(dsn) as conn:
+    with db.connect(dsn, safe_search_path=False) as conn:
         chunks = conn.execute("SELECT count(*) FILTER (WHERE is_compressed), count(*) FILTER (WHERE NOT is_compressed) "
                               "FROM timescaledb_information.chunks WHERE hypertable_name = 'asset_metrics'").fetchone()
         cagg = conn.execute("SELECT count(*), sum(samples), round(sum(avg_value)::numeric, 6) "
@@ -298,7 +298,7 @@ def timescale_state(dsn: str) -> dict[str, Any]:
 @pytest.mark.timescaledb
 def test_timescaledb_hypertable_and_continuous_aggregate_restore_identically(
         tmp_path: Path, database: str, s3_store: Store, s3_endpoint: str, pg: LocalPostgres) -> None:
-    with db.connect(database) as conn:
+    with db.connect(database, safe_search_path=False) as conn:
         conn.execute(TELEMETRY_SCHEMA)
         conn.execute("CALL refresh_continuous_aggregate('asset_metrics_hourly', NULL, NULL)")
     source_state = timescale_state(database)
@@ -317,7 +317,7 @@ def test_timescaledb_hypertable_and_continuous_aggregate_restore_identically(
     assert document["warnings"] and all(w["expected"] for w in document["warnings"])
 
     name, restored = new_database(pg)
-    with db.connect(restored) as conn:
+    with db.connect(restored, safe_search_path=False) as conn:
         conn.execute(f"CREATE EXTENSION timescaledb VERSION '{version}'")
         conn.execute("SELECT timescaledb_pre_restore()")
     pg_restore(pg, name, fetch_object(s3_store, document["objects"]["dump"]))

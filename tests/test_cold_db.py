@@ -27,14 +27,15 @@ def test_adbc_errors_never_carry_the_password() -> None:
 
 def test_rows_come_from_the_exported_snapshot_even_while_rows_arrive(database: str) -> None:
     with db.session(database) as current:
-        current.execute("CREATE TABLE t (n int)")
-        current.execute("INSERT INTO t SELECT generate_series(1, 10)")
+        current.execute("CREATE TABLE public.t (n int)")
+        current.execute("INSERT INTO public.t SELECT generate_series(1, 10)")
     with db.shared_read_snapshot(database) as (snapshot_id, current):
         with db.session(database) as other:
-            other.execute("INSERT INTO t VALUES (11)")
-        rows = sum(batch.num_rows for batch in db.arrow_batches(database, "SELECT n FROM t", snapshot_id=snapshot_id))
-        assert rows == current.scalar("SELECT count(*) FROM t") == 10
-    assert sum(batch.num_rows for batch in db.arrow_batches(database, "SELECT n FROM t")) == 11
+            other.execute("INSERT INTO public.t VALUES (11)")
+        rows = sum(batch.num_rows for batch in db.arrow_batches(database, "SELECT n FROM public.t",
+                                                                snapshot_id=snapshot_id))
+        assert rows == current.scalar("SELECT count(*) FROM public.t") == 10
+    assert sum(batch.num_rows for batch in db.arrow_batches(database, "SELECT n FROM public.t")) == 11
 
 
 def test_a_busy_chunk_is_held_back_and_dropped_by_a_later_run(database: str, tmp_path: Path,
@@ -48,7 +49,7 @@ def test_a_busy_chunk_is_held_back_and_dropped_by_a_later_run(database: str, tmp
 
     def writer_in_a_long_transaction() -> None:
         with db.session(database) as current, current.transaction():
-            current.execute("LOCK TABLE readings_d80 IN ROW EXCLUSIVE MODE")
+            current.execute("LOCK TABLE public.readings_d80 IN ROW EXCLUSIVE MODE")
             locked.set()
             release.wait(30)
 

@@ -211,7 +211,7 @@ def test_before_picks_the_newest_backup_taken_earlier(
 
 @pytest.fixture
 def telemetry(database: str) -> str:
-    with db.connect(database) as conn:
+    with db.connect(database, safe_search_path=False) as conn:
         conn.execute(TELEMETRY_SCHEMA)
         conn.execute("CALL refresh_continuous_aggregate('asset_metrics_hourly', NULL, NULL)")
     return database

@@ -25,7 +25,7 @@ from tests.test_archive_timescaledb import ASSET_METRICS
 
 def digest(dsn: str, relation: str, time_column: str, start: str, end: str, order: str) -> tuple[int, str]:
     """Row count and an ordered digest of every column's text, in a time range (settings pinned)."""
-    with db.connect(dsn) as conn:
+    with db.connect(dsn, safe_search_path=False) as conn:  # the test's own SQL, as psql would run it
         for name, value in db.PINNED_SETTINGS.items():
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
         row = conn.execute(f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY {order}), '')) "

@@ -130,7 +130,7 @@ def test_a_drill_that_cannot_run_exits_1_and_records_nothing(
 @pytest.mark.timescaledb
 def test_a_timescaledb_drill_checks_hypertables_chunks_and_the_continuous_aggregate(
         tmp_path: Path, database: str, s3_store: Store, s3_endpoint: str) -> None:
-    with db.connect(database) as conn:
+    with db.connect(database, safe_search_path=False) as conn:
         conn.execute(TELEMETRY_SCHEMA)
         conn.execute("CALL refresh_continuous_aggregate('asset_metrics_hourly', NULL, NULL)")
     checks = [{"name": "hourly buckets", "sql": "SELECT count(*) FROM asset_metrics_hourly", "expect": "== 864"},

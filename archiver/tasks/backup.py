@@ -66,10 +66,12 @@ class StoredObject:
 class _StatsJob:
     """Row counts and checksums on the snapshot session, beside pg_dump (they read the same snapshot)."""
 
-    def __init__(self, session: db.SnapshotSession, tables: list[db.TableRef], checksums: bool) -> None:
+    def __init__(self, session: db.SnapshotSession, tables: list[db.TableRef], checksums: bool,
+                 matviews: list[db.MatviewRef]) -> None:
         self._session = session
         self._tables = tables
         self._checksums = checksums
+        self._matviews = matviews
         self._stop = threading.Event()
         self._result: db.ContentStats | None = None
         self._error: BaseException | None = None
@@ -81,7 +83,7 @@ class _StatsJob:
     def _run(self) -> None:
         try:
             self._result = self._session.content_stats(self._tables, checksums=self._checksums,
-                                                       stop=self._stop.is_set)
+                                                       stop=self._stop.is_set, matviews=self._matviews)
         except BaseException as exc:  # handed to the main thread by result()
             self._error = exc
 
@@ -120,7 +122,10 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
         pg_dumpall = dump.find_tool("pg_dumpall", facts.server_version_num, policy.database.pg_bin_dir) \
             if config.globals else None
         hypertables = session.hypertables()
-        stats_job = _StatsJob(session, session.tables(table_filter(config.pg_dump)), config.table_checksums)
+        properties = session.database_properties()
+        exclusions = table_filter(config.pg_dump)
+        stats_job = _StatsJob(session, session.tables(exclusions), config.table_checksums,
+                              session.materialized_views(exclusions))
         try:
             globals_object = None
             if pg_dumpall is not None:
@@ -138,7 +143,7 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
                 policy=policy, backup_id=backup_id, dsn=dsn, facts=facts, started=started, finished=finished,
                 duration=duration, pg_dump=pg_dump, pg_dumpall=pg_dumpall, argv=argv, config=config,
                 dump_object=dump_object, globals_object=globals_object, stats=stats, stderr=stderr,
-                hypertables=hypertables)
+                hypertables=hypertables, properties=properties)
             manifest_result = manifest.write_json(store, manifest.backup_manifest_key(backup_id), document,
                                                   if_absent=True)
         except BaseException as exc:
@@ -215,7 +220,8 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: db.Da
                        finished: datetime, duration: float, pg_dump: dump.Tool, pg_dumpall: dump.Tool | None,
                        argv: list[str], config: BackupConfig, dump_object: StoredObject,
                        globals_object: StoredObject | None, stats: db.ContentStats,
-                       stderr: dump.StderrCapture, hypertables: list[db.HypertableStats]) -> dict[str, Any]:
+                       stderr: dump.StderrCapture, hypertables: list[db.HypertableStats],
+                       properties: dict[str, Any]) -> dict[str, Any]:
     objects: dict[str, Any] = {"dump": dump_object.to_json(format="custom")}
     if globals_object is not None:
         objects["globals"] = globals_object.to_json(format="sql", scope="cluster",
@@ -231,6 +237,8 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: db.Da
         "rows": stats.rows,
         "tables": [entry.to_json() for entry in stats.tables],
         "large_objects": stats.large_objects.to_json(),
+        # pg_dump keeps a materialized view's definition; a restore re-computes its rows
+        "materialized_views": [view.to_json() for view in stats.materialized_views],
     }
     if "timescaledb" in facts.extensions:
         content["hypertables"] = [hypertable.to_json() for hypertable in hypertables]  # chunk counts, for drills
@@ -246,6 +254,9 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: db.Da
             "server_version_num": facts.server_version_num,
             "size_bytes": facts.size_bytes,
             "extensions": facts.extensions,
+            "extension_schemas": facts.extension_schemas,
+            # encoding, locale, owner, settings, comment, privileges: a restore re-creates them
+            "properties": properties,
         },
         "timescaledb_version": facts.extensions.get("timescaledb"),
         "snapshot_time": isoformat(facts.snapshot_time),

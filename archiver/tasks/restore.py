@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import db, dump, log, manifest, sysinfo
+from .. import db, dbprops, dump, log, manifest, sysinfo
 from ..errors import ArchiverError, ExternalCommandFailed, ObjectNotFound, TaskFailed, UsageError
 from ..globals_sql import RolesPlan, plan_roles
 from ..integrity import CheckedObject, ObjectMismatch, precheck, read_verified
@@ -46,7 +46,8 @@ from ..policy import Policy
 from ..progress import NULL_PROGRESS, Progress
 from ..storage import Store, open_store
 from ..timeutil import format_bytes, format_duration, isoformat, parse_timestamp, utcnow
-from . import TaskResult
+from . import TaskResult, restore_props
+from .restore_props import TargetUnsuitable
 
 logger = log.get_logger("restore")
 
@@ -57,10 +58,6 @@ POST_DATA_STEP = ("creating INDEX", "creating CONSTRAINT", "creating FK CONSTRAI
                   "creating ACL", "creating COMMENT")
 _PROGRAM_MAJOR = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 BACKUPS_HINT = "choose another backup (archiver backups list {policy}) with --backup ID"
-
-
-class TargetUnsuitable(UsageError):
-    """The target cannot take this backup (version, extension, not empty, no room): exit 2."""
 
 
 # -- choosing the backup ------------------------------------------------------------------------
@@ -145,12 +142,23 @@ class Source:
         return {str(k): str(v) for k, v in self.database.get("extensions", {}).items()}
 
     @property
+    def extension_schemas(self) -> dict[str, str]:
+        """Where each extension lived (manifests from before recorded none: public, TimescaleDB's default)."""
+        return {str(k): str(v) for k, v in self.database.get("extension_schemas", {}).items()}
+
+    @property
     def tables(self) -> list[dict[str, Any]]:
         return list(self.document.get("content", {}).get("tables", []))
 
     @property
     def rows(self) -> int:
         return sum(int(table.get("rows", 0)) for table in self.tables)
+
+    @property
+    def checksum_method(self) -> str | None:
+        """The checksum method of the manifest's tables when this archiver can compute it, else None."""
+        method = self.document.get("content", {}).get("method")
+        return str(method) if method in db.CHECKSUM_METHODS else None
 
     @property
     def pg_dump_major(self) -> int | None:
@@ -190,6 +198,9 @@ class RestorePlan:
     kept_tables: list[str] = field(default_factory=list)  # with --clean: target tables the backup lacks
     notes: list[str] = field(default_factory=list)
     globals_script: bytes = b""
+    properties: dbprops.DatabaseProperties | None = None  # the source database's, when the manifest records them
+    database_options: str = ""  # CREATE DATABASE clauses: the source's encoding and locale
+    properties_plan: dbprops.PropertiesPlan | None = None  # run once pg_restore has committed
 
     @property
     def target_name(self) -> str:
@@ -205,7 +216,8 @@ class RestorePlan:
             steps.append(f"download the dump to {self.work_dir} and check it in full ({format_bytes(self.space_needed)} "
                          "of space) before anything touches the target")
         if self.create_database:
-            steps.append(f"CREATE DATABASE {self.target_name}")
+            steps.append(f"CREATE DATABASE {self.target_name}" + (f" ({self.properties.locale_text()})"
+                                                                   if self.properties and self.database_options else ""))
         if self.clean == "drop_all":
             steps.append("drop everything in the target database (schemas, extensions, large objects)")
         if self.roles and self.roles.create:
@@ -221,6 +233,9 @@ class RestorePlan:
         steps.append(f"{self.pg_restore.version}{clean}, {how}")
         if self.source.timescaledb:
             steps.append("SELECT timescaledb_post_restore()")
+        if self.properties_plan is not None and self.properties_plan.statements:
+            steps.append(f"give {self.target_name} the source database's owner, settings, comment and privileges "
+                         f"({len(self.properties_plan.statements)} statements)")
         steps.append("count rows on a new connection and compare with the manifest")
         return steps
 
@@ -250,6 +265,8 @@ class RestorePlan:
             created = ", ".join(self.roles.create) or "none"
             lines.append(f"roles    creates {len(self.roles.create)} the target lacks: {created}; "
                          f"{len(self.roles.existing)} exist already and are left as they are")
+        if self.properties is not None:
+            lines += [f"database {text}" for text in self.properties.describe()]
         lines += [f"step     {step}" for step in self.steps()]
         lines += [f"note     {note}" for note in self.notes]
         return lines
@@ -257,7 +274,9 @@ class RestorePlan:
     def to_json(self) -> dict[str, Any]:
         return {"backup": self.source.entry.id, "target": db.redact_dsn(self.target_dsn),
                 "create_database": self.create_database, "mode": self.mode, "clean": self.clean, "jobs": self.jobs,
-                "steps": self.steps(), "notes": self.notes, "roles": self.roles.to_json() if self.roles else None}
+                "steps": self.steps(), "notes": self.notes, "roles": self.roles.to_json() if self.roles else None,
+                "database_properties": self.properties.to_json() if self.properties else None,
+                "database_statements": self.properties_plan.to_json() if self.properties_plan else None}
 
 
 def plan_restore(store: Store, entry: manifest.BackupEntry, target_dsn: str, *, policy: str = "", clean: bool = False,
@@ -287,6 +306,7 @@ def plan_restore(store: Store, entry: manifest.BackupEntry, target_dsn: str, *, 
     _check_contents(plan, clean)
     _check_privileges(plan)
     _plan_roles(plan, store)
+    restore_props.plan_properties(plan)
     _plan_mode(plan, work_dir)
     if source_dsn is not None and _same_database(source_dsn, target_dsn):
         plan.notes.insert(0, "the target IS the policy's own database (same host, port and dbname)")
@@ -444,6 +464,7 @@ class RestoreOutcome:
     dump_bytes: int = 0
     roles_created: list[str] = field(default_factory=list)
     started_at: datetime = field(default_factory=utcnow)
+    properties_failed: list[tuple[str, str]] = field(default_factory=list)  # (statement, error)
 
     def durations(self) -> dict[str, float]:
         return {"restore": round(self.seconds, 3), "download": round(self.download_seconds, 3),
@@ -516,7 +537,7 @@ def execute_restore(plan: RestorePlan, store: Store, *, progress: Progress = NUL
                 spool_file = stack.enter_context(_spooled(plan, store, progress, outcome, clock))
                 clock = time.monotonic()  # the target is untouched until here
             if plan.create_database:
-                db.create_database(plan.target_dsn)
+                restore_props.create_database(plan)
                 undo.add(f"dropped database {plan.target_name}", lambda: db.drop_database(plan.target_dsn))
             if lock_policy is not None:
                 stack.enter_context(database_lock(lock_policy, "restore", dsn=plan.target_dsn))
@@ -548,6 +569,7 @@ def execute_restore(plan: RestorePlan, store: Store, *, progress: Progress = NUL
         except ArchiverError as exc:
             raise TaskFailed(f"the restore committed, but timescaledb_post_restore() failed: {exc}",
                              hint="run SELECT timescaledb_post_restore(); in the target database") from None
+    outcome.properties_failed = restore_props.apply_properties(plan)
     outcome.seconds = time.monotonic() - clock
     return outcome
 
@@ -565,7 +587,10 @@ def _prepare_timescaledb(plan: RestorePlan, undo: _Undo) -> None:
     version = plan.source.timescaledb
     if not version:
         return
-    db.prepare_timescaledb(plan.target_dsn, version, create=plan.create_extension)
+    schema = plan.source.extension_schemas.get("timescaledb", "public")
+    if schema not in plan.target.contents.schemas:
+        schema = "public"  # the dump creates its other schemas itself; TimescaleDB must exist before it
+    db.prepare_timescaledb(plan.target_dsn, version, create=plan.create_extension, schema=schema)
     if plan.create_extension:
         undo.add("dropped the timescaledb extension it had created", lambda: db.drop_extension(plan.target_dsn,
                                                                                                 "timescaledb"))
@@ -741,10 +766,11 @@ def compare_tables(dsn: str, source: Source, *, checksums: bool) -> list[TableCh
     """Every table of the manifest, counted in the restored database (and checksummed, if asked and recorded)."""
     refs = {f"{t['schema']}.{t['name']}": (db.TableRef.from_json(t), t) for t in source.tables}
     missing = {ref.qualified_name for ref in db.missing_tables(dsn, [ref for ref, _ in refs.values()])}
-    use_checksums = checksums and source.document.get("content", {}).get("method") == db.CHECKSUM_METHOD
+    method = source.checksum_method
+    use_checksums = checksums and method is not None
     present = [ref for name, (ref, _) in refs.items() if name not in missing]
-    stats = {item.table.qualified_name: item for item in db.content_stats(dsn, checksums=use_checksums,
-                                                                            tables=present).tables}
+    stats = {item.table.qualified_name: item for item in db.content_stats(
+        dsn, checksums=use_checksums, tables=present, method=method or db.CHECKSUM_METHOD).tables}
     results = []
     for name, (_, recorded) in refs.items():
         counted = stats.get(name)
@@ -796,8 +822,9 @@ def run_restore(policy: Policy, request: RestoreRequest, *, confirm: Confirm, pr
     clock = time.monotonic()
     progress.phase("counting rows", total=len(plan.source.tables), unit="tables")
     checks = compare_tables(request.target, plan.source, checksums=request.checksums)
+    matviews = restore_props.compare_matviews(request.target, plan.source)
     progress.done()
-    return _restore_result(policy, plan, outcome, checks, time.monotonic() - clock)
+    return _restore_result(policy, plan, outcome, checks, matviews, time.monotonic() - clock)
 
 
 def refuse_password_in_argv(dsn: str) -> None:
@@ -817,7 +844,7 @@ def _source_dsn(policy: Policy) -> str | None:
 
 
 def _restore_result(policy: Policy, plan: RestorePlan, outcome: RestoreOutcome, checks: list[TableCheck],
-                    count_seconds: float) -> TaskResult:
+                    matviews: list[restore_props.MatviewCheck], count_seconds: float) -> TaskResult:
     bad = [check for check in checks if not check.ok]
     rows = sum(check.rows or 0 for check in checks)
     compared = "row counts and checksums" if any(c.expected_checksum for c in checks) else "row counts"
@@ -829,6 +856,8 @@ def _restore_result(policy: Policy, plan: RestorePlan, outcome: RestoreOutcome, 
         lines += [f"  {check.describe()}" for check in bad]
     else:
         lines.append(f"{compared}: all {len(checks)} tables match the manifest")
+    lines += _properties_lines(plan, outcome)
+    lines += restore_props.matview_lines(matviews)
     lines.append(f"time: restore {outcome.seconds:.1f}s (the achieved RTO; dump proven after "
                  f"{outcome.download_seconds:.1f}s, data loaded after {outcome.load_seconds:.1f}s, then "
                  f"{outcome.post_data_seconds:.1f}s of indexes, constraints and commit); counting {count_seconds:.1f}s")
@@ -841,7 +870,25 @@ def _restore_result(policy: Policy, plan: RestorePlan, outcome: RestoreOutcome, 
     summary = (f"restore of {plan.source.entry.id} into {plan.target_name}: "
                + (f"{len(bad)} of {len(checks)} tables DIFFER from the manifest" if bad else
                   f"{len(checks)} tables, {rows:,} rows, matching the manifest") + f", RTO {outcome.seconds:.1f}s")
-    return TaskResult(policy=policy.name or "", task="restore", status="verification_failed" if bad else "ok",
+    if outcome.properties_failed:
+        summary += f"; {len(outcome.properties_failed)} of the source database's properties NOT applied (see above)"
+    status = "verification_failed" if bad else "held_back" if outcome.properties_failed else "ok"
+    return TaskResult(policy=policy.name or "", task="restore", status=status,
                       summary=summary, lines=lines, metrics=metrics,
                       data={"backup": plan.source.entry.id, "plan": plan.to_json(), "durations": outcome.durations(),
-                            "tables": [check.to_json() for check in checks]})
+                            "tables": [check.to_json() for check in checks],
+                            "materialized_views": [check.to_json() for check in matviews],
+                            "database_properties_failed": [{"statement": statement, "error": error}
+                                                           for statement, error in outcome.properties_failed]})
+
+
+def _properties_lines(plan: RestorePlan, outcome: RestoreOutcome) -> list[str]:
+    """What became of the source database's properties (nothing when the manifest records none)."""
+    if plan.properties is None or not plan.create_database:
+        return []
+    statements = plan.properties_plan.statements if plan.properties_plan else []
+    applied = len(statements) - len(outcome.properties_failed)
+    lines = [f"database {plan.properties.locale_text()}; {applied} of {len(statements)} statements for its owner, "
+             "settings, comment and privileges applied"]
+    lines += [f"NOT APPLIED {statement}: {error}" for statement, error in outcome.properties_failed]
+    return lines

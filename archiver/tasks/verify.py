@@ -39,6 +39,7 @@ from ..scratch import ContainerPostgres, LocalPostgres
 from ..storage import Store, open_store
 from ..timeutil import isoformat, utcnow
 from . import TaskResult
+from . import restore_props
 from .restore import Source, TargetUnsuitable, compare_tables, execute_restore, plan_restore, select_backup
 
 logger = log.get_logger("verify")
@@ -56,7 +57,7 @@ Status = Literal["pass", "fail", "skip"]
 
 @dataclass
 class Check:
-    kind: str  # object, restore, table, large_objects, hypertable, amcheck, sql, archive
+    kind: str  # object, restore, table, large_objects, matview, database, hypertable, amcheck, sql, archive
     name: str
     status: Status
     expected: Any = None
@@ -77,7 +78,8 @@ class Check:
         text = f"{self.status.upper():4}  {self.kind:13} {self.name}"
         if self.status == "fail" and (self.expected is not None or self.actual is not None):
             text += f": expected {_show(self.expected)}, got {_show(self.actual)}"
-        elif self.actual is not None and self.status == "pass" and self.kind in ("sql", "hypertable", "large_objects"):
+        elif self.actual is not None and self.status == "pass" and self.kind in ("sql", "hypertable", "large_objects",
+                                                                                  "matview"):
             text += f": {_show(self.actual)}"
         if self.detail:
             text += f" ({self.detail})"
@@ -247,6 +249,8 @@ def _check_restored(drill: Drill, target: str, config: VerifyConfig, instance: L
                                   actual if actual is None else {k: v for k, v in actual.items() if v is not None}))
         progress.advance(1)
     drill.checks.append(_large_objects(target, drill.source))
+    drill.checks += _matviews(target, drill.source)
+    drill.checks += _database_properties(target, drill.source)
     drill.checks += _hypertables(target, drill.source)
     if config.amcheck:
         drill.checks.append(_amcheck(target, instance))
@@ -260,11 +264,37 @@ def _check_restored(drill: Drill, target: str, config: VerifyConfig, instance: L
 
 def _large_objects(target: str, source: Source) -> Check:
     recorded = source.document.get("content", {}).get("large_objects", {})
-    counted = db.content_stats(target, tables=[], checksums="checksum" in recorded).large_objects.to_json()
+    method = source.checksum_method  # None: a method this archiver cannot compute; counts only
+    checksums = "checksum" in recorded and method is not None
+    counted = db.content_stats(target, tables=[], checksums=checksums,
+                               method=method or db.CHECKSUM_METHOD).large_objects.to_json()
     counted.pop("note", None)
-    expected = {key: value for key, value in recorded.items() if key in ("count", "checksum")}
+    expected = {key: value for key, value in recorded.items() if key == "count" or (key == "checksum" and checksums)}
     actual = {key: value for key, value in counted.items() if key in expected}
     return Check("large_objects", "pg_largeobject", "pass" if actual == expected else "fail", expected, actual)
+
+
+def _matviews(target: str, source: Source) -> list[Check]:
+    """Materialized views: present, and populated as in the backup. The restore re-computes their rows (pg_dump's
+    semantics), so another row count is a note, not a failure."""
+    checks = []
+    for view in restore_props.compare_matviews(target, source):
+        status: Status = "fail" if view.missing or view.populated != view.recorded_populated else "pass"
+        expected = {"populated": view.recorded_populated, "rows": view.recorded_rows}
+        actual = None if view.missing else {"populated": view.populated, "rows": view.rows}
+        checks.append(Check("matview", view.name, status, expected, actual, detail=view.note() or (
+            "refreshed by the restore; row count as in the backup" if view.refreshed else "")))
+    return checks
+
+
+def _database_properties(target: str, source: Source) -> list[Check]:
+    """The restored database has the source's encoding, locale, owner, settings, comment and privileges."""
+    differences = restore_props.property_differences(target, source)
+    if differences is None:
+        return []
+    name = str(source.database.get("name") or "database")
+    return [Check("database", name, "fail" if differences else "pass", detail="; ".join(differences) or
+                  "encoding, locale, owner, settings, comment and privileges as in the source")]
 
 
 def _hypertables(target: str, source: Source) -> list[Check]:
