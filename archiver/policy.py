@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union
 from urllib.parse import urlsplit
 
-from . import db
+from . import db, log
 from .errors import PolicyError, UsageError
 from .expect import ExpectationError, parse_expectation
 from .timeutil import (DURATION_MAX, CronError, DurationError, cron_trigger, format_duration, format_duration_limit,
@@ -245,9 +245,13 @@ class DatabaseConfig:
             if mode & (stat.S_IRWXG | stat.S_IRWXO):
                 raise UsageError(f"database.dsn_file {path} is readable by group or others (mode {oct(mode & 0o777)}); "
                                  f"run: chmod 600 {path}")
-            return path.read_text().strip()
+            text = path.read_text().strip()
         except OSError as exc:
             raise UsageError(f"database.dsn_file {path}: {exc.strerror}") from None
+        params = db.parse_dsn(text, source=f"database.dsn_file {path}")
+        for key in ("password", "sslpassword"):
+            log.register_secret(params.get(key))  # secret_values() cannot know it: the file is read only now
+        return text
 
 
 STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "REDUCED_REDUNDANCY")
