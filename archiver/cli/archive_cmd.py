@@ -7,7 +7,8 @@ from collections.abc import Callable
 import click
 
 from ..tasks import TaskResult
-from ..tasks.coldtier import ColdTierFailed
+from ..errors import UsageError
+from ..tasks.coldtier import ColdTierFailed, archive_section, select_tables
 from ..tasks.dispatch import execute
 from ..tasks.plan import run_plan
 from .context import AppContext, pass_app
@@ -38,6 +39,11 @@ def _run(task: Callable[[], TaskResult]) -> int:
 def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None) -> int:
     """Export aged chunks of policy NAME to Parquet, verify them, then write their manifests."""
     policy = app.policy(name)
+    if table is not None:  # before the run takes its locks (on the database) and connects
+        try:
+            select_tables(archive_section(policy), table)
+        except UsageError as exc:
+            raise UsageError(f"--table: {exc.message}", hint=exc.hint) from None
     progress = progress_for_terminal(quiet=app.verbosity < 0)
     return _run(lambda: execute(policy, "archive", dry_run=dry_run, table=table, progress=progress))
 
