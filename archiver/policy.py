@@ -261,7 +261,7 @@ STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING
 class StorageConfig:
     url: str
     endpoint_url: str | None = None
-    region: str | None = None
+    region: Annotated[str, _pattern(r"[a-z0-9][a-z0-9-]{0,62}", "an AWS region name such as eu-central-1")] | None = None
     profile: str | None = None
     sse: Literal["AES256", "aws:kms"] | None = None
     kms_key_id: str | None = None
@@ -676,17 +676,40 @@ class StorageLocation:
 
 
 def parse_storage_url(url: str) -> StorageLocation:
+    """``s3://bucket/prefix`` or ``file:///path``; a prefix whose parts could not be storage keys
+    (empty, ``.``, ``..``) or a ``?query``/``#fragment`` that would be silently dropped is refused."""
     parts = urlsplit(url)
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError("a storage URL takes no ?query or #fragment")
     if parts.scheme == "s3":
-        return StorageLocation("s3", parts.netloc, parts.path.strip("/"))
+        prefix = parts.path.strip("/")
+        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise ValueError("the prefix may not hold empty, '.' or '..' parts")
+        return StorageLocation("s3", parts.netloc, prefix)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ValueError("file URLs name a local path: file:///absolute/path")
+        if any(part in (".", "..") for part in parts.path.split("/")):
+            raise ValueError("the path may not hold '.' or '..' parts")
         return StorageLocation("file", "", parts.path)
     raise ValueError("unsupported scheme")
 
 
+def _endpoint_problem(endpoint: str) -> str | None:
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"not an http(s) URL (got {_show(endpoint)}; allowed e.g. https://minio.internal:9000)"
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        return f"has an invalid port (got {_show(endpoint)}; allowed 1..65535)"
+    return None
+
+
 def _check_storage(policy: Policy, b: _Builder) -> None:
+    endpoint = policy.storage.endpoint_url if policy.storage else None
+    if endpoint and dotted(("storage", "endpoint_url")) not in b.unresolved and (problem := _endpoint_problem(endpoint)):
+        b.issue(("storage", "endpoint_url"), problem)
     url = policy.storage.url if policy.storage else None
     if url is None or dotted(("storage", "url")) in b.unresolved:
         return

@@ -146,3 +146,26 @@ def test_every_command_refuses_a_bomb_in_the_policy_directory(tmp_path: Path) ->
     assert worker.code == 2, worker.output
     assert "bomb.yaml:8:4  refused: expands to more than 100000 values" in worker.stderr  # policy.invalid, logged
     assert "no valid policy in" in worker.stderr
+
+
+def test_storage_settings_that_would_end_in_a_traceback_are_policy_errors(tmp_path: Path) -> None:
+    cases = {
+        "endpoint.yaml": ("storage: {url: 's3://bucket-aa/x', endpoint_url: 'not a url'}",
+                          "2:50  storage.endpoint_url: not an http(s) URL (got 'not a url'"),
+        "port.yaml": ("storage: {url: 's3://bucket-aa/y', endpoint_url: 'http://minio:99999'}",
+                      "2:50  storage.endpoint_url: has an invalid port (got 'http://minio:99999'; allowed 1..65535)"),
+        "region.yaml": ("storage: {url: 's3://bucket-aa/z', region: 'bad region!'}",
+                        "2:44  storage.region: invalid value (got 'bad region!'"),
+        "dotdot.yaml": ("storage: {url: 's3://bucket-aa/../../x'}",
+                        "2:16  storage.url: the prefix may not hold empty, '.' or '..' parts"),
+        "query.yaml": ("storage: {url: 's3://bucket-aa/q?versionId=1'}",
+                       "2:16  storage.url: a storage URL takes no ?query or #fragment"),
+        "filedots.yaml": (f"storage: {{url: 'file://{tmp_path}/a/../b'}}",
+                          "2:16  storage.url: the path may not hold '.' or '..' parts"),
+    }
+    for name, (storage, _) in cases.items():
+        (tmp_path / name).write_text(f"database: {{dsn: 'host=127.0.0.1 dbname=app'}}\n{storage}\n")
+    result = run_cli("policy", "validate", str(tmp_path))
+    assert result.code == 2, result.output
+    for name, (_, expected) in cases.items():
+        assert f"{tmp_path / name}:{expected}" in result.stdout, (name, result.stdout)
