@@ -220,7 +220,14 @@ def _env_only(raw: str) -> str | None:
     return None
 
 
-SecretFromEnv = Annotated[Secret, RawCheck(_env_only), Parse(_as_secret, "${ENV_VAR}")]
+def _webhook_url(value: Secret) -> str | None:
+    parts = urlsplit(value.reveal())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an http(s) URL once read from the environment (the value is not shown: webhook URLs carry tokens)"
+    return None
+
+
+SecretFromEnv = Annotated[Secret, RawCheck(_env_only), Parse(_as_secret, "${ENV_VAR}"), Check(_webhook_url)]
 
 # --------------------------------------------------------------------------------------------
 # The schema

@@ -169,3 +169,15 @@ def test_storage_settings_that_would_end_in_a_traceback_are_policy_errors(tmp_pa
     assert result.code == 2, result.output
     for name, (_, expected) in cases.items():
         assert f"{tmp_path / name}:{expected}" in result.stdout, (name, result.stdout)
+
+
+def test_a_webhook_url_that_is_not_http_is_refused_without_showing_it(tmp_path: Path) -> None:
+    path = tmp_path / "hook.yaml"
+    path.write_text(policy("hook", "notify: {webhook_url: '${HOOK_URL}'}\n"))
+    env = {**os.environ, "HOOK_URL": "hooks.example.com/services/T0/B0/Zk4rTq9wXy"}
+    result = run_cli("policy", "validate", "--check-env", str(path), env=env)
+    assert result.code == 2, result.output
+    assert f"{path}:3:23  notify.webhook_url: is not an http(s) URL once read from the environment" in result.stdout
+    assert "Zk4rTq9wXy" not in result.output and "hooks.example.com" not in result.output
+    fine = run_cli("policy", "validate", "--check-env", str(path), env={**env, "HOOK_URL": "https://" + env["HOOK_URL"]})
+    assert fine.code == 0, fine.output
