@@ -92,7 +92,7 @@ def _crontab_weekday_number(token: str) -> int:
     token = token.lower()
     if token in _CRON_WEEKDAYS:
         return _CRON_WEEKDAYS.index(token)
-    if not token.isdigit() or int(token) > 7:
+    if not (token.isascii() and token.isdigit()) or int(token) > 7:
         raise CronError(f"day-of-week {token!r} is not 0-7 or a name (sun..sat)")
     return int(token) % 7
 
@@ -109,7 +109,7 @@ def _weekday_field_for_apscheduler(field: str) -> str:
     days: set[int] = set()
     for item in field.split(","):
         span, _, step_text = item.partition("/")
-        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
+        step = int(step_text) if step_text.isascii() and step_text.isdigit() and int(step_text) > 0 else None
         if step_text and step is None:
             raise CronError(f"day-of-week step {step_text!r} is not a positive number")
         if span == "*":
@@ -141,10 +141,13 @@ def cron_trigger(expression: str, tz: timezone = timezone.utc) -> CronTrigger:
     if day not in ("*", "?") and weekday not in ("*", "?"):
         raise CronError("restricting both day-of-month and day-of-week is ambiguous; restrict one")
     try:
-        return CronTrigger(minute=minute, hour=hour, day=day, month=month,
-                           day_of_week=_weekday_field_for_apscheduler(weekday), timezone=tz)
+        trigger = CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                              day_of_week=_weekday_field_for_apscheduler(weekday), timezone=tz)
     except ValueError as exc:
         raise CronError(str(exc)) from None
+    if trigger.get_next_fire_time(None, datetime.now(tz)) is None:
+        raise CronError("never fires (a day the month never has, such as 31 in February)")
+    return trigger
 
 
 def cron_interval(expression: str, *, now: datetime | None = None) -> timedelta:

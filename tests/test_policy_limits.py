@@ -181,3 +181,13 @@ def test_a_webhook_url_that_is_not_http_is_refused_without_showing_it(tmp_path: 
     assert "Zk4rTq9wXy" not in result.output and "hooks.example.com" not in result.output
     fine = run_cli("policy", "validate", "--check-env", str(path), env={**env, "HOOK_URL": "https://" + env["HOOK_URL"]})
     assert fine.code == 0, fine.output
+
+
+def test_a_schedule_that_never_fires_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "never.yaml"
+    path.write_text(policy("never", "backup: {schedule: '0 2 31 2 *'}\nverify: {schedule: '0 5 * * \u0663'}\n"))
+    result = run_cli("policy", "validate", str(path))
+    assert result.code == 2, result.output
+    assert f"{path}:3:20  backup.schedule: bad cron expression: never fires (a day the month never has, such as 31 " \
+           "in February)" in result.stdout
+    assert f"{path}:4:20  verify.schedule: bad cron expression: day-of-week '\u0663' is not 0-7" in result.stdout
