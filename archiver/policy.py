@@ -344,12 +344,14 @@ class BackupConfig:
     table_checksums: bool = True  # per-table content checksums in the manifest (row counts are always taken)
 
 
+TABLE_NAME = r"[A-Za-z_][\w$]*(\.[A-Za-z_][\w$]*)?"
+TABLE_NAME_HELP = "schema.table (unquoted identifiers)"
 TIME_UNITS = ("ns", "us", "ms", "s", "min", "h", "d")
 
 
 @dataclass(frozen=True)
 class ArchiveTable:
-    table: Annotated[str, _pattern(r'[A-Za-z_][\w$]*(\.[A-Za-z_][\w$]*)?', "schema.table (unquoted identifiers)")]
+    table: Annotated[str, _pattern(TABLE_NAME, TABLE_NAME_HELP)]
     archive_after: Duration
     drop_after: Duration | None = None
     time_column: str | None = None

@@ -115,3 +115,12 @@ def test_worker_flags(policies: tuple[str, str], args: list[str], message: str) 
 def test_restore_jobs_is_bounded(policies: tuple[str, str]) -> None:
     result = run_cli(*policies, "restore", "app", "--target", "dbname=app", "--jobs", "1000", "--yes")
     assert result.code == 2 and "Invalid value for '--jobs': 1000 is not in the range 1<=x<=64" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["archive", "app"], ["restore-archive", "app", "--from", "1", "--to", "2"]])
+@pytest.mark.parametrize("table", ["../../etc", "a.b.c", "x'; drop table y; --", ""])
+def test_a_table_flag_that_is_not_a_table_name(policies: tuple[str, str], command: list[str], table: str) -> None:
+    result = run_cli(*policies, *command, "--table", table)
+    assert result.code == 2, result.output
+    assert f"error: --table: {table!r} is not a table name (allowed schema.table (unquoted identifiers), " \
+           "e.g. public.metrics or metrics)" in result.stderr

@@ -11,6 +11,7 @@ from ..errors import UsageError
 from ..tasks.coldtier import ColdTierFailed, archive_section, select_tables
 from ..tasks.dispatch import execute
 from ..tasks.plan import run_plan
+from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
 
@@ -34,7 +35,7 @@ def _run(task: Callable[[], TaskResult]) -> int:
 @click.command("archive")
 @click.argument("name")
 @click.option("--dry-run", is_flag=True, help="Print the decisions, change nothing.")
-@click.option("--table", metavar="T", help="Only this table (schema.table, as listed in the policy).")
+@click.option("--table", metavar="T", callback=params.table_name, help="Only this table (schema.table, as listed in the policy).")
 @pass_app
 def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None) -> int:
     """Export aged chunks of policy NAME to Parquet, verify them, then write their manifests."""

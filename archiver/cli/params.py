@@ -7,6 +7,7 @@ Each refusal is a :class:`~archiver.errors.UsageError` (exit 2) whose message na
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import click
@@ -14,6 +15,7 @@ from click.core import ParameterSource
 
 from ..errors import UsageError
 from ..manifest import check_backup_id
+from ..policy import TABLE_NAME, TABLE_NAME_HELP
 from ..tasks.restore import check_target_dsn
 from ..timeutil import parse_timestamp
 
@@ -35,6 +37,14 @@ def target_dsn(ctx: click.Context, param: click.Parameter, value: str | None) ->
     if value is not None:
         from_env = ctx.get_parameter_source(param.name or "") == ParameterSource.ENVIRONMENT
         check_target_dsn(value, source=flag_of(ctx, param), typed=not from_env)
+    return value
+
+
+def table_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A table as a policy's archive.tables names it (``public.`` when no schema is given)."""
+    if value is not None and not re.fullmatch(TABLE_NAME, value):
+        raise UsageError(f"{flag_of(ctx, param)}: {_shown(value)} is not a table name (allowed {TABLE_NAME_HELP}, "
+                         "e.g. public.metrics or metrics)")
     return value
 
 

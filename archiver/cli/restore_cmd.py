@@ -69,7 +69,8 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
 
 @click.command("restore-archive")
 @click.argument("name")
-@click.option("--table", required=True, help="The archived table (schema.table; public. when omitted).")
+@click.option("--table", required=True, callback=params.table_name,
+              help="The archived table (schema.table; public. when omitted).")
 @click.option("--from", "start", required=True, metavar="TS", callback=params.time_bound,
               help="Start of the range, inclusive (ISO 8601 UTC, or an integer for integer time columns).")
 @click.option("--to", "end", required=True, metavar="TS", callback=params.time_bound,
