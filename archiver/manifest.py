@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import ObjectNotFound, TaskFailed
+from .errors import ObjectNotFound, TaskFailed, UsageError
 from .storage import ObjectInfo, PutResult, Store
 from .timeutil import parse_timestamp, utcnow
 
@@ -98,11 +98,27 @@ def globals_key(backup_id: str, suffix: str) -> str:
     return f"{backup_prefix(backup_id)}globals.sql{suffix}"
 
 
+BACKUP_ID_FORMAT = "YYYYMMDDTHHMMSSZ-xxxx"
+_USER_BACKUP_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{4,32}", re.ASCII)
+
+
 def id_time(backup_id: str) -> datetime | None:
     """The UTC time encoded in a backup id, or None for a name that is not one."""
     if not _BACKUP_ID.match(backup_id):
         return None
-    return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    try:
+        return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:  # 20261399T...: the shape of an id, but no date
+        return None
+
+
+def check_backup_id(text: str, *, flag: str = "--backup") -> str:
+    """A backup id typed by a user, checked before it becomes part of any storage key."""
+    if not _USER_BACKUP_ID.fullmatch(text) or id_time(text) is None:
+        shown = repr(text) if len(text) <= 60 else repr(text[:57] + "...")
+        raise UsageError(f"{flag}: {shown} is not a backup id (format {BACKUP_ID_FORMAT}, e.g. 20261123T020000Z-3f9a)",
+                         hint="archiver backups list NAME shows the ids")
+    return text
 
 
 def backup_id_of(key: str) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import ipaddress
 import os
 import re
@@ -25,13 +26,15 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union
 from urllib.parse import urlsplit
 
-from . import db
+from . import db, log
 from .errors import PolicyError, UsageError
 from .expect import ExpectationError, parse_expectation
-from .timeutil import CronError, DurationError, cron_trigger, format_duration, parse_duration
-from .yamlmarks import LoadedYaml, YamlSyntaxError, load_yaml
+from .timeutil import (DURATION_MAX, CronError, DurationError, cron_trigger, format_duration, format_duration_limit,
+                       parse_duration)
+from .yamlmarks import MAX_BYTES, LoadedYaml, YamlError, load_yaml
 
 KeyPath = tuple[str | int, ...]
+MAX_COUNT = 1_000_000  # keep_* and min_keep: far beyond any real retention, far below anything that overflows
 
 # --------------------------------------------------------------------------------------------
 # Issues
@@ -149,13 +152,18 @@ def _parse_cron(value: Any) -> str:
     return " ".join(value.split())
 
 
-def _parse_duration_value(value: Any) -> timedelta:
-    if not isinstance(value, str):
-        raise ValueError("expected a duration as a string")
-    try:
-        return parse_duration(value)
-    except DurationError as exc:
-        raise ValueError(str(exc)) from None
+def _duration(maximum: timedelta = DURATION_MAX) -> Parse:
+    """A duration key: ``90d``, ``12h``, ``2y``, from 1s up to ``maximum``."""
+
+    def parse(value: Any) -> timedelta:
+        if not isinstance(value, str):
+            raise ValueError("expected a duration as a string")
+        try:
+            return parse_duration(value, maximum=maximum)
+        except DurationError as exc:
+            raise ValueError(str(exc)) from None
+    return Parse(parse, f"a number and a unit: s, min, h, d, w, mo, y (e.g. 90d, 12h, 2y), from 1s up to "
+                        f"{format_duration_limit(maximum)}")
 
 
 def _parse_expect(value: Any) -> str:
@@ -173,8 +181,8 @@ def _as_secret(value: Any) -> Secret:
 
 
 Cron = Annotated[str, Parse(_parse_cron, "5-field cron, e.g. '0 2 * * *' (02:00 daily) or '0 3 * * 0' (Sundays 03:00)")]
-Duration = Annotated[timedelta, Parse(_parse_duration_value, "a number and a unit: s, min, h, d, w, mo, y (e.g. 90d, 12h, 2y)")]
-Count = Annotated[int, _range(0)]
+Duration = Annotated[timedelta, _duration()]
+Count = Annotated[int, _range(0, MAX_COUNT)]
 Identifier = Annotated[str, _pattern(r"[a-z0-9][a-z0-9_.-]{0,62}", "lowercase letters, digits, '_', '.', '-'; starting with a letter or digit")]
 
 
@@ -212,7 +220,14 @@ def _env_only(raw: str) -> str | None:
     return None
 
 
-SecretFromEnv = Annotated[Secret, RawCheck(_env_only), Parse(_as_secret, "${ENV_VAR}")]
+def _webhook_url(value: Secret) -> str | None:
+    parts = urlsplit(value.reveal())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an http(s) URL once read from the environment (the value is not shown: webhook URLs carry tokens)"
+    return None
+
+
+SecretFromEnv = Annotated[Secret, RawCheck(_env_only), Parse(_as_secret, "${ENV_VAR}"), Check(_webhook_url)]
 
 # --------------------------------------------------------------------------------------------
 # The schema
@@ -237,9 +252,13 @@ class DatabaseConfig:
             if mode & (stat.S_IRWXG | stat.S_IRWXO):
                 raise UsageError(f"database.dsn_file {path} is readable by group or others (mode {oct(mode & 0o777)}); "
                                  f"run: chmod 600 {path}")
-            return path.read_text().strip()
+            text = path.read_text().strip()
         except OSError as exc:
             raise UsageError(f"database.dsn_file {path}: {exc.strerror}") from None
+        params = db.parse_dsn(text, source=f"database.dsn_file {path}")
+        for key in ("password", "sslpassword"):
+            log.register_secret(params.get(key))  # secret_values() cannot know it: the file is read only now
+        return text
 
 
 STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "REDUCED_REDUNDANCY")
@@ -249,7 +268,7 @@ STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING
 class StorageConfig:
     url: str
     endpoint_url: str | None = None
-    region: str | None = None
+    region: Annotated[str, _pattern(r"[a-z0-9][a-z0-9-]{0,62}", "an AWS region name such as eu-central-1")] | None = None
     profile: str | None = None
     sse: Literal["AES256", "aws:kms"] | None = None
     kms_key_id: str | None = None
@@ -267,7 +286,7 @@ class RetentionConfig:
     keep_weekly: Count | None = None
     keep_monthly: Count | None = None
     keep_yearly: Count | None = None
-    min_keep: Annotated[int, _range(1)] = 1
+    min_keep: Annotated[int, _range(1, MAX_COUNT)] = 1
     orphan_grace: Duration = timedelta(days=1)
 
     def rules(self) -> dict[str, int]:
@@ -308,7 +327,8 @@ class PgDumpConfig:
     exclude_schemas: list[str] = field(default_factory=list)
     exclude_tables: list[str] = field(default_factory=list)
     exclude_table_data: list[str] = field(default_factory=list)
-    lock_wait_timeout: Duration | None = None
+    # pg_dump --lock-wait-timeout takes milliseconds in a 32-bit integer (at most 24.8 days)
+    lock_wait_timeout: Annotated[timedelta, _duration(timedelta(days=24))] | None = None
     extra_args: Annotated[list[str], Check(_check_extra_args)] = field(default_factory=list)
 
 
@@ -324,12 +344,14 @@ class BackupConfig:
     table_checksums: bool = True  # per-table content checksums in the manifest (row counts are always taken)
 
 
+TABLE_NAME = r"[A-Za-z_][\w$]*(\.[A-Za-z_][\w$]*)?"
+TABLE_NAME_HELP = "schema.table (unquoted identifiers)"
 TIME_UNITS = ("ns", "us", "ms", "s", "min", "h", "d")
 
 
 @dataclass(frozen=True)
 class ArchiveTable:
-    table: Annotated[str, _pattern(r'[A-Za-z_][\w$]*(\.[A-Za-z_][\w$]*)?', "schema.table (unquoted identifiers)")]
+    table: Annotated[str, _pattern(TABLE_NAME, TABLE_NAME_HELP)]
     archive_after: Duration
     drop_after: Duration | None = None
     time_column: str | None = None
@@ -368,7 +390,7 @@ class ScratchConfig:
     run_args: list[str] = field(default_factory=list)
     pg_bin_dir: str | None = None
     work_dir: str | None = None
-    startup_timeout: Duration = timedelta(minutes=2)
+    startup_timeout: Annotated[timedelta, _duration(timedelta(days=1))] = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -394,7 +416,7 @@ NOTIFY_EVENTS = ("failure", "stale", "drill_failed", "held_back")
 class NotifyConfig:
     webhook_url: SecretFromEnv | None = None
     on: list[Literal[NOTIFY_EVENTS]] = field(default_factory=lambda: list(NOTIFY_EVENTS))  # type: ignore[valid-type]
-    timeout: Duration = timedelta(seconds=10)
+    timeout: Annotated[timedelta, _duration(timedelta(hours=1))] = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -663,17 +685,40 @@ class StorageLocation:
 
 
 def parse_storage_url(url: str) -> StorageLocation:
+    """``s3://bucket/prefix`` or ``file:///path``; a prefix whose parts could not be storage keys
+    (empty, ``.``, ``..``) or a ``?query``/``#fragment`` that would be silently dropped is refused."""
     parts = urlsplit(url)
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError("a storage URL takes no ?query or #fragment")
     if parts.scheme == "s3":
-        return StorageLocation("s3", parts.netloc, parts.path.strip("/"))
+        prefix = parts.path.strip("/")
+        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise ValueError("the prefix may not hold empty, '.' or '..' parts")
+        return StorageLocation("s3", parts.netloc, prefix)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ValueError("file URLs name a local path: file:///absolute/path")
+        if any(part in (".", "..") for part in parts.path.split("/")):
+            raise ValueError("the path may not hold '.' or '..' parts")
         return StorageLocation("file", "", parts.path)
     raise ValueError("unsupported scheme")
 
 
+def _endpoint_problem(endpoint: str) -> str | None:
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"not an http(s) URL (got {_show(endpoint)}; allowed e.g. https://minio.internal:9000)"
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        return f"has an invalid port (got {_show(endpoint)}; allowed 1..65535)"
+    return None
+
+
 def _check_storage(policy: Policy, b: _Builder) -> None:
+    endpoint = policy.storage.endpoint_url if policy.storage else None
+    if endpoint and dotted(("storage", "endpoint_url")) not in b.unresolved and (problem := _endpoint_problem(endpoint)):
+        b.issue(("storage", "endpoint_url"), problem)
     url = policy.storage.url if policy.storage else None
     if url is None or dotted(("storage", "url")) in b.unresolved:
         return
@@ -781,13 +826,12 @@ class LoadResult:
 def _parse_one(path: Path, environ: typing.Mapping[str, str], strict_env: bool) -> tuple[Policy | None, list[PolicyIssue], _Builder | None]:
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [PolicyIssue(source, 1, 1, "", f"cannot read: {exc}")], None
-    try:
+        text = _read_policy_text(path)
         loaded = load_yaml(text)
-    except YamlSyntaxError as exc:
-        return None, [PolicyIssue(source, exc.mark.line, exc.mark.column, "", f"YAML syntax error: {exc}")], None
+    except _Unreadable as exc:
+        return None, [PolicyIssue(source, 1, 1, "", str(exc))], None
+    except YamlError as exc:
+        return None, [PolicyIssue(source, exc.mark.line, exc.mark.column, "", f"{exc.kind}: {exc}")], None
     builder = _Builder(source, loaded, environ, strict_env)
     for key_path, mark in loaded.duplicate_keys:
         builder.issues.append(PolicyIssue(source, mark.line, mark.column, dotted(key_path), "duplicate key (the later value would silently win)"))
@@ -805,21 +849,72 @@ def _parse_one(path: Path, environ: typing.Mapping[str, str], strict_env: bool) 
     return built, builder.issues, builder
 
 
+class _Unreadable(Exception):
+    """A policy path that cannot be read as a policy file; the message says why."""
+
+
+def _read_policy_text(path: Path) -> str:
+    """The file's text, refusing anything larger than MAX_BYTES before reading it all."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise _Unreadable(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_BYTES:
+        raise _Unreadable(f"refused: larger than {MAX_BYTES // 1024} KiB (a policy file is a few KiB)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Unreadable(f"cannot read: not UTF-8 text (byte {exc.start})") from None
+
+
+def _path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a policy file (broken or looping link, directory, device ...), or None."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"broken symbolic link (points to {os.readlink(path)}, which does not exist)"
+        return "no such file or directory"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link points, directly or not, to itself)"
+        return f"cannot read: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a policy file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a device, pipe or socket)"
+    return None
+
+
 def policy_files(paths: typing.Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[PolicyIssue]]:
-    """Expand directories into their ``*.yaml`` / ``*.yml`` files (sorted, not recursive)."""
+    """Expand directories into their ``*.yaml`` / ``*.yml`` files (sorted, not recursive).
+
+    Nothing is skipped silently: an entry named like a policy that is a broken or looping
+    symbolic link, a directory or a device is an error naming it, and so is an unreadable
+    directory.
+    """
     files: list[Path] = []
     issues: list[PolicyIssue] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-            if not found:
+            try:
+                entries = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+            except OSError as exc:
+                issues.append(PolicyIssue(str(path), 1, 1, "", f"cannot list the directory: {exc.strerror or exc}"))
+                continue
+            if not entries:
                 issues.append(PolicyIssue(str(path), 1, 1, "", "directory holds no *.yaml policy files"))
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
+            for entry in entries:
+                if problem := _path_problem(entry):
+                    issues.append(PolicyIssue(str(entry), 1, 1, "", problem))
+                else:
+                    files.append(entry)
+        elif problem := _path_problem(path):
+            issues.append(PolicyIssue(str(path), 1, 1, "", problem))
         else:
-            issues.append(PolicyIssue(str(path), 1, 1, "", "no such file or directory"))
+            files.append(path)
     return files, issues
 
 

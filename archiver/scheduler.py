@@ -255,7 +255,12 @@ class Worker:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        self._http = http.server.ThreadingHTTPServer((self.config.listen, self.config.port), Handler)
+        try:
+            self._http = http.server.ThreadingHTTPServer((self.config.listen, self.config.port), Handler)
+        except OSError as exc:  # an address that does not resolve or is not ours, a port in use
+            reason = exc.strerror or str(exc)
+            raise UsageError(f"--listen {self.config.listen} --port {self.config.port}: cannot serve /metrics and "
+                             f"/healthz there ({reason})") from None
         self.config.port = self._http.server_address[1]
         threading.Thread(target=self._http.serve_forever, name="http", daemon=True).start()
         _log.info("worker.http", extra=log.fields(listen=self.config.listen, port=self.config.port))

@@ -16,27 +16,45 @@ DURATION_UNITS: dict[str, timedelta] = {
     "mo": timedelta(days=30),
     "y": timedelta(days=365),
 }
-DURATION_HELP = "a whole number and a unit: s, min, h, d, w, mo (30 days), y (365 days), e.g. 90d, 12h, 2y"
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([a-z]+)\s*$")
+DURATION_MAX = timedelta(days=100 * 365)
+DURATION_HELP = ("a whole number and a unit: s, min, h, d, w, mo (30 days), y (365 days), e.g. 90d, 12h, 2y; "
+                 "from 1s up to 100y")
+_DURATION_RE = re.compile(r"^\s*([0-9]+)\s*([a-z]+)\s*$", re.ASCII)
 
 
 class DurationError(ValueError):
     pass
 
 
-def parse_duration(text: str) -> timedelta:
-    """Parse ``90d`` / ``12h`` / ``2y``; ``m`` alone is refused as ambiguous (minutes or months?)."""
+def parse_duration(text: str, *, maximum: timedelta = DURATION_MAX) -> timedelta:
+    """Parse ``90d`` / ``12h`` / ``2y``; ``m`` alone is refused as ambiguous (minutes or months?).
+
+    The amount is bounded (100 years by default) so that ``now - duration`` stays a valid date
+    and a duration in nanoseconds still fits a bigint.
+    """
     match = _DURATION_RE.match(str(text).lower())
     if not match:
         raise DurationError(f"not a duration; expected {DURATION_HELP}")
-    amount, unit = int(match.group(1)), match.group(2)
+    digits, unit = match.group(1), match.group(2)
     if unit == "m":
         raise DurationError("unit 'm' is ambiguous: write 'min' for minutes or 'mo' for months")
     if unit not in DURATION_UNITS:
         raise DurationError(f"unknown unit {unit!r}; expected {DURATION_HELP}")
+    amount = int(digits) if len(digits) <= 12 else None
     if amount == 0:
         raise DurationError("a duration must be greater than zero")
+    if amount is None or amount * DURATION_UNITS[unit].total_seconds() > maximum.total_seconds():
+        raise DurationError(f"too long: at most {format_duration_limit(maximum)}")
     return amount * DURATION_UNITS[unit]
+
+
+def format_duration_limit(delta: timedelta) -> str:
+    """A limit in the unit a policy would use: ``100y``, ``24d``, ``1h``."""
+    for unit in ("y", "d", "h", "min"):
+        size = DURATION_UNITS[unit]
+        if delta >= size and delta % size == timedelta(0):
+            return f"{delta // size}{unit}"
+    return format_duration(delta)
 
 
 def format_duration(delta: timedelta) -> str:
@@ -74,7 +92,7 @@ def _crontab_weekday_number(token: str) -> int:
     token = token.lower()
     if token in _CRON_WEEKDAYS:
         return _CRON_WEEKDAYS.index(token)
-    if not token.isdigit() or int(token) > 7:
+    if not (token.isascii() and token.isdigit()) or int(token) > 7:
         raise CronError(f"day-of-week {token!r} is not 0-7 or a name (sun..sat)")
     return int(token) % 7
 
@@ -91,7 +109,7 @@ def _weekday_field_for_apscheduler(field: str) -> str:
     days: set[int] = set()
     for item in field.split(","):
         span, _, step_text = item.partition("/")
-        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
+        step = int(step_text) if step_text.isascii() and step_text.isdigit() and int(step_text) > 0 else None
         if step_text and step is None:
             raise CronError(f"day-of-week step {step_text!r} is not a positive number")
         if span == "*":
@@ -123,10 +141,13 @@ def cron_trigger(expression: str, tz: timezone = timezone.utc) -> CronTrigger:
     if day not in ("*", "?") and weekday not in ("*", "?"):
         raise CronError("restricting both day-of-month and day-of-week is ambiguous; restrict one")
     try:
-        return CronTrigger(minute=minute, hour=hour, day=day, month=month,
-                           day_of_week=_weekday_field_for_apscheduler(weekday), timezone=tz)
+        trigger = CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                              day_of_week=_weekday_field_for_apscheduler(weekday), timezone=tz)
     except ValueError as exc:
         raise CronError(str(exc)) from None
+    if trigger.get_next_fire_time(None, datetime.now(tz)) is None:
+        raise CronError("never fires (a day the month never has, such as 31 in February)")
+    return trigger
 
 
 def cron_interval(expression: str, *, now: datetime | None = None) -> timedelta:
@@ -161,4 +182,9 @@ def isoformat(moment: datetime) -> str:
 def parse_timestamp(text: str) -> datetime:
     """ISO-8601 date or timestamp; a naive value is taken as UTC."""
     value = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    try:
+        value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+    return value

@@ -7,9 +7,11 @@ from collections.abc import Callable
 import click
 
 from ..tasks import TaskResult
-from ..tasks.coldtier import ColdTierFailed
+from ..errors import UsageError
+from ..tasks.coldtier import ColdTierFailed, archive_section, select_tables
 from ..tasks.dispatch import execute
 from ..tasks.plan import run_plan
+from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
 
@@ -33,11 +35,16 @@ def _run(task: Callable[[], TaskResult]) -> int:
 @click.command("archive")
 @click.argument("name")
 @click.option("--dry-run", is_flag=True, help="Print the decisions, change nothing.")
-@click.option("--table", metavar="T", help="Only this table (schema.table, as listed in the policy).")
+@click.option("--table", metavar="T", callback=params.table_name, help="Only this table (schema.table, as listed in the policy).")
 @pass_app
 def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None) -> int:
     """Export aged chunks of policy NAME to Parquet, verify them, then write their manifests."""
     policy = app.policy(name)
+    if table is not None:  # before the run takes its locks (on the database) and connects
+        try:
+            select_tables(archive_section(policy), table)
+        except UsageError as exc:
+            raise UsageError(f"--table: {exc.message}", hint=exc.hint) from None
     progress = progress_for_terminal(quiet=app.verbosity < 0)
     return _run(lambda: execute(policy, "archive", dry_run=dry_run, table=table, progress=progress))
 

@@ -8,8 +8,9 @@ import click
 from click.core import ParameterSource
 
 from ..errors import UsageError
-from ..tasks.restore import Confirm, RestorePlan, RestoreRequest, parse_before, refuse_password_in_argv, run_restore
+from ..tasks.restore import Confirm, RestorePlan, RestoreRequest, parse_before, run_restore
 from ..tasks.restore_archive import run_restore_archive
+from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
 
@@ -30,13 +31,14 @@ def _confirmation(yes: bool) -> Confirm:
 
 @click.command("restore")
 @click.argument("name")
-@click.option("--target", required=True, envvar="ARCHIVER_RESTORE_TARGET", show_envvar=True,
+@click.option("--target", required=True, envvar="ARCHIVER_RESTORE_TARGET", show_envvar=True, callback=params.target_dsn,
               help="libpq DSN of the database to restore into; created when it does not exist. No password here: "
                    "PGPASSWORD, ~/.pgpass, or the whole DSN in ARCHIVER_RESTORE_TARGET.")
-@click.option("--backup", "backup_id", metavar="ID", help="The backup to restore (default: the newest).")
+@click.option("--backup", "backup_id", metavar="ID", callback=params.backup_id,
+              help="The backup to restore (default: the newest).")
 @click.option("--before", metavar="TIMESTAMP", help="The newest backup taken before this time (ISO 8601, UTC).")
 @click.option("--clean", is_flag=True, help="Replace what a non-empty target holds (refused without it).")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Parallel pg_restore jobs (plain databases; spools the dump to --work-dir; not one transaction).")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Where --jobs spools the dump (default: TMPDIR).")
 @click.option("--checksums", is_flag=True, help="Also compare every table's content checksum with the manifest.")
@@ -68,18 +70,19 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
 
 @click.command("restore-archive")
 @click.argument("name")
-@click.option("--table", required=True, help="The archived table (schema.table; public. when omitted).")
-@click.option("--from", "start", required=True, metavar="TS", help="Start of the range, inclusive (ISO 8601 UTC, or "
-                                                                    "an integer for integer time columns).")
-@click.option("--to", "end", required=True, metavar="TS", help="End of the range, exclusive.")
-@click.option("--target", envvar="ARCHIVER_RESTORE_TARGET", show_envvar=True,
+@click.option("--table", required=True, callback=params.table_name,
+              help="The archived table (schema.table; public. when omitted).")
+@click.option("--from", "start", required=True, metavar="TS", callback=params.time_bound,
+              help="Start of the range, inclusive (ISO 8601 UTC, or an integer for integer time columns).")
+@click.option("--to", "end", required=True, metavar="TS", callback=params.time_bound,
+              help="End of the range, exclusive.")
+@click.option("--target", envvar="ARCHIVER_RESTORE_TARGET", show_envvar=True, callback=params.target_dsn,
               help="Load into this database instead of the policy's (a plain table is created there if needed).")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Where Parquet files are checked (default TMPDIR).")
 @click.option("--dry-run", is_flag=True, help="Say which ranges would be loaded or skipped; change nothing.")
-@click.pass_context
 @pass_app
-def restore_archive_command(app: AppContext, ctx: click.Context, name: str, table: str, start: str, end: str,
-                            target: str | None, work_dir: str | None, dry_run: bool) -> int:
+def restore_archive_command(app: AppContext, name: str, table: str, start: str, end: str, target: str | None,
+                            work_dir: str | None, dry_run: bool) -> int:
     """Load archived rows of TABLE in [--from, --to) back from the cold tier.
 
     Every Parquet object is checked against its manifest before its rows are loaded (in bulk,
@@ -87,8 +90,6 @@ def restore_archive_command(app: AppContext, ctx: click.Context, name: str, tabl
     adds nothing. Exit codes: 0 done, 4 an archive object does not match its manifest, 5 a range
     holds other rows and was left alone.
     """
-    if target is not None and ctx.get_parameter_source("target") != ParameterSource.ENVIRONMENT:
-        refuse_password_in_argv(target)
     policy = app.policies_without_secrets(name, section="archive")[0] if target else app.policy(name)
     result = run_restore_archive(policy, table=table, start=start, end=end, target=target, work_dir=work_dir,
                                  dry_run=dry_run, progress=progress_for_terminal(quiet=app.verbosity < 0))

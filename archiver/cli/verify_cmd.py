@@ -7,13 +7,15 @@ import json
 import click
 
 from ..tasks.dispatch import execute
+from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
 
 
 @click.command("verify")
 @click.argument("name")
-@click.option("--backup", "backup_id", metavar="ID", help="The backup to drill (default: the newest).")
+@click.option("--backup", "backup_id", metavar="ID", callback=params.backup_id,
+              help="The backup to drill (default: the newest).")
 @click.option("--scratch", type=click.Choice(["local", "container"]),
               help="Where to restore: initdb + pg_ctl here, or a docker/podman container (default: the policy's).")
 @click.option("--archives/--no-archives", default=None,

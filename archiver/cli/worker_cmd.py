@@ -6,6 +6,7 @@ import click
 
 from ..scheduler import WorkerConfig, run_worker
 from ..tasks import TASK_NAMES
+from . import params
 from .context import AppContext, pass_app
 
 
@@ -15,9 +16,9 @@ from .context import AppContext, pass_app
 @click.option("--listen", default="0.0.0.0", show_default=True, help="Address for /metrics and /healthz.")
 @click.option("--port", default=9187, show_default=True, type=click.IntRange(0, 65535),
               help="Port for /metrics and /healthz (0: any free port).")
-@click.option("--grace-period", default=300.0, show_default=True, type=click.FloatRange(0),
+@click.option("--grace-period", default=300.0, show_default=True, type=float, callback=params.seconds(86400),
               help="On SIGTERM, seconds running tasks may take to finish before they are aborted cleanly.")
-@click.option("--misfire-grace", default=3600, show_default=True, type=click.IntRange(1),
+@click.option("--misfire-grace", default=3600, show_default=True, type=click.IntRange(1, 366 * 86400),
               help="A run missed by more than this many seconds (worker down) is skipped, not caught up.")
 @click.option("--run-at-start", multiple=True, type=click.Choice(TASK_NAMES),
               help="Also run these tasks of every policy once right after starting.")

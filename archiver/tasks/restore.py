@@ -66,6 +66,7 @@ def select_backup(store: Store, *, backup_id: str | None = None, before: datetim
                   policy: str = "") -> manifest.BackupEntry:
     """The backup to restore: ``backup_id``, else the newest taken before ``before``, else the newest."""
     if backup_id is not None:
+        manifest.check_backup_id(backup_id)
         try:
             document = manifest.read_json(store, manifest.backup_manifest_key(backup_id))
         except ObjectNotFound:
@@ -803,7 +804,7 @@ def run_restore(policy: Policy, request: RestoreRequest, *, confirm: Confirm, pr
     """``archiver restore``: plan, confirm, restore, count. A data mismatch after the restore gives exit 4."""
     if request.backup_id is not None and request.before is not None:
         raise UsageError("--backup and --before exclude each other: name one backup, or a time to restore to")
-    log.register_secret(db.parse_dsn(request.target).get("password"))
+    log.register_secret(db.parse_dsn(request.target, source="--target").get("password"))
     if request.target_in_argv:
         refuse_password_in_argv(request.target)
     store = store or open_store(policy.storage)
@@ -825,6 +826,15 @@ def run_restore(policy: Policy, request: RestoreRequest, *, confirm: Confirm, pr
     matviews = restore_props.compare_matviews(request.target, plan.source)
     progress.done()
     return _restore_result(policy, plan, outcome, checks, matviews, time.monotonic() - clock)
+
+
+def check_target_dsn(dsn: str, *, source: str, typed: bool) -> None:
+    """A target DSN from the user: it must parse (the error names ``source``, never the DSN's
+    text), its password is scrubbed from logs, and one typed on the command line holds none."""
+    params = db.parse_dsn(dsn, source=source)
+    log.register_secret(params.get("password"))
+    if typed:
+        refuse_password_in_argv(dsn)
 
 
 def refuse_password_in_argv(dsn: str) -> None:
