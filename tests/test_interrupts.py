@@ -19,16 +19,18 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from archiver import manifest
+from archiver import db, manifest
 from archiver.errors import ExitCode, Interrupted
 from archiver.metrics import Metrics
 from archiver.runner import read_run_record, run_record_key, task_run
+from archiver.scratch import LocalPostgres
 from archiver.storage import LocalStore, S3Store
 from archiver.timeutil import isoformat, utcnow
-from tests.backup_helpers import write_policy
+from tests.backup_helpers import new_database, write_policy
 from tests.helpers import PROJECT, run_cli
 from tests.netfault import StallingProxy
 from tests.test_backup_failures import MiB, source  # noqa: F401 - the fixture: about 30 MiB to dump
+from tests.test_prune import fake_backup
 from tests.test_run_and_worker import TableLock, pg_dump_waiting, seeded, wait_for
 from tests.test_runner import policy_with_hook, sample
 
@@ -136,7 +138,6 @@ def test_an_interrupted_task_that_then_misses_its_schedule_is_a_problem(tmp_path
     write_policy(policies, "app", "${APP_DSN}", store.url)
     path = policies / "app.yaml"
     path.write_text(path.read_text() + "verify:\n  schedule: '0 5 * * *'\n")
-    from tests.test_prune import fake_backup
     fake_backup(store, utcnow() - timedelta(hours=3))
     now = utcnow()
     entry = {"signal": "SIGTERM", "outcome": "nothing was changed (no verdict was written)", "status": "interrupted"}
@@ -158,3 +159,77 @@ def test_an_interrupted_task_that_then_misses_its_schedule_is_a_problem(tmp_path
     assert recent.code == 0, recent.output
     (status,) = json.loads(recent.stdout)
     assert status["problems"] == [] and status["notes"][0].startswith("verify was interrupted at")
+
+
+ENDLESS_CLEANUP = """
+import sys, time
+from archiver import log, signals
+log.setup("json", 0)
+signals.configure(float(sys.argv[1]))
+with signals.stop_on_signals():
+    print("ready", flush=True)
+    try:
+        time.sleep(600)
+    except KeyboardInterrupt:
+        print("cleaning up", flush=True)
+        while True:  # a clean-up that never ends: a call that hangs on a dead endpoint
+            time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("second_signal", [False, True])
+def test_a_clean_up_that_hangs_is_ended_by_the_watchdog(second_signal: bool) -> None:
+    grace = "300" if second_signal else "2"
+    process = subprocess.Popen([sys.executable, "-c", ENDLESS_CLEANUP, grace], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=PROJECT, start_new_session=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.stdout.readline() == "cleaning up\n"
+        if second_signal:  # the operator insists: no waiting for the grace period
+            process.send_signal(signal.SIGINT)
+        _, stderr = finish(process, bound=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == ExitCode.INTERRUPTED
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert [event["event"] for event in events] == ["stop.requested", "stop.forced"], stderr
+    assert events[0]["signal"] == "SIGTERM"
+    reason = events[1]["reason"]
+    if second_signal:
+        assert reason == "a second signal (SIGINT) during the clean-up"
+    else:
+        assert reason.startswith("the clean-up after SIGTERM did not finish within the grace period (2s)")
+
+
+def restore_waiting(dsn: str) -> bool:
+    rows = db.query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'archiver restore %%' "
+                         "AND wait_event_type = 'Lock'")
+    return bool(rows and rows[0][0])
+
+
+def test_an_interrupted_restore_says_what_state_the_target_is_in(database: str, tmp_path: Path,
+                                                                  pg: LocalPostgres) -> None:
+    """--clean into a database whose table is locked: pg_restore waits in its one transaction; Ctrl-C
+    rolls it back and the message says the target holds what it held."""
+    store = LocalStore(tmp_path / "store")
+    policies = write_policy(tmp_path / "policies", "app", "${APP_DSN}", store.url).parent
+    env = {"APP_DSN": seeded(database)}
+    assert run_cli("--policies", str(policies), "backup", "app", env=env).code == 0
+    _, target = new_database(pg)
+    db.execute(target, "CREATE TABLE devices (id int PRIMARY KEY, name text); INSERT INTO devices VALUES (1, 'kept')")
+    blocker = TableLock(target, "devices")
+    process = spawn("--policies", str(policies), "restore", "app", "--target", target, "--clean", "--yes", env=env)
+    try:
+        wait_for(lambda: restore_waiting(target), what="pg_restore --clean to wait on the table lock")
+        process.send_signal(signal.SIGINT)
+        _, stderr = finish(process, bound=120)
+    finally:
+        blocker.release()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    assert "interrupted: nothing was written to the target" in stderr
+    assert db.query(target, "SELECT id, name FROM public.devices") == [(1, "kept")]
+    assert not restore_waiting(target)
