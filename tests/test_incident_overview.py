@@ -57,6 +57,11 @@ def test_backups_list_lists_the_good_policies_and_reports_the_broken_file(tmp_pa
     assert [line.split()[:2] for line in result.stdout.splitlines()[1:]] == [["app", backup_id]]
     assert f"error: billing: the policy file does not load: {broken}:6:13  backup.schedule" in result.stderr
     assert "no backups" not in result.output
+    (tmp_path / "store").rename(tmp_path / "elsewhere")  # app's store empty now: its listing works, finds none
+    empty = run_cli("--policies", str(policies), "backups", "list")
+    assert empty.code == 1 and empty.stdout == ""
+    assert "no backups for app\n" in empty.stderr and "no backups for billing" not in empty.stderr
+    (tmp_path / "elsewhere").rename(tmp_path / "store")
     listed = run_cli("--policies", str(policies), "backups", "list", "--json")
     assert listed.code == 1 and [b["id"] for b in json.loads(listed.stdout)] == [backup_id]
     named = run_cli("--policies", str(policies), "backups", "list", "app")

@@ -69,8 +69,10 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
             click.echo(json.dumps([item.to_json() for item in listing.backups], indent=2))
     elif listing.backups:
         _render_table(listing)
-    elif not errors:  # an empty listing is only "no backups" when every listing worked
+    elif not errors:
         click.echo("no backups" + (f" for {name}" if name else ""), err=True)
+    elif listed := [policy.name for policy in policies if policy.name not in errors]:
+        click.echo(f"no backups for {', '.join(sorted(str(n) for n in listed))}", err=True)  # only those listed
     for policy, error in sorted(errors.items()):
         click.echo(f"error: {policy}: {error}", err=True)
     return ExitCode.TASK_FAILED if errors else ExitCode.OK
