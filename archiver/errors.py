@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     LOCK_BUSY = 3
     VERIFICATION_FAILED = 4
     HELD_BACK = 5
+    INTERRUPTED = 130  # SIGINT or SIGTERM: stopped on request, recorded as interrupted, not failed
 
 
 class ArchiverError(Exception):
@@ -94,5 +95,30 @@ class ExternalCommandFailed(TaskFailed):
         self.stderr_tail = stderr_tail
 
 
-class Cancelled(TaskFailed):
-    """The run was asked to stop (SIGTERM / SIGINT); whatever was in flight was aborted cleanly."""
+class Interrupted(KeyboardInterrupt):
+    """The run was asked to stop (SIGTERM or SIGINT); whatever was in flight was aborted.
+
+    A KeyboardInterrupt, not an ArchiverError: ``except Exception`` clauses must not swallow a
+    stop request (and click treats it as the Ctrl-C it may be). :func:`set_outcome` records on
+    it what state the run left behind ("nothing was changed", or what was undone), set by
+    whoever knows best on the way up; the CLI prints it, the run record keeps it.
+    """
+
+    exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(f"stopped by {signal_name}")
+        self.signal_name = signal_name
+
+
+def set_outcome(exc: BaseException, outcome: str) -> None:
+    """Record what an interrupted run left behind (kept on the exception, shown at the CLI edge)."""
+    exc.archiver_outcome = outcome  # type: ignore[attr-defined]
+
+
+def outcome_of(exc: BaseException, default: str) -> str:
+    return str(getattr(exc, "archiver_outcome", None) or default)
+
+
+def signal_of(exc: BaseException) -> str:
+    return exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"

@@ -53,6 +53,9 @@ class Metrics:
                                   labels, registry=self.registry)
         self.last_failure = Gauge("archiver_task_last_failure_timestamp_seconds", "When the task last failed",
                                   labels, registry=self.registry)
+        self.last_interrupted = Gauge("archiver_task_last_interrupted_timestamp_seconds",
+                                      "When a run of the task was last stopped by SIGINT/SIGTERM (not a failure)",
+                                      labels, registry=self.registry)
         self.duration = Gauge("archiver_task_duration_seconds", "Duration of the task's last run", labels,
                               registry=self.registry)
         self.runs = Counter("archiver_task_runs", "Runs of the task by result", labels + ["result"],
@@ -85,6 +88,12 @@ class Metrics:
         self.runs.labels(policy, task, result).inc()
         if result != "lock_busy":
             self.last_failure.labels(policy, task).set(time.time())
+
+    def record_interrupted(self, policy: str, task: str, duration: float) -> None:
+        """A run stopped on request: counted as ``result="interrupted"``, never as a failure."""
+        self.duration.labels(policy, task).set(duration)
+        self.runs.labels(policy, task, "interrupted").inc()
+        self.last_interrupted.labels(policy, task).set(time.time())
 
     def set_newest_backup(self, policy: str, moment: datetime | None, *, verified: bool = False) -> None:
         target, gauge = ((self.newest_verified_times, self.newest_verified) if verified

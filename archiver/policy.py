@@ -264,6 +264,12 @@ class DatabaseConfig:
 STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "REDUCED_REDUNDANCY")
 
 
+def _storage_timeout_range(value: timedelta) -> str | None:
+    if not timedelta(seconds=1) <= value <= timedelta(hours=1):
+        return f"out of range (got {format_duration(value)}; allowed 1s..1h)"
+    return None
+
+
 @dataclass(frozen=True)
 class StorageConfig:
     url: str
@@ -276,6 +282,8 @@ class StorageConfig:
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     upload_concurrency: Annotated[int, _range(1, 32)] = 4
     max_attempts: Annotated[int, _range(1, 20)] = 5
+    # the longest one storage operation may wait, all its attempts together (s3:// only)
+    timeout: Annotated[Duration, Check(_storage_timeout_range)] = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """Running one task the way every entry point runs it (CLI, ``archiver run``, the worker).
 
 ``task_run`` takes the task's locks, times it, keeps the run record in the store
-(``runs/<task>.json``: last success and last failure, read by ``archiver status``), updates
-metrics and sends notifications. The task itself is the caller's block.
+(``runs/<task>.json``: last success, last failure and last interruption, read by ``archiver
+status``), updates metrics and sends notifications. The task itself is the caller's block.
+
+A run stopped by SIGINT or SIGTERM is *interrupted*, not failed: it is recorded as such, counted
+apart in the metrics, not notified as a failure, and ends with exit code 130.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from . import log, notify
-from .errors import ArchiverError, ExitCode, LockBusy, ObjectNotFound
+from .errors import ArchiverError, ExitCode, LockBusy, ObjectNotFound, outcome_of, set_outcome, signal_of
 from .locking import task_lock
 from .manifest import ManifestError, read_json, write_json
 from .metrics import Metrics
@@ -25,6 +28,16 @@ from .tasks import TaskResult
 from .timeutil import isoformat, parse_timestamp, utcnow
 
 RUNS_PREFIX = "runs/"
+# What an interrupted run leaves behind, per task, unless the task said more precisely.
+INTERRUPTED_OUTCOMES = {
+    "backup": "nothing was changed (no manifest was written; a backup without one is not a backup)",
+    "verify": "nothing was changed (no verdict was written; the scratch instance was removed)",
+    "prune": "nothing else was changed: backups deleted before the interruption stay deleted (see the log)",
+    "archive": "archives finished before the interruption are kept (see the log); the export in flight left "
+               "no manifest",
+    "retention": "chunks dropped and files expired before the interruption stay so (see the log); the step in "
+                 "flight was rolled back",
+}
 _log = log.get_logger("run")
 
 
@@ -51,8 +64,13 @@ def read_run_record(store: Store, task: str) -> dict[str, Any]:
 def _write_run_record(store: Store, task: str, policy: str, outcome: str, entry: dict[str, Any]) -> None:
     record = read_run_record(store, task)
     record.update({"task": task, "policy": policy, "last_run": entry})
-    record["last_success" if outcome == "success" else "last_failure"] = entry
+    record[f"last_{outcome}"] = entry
     write_json(store, run_record_key(task), record)
+
+
+def interrupted_outcome(task: str, exc: BaseException) -> str:
+    """What the interrupted run left behind: the task's own account if it gave one, else the task's rule."""
+    return outcome_of(exc, INTERRUPTED_OUTCOMES.get(task, "work in flight was aborted"))
 
 
 def _safely(what: str, action: Any, *args: Any, **kwargs: Any) -> None:
@@ -82,6 +100,20 @@ def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: 
     except LockBusy:
         metrics.record_failure(name, task, time.monotonic() - started, result="lock_busy")
         _log.warning("task.lock_busy", extra=log.fields(**fields))
+        raise
+    except KeyboardInterrupt as exc:  # SIGINT, and SIGTERM (errors.Interrupted)
+        duration = time.monotonic() - started
+        outcome = interrupted_outcome(task, exc)
+        set_outcome(exc, outcome)
+        _log.warning("task.interrupted", extra=log.fields(**fields, signal=signal_of(exc), outcome=outcome,
+                                                          duration_seconds=round(duration, 3),
+                                                          exit_code=int(ExitCode.INTERRUPTED)))
+        metrics.record_interrupted(name, task, duration)
+        if record:
+            entry = {"finished_at": isoformat(utcnow()), "started_at": isoformat(run.started_at),
+                     "duration_seconds": round(duration, 3), "status": "interrupted", "signal": signal_of(exc),
+                     "outcome": outcome, "exit_code": int(ExitCode.INTERRUPTED)}
+            _safely("run_record", _write_run_record, store, task, name, "interrupted", entry)
         raise
     except BaseException as exc:
         duration = time.monotonic() - started

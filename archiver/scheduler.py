@@ -11,7 +11,9 @@ same everywhere, and a task that leaks memory or crashes cannot take the worker 
 - SIGHUP reloads the policy files: a file that is now invalid keeps its previous policy, and the
   errors are logged;
 - SIGTERM stops scheduling, lets running tasks finish for ``grace_period``, then asks them to
-  abort (SIGTERM: they abort uploads and write no manifest), and kills what is left.
+  abort (SIGTERM: they abort uploads, write no manifest and exit 130, recorded as interrupted),
+  and kills what is left after ``abort_period``. Each child's own stop grace (``--stop-grace``,
+  after which it exits regardless) is kept below ``abort_period``, so children end on their own.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from . import log, notify
+from . import log, notify, signals
 from .errors import ExitCode, UsageError
 from .metrics import Metrics
 from .policy import Policy, load, task_schedules
@@ -165,7 +167,7 @@ class Worker:
 
     def _run_child(self, name: str, task: str) -> RunOutcome:
         argv = [*self.config.archiver_argv, "--policies", self.config.policies_path, "--log-format",
-                self.config.log_format, "run", name, task, "--json"]
+                self.config.log_format, "--stop-grace", f"{self.child_stop_grace():g}", "run", name, task, "--json"]
         started = time.time()
         _log.info("job.start", extra=log.fields(policy=name, task=task))
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -188,6 +190,10 @@ class Worker:
                              "\n".join(tail))
         self._record(outcome)
         return outcome
+
+    def child_stop_grace(self) -> float:
+        """A child's grace after SIGTERM: this process's own, but ending before the worker's SIGKILL."""
+        return max(1.0, min(signals.grace_seconds(), self.config.abort_period - 5))
 
     def refresh_status(self, names: list[str] | None = None) -> None:
         """Backup ages for /metrics, and one `stale` notification per policy when it goes stale."""
@@ -213,6 +219,8 @@ class Worker:
             result = TaskResult(policy=outcome.policy, task=outcome.task, status=outcome.result.get("status", "ok"),
                                 summary=outcome.result.get("summary", ""), metrics=outcome.result.get("metrics", {}))
             self.metrics.record_success(outcome.policy, outcome.task, result, duration, outcome.finished)
+        elif outcome.exit_code == ExitCode.INTERRUPTED:
+            self.metrics.record_interrupted(outcome.policy, outcome.task, duration)
         else:
             kind = "lock_busy" if outcome.exit_code == ExitCode.LOCK_BUSY else "failed"
             self.metrics.record_failure(outcome.policy, outcome.task, duration, result=kind)

@@ -107,22 +107,29 @@ class CuttingProxy(_Proxy):
 
 
 class StallingProxy(_Proxy):
-    """Forwards until ``stall_after_request_bytes`` have gone up, then holds every connection open
-    without forwarding a byte more (a hung S3 endpoint).
+    """Forwards until ``stall_after_request_bytes`` have gone up (or, with
+    ``stall_after_response_bytes``, come down), then holds every connection open without
+    forwarding a byte more (a hung S3 endpoint).
 
     ``stalled`` is set at that moment: an upload through the proxy is then certainly in
     progress and cannot finish, which makes "kill the uploader mid-stream" deterministic.
     """
 
-    def __init__(self, upstream_host: str, upstream_port: int, stall_after_request_bytes: int) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, stall_after_request_bytes: int | None = None, *,
+                 stall_after_response_bytes: int | None = None) -> None:
         self.stalled = threading.Event()
-        self._budget = stall_after_request_bytes
+        self._budgets = {True: stall_after_request_bytes, False: stall_after_response_bytes}
         super().__init__(upstream_host, upstream_port)
 
-    def _allowed(self, size: int) -> int:
+    def _allowed(self, size: int, is_request: bool) -> int:
         with self._lock:
-            allowed = max(0, min(size, self._budget))
-            self._budget -= allowed
+            budget = self._budgets[is_request]
+            if self.stalled.is_set():
+                return 0
+            if budget is None:
+                return size
+            allowed = max(0, min(size, budget))
+            self._budgets[is_request] = budget - allowed
             if allowed < size:
                 self.stalled.set()
             return allowed
@@ -130,17 +137,54 @@ class StallingProxy(_Proxy):
     def _pipe(self, source: socket.socket, target: socket.socket, is_request: bool) -> None:
         try:
             while data := source.recv(65536):
-                if is_request:
-                    allowed = self._allowed(len(data))
-                    target.sendall(data[:allowed])
-                    if allowed < len(data):
-                        return  # hold the connection: neither forward nor close
-                elif self.stalled.is_set():
-                    return
-                else:
-                    target.sendall(data)
+                allowed = self._allowed(len(data), is_request)
+                target.sendall(data[:allowed])
+                if allowed < len(data):
+                    return  # hold the connection: neither forward nor close
         except OSError:
             pass
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers (a hung endpoint)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._held: list[socket.socket] = []
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._held.append(client)  # held open, never read from nor written to
+
+    def close(self) -> None:
+        self._stopped = True
+        self._listener.close()
+        for sock in self._held:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "SilentServer":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
 
 def inject_s3_errors(store: Any, operation: str, failing: Callable[[int], bool], *, status: int = 500) -> list[str]:

@@ -212,7 +212,11 @@ def test_sigterm_during_a_backup_leaves_no_manifest_and_no_pending_upload(databa
         blocker.release()
     _, stderr = worker.communicate()
     assert worker.returncode == 0, stderr
-    assert "worker.aborting" in stderr and "stopped by SIGTERM" in stderr
+    assert "worker.aborting" in stderr
+    interrupted = [json.loads(line) for line in stderr.splitlines() if '"task.interrupted"' in line]
+    assert [(event["task"], event["signal"], event["exit_code"]) for event in interrupted] == [("backup", "SIGTERM", 130)]
+    done = [json.loads(line) for line in stderr.splitlines() if '"job.done"' in line]
+    assert [event["exit_code"] for event in done] == [130]  # the child stopped on its own, before any SIGKILL
     assert list(s3_store.list("backups/")) == []
     assert s3_store.pending_uploads() == []
     assert not pg_dump_waiting(database)

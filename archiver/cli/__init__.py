@@ -11,9 +11,8 @@ import traceback
 
 import click
 
-from .. import log
-from ..errors import ArchiverError, ExitCode
-from ..signals import cancel_on_signals
+from .. import log, signals
+from ..errors import ArchiverError, ExitCode, outcome_of
 from .backup_cmd import backup_command, backups_group, prune_command
 from .archive_cmd import archive_command, plan_command, retention_command
 from .context import AppContext, default_policies_path
@@ -33,11 +32,15 @@ from .worker_cmd import worker
               help="Log lines as text (terminal) or JSON lines (auto: text on a terminal).")
 @click.option("-v", "--verbose", count=True, help="More logging (debug).")
 @click.option("-q", "--quiet", count=True, help="Less logging (warnings and errors only).")
+@click.option("--stop-grace", type=click.FloatRange(1, 3600), default=signals.DEFAULT_GRACE_SECONDS,
+              envvar="ARCHIVER_STOP_GRACE", show_envvar=True, show_default=True, metavar="SECONDS",
+              help="After SIGTERM/SIGINT, the longest the clean-up may take before the process exits anyway (130).")
 @click.version_option(package_name="archiver")
 @click.pass_context
-def cli(ctx: click.Context, policies_path: str, log_format: str, verbose: int, quiet: int) -> None:
+def cli(ctx: click.Context, policies_path: str, log_format: str, verbose: int, quiet: int, stop_grace: float) -> None:
     """Backups, cold-tier archives and restore drills for PostgreSQL / TimescaleDB databases."""
     log.setup(log_format, verbose - quiet)
+    signals.configure(stop_grace)
     ctx.obj = AppContext(policies_path=policies_path, log_format=log_format, verbosity=verbose - quiet)
 
 
@@ -61,25 +64,35 @@ for command in (
     cli.add_command(command)
 
 
+INTERRUPTED_DEFAULT = "work in flight was aborted, nothing half-written was kept"
+
+
+def _interrupted(exc: BaseException) -> None:
+    """SIGINT/SIGTERM: say what state the run left behind, exit 130 without waiting for threads stuck in I/O."""
+    click.echo(f"interrupted: {log.scrub(outcome_of(exc, INTERRUPTED_DEFAULT))}", err=True)
+    signals.exit_interrupted()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the command, map errors to exit codes."""
     try:
-        with cancel_on_signals():
+        with signals.stop_on_signals():
             result = cli.main(args=argv, prog_name="archiver", standalone_mode=False)
     except ArchiverError as exc:
         click.echo(f"error: {log.scrub(str(exc))}", err=True)
         sys.exit(int(exc.exit_code))
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns an interrupt into Abort
+            _interrupted(exc.__cause__)
+        click.echo("aborted: nothing was changed", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(ExitCode.USAGE)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except Exception:  # a bug: say so plainly, keep the traceback for the report
         click.echo("internal error (a bug in archiver; please report it with this traceback):", err=True)
         click.echo(log.scrub(traceback.format_exc()), err=True)

@@ -51,17 +51,31 @@ def _render_table(listing: BackupListing) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @pass_app
 def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
-    """List backups (those with a manifest), newest first: every policy's, or NAME's."""
-    listing = list_backups(app.policies_without_secrets(name))
+    """List backups (those with a manifest), newest first: every policy's, or NAME's.
+
+    A store that cannot be listed, or (without NAME) a policy file that does not load, is reported
+    on stderr and makes the exit code 1; the other policies' backups are listed all the same.
+    """
+    errors: dict[str, str] = {}
+    if name is not None:
+        policies = app.policies_without_secrets(name)
+    else:
+        policies, broken = app.policies_for_overview(section="backup")
+        errors.update({item.name: f"the policy file does not load: {item.summary}" for item in broken})
+    listing = list_backups(policies)
+    errors.update(listing.errors)
     if as_json:
-        click.echo(json.dumps([item.to_json() for item in listing.backups], indent=2))
+        if listing.backups or not errors:  # an empty list would claim there are no backups
+            click.echo(json.dumps([item.to_json() for item in listing.backups], indent=2))
     elif listing.backups:
         _render_table(listing)
-    else:
+    elif not errors:
         click.echo("no backups" + (f" for {name}" if name else ""), err=True)
-    for policy, error in sorted(listing.errors.items()):
+    elif listed := [policy.name for policy in policies if policy.name not in errors]:
+        click.echo(f"no backups for {', '.join(sorted(str(n) for n in listed))}", err=True)  # only those listed
+    for policy, error in sorted(errors.items()):
         click.echo(f"error: {policy}: {error}", err=True)
-    return ExitCode.TASK_FAILED if listing.errors else ExitCode.OK
+    return ExitCode.TASK_FAILED if errors else ExitCode.OK
 
 
 @click.command("prune")

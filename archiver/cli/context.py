@@ -10,7 +10,7 @@ import click
 
 from .. import log
 from ..errors import PolicyError, UsageError
-from ..policy import Policy, get_policy, load, load_policies
+from ..policy import LoadResult, Policy, PolicyIssue, get_policy, load, load_policies
 
 # Tasks that only touch the store: their policy's database variables need not be set.
 # restore and verify read backups and write elsewhere (a target, a scratch instance).
@@ -19,6 +19,22 @@ STORE_ONLY_TASKS = ("prune", "restore", "verify")
 
 def default_policies_path() -> str:
     return os.environ.get("ARCHIVER_POLICIES") or "./policies"
+
+
+@dataclass(frozen=True)
+class BrokenPolicy:
+    """A policy file that does not load; overviews (status, backups list) report it as a failing row."""
+
+    name: str  # the file's stem: its policy name, unless the file sets another
+    source: str
+    error: str  # the first problem, file:line:col  key: message
+    problems: int
+
+    @property
+    def summary(self) -> str:
+        more = f" (and {self.problems - 1} more problem(s): archiver policy validate {self.source})" \
+            if self.problems > 1 else ""
+        return f"{self.error}{more}"
 
 
 @dataclass
@@ -63,12 +79,53 @@ class AppContext:
                 log.register_secret(secret)
         return chosen
 
+    def policies_for_overview(self, *, section: str) -> tuple[list[Policy], list[BrokenPolicy]]:
+        """Every policy with ``section`` for status / backups list, and every file that does not load.
+
+        A broken file does not hide the others: the caller reports it as its own failing row. Only a
+        policies path that does not exist (or holds no policy file) is an error for the whole command.
+        """
+        result = load([self.policies_path], strict_env=False)
+        whole = [issue for issue in result.issues if not Path(issue.file).is_file()]
+        if whole:
+            raise PolicyError(whole)
+        broken = _broken_files(result.issues)
+        chosen: list[Policy] = []
+        for policy in result.policies:
+            if getattr(policy, section, None) is None:
+                continue
+            problem = _unresolved_storage(result, policy)
+            if problem is not None:
+                broken.append(BrokenPolicy(policy.name or Path(policy.source).stem, policy.source, problem, 1))
+                continue
+            for secret in policy.secret_values():
+                log.register_secret(secret)
+            chosen.append(policy)
+        return chosen, sorted(broken, key=lambda item: (item.name, item.source))
+
     def all_policies(self) -> dict[str, Policy]:
         return load_policies([self.policies_path])
 
     @property
     def policies_dir(self) -> Path:
         return Path(self.policies_path)
+
+
+def _broken_files(issues: list[PolicyIssue]) -> list[BrokenPolicy]:
+    by_file: dict[str, list[PolicyIssue]] = {}
+    for issue in issues:
+        by_file.setdefault(issue.file, []).append(issue)
+    return [BrokenPolicy(Path(source).stem, source, str(found[0]), len(found)) for source, found in by_file.items()]
+
+
+def _unresolved_storage(result: LoadResult, policy: Policy) -> str | None:
+    """Storage settings that name an environment variable not set here: the store cannot be opened."""
+    unresolved = result.unresolved_env.get(policy.source, {})
+    storage = {key: names for key, names in unresolved.items() if key.startswith("storage")}
+    if not storage:
+        return None
+    key, names = next(iter(storage.items()))
+    return f"{policy.source}: {key} needs environment variable {', '.join(names)}"
 
 
 pass_app = click.make_pass_decorator(AppContext)

@@ -8,7 +8,7 @@ from datetime import timedelta
 import click
 
 from ..errors import ExitCode
-from ..tasks.status import PolicyStatus, all_status
+from ..tasks.status import PolicyStatus, all_status, broken_policy_status
 from ..timeutil import format_duration
 from .context import AppContext, pass_app
 
@@ -31,6 +31,8 @@ def render_status(statuses: list[PolicyStatus]) -> None:
     for status in statuses:
         for problem in status.problems:
             click.echo(f"{status.policy}: {problem}")
+        for note in status.notes:
+            click.echo(f"{status.policy}: {note}")
         for table, entry in ((status.archive or {}).get("tables") or {}).items():
             click.echo(f"{status.policy}: {table}: {_coverage(entry)}")
         if status.held_back:
@@ -60,8 +62,12 @@ def _coverage(entry: dict[str, object]) -> str:
 @pass_app
 def status_command(app: AppContext, as_json: bool, no_database: bool) -> int:
     """Per policy: newest backup and its age against the schedule, newest proven backup, failing
-    tasks, held-back chunks. Exit 1 when anything is stale or failing (usable as a health check)."""
-    statuses = all_status(app.policies_without_secrets(None, section="storage"), check_database=not no_database)
+    tasks, held-back chunks. Exit 1 when anything is stale or failing (usable as a health check);
+    a policy file that does not load is a failing row of its own, the others are reported as usual."""
+    policies, broken = app.policies_for_overview(section="storage")
+    statuses = all_status(policies, check_database=not no_database)
+    statuses += [broken_policy_status(item.name, item.source, item.summary) for item in broken]
+    statuses.sort(key=lambda status: (status.policy, status.source or ""))
     if as_json:
         click.echo(json.dumps([status.to_json() for status in statuses], indent=2, default=str))
     else:

@@ -23,4 +23,5 @@ def open_store(config: StorageConfig | str) -> Store:
     return S3Store(location.bucket, location.prefix, endpoint_url=settings.endpoint_url, region=settings.region,
                    profile=settings.profile, sse=settings.sse, kms_key_id=settings.kms_key_id,
                    storage_class=settings.storage_class, addressing_style=settings.addressing_style,
-                   concurrency=settings.upload_concurrency, max_attempts=settings.max_attempts)
+                   concurrency=settings.upload_concurrency, max_attempts=settings.max_attempts,
+                   timeout=settings.timeout.total_seconds())

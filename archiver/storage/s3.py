@@ -5,6 +5,9 @@ Uploads are multipart and streaming: bytes are cut into parts as they arrive, at
 whatever the object's size. Any failure aborts the multipart upload, so no invisible parts are
 left to be billed. API calls are retried by botocore's ``standard`` retry mode; reading a
 response body, which botocore does not retry, resumes with a ranged GET pinned to the ETag.
+Every wait is bounded by ``storage.timeout`` as a whole, retries included (see ``waits``), and
+once a stop was requested (SIGTERM, SIGINT) calls go through a client with short timeouts, so
+that aborting an upload cannot hang on a stalled endpoint.
 """
 
 from __future__ import annotations
@@ -13,17 +16,19 @@ import contextlib
 import io
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from .. import log, signals
 from ..errors import ObjectExists, ObjectNotFound, StoreError
+from . import waits
 from .base import IncompleteWrite, ObjectInfo, ObjectWriter, Store, check_key
+from .waits import WaitBudget
 
 MiB = 1024 * 1024
 MIN_PART_SIZE = 8 * MiB
@@ -43,6 +48,7 @@ _TRANSIENT_READ_ERRORS = (
     ConnectionError,
     TimeoutError,
 )
+_log = log.get_logger("storage")
 
 
 def choose_part_size(size_hint: int | None) -> int:
@@ -85,8 +91,12 @@ def explain(exc: Exception, what: str) -> StoreError:
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return StoreError(f"{what}: no AWS credentials found (permanent: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                           "a profile, or an instance/pod role)")
+    wait: waits.Wait | None = getattr(exc, "archiver_wait", None)
+    given_up = f"; {wait.gave_up()}" if wait is not None else ""
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
-        return StoreError(f"{what}: cannot reach the S3 endpoint ({exc})")
+        return StoreError(f"{what}: cannot reach the S3 endpoint ({exc}){given_up}")
+    if isinstance(exc, waits.NO_ANSWER_ERRORS):
+        return StoreError(f"{what}: no answer from the S3 endpoint ({exc}){given_up}")
     return StoreError(f"{what}: {type(exc).__name__}: {exc}")
 
 
@@ -134,7 +144,7 @@ class S3Writer(ObjectWriter):
 
     def _start_multipart(self) -> None:
         try:
-            response = self._store.client.create_multipart_upload(Bucket=self._store.bucket, Key=self._object_key, **self._extra)
+            response = self._store.api.create_multipart_upload(Bucket=self._store.bucket, Key=self._object_key, **self._extra)
         except Exception as exc:
             raise explain(exc, f"cannot start upload of {self._store.describe(self.key)}") from None
         self._upload_id = response["UploadId"]
@@ -142,8 +152,8 @@ class S3Writer(ObjectWriter):
 
     def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
         try:
-            response = self._store.client.upload_part(Bucket=self._store.bucket, Key=self._object_key,
-                                                      UploadId=self._upload_id, PartNumber=number, Body=body)
+            response = self._store.api.upload_part(Bucket=self._store.bucket, Key=self._object_key,
+                                                   UploadId=self._upload_id, PartNumber=number, Body=body)
         except Exception as exc:
             raise explain(exc, f"upload of part {number} of {self._store.describe(self.key)} failed") from None
         part = {"PartNumber": number, "ETag": response["ETag"]}
@@ -156,8 +166,8 @@ class S3Writer(ObjectWriter):
         conditional = {"IfNoneMatch": "*"} if self._if_absent else {}
         if self._upload_id is None:
             try:
-                response = self._store.client.put_object(Bucket=self._store.bucket, Key=self._object_key,
-                                                         Body=bytes(self._buffer), **self._extra, **conditional)
+                response = self._store.api.put_object(Bucket=self._store.bucket, Key=self._object_key,
+                                                      Body=bytes(self._buffer), **self._extra, **conditional)
             except botocore.exceptions.ClientError as exc:
                 if _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
                     raise ObjectExists(self._store.describe(self.key)) from None
@@ -172,7 +182,7 @@ class S3Writer(ObjectWriter):
             self._done_parts.append(self._pending.popleft().result())
         self._shutdown()
         try:
-            response = self._store.client.complete_multipart_upload(
+            response = self._store.api.complete_multipart_upload(
                 Bucket=self._store.bucket, Key=self._object_key, UploadId=self._upload_id,
                 MultipartUpload={"Parts": sorted(self._done_parts, key=lambda p: p["PartNumber"])}, **conditional)
         except botocore.exceptions.ClientError as exc:
@@ -184,8 +194,10 @@ class S3Writer(ObjectWriter):
         return str(response.get("ETag", "")).strip('"') or None
 
     def _shutdown(self) -> None:
+        """Wait for the parts in flight, unless a stop was requested: then they are abandoned
+        (their threads end with their timeouts, or with the process)."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=not signals.stop_requested(), cancel_futures=True)
             self._executor = None
 
     def _abort(self) -> None:
@@ -196,12 +208,16 @@ class S3Writer(ObjectWriter):
         self._shutdown()
         if self._upload_id is not None:
             try:
-                self._store.client.abort_multipart_upload(Bucket=self._store.bucket, Key=self._object_key,
-                                                          UploadId=self._upload_id)
+                self._store.api.abort_multipart_upload(Bucket=self._store.bucket, Key=self._object_key,
+                                                       UploadId=self._upload_id)
             except Exception as exc:  # the original error matters more; say what is left behind
-                raise explain(exc, f"could not abort multipart upload {self._upload_id} of "
-                                   f"{self._store.describe(self.key)} (an S3 lifecycle rule for incomplete uploads "
-                                   "will remove it)") from None
+                error = explain(exc, f"could not abort multipart upload {self._upload_id} of "
+                                     f"{self._store.describe(self.key)} (an S3 lifecycle rule for incomplete uploads "
+                                     "will remove it)")
+                if signals.stop_requested():  # stopping: the interruption is what the run ends with
+                    _log.warning("storage.abort_failed", extra=log.fields(error=str(error)))
+                    return
+                raise error from None
 
 
 class S3Reader(io.RawIOBase):
@@ -224,14 +240,16 @@ class S3Reader(io.RawIOBase):
             arguments["Range"] = f"bytes={self._position}-"
         if self._etag:
             arguments["IfMatch"] = self._etag  # the object must not change under a resumed read
+        what = f"cannot read {self._store.describe(self._key)}" + (f" from byte {self._position}"
+                                                                   if self._position else "")
         try:
-            response = self._store.client.get_object(**arguments)
+            response = self._store.api.get_object(**arguments)
         except botocore.exceptions.ClientError as exc:
             if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectNotFound(self._store.describe(self._key)) from None
-            raise explain(exc, f"cannot read {self._store.describe(self._key)}") from None
+            raise explain(exc, what) from None
         except Exception as exc:
-            raise explain(exc, f"cannot read {self._store.describe(self._key)}") from None
+            raise explain(exc, what) from None
         if self._etag is None:
             self._etag = response.get("ETag")
             self.size = int(response.get("ContentLength", 0))
@@ -248,8 +266,6 @@ class S3Reader(io.RawIOBase):
         return len(data)
 
     def _read_with_resume(self, size: int) -> bytes:
-        @retry(retry=retry_if_exception_type(_TRANSIENT_READ_ERRORS), stop=stop_after_attempt(self._store.max_attempts),
-               wait=wait_random_exponential(multiplier=0.2, max=10), reraise=True)
         def attempt() -> bytes:
             if self._body is None:
                 self._open_body()
@@ -258,10 +274,7 @@ class S3Reader(io.RawIOBase):
             except _TRANSIENT_READ_ERRORS:
                 self._body = None
                 raise
-        try:
-            return attempt()
-        except _TRANSIENT_READ_ERRORS as exc:
-            raise explain(exc, f"reading {self._store.describe(self._key)} failed at byte {self._position}") from None
+        return self._store.resuming(f"reading {self._store.describe(self._key)} at byte {self._position}", attempt)
 
     def close(self) -> None:
         if self._body is not None:
@@ -274,7 +287,7 @@ class S3Store(Store):
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, region: str | None = None,
                  profile: str | None = None, sse: str | None = None, kms_key_id: str | None = None,
                  storage_class: str | None = None, addressing_style: str = "auto", concurrency: int = 4,
-                 max_attempts: int = 5, client: Any = None) -> None:
+                 max_attempts: int = 5, timeout: float = 120.0, client: Any = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
@@ -283,16 +296,31 @@ class S3Store(Store):
         self.storage_class = storage_class
         self.concurrency = concurrency
         self.max_attempts = max_attempts
-        self.client = client or self._make_client(endpoint_url, region, profile, addressing_style, max_attempts, concurrency)
+        self.budget = WaitBudget(total=timeout, max_attempts=max_attempts)
+        self._connection = {"endpoint_url": endpoint_url, "region": region, "profile": profile,
+                            "addressing_style": addressing_style, "concurrency": concurrency}
+        self._clients = waits.BoundedClients(self._new_client, self.budget, self.url, client=client)
+        self.client = self._clients.client
 
-    @staticmethod
-    def _make_client(endpoint_url: str | None, region: str | None, profile: str | None, addressing_style: str,
-                     max_attempts: int, concurrency: int) -> Any:
-        config = Config(retries={"mode": "standard", "max_attempts": max_attempts},
-                        s3={"addressing_style": addressing_style}, connect_timeout=10, read_timeout=120,
-                        max_pool_connections=max(10, concurrency * 2), tcp_keepalive=True)
+    def _new_client(self, budget: WaitBudget) -> Any:
+        settings = self._connection
+        config = Config(retries={"mode": "standard", "total_max_attempts": budget.attempts},
+                        s3={"addressing_style": settings["addressing_style"]}, connect_timeout=budget.connect_timeout,
+                        read_timeout=budget.read_timeout, max_pool_connections=max(10, settings["concurrency"] * 2),
+                        tcp_keepalive=True)
+        profile = settings["profile"]
         session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
-        return session.client("s3", endpoint_url=endpoint_url or None, region_name=region or None, config=config)
+        return session.client("s3", endpoint_url=settings["endpoint_url"] or None,
+                              region_name=settings["region"] or None, config=config)
+
+    @property
+    def api(self) -> Any:
+        """The client for the next call (short timeouts once a stop was requested)."""
+        return self._clients.current()
+
+    def resuming(self, what: str, attempt: Callable[[], bytes]) -> bytes:
+        """Read a response body (botocore does not retry those), resuming within one budget."""
+        return waits.retrying(self.budget, what, attempt, _TRANSIENT_READ_ERRORS)
 
     def object_key(self, key: str) -> str:
         check_key(key)
@@ -325,14 +353,12 @@ class S3Store(Store):
         if etag:
             arguments["IfMatch"] = f'"{etag}"'
 
-        @retry(retry=retry_if_exception_type(_TRANSIENT_READ_ERRORS), stop=stop_after_attempt(self.max_attempts),
-               wait=wait_random_exponential(multiplier=0.2, max=10), reraise=True)
         def attempt() -> bytes:
-            response = self.client.get_object(**arguments)
+            response = self.api.get_object(**arguments)
             with contextlib.closing(response["Body"]) as body:
                 return bytes(body.read())
         try:
-            return attempt()
+            return self.resuming(f"reading {self.describe(key)} at byte {start}", attempt)
         except botocore.exceptions.ClientError as exc:
             code = _error_code(exc)
             if code in ("NoSuchKey", "404", "NotFound"):
@@ -345,7 +371,7 @@ class S3Store(Store):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         root = f"{self.prefix}/" if self.prefix else ""
-        paginator = self.client.get_paginator("list_objects_v2")
+        paginator = self.api.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=root + prefix):
                 for item in page.get("Contents", []):
@@ -356,7 +382,7 @@ class S3Store(Store):
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+            response = self.api.head_object(Bucket=self.bucket, Key=self.object_key(key))
         except botocore.exceptions.ClientError as exc:
             if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -368,7 +394,7 @@ class S3Store(Store):
 
     def delete(self, key: str) -> None:
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+            self.api.delete_object(Bucket=self.bucket, Key=self.object_key(key))
         except Exception as exc:
             raise explain(exc, f"cannot delete {self.describe(key)}") from None
 
@@ -377,7 +403,7 @@ class S3Store(Store):
         root = f"{self.prefix}/" if self.prefix else ""
         found: list[IncompleteWrite] = []
         try:
-            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+            for page in self.api.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
                                                                                       Prefix=root + prefix):
                 for upload in page.get("Uploads", []):
                     key = upload["Key"][len(root):]
@@ -389,7 +415,7 @@ class S3Store(Store):
 
     def discard_incomplete(self, write: IncompleteWrite) -> None:
         try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.object_key(write.key), UploadId=write.handle)
+            self.api.abort_multipart_upload(Bucket=self.bucket, Key=self.object_key(write.key), UploadId=write.handle)
         except botocore.exceptions.ClientError as exc:
             if _error_code(exc) == "NoSuchUpload":
                 return
@@ -401,7 +427,7 @@ class S3Store(Store):
         """Multipart uploads started under ``prefix`` and neither completed nor aborted."""
         root = f"{self.prefix}/" if self.prefix else ""
         try:
-            response = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=root + prefix)
+            response = self.api.list_multipart_uploads(Bucket=self.bucket, Prefix=root + prefix)
         except Exception as exc:
             raise explain(exc, f"cannot list pending uploads under {self.url}") from None
         return list(response.get("Uploads", []))

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import db, dbprops, dump, log, manifest, sysinfo
-from ..errors import ArchiverError, ExternalCommandFailed, ObjectNotFound, TaskFailed, UsageError
+from ..errors import ArchiverError, ExternalCommandFailed, ObjectNotFound, TaskFailed, UsageError, set_outcome
 from ..globals_sql import RolesPlan, plan_roles
 from ..integrity import CheckedObject, ObjectMismatch, precheck, read_verified
 from ..prefetch import Prefetch
@@ -364,6 +364,42 @@ def _check_versions(plan: RestorePlan) -> None:
         raise TargetUnsuitable(f"the target server cannot create extension(s) the backup uses: {', '.join(missing)}",
                                hint=f"install them for PostgreSQL {target_major} (contrib modules come with the "
                                     f"postgresql-contrib package), then retry")
+    if (older := older_minor_release(plan)) is not None:
+        plan.notes.append(older)
+
+
+UNRECOGNIZED_PARAMETER = "unrecognized configuration parameter"
+
+
+def older_minor_release(plan: RestorePlan) -> str | None:
+    """Why a target on an older minor release of the source's major may fail, or None.
+
+    Minor releases keep the dump format, so this is a warning and not a refusal (at 3 a.m. the
+    replica at hand may be a few minors behind, and the single-transaction restore leaves the
+    target as it was if it fails); but a newer minor can know settings an older one does not
+    (pg_restore then stops on "unrecognized configuration parameter").
+    """
+    source, target = plan.source, plan.target
+    if target.server_version_num // 10000 != source.major or target.server_version_num >= source.server_version_num:
+        return None
+    dumped_by = str(source.document.get("tools", {}).get("pg_dump", {}).get("version", "")).strip()
+    return (f"the target runs PostgreSQL {_minor_version_text(target.server_version_num)}, an older minor release "
+            f"than the backup's source (PostgreSQL {_minor_version_text(source.server_version_num)}"
+            + (f", dumped by {dumped_by}" if dumped_by else "") + "): a setting only the newer release knows makes "
+            f"pg_restore fail with \"{UNRECOGNIZED_PARAMETER}\"; update the target to "
+            f"{_minor_version_text(source.server_version_num)} or later to be sure")
+
+
+def likely_cause(plan: RestorePlan, exc: BaseException) -> str | None:
+    """A known cause of a pg_restore failure, for the error message: an older minor release."""
+    if isinstance(exc, ExternalCommandFailed) and UNRECOGNIZED_PARAMETER in exc.stderr_tail:
+        older = older_minor_release(plan)
+        return f"likely cause: {older}" if older else None
+    return None
+
+
+def _minor_version_text(version_num: int) -> str:
+    return f"{version_num // 10000}.{version_num % 10000}"
 
 
 def _check_contents(plan: RestorePlan, clean: bool) -> None:
@@ -615,9 +651,13 @@ def _take_back(plan: RestorePlan, undo: _Undo, app_name: str, exc: BaseException
     state = "; ".join(parts) or "nothing was written to the target"
     logger.error("restore.failed", extra=log.fields(backup_id=plan.source.entry.id, error=log.scrub(str(exc)),
                                                     target_state=state))
+    if (cause := likely_cause(plan, exc)) is not None:
+        state += f"; {cause}"
     if isinstance(exc, ExternalCommandFailed) and "max_locks_per_transaction" in exc.stderr_tail:
         state += ("; the restore runs in one transaction and holds a lock per table, index and chunk: raise "
                   "max_locks_per_transaction on the target (a restart), or for a plain database use --jobs 2")
+    if isinstance(exc, KeyboardInterrupt):  # SIGINT/SIGTERM: the CLI says what state the target is in
+        set_outcome(exc, state)
     if isinstance(exc, ArchiverError):
         exc.hint = f"{exc.hint}; {state}" if exc.hint else state
         if isinstance(exc, ObjectMismatch):

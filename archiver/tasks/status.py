@@ -3,9 +3,11 @@
 Built from the store alone (manifests, verification records, run records), so it answers even
 when a database is down: newest backup and its age against the schedule (stale when older
 than two intervals), the newest backup a drill proved, each task's last success and failure,
-and what retention held back. Anything stale or failing makes the policy unhealthy. Archive
-coverage (archived, hot, dropped ranges and gaps) comes from the archive manifests, and from the
-database's chunks when its DSN is set and it answers.
+and what retention held back. Anything stale or failing makes the policy unhealthy. A run
+stopped by SIGINT/SIGTERM is shown as interrupted, which is not failing unless the task then
+missed its schedule (no success for two intervals). Archive coverage (archived, hot, dropped
+ranges and gaps) comes from the archive manifests, and from the database's chunks when its DSN
+is set and it answers. A policy file that does not load is a failing row of its own.
 """
 
 from __future__ import annotations
@@ -35,15 +37,28 @@ class PolicyStatus:
     held_back: list[Any] = field(default_factory=list)
     archive: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # shown, but not a problem (an interrupted run)
+    source: str | None = None  # the policy file, for a file that did not load
+    error: str | None = None  # why that file did not load: its first problem, file:line:col key: message
 
     @property
     def healthy(self) -> bool:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "healthy": self.healthy, "checked_at": isoformat(self.checked_at),
-                "newest_backup": self.newest_backup, "newest_verified": self.newest_verified, "tasks": self.tasks,
-                "held_back": self.held_back, "archive": self.archive, "problems": self.problems}
+        document = {"policy": self.policy, "healthy": self.healthy, "checked_at": isoformat(self.checked_at),
+                    "newest_backup": self.newest_backup, "newest_verified": self.newest_verified,
+                    "tasks": self.tasks, "held_back": self.held_back, "archive": self.archive,
+                    "problems": self.problems, "notes": self.notes}
+        if self.error is not None:
+            document.update(source=self.source, error=self.error)
+        return document
+
+
+def broken_policy_status(name: str, source: str, error: str, *, now: datetime | None = None) -> PolicyStatus:
+    """The row of a policy file that does not load: failing, with the file and its first problem."""
+    return PolicyStatus(name, now or utcnow(), problems=[f"the policy file does not load: {error}"], source=source,
+                        error=error)
 
 
 def _backup_status(policy: Policy, store: Store, now: datetime, status: PolicyStatus) -> None:
@@ -74,23 +89,49 @@ def _backup_status(policy: Policy, store: Store, now: datetime, status: PolicySt
         status.problems.append(f"the restore drill of the newest backup {newest.id} failed")
 
 
+def _finished(entry: dict[str, Any] | None) -> str:
+    return str((entry or {}).get("finished_at") or "")
+
+
 def _task_status(policy: Policy, store: Store, status: PolicyStatus) -> None:
-    for task in task_schedules(policy):
+    for task, schedule in task_schedules(policy).items():
         record = read_run_record(store, task)
         success, failure = record.get("last_success"), record.get("last_failure")
+        interrupted = record.get("last_interrupted")
         entry: dict[str, Any] = {"last_success": (success or {}).get("finished_at"),
-                                 "last_failure": (failure or {}).get("finished_at")}
-        failing = bool(failure) and (not success or str(failure["finished_at"]) > str(success["finished_at"]))
+                                 "last_failure": (failure or {}).get("finished_at"),
+                                 "last_interrupted": (interrupted or {}).get("finished_at")}
+        failing = bool(failure) and (not success or _finished(failure) > _finished(success))
         entry["failing"] = failing
         if failing:
             entry["error"] = failure.get("error") or failure.get("summary")
             status.problems.append(f"{task} is failing since {failure['finished_at']}: "
                                    f"{str(entry['error'])[:300]}")
+        entry["interrupted"] = bool(interrupted) and _finished(interrupted) > max(_finished(success),
+                                                                                 _finished(failure))
+        if entry["interrupted"]:
+            _interrupted_status(task, schedule, interrupted, success, status)
         last = record.get("last_run") or {}
         if task == "retention" and last.get("held_back"):
             status.held_back = list(last["held_back"])
             entry["held_back"] = len(status.held_back)
         status.tasks[task] = entry
+
+
+def _interrupted_status(task: str, schedule: str, interrupted: dict[str, Any], success: dict[str, Any] | None,
+                        status: PolicyStatus) -> None:
+    """An interrupted run is a note; it becomes a problem only when the task has missed its schedule
+    (no success for two intervals). A backup's schedule is already judged by the newest backup's age."""
+    when = interrupted.get("finished_at")
+    text = f"{task} was interrupted at {when} ({interrupted.get('signal', 'signal')}): {interrupted.get('outcome', '')}"
+    interval = cron_interval(schedule, now=status.checked_at)
+    since = parse_timestamp(str((success or interrupted).get("finished_at") or when))
+    if task != "backup" and status.checked_at - since > 2 * interval:
+        last = f"last success {success['finished_at']}" if success else "no success recorded"
+        status.problems.append(f"{text}; {last}, and the schedule ({schedule}) runs every "
+                               f"{format_duration(interval)}: missed")
+    else:
+        status.notes.append(text)
 
 
 Range = tuple[datetime, datetime]

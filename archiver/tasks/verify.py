@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__, db, dump, log, manifest, pgbin, sysinfo
-from ..errors import ArchiverError, ExternalCommandFailed, TaskFailed, UsageError
+from ..errors import ArchiverError, ExternalCommandFailed, TaskFailed, UsageError, set_outcome
 from ..expect import parse_expectation
 from ..integrity import CheckedObject, ObjectMismatch
 from ..policy import Policy, ScratchConfig, VerifyConfig
@@ -156,6 +156,9 @@ def scratch_instance(kind: str, config: ScratchConfig, source: Source, *, owner:
         if isinstance(instance, ContainerPostgres):
             log.register_secret(instance.password)
         yield instance
+    except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: what the restore inside undid was the scratch's
+        set_outcome(exc, "nothing was changed (no verdict was written; the scratch instance was removed)")
+        raise
     finally:
         instance.stop()
 
@@ -179,7 +182,7 @@ def run_verify(policy: Policy, *, store: Store | None = None, progress: Progress
     kind = scratch or config.scratch.kind
     if kind not in ("local", "container"):
         raise UsageError(f"--scratch {kind!r}: allowed local or container")
-    entry = select_backup(store, backup_id=backup_id, policy=policy.name or "")
+    entry = _backup_to_drill(store, backup_id, policy)
     source = Source(entry)
     started_at, clock = utcnow(), time.monotonic()
     logger.info("verify.start", extra=log.fields(policy=policy.name, backup_id=entry.id, scratch=kind))
@@ -198,6 +201,16 @@ def run_verify(policy: Policy, *, store: Store | None = None, progress: Progress
     record = drill.record(policy.name or "")
     manifest.write_json(store, manifest.verification_key(entry.id), record)
     return _result(policy, drill, record)
+
+
+def _backup_to_drill(store: Store, backup_id: str | None, policy: Policy) -> manifest.BackupEntry:
+    """The backup named, or the newest; a store without backups means the drill cannot run (exit 1)."""
+    try:
+        return select_backup(store, backup_id=backup_id, policy=policy.name or "")
+    except UsageError as exc:
+        if backup_id is not None:
+            raise  # a --backup ID that is not there is a usage error (exit 2)
+        raise TaskFailed(f"the drill could not run: {exc.message}", hint=exc.hint) from None
 
 
 def verify_config(policy: Policy) -> VerifyConfig:
