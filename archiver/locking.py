@@ -76,13 +76,34 @@ def database_lock(policy: Policy, task: str, *, dsn: str | None = None) -> Itera
                               holder=holder_description(task, policy.name or "")):
             yield
     except db.AdvisoryLockBusy as busy:
-        holder = busy.holder
-        who = (f"{holder.application_name or 'an unnamed session'} (server pid {holder.pid}, from {holder.client}) "
-               f"{_describe_since(holder.since)}") if holder else "another session (it ended while we looked)"
         what = f"{task} of policy {policy.name!r}" + (
             f" cannot start: {LOCK_DESCRIPTIONS[lock]} is busy" if lock in LOCK_DESCRIPTIONS else " is already running")
-        raise LockBusy(f"{what}: {where} is held by {who}",
-                       hint="wait for it to finish; the lock is freed when that process ends") from None
+        raise _busy(what, where, busy.holder) from None
+
+
+@contextlib.contextmanager
+def restore_target_lock(policy: Policy, dsn: str) -> Iterator[None]:
+    """The lock of a restore target database, which may not exist yet.
+
+    Held in the server's maintenance database and keyed by the target's name, whatever the
+    policy: two restores into the same database exclude each other from before the database
+    is created until their result is checked.
+    """
+    target = db.parse_dsn(dsn).get("dbname", "")
+    holder = holder_description("restore", policy.name or "")
+    try:
+        with db.server_advisory_lock(dsn, f"restore-target:{target}", holder=holder):
+            yield
+    except db.AdvisoryLockBusy as busy:
+        raise _busy(f"restore into database {target!r} cannot start", f"the restore lock of {db.redact_dsn(dsn)}",
+                    busy.holder) from None
+
+
+def _busy(what: str, where: str, holder: db.LockHolder | None) -> LockBusy:
+    who = (f"{holder.application_name or 'an unnamed session'} (server pid {holder.pid}, from {holder.client}) "
+           f"{_describe_since(holder.since)}") if holder else "another session (it ended while we looked)"
+    return LockBusy(f"{what}: {where} is held by {who}",
+                    hint="wait for it to finish; the lock is freed when that process ends")
 
 
 class StoreLease:
