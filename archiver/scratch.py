@@ -52,6 +52,11 @@ def _run_as() -> dict[str, Any]:
             "env": {**os.environ, "HOME": entry.pw_dir, "USER": SERVER_USER}}
 
 
+def sweep_dead_scratch(parent: Path) -> list[str]:
+    """Stop and remove the local scratch instances in ``parent`` whose owner died; what was removed."""
+    return scratch_sweep.sweep(parent, run_as=_run_as())
+
+
 def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -106,7 +111,7 @@ class LocalPostgres:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "LocalPostgres":
-        self.swept = scratch_sweep.sweep(Path(self.base_dir or tempfile.gettempdir()), run_as=_run_as())
+        self.swept = sweep_dead_scratch(Path(self.base_dir or tempfile.gettempdir()))
         self.workdir = Path(tempfile.mkdtemp(prefix=scratch_sweep.SCRATCH_PREFIX, dir=self.base_dir))
         self._claim = scratch_sweep.claim(self.workdir, bindir=self.bindir)
         self.workdir.chmod(0o755 if self.listen_tcp else 0o711)

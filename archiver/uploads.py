@@ -9,8 +9,9 @@ run can still own:
   excluding every other writer of the prefix (the cold-tier lock for ``archive/``) passes its
   own start time: whatever is pending from before it started belongs to a run that is gone.
   Without such a lock, pass ``now - grace``.
-- ``protect``: says why a given write must stay (a live backup lease covers its key); it is
-  asked only after the listing, so a lease read there is at least as new as the listing.
+- ``protect``: says why a given write must stay (a live lease covers its key). Read such
+  leases before calling: a run live then is protected even if it ends meanwhile, and one that
+  starts later began after ``older_than``.
 - ``born``: the start of the run that wrote a key, when the key tells it (a backup id): some
   S3-compatible stores report odd start times (moto dates every upload 2010-11-10), and a
   young run must not lose its upload to one.

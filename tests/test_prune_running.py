@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -21,16 +21,17 @@ import pytest
 
 from archiver import manifest
 from archiver.errors import ExitCode, StoreError
-from archiver.locking import BACKUP_LEASE_PREFIX, LOCKS_PREFIX
+from archiver.locking import BACKUP_LEASE_PREFIX, LOCKS_PREFIX, StoreLease
 from archiver.scratch import LocalPostgres
-from archiver.storage import LocalStore, S3Store
+from archiver.storage import IncompleteWrite, LocalStore, S3Store
 from archiver.tasks.prune import run_prune
-from archiver.timeutil import utcnow
+from archiver.timeutil import isoformat, utcnow
 from archiver.uploads import abort_dead_uploads
-from tests.backup_helpers import live_stats, load_policy, manifest_stats
+from tests.backup_helpers import live_stats, load_policy, manifest_stats, write_policy
 from tests.helpers import PROJECT, run_cli
 from tests.netfault import PausingProxy, StallingProxy, inject_s3_errors
 from tests.test_backup_failures import MiB, policy_path, previous, source  # noqa: F401
+from tests.test_prune import fake_backup
 
 PAUSE_AFTER = 10 * MiB  # the globals object and the dump's first 8 MiB part go through, then the upload waits
 
@@ -165,3 +166,62 @@ def test_abort_dead_uploads_keeps_writes_started_after_the_cutoff_and_works_on_t
     verdicts = abort_dead_uploads(store, "archive/", older_than=cutoff)
     assert [(v.key, v.abort) for v in verdicts] == [("archive/db/public.t/year=2026/part.parquet", True)]
     assert store.incomplete_writes("archive/") == [] and list(store.list("archive/")) == []
+
+
+class FinishingDuringPrune(LocalStore):
+    """A file store on which a backup finishes at the worst moment for prune: right after prune
+    listed its objects as orphans (the next call prune makes is the pending-uploads listing).
+
+    This hook is the only way to put the finishing backup's two steps (manifest written, lease
+    released) at exactly that point of a real prune run."""
+
+    def __init__(self, root: Path, finish: Callable[[], None]) -> None:
+        super().__init__(root)
+        self._finish: Callable[[], None] | None = finish
+
+    def incomplete_writes(self, prefix: str = "") -> list[IncompleteWrite]:
+        if self._finish is not None:
+            finish, self._finish = self._finish, None
+            finish()
+        return super().incomplete_writes(prefix)
+
+
+@pytest.mark.parametrize("with_lease", [True, False], ids=["leased backup", "backup of an older archiver"])
+def test_a_backup_that_finishes_while_prune_runs_keeps_every_object(tmp_path: Path, with_lease: bool) -> None:
+    now = utcnow()
+    plain = LocalStore(tmp_path / "store")
+    previous = fake_backup(plain, now - timedelta(days=1))
+    started = now - timedelta(hours=30)  # a long backup: older than orphan_grace 1d by its id
+    running = manifest.new_id(started)
+    objects = {role: plain.put_bytes(key, f"{role} of {running}".encode() * 50)
+               for role, key in (("dump", manifest.dump_key(running, ".zst")),
+                                 ("globals", manifest.globals_key(running, ".zst")))}
+    for r in objects.values():  # written when the backup wrote them, 30 hours ago
+        os.utime(plain.path_of(r.key), (started.timestamp(), started.timestamp()))
+    lease = StoreLease(plain, f"{BACKUP_LEASE_PREFIX}{running}", "archiver backup app (this test)")
+    if with_lease:
+        lease.acquire()
+
+    def finish() -> None:
+        manifest.write_json(plain, manifest.backup_manifest_key(running), {
+            "format_version": 1, "kind": "backup", "id": running, "policy": "app", "database": {"name": "app"},
+            "snapshot_time": isoformat(started), "started_at": isoformat(started), "finished_at": isoformat(now),
+            "objects": {role: {"key": r.key, "size": r.size, "sha256": r.sha256, "codec": "zstd"}
+                        for role, r in objects.items()}})
+        if with_lease:
+            lease.release()
+
+    store = FinishingDuringPrune(tmp_path / "store", finish)
+    path = write_policy(tmp_path / "policies", "app", "host=127.0.0.1 dbname=app", store.url,
+                        backup={"retention": {"keep_last": 5}})
+    result = run_prune(load_policy(path), store=store, now=now)
+    assert result.metrics["leftovers_deleted"] == 0, result.lines
+    for r in objects.values():
+        assert plain.head(r.key) is not None and plain.head(r.key).size == r.size  # type: ignore[union-attr]
+    assert [entry.id for entry in manifest.list_backups(plain)] == [previous, running]
+    verdicts = [line for line in result.lines if f"backups/{running}/" in line]
+    assert len(verdicts) == 2
+    if with_lease:  # decided from the lease read before the listing
+        assert all(f"keep: backup {running} is running" in line for line in verdicts), verdicts
+    else:  # decided "delete" from the listing; the manifest found right before deleting saved it
+        assert all("delete: older than orphan_grace 1d" in line for line in verdicts), verdicts

@@ -22,8 +22,8 @@ import pytest
 
 from archiver import db
 from archiver.owner import process_start
-from archiver.scratch import ContainerPostgres, LocalPostgres, _run_as
-from archiver.scratch_sweep import OWNER_FILE, SCRATCH_PREFIX, sweep
+from archiver.scratch import ContainerPostgres, LocalPostgres, sweep_dead_scratch
+from archiver.scratch_sweep import OWNER_FILE, SCRATCH_PREFIX
 from archiver.storage import LocalStore
 from archiver.tasks.backup import run_backup
 from tests.backup_helpers import load_policy
@@ -91,15 +91,14 @@ def test_a_live_owner_and_a_directory_without_an_owner_record_are_never_touched(
     unknown = base / f"{SCRATCH_PREFIX}older-archiver"
     (unknown / "data").mkdir(parents=True)
     with LocalPostgres(base_dir=str(base), timescaledb=False, listen_tcp=False) as live:
-        assert sweep(base, run_as=_run_as()) == []
+        assert sweep_dead_scratch(base) == []
         assert live.started and db.query(live.dsn(), "SELECT 1") == [(1,)]
         assert unknown.exists() and live.workdir is not None and live.workdir.exists()
         # another process's sweep: our flock tells it we are alive
         probe = textwrap.dedent(f"""
             from pathlib import Path
-            from archiver.scratch import _run_as
-            from archiver.scratch_sweep import sweep
-            print(sweep(Path({str(base)!r}), run_as=_run_as()))
+            from archiver.scratch import sweep_dead_scratch
+            print(sweep_dead_scratch(Path({str(base)!r})))
         """)
         other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=PROJECT)
         assert other.returncode == 0 and other.stdout.strip() == "[]", other.stderr

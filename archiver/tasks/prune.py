@@ -9,8 +9,12 @@ A backup in progress owns objects that have no manifest yet. It holds a lease
 (``locks/backup-<id>.json``, renewed while it runs): whatever is under ``backups/<id>/`` of a
 live lease is kept, however old. Objects without a manifest and writes never completed (pending
 multipart uploads, temp files) of runs without a live lease are removed once older than
-``orphan_grace``, counted from the later of the store's time and the backup's start. The leases
-are read after the listings, so a backup whose objects were listed is seen with its lease.
+``orphan_grace``, counted from the later of the store's time and the backup's start.
+
+The leases are read before the listings: a backup running when prune starts stays protected
+even if it finishes (and releases its lease) while prune works, and one that starts later is
+younger than ``orphan_grace`` (at least an hour). Right before an orphan is deleted, prune
+checks once more that its backup still has no manifest.
 """
 
 from __future__ import annotations
@@ -56,18 +60,11 @@ def _born(key: str) -> datetime | None:
 
 
 class _BackupLeases:
-    """The backup leases in the store, read once, on first use: after the listings they protect."""
+    """The backup leases in the store, as read before the listings they protect."""
 
     def __init__(self, store: Store) -> None:
-        self._store = store
-        self._leases: dict[str, LeaseRecord] | None = None
-
-    @property
-    def by_backup(self) -> dict[str, LeaseRecord]:
-        if self._leases is None:
-            self._leases = {lease.name[len(BACKUP_LEASE_PREFIX):]: lease
-                            for lease in read_leases(self._store, BACKUP_LEASE_PREFIX)}
-        return self._leases
+        self.by_backup = {lease.name[len(BACKUP_LEASE_PREFIX):]: lease
+                          for lease in read_leases(store, BACKUP_LEASE_PREFIX)}
 
     def protects(self, key: str) -> str | None:
         """Why ``key`` must stay: the backup it belongs to is running (its lease is live, by the real clock)."""
@@ -145,11 +142,10 @@ def run_prune(policy: Policy, *, dry_run: bool = False, now: datetime | None = N
     store = store or open_store(policy.storage)
     now = now or utcnow()
     where = store.describe(manifest.BACKUPS_PREFIX)
-    leases = _BackupLeases(store)
-    judge = _Judge(leases, now, rules.orphan_grace)
     try:
+        leases = _BackupLeases(store)  # first: see the module's docstring
+        judge = _Judge(leases, now, rules.orphan_grace)
         scan = manifest.scan_backups(store)
-        # the leases are read when first asked about, here or below: after both listings
         pending = judge_pending_uploads(store, manifest.BACKUPS_PREFIX, older_than=judge.cutoff,
                                         protect=lambda write: leases.protects(write.key), born=_born)
         leftovers = _orphans(scan.orphans, judge) + _pending(pending, judge) + _dead_leases(leases, judge)
@@ -173,9 +169,7 @@ def run_prune(policy: Policy, *, dry_run: bool = False, now: datetime | None = N
         for entry in doomed:
             _delete_backup(store, entry)
         abort_uploads(store, pending)
-        for item in removable:
-            if item.write is None:
-                _delete_leftover(store, item)
+        removable = [item for item in removable if item.write is not None or _delete_leftover(store, item)]
     freed = sum(entry.size for entry in doomed) + sum(item.size for item in removable)
     kept = len(decisions) - len(doomed)
     verb = "would delete" if dry_run else "deleted"
@@ -216,6 +210,12 @@ def _delete_backup(store: Store, entry: manifest.BackupEntry) -> None:
     logger.info("prune.deleted", extra=log.fields(backup_id=entry.id, objects=len(rest)))
 
 
-def _delete_leftover(store: Store, item: Leftover) -> None:
+def _delete_leftover(store: Store, item: Leftover) -> bool:
+    """Delete an orphan or a dead lease, unless its backup got a manifest since the listing."""
+    backup_id = manifest.backup_id_of(item.key)
+    if backup_id and store.head(manifest.backup_manifest_key(backup_id)) is not None:
+        logger.warning("prune.leftover_kept", extra=log.fields(key=item.key, reason="its backup has a manifest now"))
+        return False
     store.delete(item.key)
     logger.info("prune.leftover_deleted", extra=log.fields(key=item.key, what=item.what))
+    return True
