@@ -60,7 +60,8 @@ def claim(directory: Path, *, bindir: Path) -> OwnerClaim:
     fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        record = {"owner": ProcessIdentity.current().to_json(), "bindir": str(bindir), "created_at": isoformat(utcnow())}
+        record = {"owner": ProcessIdentity.current().to_json(), "bindir": str(bindir),
+                  "created_at": isoformat(utcnow())}
         os.write(fd, json.dumps(record).encode())
         os.rename(temporary, directory / OWNER_FILE)
     except BaseException:
@@ -131,7 +132,7 @@ def _remove_dead(directory: Path, record: dict[str, Any], run_as: dict[str, Any]
     text = (f"removed scratch directory {directory} of {whose}, which died"
             + (f" (stopped its PostgreSQL, pid {postmaster})" if postmaster is not None else ""))
     logger.warning("scratch.dead_owner_removed", extra=log.fields(directory=str(directory), owner=whose,
-                                                                  postmaster_pid=postmaster, gone=not directory.exists()))
+                                                                  postmaster_pid=postmaster))
     return text
 
 

@@ -49,10 +49,10 @@ def restore_argv(policy_path: Path, target: str) -> list[str]:
 
 def restore_lock_holders(server: LocalPostgres) -> list[int]:
     """Client pids of the archiver restores that hold an advisory lock on the server right now."""
-    rows = db.query(server.dsn(), "SELECT a.client_port, a.application_name FROM pg_locks l "
-                                  "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+    rows = db.query(server.dsn(), "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                                  "WHERE l.locktype = 'advisory' AND l.granted "
                                   "AND a.application_name LIKE 'archiver restore app %'")
-    return [int(name.rsplit(" pid ", 1)[1]) for _, name in rows]
+    return [int(name.rsplit(" pid ", 1)[1]) for (name,) in rows]
 
 
 def wait_for(condition: Any, what: str, timeout: float = 120) -> None:
