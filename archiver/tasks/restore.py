@@ -399,7 +399,7 @@ def recheck_target(plan: RestorePlan) -> None:
     try:
         _check_contents(fresh, plan.clean_requested)
     except TargetUnsuitable as exc:
-        exc.hint = f"{changed}; {exc.hint}" if plan.create_database else exc.hint
+        exc.hint = f"{changed}; {exc.hint}"  # the plan passed this same check
         raise
     if (fresh.clean, fresh.create_extension) != (plan.clean, plan.create_extension):
         now = "empty" if fresh.clean == "none" else f"not empty ({facts.contents.describe()})"
