@@ -360,8 +360,27 @@ def advisory_lock(dsn: str, name: str, *, holder: str) -> Iterator[None]:
     vanished host). ``holder`` is shown to whoever finds the lock busy, as application_name.
     Raises AdvisoryLockBusy at once when another session holds it (no waiting).
     """
-    key = advisory_key(name)
     conn = open_connection(dsn, application_name=holder)
+    with _holding_advisory_lock(conn, dsn, name):
+        yield
+
+
+@contextlib.contextmanager
+def server_advisory_lock(dsn: str, name: str, *, holder: str) -> Iterator[None]:
+    """``advisory_lock`` taken in the server's maintenance database (``postgres``, else ``template1``).
+
+    For a lock about a database that may not exist yet (a restore target): every archiver
+    process picks the same maintenance database, so they exclude each other whether or not
+    the target exists.
+    """
+    conn, _ = _first_connection(_maintenance_dsns(dsn), application_name=holder)
+    with _holding_advisory_lock(conn, dsn, name):
+        yield
+
+
+@contextlib.contextmanager
+def _holding_advisory_lock(conn: psycopg.Connection[Any], dsn: str, name: str) -> Iterator[None]:
+    key = advisory_key(name)
     try:
         got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_NAMESPACE, key)).fetchone()
         if not got or not got[0]:
@@ -1568,24 +1587,27 @@ def _maintenance_dsns(dsn: str) -> list[str]:
     return [dsn_with(dsn, dbname=name) for name in ("postgres", "template1")]
 
 
+def _first_connection(candidates: Sequence[str], *, application_name: str) -> tuple[psycopg.Connection[Any], str]:
+    """A connection to the first of ``candidates`` that accepts one, and that candidate."""
+    last: DatabaseError | None = None
+    for candidate in candidates:
+        try:
+            return open_connection(candidate, application_name=application_name), candidate
+        except DatabaseError as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
 @contextlib.contextmanager
 def _maintenance_connection(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the same server's ``postgres`` (or ``template1``) database."""
-    last: DatabaseError | None = None
-    for candidate in _maintenance_dsns(dsn):
-        try:
-            conn = open_connection(candidate, application_name="archiver restore")
-        except DatabaseError as exc:
-            last = exc
-            continue
-        try:
-            with conn:
-                yield conn
-            return
-        except psycopg.Error as exc:
-            raise DatabaseError(f"database error on {redact_dsn(candidate)}: {_scrub(str(exc), dsn).strip()}") from None
-    assert last is not None
-    raise last
+    conn, candidate = _first_connection(_maintenance_dsns(dsn), application_name="archiver restore")
+    try:
+        with conn:
+            yield conn
+    except psycopg.Error as exc:
+        raise DatabaseError(f"database error on {redact_dsn(candidate)}: {_scrub(str(exc), dsn).strip()}") from None
 
 
 def create_database(dsn: str, options: str = "") -> None:
@@ -1667,9 +1689,14 @@ def run_in_transaction(dsn: str, statements: Sequence[str], *, application_name:
 
 
 def drop_roles(dsn: str, roles: Sequence[str]) -> None:
-    with connect(dsn, application_name="archiver restore (undo)") as conn:
-        for role in reversed(list(roles)):
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    """DROP ROLE, through the DSN's database or, once that is gone, the server's maintenance database."""
+    conn, candidate = _first_connection([dsn, *_maintenance_dsns(dsn)], application_name="archiver restore (undo)")
+    try:
+        with conn:
+            for role in reversed(list(roles)):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    except psycopg.Error as exc:
+        raise DatabaseError(f"database error on {redact_dsn(candidate)}: {_scrub(str(exc), dsn).strip()}") from None
 
 
 _EXTENSION_SCHEMA_SQL = ("SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n "

@@ -6,7 +6,10 @@ Two kinds of lock, both reported at once when busy (exit code 3, naming the hold
   duration; the server frees it when the process dies;
 - a lease object in the store for store-only work (prune, cold expiry, drills), created with a
   create-only write and renewed while the task runs; a holder that died stops renewing, and its
-  lease is taken over once it has expired.
+  lease is taken over once it has expired, or at once when the holder was a process on this
+  host that is gone (the lease records its owner: :mod:`archiver.owner`).
+
+A running backup also holds a lease on its backup id, which prune respects (``backup_lease``).
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from . import db, log
 from .errors import LockBusy, ObjectExists, ObjectNotFound
 from .manifest import read_json, write_json
+from .owner import ProcessIdentity
 from .policy import Policy
 from .storage import Store
 from .timeutil import isoformat, parse_timestamp, utcnow
@@ -76,13 +81,34 @@ def database_lock(policy: Policy, task: str, *, dsn: str | None = None) -> Itera
                               holder=holder_description(task, policy.name or "")):
             yield
     except db.AdvisoryLockBusy as busy:
-        holder = busy.holder
-        who = (f"{holder.application_name or 'an unnamed session'} (server pid {holder.pid}, from {holder.client}) "
-               f"{_describe_since(holder.since)}") if holder else "another session (it ended while we looked)"
         what = f"{task} of policy {policy.name!r}" + (
             f" cannot start: {LOCK_DESCRIPTIONS[lock]} is busy" if lock in LOCK_DESCRIPTIONS else " is already running")
-        raise LockBusy(f"{what}: {where} is held by {who}",
-                       hint="wait for it to finish; the lock is freed when that process ends") from None
+        raise _busy(what, where, busy.holder) from None
+
+
+@contextlib.contextmanager
+def restore_target_lock(policy: Policy, dsn: str) -> Iterator[None]:
+    """The lock of a restore target database, which may not exist yet.
+
+    Held in the server's maintenance database and keyed by the target's name, whatever the
+    policy: two restores into the same database exclude each other from before the database
+    is created until their result is checked.
+    """
+    target = db.parse_dsn(dsn).get("dbname", "")
+    holder = holder_description("restore", policy.name or "")
+    try:
+        with db.server_advisory_lock(dsn, f"restore-target:{target}", holder=holder):
+            yield
+    except db.AdvisoryLockBusy as busy:
+        raise _busy(f"restore into database {target!r} cannot start", f"the restore lock of {db.redact_dsn(dsn)}",
+                    busy.holder) from None
+
+
+def _busy(what: str, where: str, holder: db.LockHolder | None) -> LockBusy:
+    who = (f"{holder.application_name or 'an unnamed session'} (server pid {holder.pid}, from {holder.client}) "
+           f"{_describe_since(holder.since)}") if holder else "another session (it ended while we looked)"
+    return LockBusy(f"{what}: {where} is held by {who}",
+                    hint="wait for it to finish; the lock is freed when that process ends")
 
 
 class StoreLease:
@@ -105,7 +131,8 @@ class StoreLease:
     def _document(self) -> dict[str, Any]:
         now = utcnow()
         return {"holder": self.holder, "token": self.token, "acquired_at": isoformat(self.acquired_at),
-                "renewed_at": isoformat(now), "expires_at": isoformat(now + self.ttl)}
+                "renewed_at": isoformat(now), "expires_at": isoformat(now + self.ttl),
+                "owner": ProcessIdentity.current().to_json()}
 
     def _current(self) -> dict[str, Any] | None:
         try:
@@ -123,15 +150,17 @@ class StoreLease:
                 if current is None:
                     continue  # released while we looked: try again
                 expires = parse_timestamp(str(current.get("expires_at", "1970-01-01T00:00:00Z")))
-                if expires > utcnow():
+                owner = ProcessIdentity.from_json(current.get("owner"))
+                if expires > utcnow() and not (owner and owner.known_dead()):
                     raise LockBusy(
                         f"{self.name} is already running: lease {self.store.describe(self.key)} is held by "
                         f"{current.get('holder', '?')} since {current.get('acquired_at', '?')} "
                         f"(renewed {current.get('renewed_at', '?')}, expires {current.get('expires_at', '?')} "
                         "unless renewed)",
                         hint="wait for it to finish; a holder that died stops renewing and its lease expires") from None
-                _log.warning("lock.lease.takeover", extra=log.fields(lease=self.key, previous_holder=current.get("holder"),
-                                                                     expired_at=current.get("expires_at")))
+                _log.warning("lock.lease.takeover", extra=log.fields(
+                    lease=self.key, previous_holder=current.get("holder"), expired_at=current.get("expires_at"),
+                    reason="expired" if expires <= utcnow() else "its holder's process is gone"))
                 self.store.delete(self.key)
         else:
             raise LockBusy(f"{self.name}: could not create lease {self.store.describe(self.key)} (contended)")
@@ -172,6 +201,56 @@ class StoreLease:
             yield self
         finally:
             self.release()
+
+
+# -- backup leases: what a running backup owns in the store ------------------------------------------
+
+BACKUP_LEASE_PREFIX = "backup-"
+NEVER = datetime.max.replace(tzinfo=timezone.utc)
+
+
+def backup_lease(store: Store, backup_id: str, policy: Policy) -> StoreLease:
+    """The lease a backup holds for its whole run: prune leaves ``backups/<id>/`` alone while it is live."""
+    return StoreLease(store, f"{BACKUP_LEASE_PREFIX}{backup_id}", holder_description("backup", policy.name or ""))
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """A lease object as found in the store."""
+
+    key: str
+    name: str
+    holder: str
+    renewed_at: str
+    expires_at: datetime
+    owner: ProcessIdentity | None = None
+
+    def live(self, now: datetime | None = None) -> bool:
+        """Renewed recently enough (a run that died stops renewing), and not held by a process known to be gone."""
+        return self.expires_at > (now or utcnow()) and not (self.owner and self.owner.known_dead())
+
+    def describe(self) -> str:
+        return f"lease {self.key} held by {self.holder}, renewed {self.renewed_at}"
+
+
+def read_leases(store: Store, name_prefix: str = "") -> list[LeaseRecord]:
+    """Every lease whose name starts with ``name_prefix``; a failed listing raises (callers must not guess)."""
+    found: list[LeaseRecord] = []
+    for info in store.list(f"{LOCKS_PREFIX}{name_prefix}"):
+        if not info.key.endswith(".json"):
+            continue
+        try:
+            document = read_json(store, info.key)
+        except ObjectNotFound:
+            continue  # released while we listed
+        try:
+            expires = parse_timestamp(str(document["expires_at"]))
+        except (KeyError, ValueError):
+            expires = NEVER  # unreadable: treated as live, so nothing it may cover is deleted
+        found.append(LeaseRecord(info.key, info.key[len(LOCKS_PREFIX):-len(".json")], str(document.get("holder", "?")),
+                                 str(document.get("renewed_at", "?")), expires,
+                                 ProcessIdentity.from_json(document.get("owner"))))
+    return found
 
 
 @contextlib.contextmanager

@@ -286,6 +286,16 @@ class StorageConfig:
     timeout: Annotated[Duration, Check(_storage_timeout_range)] = timedelta(minutes=2)
 
 
+ORPHAN_GRACE_MIN = timedelta(hours=1)
+
+
+def _orphan_grace_check(value: timedelta) -> str | None:
+    if value >= ORPHAN_GRACE_MIN:
+        return None
+    return (f"out of range (got {format_duration(value)}; allowed >= {format_duration(ORPHAN_GRACE_MIN)}: prune "
+            "removes objects without a manifest once older than this, and a backup still running has no manifest yet)")
+
+
 @dataclass(frozen=True)
 class RetentionConfig:
     keep_last: Count | None = None
@@ -295,7 +305,7 @@ class RetentionConfig:
     keep_monthly: Count | None = None
     keep_yearly: Count | None = None
     min_keep: Annotated[int, _range(1, MAX_COUNT)] = 1
-    orphan_grace: Duration = timedelta(days=1)
+    orphan_grace: Annotated[Duration, Check(_orphan_grace_check)] = timedelta(days=1)
 
     def rules(self) -> dict[str, int]:
         return {name: value for name, value in (

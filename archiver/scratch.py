@@ -3,6 +3,10 @@
 ``LocalPostgres`` runs ``initdb`` + ``pg_ctl`` in a temporary directory on a free loopback
 port. As root, the server programs run as the ``postgres`` user (initdb refuses root). When the
 TimescaleDB extension is installed for that PostgreSQL, it is preloaded.
+
+Its directory is ``<base_dir or $TMPDIR>/archiver-scratch-*``, with an ``owner.lock`` the
+process holds while it lives; each start first removes the instances there whose owner died
+(:mod:`archiver.scratch_sweep`). Containers carry their owner in a label and are swept the same way.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import db, pgbin
+from . import db, log, pgbin, scratch_sweep
 from .errors import ExternalCommandFailed, TaskFailed
+from .owner import ProcessIdentity
 
 SERVER_USER = "postgres"
+_log = log.get_logger("scratch")
 
 
 def free_port() -> int:
@@ -44,6 +50,11 @@ def _run_as() -> dict[str, Any]:
                          "(initdb refuses root)") from None
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [],
             "env": {**os.environ, "HOME": entry.pw_dir, "USER": SERVER_USER}}
+
+
+def sweep_dead_scratch(parent: Path) -> list[str]:
+    """Stop and remove the local scratch instances in ``parent`` whose owner died; what was removed."""
+    return scratch_sweep.sweep(parent, run_as=_run_as())
 
 
 def _tail(text: str, lines: int = 20) -> str:
@@ -75,6 +86,8 @@ class LocalPostgres:
         self.workdir: Path | None = None
         self.port: int | None = None
         self.started = False
+        self.swept: list[str] = []  # what the start removed of scratch instances whose owner died
+        self._claim: scratch_sweep.OwnerClaim | None = None
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -98,7 +111,9 @@ class LocalPostgres:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "LocalPostgres":
-        self.workdir = Path(tempfile.mkdtemp(prefix="archiver-scratch-", dir=self.base_dir))
+        self.swept = sweep_dead_scratch(Path(self.base_dir or tempfile.gettempdir()))
+        self.workdir = Path(tempfile.mkdtemp(prefix=scratch_sweep.SCRATCH_PREFIX, dir=self.base_dir))
+        self._claim = scratch_sweep.claim(self.workdir, bindir=self.bindir)
         self.workdir.chmod(0o755 if self.listen_tcp else 0o711)
         self.socket_dir.mkdir(mode=0o700)
         if os.geteuid() == 0:
@@ -192,6 +207,9 @@ class LocalPostgres:
                 except ExternalCommandFailed:
                     time.sleep(0.5)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
         self.workdir = None
         self.started = False
 
@@ -222,6 +240,7 @@ def local_postgres(**kwargs: Any) -> Iterator[LocalPostgres]:
 # -- containers ----------------------------------------------------------------------------------
 
 CONTAINER_LABEL = "archiver.scratch"
+OWNER_LABEL = "archiver.scratch.owner"  # the process that started the container (archiver.owner)
 
 
 def detect_engine(preferred: str | None = None) -> str:
@@ -258,6 +277,8 @@ class ContainerPostgres:
         self.startup_timeout = startup_timeout
         self.owner = owner
         self.name = f"archiver-scratch-{owner}-{secrets_token()}"
+        self.owner_process = ProcessIdentity.current()
+        self.swept: list[str] = []
         self.port: int | None = None
         self.password = secrets_token(16)
         self.started = False
@@ -270,7 +291,8 @@ class ContainerPostgres:
         listen = "127.0.0.1" if host_network else "*"
         publish = [] if host_network else ["-p", f"127.0.0.1:{port}:{port}"]
         return [self.engine, *self.engine_args, "run", "-d", "--rm", "--name", self.name,
-                "--label", f"{CONTAINER_LABEL}={self.owner}", "-e", "POSTGRES_PASSWORD",
+                "--label", f"{CONTAINER_LABEL}={self.owner}", "--label", f"{OWNER_LABEL}={self.owner_process.label()}",
+                "-e", "POSTGRES_PASSWORD",
                 "-e", "POSTGRES_HOST_AUTH_METHOD=scram-sha-256", *publish, *self.run_args, self.image,
                 "postgres", "-p", str(port), "-c", f"listen_addresses={listen}", "-c", "fsync=off",
                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_wal_size=2GB"]
@@ -282,6 +304,10 @@ class ContainerPostgres:
 
     def leftovers_argv(self) -> list[str]:
         return [self.engine, *self.engine_args, "ps", "-aq", "--filter", f"label={CONTAINER_LABEL}={self.owner}"]
+
+    def owner_argv(self, container: str) -> list[str]:
+        return [self.engine, *self.engine_args, "inspect", "-f", f'{{{{index .Config.Labels "{OWNER_LABEL}"}}}}',
+                container]
 
     def running_argv(self) -> list[str]:
         return [self.engine, *self.engine_args, "inspect", "-f", "{{.State.Running}}", self.name]
@@ -304,8 +330,17 @@ class ContainerPostgres:
         return result.stdout
 
     def _sweep_leftovers(self) -> None:
+        """Remove this policy's scratch containers whose starting process died (or that carry no owner:
+        an older archiver's, swept by policy label as before); a live owner's container stays."""
         for container in self._engine(self.leftovers_argv(), "listing leftover scratch containers", check=False).split():
+            label = self._engine(self.owner_argv(container), "inspecting a scratch container", check=False).strip()
+            owner = ProcessIdentity.from_label(label) if label and label != "<no value>" else None
+            if label and label != "<no value>" and not (owner and owner.known_dead()):
+                continue
             self._engine(self.remove_argv(container), "removing a leftover scratch container", check=False)
+            whose = owner.describe() if owner else "an older archiver"
+            self.swept.append(f"removed scratch container {container} of {whose}, which died")
+            _log.warning("scratch.dead_owner_removed", extra=log.fields(container=container, owner=whose))
 
     def start(self) -> "ContainerPostgres":
         self._sweep_leftovers()

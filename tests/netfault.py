@@ -187,6 +187,56 @@ class SilentServer:
         self.close()
 
 
+class PausingProxy(_Proxy):
+    """Forwards until ``pause_after_request_bytes`` have gone up, then holds every byte, both ways,
+    until ``resume()``: a slow upload that the test can keep in progress as long as it needs.
+
+    ``paused`` is set when the budget runs out: the run behind the proxy is then certainly mid-upload.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int, pause_after_request_bytes: int) -> None:
+        self.paused = threading.Event()
+        self._resumed = threading.Event()
+        self._budget = pause_after_request_bytes
+        super().__init__(upstream_host, upstream_port)
+
+    def resume(self) -> None:
+        self._resumed.set()
+
+    def _allowed(self, size: int) -> int:
+        with self._lock:
+            allowed = max(0, min(size, self._budget))
+            self._budget -= allowed
+            if allowed < size:
+                self.paused.set()
+            return allowed
+
+    def _pipe(self, source: socket.socket, target: socket.socket, is_request: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if self._resumed.is_set():
+                    target.sendall(data)
+                    continue
+                allowed = self._allowed(len(data)) if is_request else (0 if self.paused.is_set() else len(data))
+                target.sendall(data[:allowed])
+                if allowed < len(data):
+                    self._resumed.wait()
+                    target.sendall(data[allowed:])
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def close(self) -> None:
+        self._resumed.set()
+        super().close()
+
+
 def inject_s3_errors(store: Any, operation: str, failing: Callable[[int], bool], *, status: int = 500) -> list[str]:
     """Answer the n-th request of ``operation`` (n from 1) with an HTTP error before it reaches the
     server whenever ``failing(n)``; returns the URLs of every request seen."""

@@ -15,10 +15,11 @@ import pytest
 from archiver import db
 from archiver.errors import LockBusy
 from archiver.locking import StoreLease, database_lock, task_lock
-from archiver.manifest import write_json
+from archiver.manifest import read_json, write_json
+from archiver.owner import ProcessIdentity, process_start
 from archiver.policy import DatabaseConfig, Policy, Secret, StorageConfig
 from archiver.storage import Store
-from archiver.timeutil import isoformat, utcnow
+from archiver.timeutil import isoformat, parse_timestamp, utcnow
 from datetime import timedelta
 
 
@@ -117,3 +118,37 @@ def test_task_lock_takes_both_kinds_for_retention(database: str, file_store: Sto
     held = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
     assert db.query(database, held) == [(0,)]  # pg_locks is cluster-wide: count this database's only
+
+
+def test_an_unexpired_lease_is_taken_over_at_once_when_its_holder_process_is_gone(file_store: Store) -> None:
+    """A SIGKILLed drill must not block the next one for the lease's ten minutes; a live holder still does."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from archiver.locking import StoreLease
+        from archiver.storage import LocalStore
+        StoreLease(LocalStore({str(file_store.root)!r}), "verify", "archiver verify app (killed)").acquire()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = read_json(file_store, "locks/verify.json")
+    assert left["holder"] == "archiver verify app (killed)" and left["owner"]["pid"] != os.getpid()
+    assert parse_timestamp(left["expires_at"]) > utcnow()  # not expired: only the owner's death frees it
+    with StoreLease(file_store, "verify", "the next drill").held():
+        assert read_json(file_store, "locks/verify.json")["holder"] == "the next drill"
+        with pytest.raises(LockBusy, match="held by the next drill"):
+            StoreLease(file_store, "verify", "a third").acquire()  # its holder (this process) is alive
+
+
+def test_a_process_identity_is_judged_dead_only_when_certain() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    alive = ProcessIdentity(ProcessIdentity.current().host, ProcessIdentity.current().pid_namespace, child.pid,
+                            process_start(child.pid) or "")
+    assert alive.start and not alive.known_dead()
+    child.kill()
+    child.wait()
+    assert alive.known_dead()
+    assert not ProcessIdentity.current().known_dead()
+    assert not ProcessIdentity("another-host", alive.pid_namespace, child.pid, alive.start).known_dead()
+    assert not ProcessIdentity(alive.host, "pid:[1]", child.pid, alive.start).known_dead()  # another container
+    assert ProcessIdentity.from_label(alive.label()) == alive

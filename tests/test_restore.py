@@ -276,10 +276,10 @@ def test_two_restores_into_one_target_do_not_run_at_once(
         tmp_path: Path, rich_database: tuple[str, str], file_store: Store, target_server: LocalPostgres) -> None:
     source, _ = rich_database
     path, _ = backed_up(tmp_path, source, file_store, None)
-    _, target = new_database(target_server)
-    with db.advisory_lock(target, "app:restore", holder="archiver restore app (another engineer)"):
+    name, target = new_database(target_server)
+    with db.server_advisory_lock(target, f"restore-target:{name}", holder="archiver restore app (another engineer)"):
         result = restore(path, target, "--yes")
     assert result.code == 3, result.output
-    assert "restore of policy 'app' is already running" in result.stderr
+    assert f"restore into database '{name}' cannot start: the restore lock of" in result.stderr
     assert "archiver restore app (another engineer)" in result.stderr
     assert user_tables(target) == []

@@ -53,9 +53,10 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
 
     Prints the plan (backup, its age and size, source versions, target, what --clean drops) and asks
     before it writes anything. Exit codes: 0 restored and matching the manifest, 1 failed (the target
-    is put back as it was), 2 refused (the message says why), 4 the backup does not match its
-    manifest (corrupt or missing object, or restored rows differ), 5 restored, but some of the source
-    database's settings, comment or privileges could not be applied (each is listed).
+    is put back as it was), 2 refused (the message says why), 3 another restore into the same
+    target is running, 4 the backup does not match its manifest (corrupt or missing object, or
+    restored rows differ: a database the restore created is dropped again), 5 restored, but some of
+    the source database's settings, comment or privileges could not be applied (each is listed).
     """
     request = RestoreRequest(target=target, backup_id=backup_id, before=parse_before(before) if before else None,
                              clean=clean, jobs=jobs, work_dir=work_dir, dry_run=dry_run, checksums=checksums,

@@ -4,6 +4,11 @@ A backup is pg_dump (custom format, uncompressed) streamed through zstd/gzip int
 the cluster's roles (pg_dumpall --globals-only) as a second object, and a manifest written
 last. Row counts and content checksums are taken in the snapshot pg_dump dumps. Nothing of a
 failed run stays visible: uploads are aborted, committed objects removed, no manifest written.
+
+For its whole run a backup holds a lease on its id (``locks/backup-<id>.json``, renewed), so
+prune leaves its objects alone however long it takes; right before the manifest is written,
+every object it will reference is looked at again (present, with the size written), and the
+manifest is not written otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 from .. import __version__, db, dump, log, manifest, sysinfo
 from ..compress import SUFFIXES, CompressingWriter
 from ..errors import ArchiverError, TaskFailed, UsageError
+from ..locking import StoreLease, backup_lease
 from ..policy import BackupConfig, PgDumpConfig, Policy
 from ..progress import NULL_PROGRESS, Progress
 from ..storage import PutResult, Store, open_store
@@ -115,8 +121,10 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
     logger.info("backup.start", extra=log.fields(policy=policy.name, backup_id=backup_id, store=store.url,
                                                  database=db.redact_dsn(dsn)))
     written: list[str] = []
-    with db.exported_snapshot(dsn, connect_timeout=policy.database.connect_timeout,
-                              lock_timeout_ms=dump.lock_wait_timeout_ms(lock_timeout) if lock_timeout else None) as session:
+    with backup_lease(store, backup_id, policy).held() as lease, \
+            db.exported_snapshot(dsn, connect_timeout=policy.database.connect_timeout,
+                                 lock_timeout_ms=dump.lock_wait_timeout_ms(lock_timeout) if lock_timeout else None
+                                 ) as session:
         facts = session.facts()
         pg_dump = dump.find_tool("pg_dump", facts.server_version_num, policy.database.pg_bin_dir)
         pg_dumpall = dump.find_tool("pg_dumpall", facts.server_version_num, policy.database.pg_bin_dir) \
@@ -136,7 +144,6 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
             dump_object, stderr = _dump_database(store, backup_id, dsn, facts, argv, config, progress)
             written.append(dump_object.result.key)
             stats = stats_job.result()
-            _check_stored(store, [obj for obj in (dump_object, globals_object) if obj is not None])
             finished = utcnow()
             duration = time.monotonic() - clock
             document = _manifest_document(
@@ -144,6 +151,7 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
                 duration=duration, pg_dump=pg_dump, pg_dumpall=pg_dumpall, argv=argv, config=config,
                 dump_object=dump_object, globals_object=globals_object, stats=stats, stderr=stderr,
                 hypertables=hypertables, properties=properties)
+            _check_stored(store, [obj for obj in (dump_object, globals_object) if obj is not None], lease)
             manifest_result = manifest.write_json(store, manifest.backup_manifest_key(backup_id), document,
                                                   if_absent=True)
         except BaseException as exc:
@@ -197,14 +205,15 @@ def _dump_database(store: Store, backup_id: str, dsn: str, facts: db.DatabaseFac
     return StoredObject(out.result, compression.codec, compressor.level, compressor.bytes_in), child.stderr
 
 
-def _check_stored(store: Store, objects: list[StoredObject]) -> None:
-    """Each object is there with the size that was written, before a manifest vouches for it."""
+def _check_stored(store: Store, objects: list[StoredObject], lease: StoreLease) -> None:
+    """Right before the manifest vouches for them: each object is there with the size that was written."""
     for obj in objects:
         info = store.head(obj.result.key)
         if info is None or info.size != obj.result.size:
             found = "missing" if info is None else f"{info.size} bytes"
-            raise TaskFailed(f"{store.describe(obj.result.key)} is {found} right after upload "
-                             f"(wrote {obj.result.size} bytes)")
+            lost = f"; the backup's lease {lease.key} was lost meanwhile" if lease.lost else ""
+            raise TaskFailed(f"{store.describe(obj.result.key)} is {found} before its manifest was written "
+                             f"(wrote {obj.result.size} bytes{lost}): no manifest written")
 
 
 def _remove(store: Store, keys: list[str]) -> None:

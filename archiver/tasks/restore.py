@@ -18,12 +18,21 @@ The steps, and why they are in this order:
    ``--jobs N`` (plain databases) and ``--clean`` of a TimescaleDB target instead spool the
    dump to ``--work-dir`` and check it completely before anything touches the target.
 4. ``timescaledb_post_restore()``, then row counts on a new connection, compared with the
-   manifest's (counted in the dump's own snapshot).
+   manifest's (counted in the dump's own snapshot). When they differ (or cannot be counted),
+   the restore is unproven: a database this run created is dropped again, with the roles it
+   created; in a database that existed before, nothing is dropped and the result says what
+   was left there.
+
+Steps 3 and 4 run under the target's lock (:func:`archiver.locking.restore_target_lock`), taken
+in the server's maintenance database before anything is created, so two restores into the same
+database never overlap; under it the target is inspected again, and a target that is no longer
+as the plan found it (created, filled or emptied meanwhile) is refused with nothing written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import shutil
 import tempfile
@@ -41,7 +50,7 @@ from ..errors import ArchiverError, ExternalCommandFailed, ObjectNotFound, TaskF
 from ..globals_sql import RolesPlan, plan_roles
 from ..integrity import CheckedObject, ObjectMismatch, precheck, read_verified
 from ..prefetch import Prefetch
-from ..locking import database_lock
+from ..locking import restore_target_lock
 from ..policy import Policy
 from ..progress import NULL_PROGRESS, Progress
 from ..storage import Store, open_store
@@ -197,6 +206,7 @@ class RestorePlan:
     roles: RolesPlan | None = None
     no_tablespaces: bool = False
     kept_tables: list[str] = field(default_factory=list)  # with --clean: target tables the backup lacks
+    clean_requested: bool = False  # --clean was given (``clean`` says what it means for this target)
     notes: list[str] = field(default_factory=list)
     globals_script: bytes = b""
     properties: dbprops.DatabaseProperties | None = None  # the source database's, when the manifest records them
@@ -302,7 +312,8 @@ def plan_restore(store: Store, entry: manifest.BackupEntry, target_dsn: str, *, 
         target = db.inspect_server(target_dsn, extensions)
         create_database = True
     tool = _pg_restore_tool(source, target, pg_bin_dir)
-    plan = RestorePlan(policy, source, target_dsn, target, tool, create_database=create_database, jobs=jobs)
+    plan = RestorePlan(policy, source, target_dsn, target, tool, create_database=create_database, jobs=jobs,
+                       clean_requested=clean)
     _check_versions(plan)
     _check_contents(plan, clean)
     _check_privileges(plan)
@@ -424,6 +435,40 @@ def _check_contents(plan: RestorePlan, clean: bool) -> None:
         plan.kept_tables = [name for name in contents.tables if name not in backup_tables]
 
 
+def recheck_target(plan: RestorePlan) -> None:
+    """Under the target's lock: the target is still as the plan found it, or TargetUnsuitable (exit 2).
+
+    Between the plan and the lock another restore may have created and filled the database, or
+    someone may have emptied or dropped it. A database that appeared empty is restored into but
+    is not this run's to drop.
+    """
+    changed = "the target changed after the plan was made (another restore?); nothing was written"
+    extensions = sorted(set(plan.source.extensions) - {"plpgsql"})
+    try:
+        facts = db.inspect_target(plan.target_dsn, extensions)
+    except db.DatabaseMissing:
+        if plan.create_database:
+            return
+        raise TargetUnsuitable(f"database {plan.target_name} no longer exists; it did when the plan was made",
+                               hint="rerun the restore to see a new plan; nothing was written") from None
+    fresh = dataclasses.replace(plan, target=facts, create_database=False, clean="none", create_extension=False,
+                                kept_tables=[], notes=[])
+    try:
+        _check_contents(fresh, plan.clean_requested)
+    except TargetUnsuitable as exc:
+        exc.hint = f"{changed}; {exc.hint}"  # the plan passed this same check
+        raise
+    if (fresh.clean, fresh.create_extension) != (plan.clean, plan.create_extension):
+        now = "empty" if fresh.clean == "none" else f"not empty ({facts.contents.describe()})"
+        raise TargetUnsuitable(f"the target database {plan.target_name} is now {now}, unlike when the plan was made",
+                               hint=f"{changed}; rerun the restore to see a new plan")
+    if plan.create_database:
+        plan.create_database = False
+        plan.notes.append(f"database {plan.target_name} was created by someone else after the plan, empty: restored "
+                          "into it, and never dropped by this run")
+    plan.target, plan.kept_tables = facts, fresh.kept_tables
+
+
 def _check_privileges(plan: RestorePlan) -> None:
     target = plan.target
     if plan.create_database and not (target.superuser or target.create_db):
@@ -500,6 +545,7 @@ class RestoreOutcome:
     stored_bytes: int = 0
     dump_bytes: int = 0
     roles_created: list[str] = field(default_factory=list)
+    created_database: bool = False  # this run created the target database (so only this run may drop it)
     started_at: datetime = field(default_factory=utcnow)
     properties_failed: list[tuple[str, str]] = field(default_factory=list)  # (statement, error)
 
@@ -529,8 +575,16 @@ class _Undo:
         self._steps.clear()
 
     def run(self) -> tuple[list[str], list[str]]:
+        """Every step, newest first; what was done and what failed."""
+        return self._run(list(reversed(self._steps)))
+
+    def run_in_order(self) -> tuple[list[str], list[str]]:
+        """Every step, in the order added (a database before the roles that own objects in it)."""
+        return self._run(list(self._steps))
+
+    def _run(self, steps: list[tuple[str, Callable[[], None]]]) -> tuple[list[str], list[str]]:
         done, failed = [], []
-        for what, action in reversed(self._steps):
+        for what, action in steps:
             try:
                 action()
                 done.append(what)
@@ -559,9 +613,11 @@ class _StepCounter:
         return count
 
 
-def execute_restore(plan: RestorePlan, store: Store, *, progress: Progress = NULL_PROGRESS,
-                    lock_policy: Policy | None = None) -> RestoreOutcome:
-    """Carry out a plan. On a failure before pg_restore commits, the target is put back as it was."""
+def execute_restore(plan: RestorePlan, store: Store, *, progress: Progress = NULL_PROGRESS) -> RestoreOutcome:
+    """Carry out a plan. On a failure before pg_restore commits, the target is put back as it was.
+
+    The caller holds the target's lock (``archiver restore``) or owns the server (a drill's scratch instance).
+    """
     outcome = RestoreOutcome(stored_bytes=int(plan.source.dump["size"]),
                              dump_bytes=int(plan.source.dump.get("uncompressed_size") or 0))
     undo = _Undo()
@@ -575,9 +631,8 @@ def execute_restore(plan: RestorePlan, store: Store, *, progress: Progress = NUL
                 clock = time.monotonic()  # the target is untouched until here
             if plan.create_database:
                 restore_props.create_database(plan)
+                outcome.created_database = True
                 undo.add(f"dropped database {plan.target_name}", lambda: db.drop_database(plan.target_dsn))
-            if lock_policy is not None:
-                stack.enter_context(database_lock(lock_policy, "restore", dsn=plan.target_dsn))
             if plan.clean == "drop_all":
                 db.clean_database(plan.target_dsn)
                 undo.clear()
@@ -859,13 +914,20 @@ def run_restore(policy: Policy, request: RestoreRequest, *, confirm: Confirm, pr
         raise TaskFailed("restore not confirmed: nothing was changed")
     logger.info("restore.start", extra=log.fields(policy=policy.name, backup_id=entry.id,
                                                   target=db.redact_dsn(request.target), mode=plan.mode))
-    outcome = execute_restore(plan, store, progress=progress, lock_policy=policy)
-    clock = time.monotonic()
-    progress.phase("counting rows", total=len(plan.source.tables), unit="tables")
-    checks = compare_tables(request.target, plan.source, checksums=request.checksums)
-    matviews = restore_props.compare_matviews(request.target, plan.source)
-    progress.done()
-    return _restore_result(policy, plan, outcome, checks, matviews, time.monotonic() - clock)
+    with restore_target_lock(policy, plan.target_dsn):
+        recheck_target(plan)
+        outcome = execute_restore(plan, store, progress=progress)
+        clock = time.monotonic()
+        progress.phase("counting rows", total=len(plan.source.tables), unit="tables")
+        try:
+            checks = compare_tables(request.target, plan.source, checksums=request.checksums)
+            matviews = restore_props.compare_matviews(request.target, plan.source)
+        except BaseException as exc:
+            _withdraw_unproven(plan, outcome, exc)
+            raise
+        progress.done()
+        aftermath = _withdraw_unproven(plan, outcome) if any(not check.ok for check in checks) else None
+    return _restore_result(policy, plan, outcome, checks, matviews, time.monotonic() - clock, aftermath)
 
 
 def check_target_dsn(dsn: str, *, source: str, typed: bool) -> None:
@@ -875,6 +937,33 @@ def check_target_dsn(dsn: str, *, source: str, typed: bool) -> None:
     log.register_secret(params.get("password"))
     if typed:
         refuse_password_in_argv(dsn)
+
+
+def _withdraw_unproven(plan: RestorePlan, outcome: RestoreOutcome, exc: BaseException | None = None) -> str:
+    """A committed restore the manifest does not vouch for: drop what this run created, say what stays.
+
+    Only a database this run created is dropped (with the roles it created); a database that
+    existed before keeps what pg_restore committed, and the returned text says so.
+    """
+    name = plan.target_name
+    if outcome.created_database:
+        undo = _Undo()
+        undo.add(f"dropped database {name}, which this restore had created", lambda: db.drop_database(plan.target_dsn))
+        if outcome.roles_created:
+            roles = list(outcome.roles_created)
+            undo.add(f"dropped the {len(roles)} role(s) it had created ({', '.join(roles)})",
+                     lambda: db.drop_roles(plan.target_dsn, roles))
+        done, failed = undo.run_in_order()
+        state = "; ".join(done + [f"could not undo: {text}" for text in failed])
+    else:
+        roles = f"; roles it created stay too: {', '.join(outcome.roles_created)}" if outcome.roles_created else ""
+        state = (f"the restored objects stay in database {name}, which existed before this restore, so archiver does "
+                 f"not drop it{roles}; drop them, or restore another backup with --clean")
+    logger.error("restore.unproven", extra=log.fields(backup_id=plan.source.entry.id, target_state=state,
+                                                      error=log.scrub(str(exc)) if exc else "rows differ"))
+    if isinstance(exc, ArchiverError):
+        exc.hint = f"{exc.hint}; {state}" if exc.hint else state
+    return state
 
 
 def refuse_password_in_argv(dsn: str) -> None:
@@ -894,7 +983,8 @@ def _source_dsn(policy: Policy) -> str | None:
 
 
 def _restore_result(policy: Policy, plan: RestorePlan, outcome: RestoreOutcome, checks: list[TableCheck],
-                    matviews: list[restore_props.MatviewCheck], count_seconds: float) -> TaskResult:
+                    matviews: list[restore_props.MatviewCheck], count_seconds: float,
+                    aftermath: str | None = None) -> TaskResult:
     bad = [check for check in checks if not check.ok]
     rows = sum(check.rows or 0 for check in checks)
     compared = "row counts and checksums" if any(c.expected_checksum for c in checks) else "row counts"
@@ -904,6 +994,7 @@ def _restore_result(policy: Policy, plan: RestorePlan, outcome: RestoreOutcome, 
     if bad:
         lines.append(f"MISMATCH {len(bad)} of {len(checks)} tables differ from the manifest's {compared}:")
         lines += [f"  {check.describe()}" for check in bad]
+        lines.append(f"the restore is unproven: {aftermath}")
     else:
         lines.append(f"{compared}: all {len(checks)} tables match the manifest")
     lines += _properties_lines(plan, outcome)
@@ -918,7 +1009,7 @@ def _restore_result(policy: Policy, plan: RestorePlan, outcome: RestoreOutcome, 
     logger.info("restore.done", extra=log.fields(policy=policy.name, backup_id=plan.source.entry.id,
                                                  mismatched=len(bad), metrics=metrics, durations=outcome.durations()))
     summary = (f"restore of {plan.source.entry.id} into {plan.target_name}: "
-               + (f"{len(bad)} of {len(checks)} tables DIFFER from the manifest" if bad else
+               + (f"{len(bad)} of {len(checks)} tables DIFFER from the manifest ({aftermath})" if bad else
                   f"{len(checks)} tables, {rows:,} rows, matching the manifest") + f", RTO {outcome.seconds:.1f}s")
     if outcome.properties_failed:
         summary += f"; {len(outcome.properties_failed)} of the source database's properties NOT applied (see above)"
@@ -926,7 +1017,7 @@ def _restore_result(policy: Policy, plan: RestorePlan, outcome: RestoreOutcome, 
     return TaskResult(policy=policy.name or "", task="restore", status=status,
                       summary=summary, lines=lines, metrics=metrics,
                       data={"backup": plan.source.entry.id, "plan": plan.to_json(), "durations": outcome.durations(),
-                            "tables": [check.to_json() for check in checks],
+                            "tables": [check.to_json() for check in checks], "unproven": aftermath,
                             "materialized_views": [check.to_json() for check in matviews],
                             "database_properties_failed": [{"statement": statement, "error": error}
                                                            for statement, error in outcome.properties_failed]})

@@ -169,6 +169,8 @@ def _scratch_facts(kind: str, config: ScratchConfig, instance: LocalPostgres | C
         facts.update(image=instance.image, engine=instance.engine)
     else:
         facts.update(bin_dir=str(instance.bindir), timescaledb_preloaded=instance.timescaledb)
+    if instance.swept:
+        facts["swept"] = instance.swept  # scratch instances of drills that died, removed before this one started
     return facts
 
 
