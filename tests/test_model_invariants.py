@@ -66,6 +66,8 @@ class Model:
         self.ever: set[tuple[int, int]] = set()
         self.dirty_days: set[datetime] = set()  # days where the user deleted/changed rows the lake held
         self.steps: list[str] = []
+        self.last_lines: list[str] = []  # what the last archive/retention said, but for skips
+        self.settled = False
         self.rules: list[tuple[int, Callable[[], str]]] = [
             (6, self.insert), (2, self.delete), (2, self.update), (3, self.time_passes), (4, self.archive),
             (3, self.retention), (4, self.settle), (4, self.restore_archive), (1, self.backup_and_prune),
@@ -160,16 +162,24 @@ class Model:
 
     # -- archiver ---------------------------------------------------------------------------------
 
+    def _remember(self, result: Any) -> str:
+        self.last_lines = [line for line in result.lines if not line.startswith(("skip", "wait"))]
+        return str(result.summary)
+
     def archive(self) -> str:
-        return f"archive: {run_archive(self.world.policy, now=self.clock, store=self.world.store).summary}"
+        return f"archive: {self._remember(run_archive(self.world.policy, now=self.clock, store=self.world.store))}"
 
     def retention(self) -> str:
-        return f"retention: {run_retention(self.world.policy, now=self.clock, store=self.world.store).summary}"
+        return (f"retention: "
+                f"{self._remember(run_retention(self.world.policy, now=self.clock, store=self.world.store))}")
 
     def settle(self) -> str:
         """archive then retention with nothing in between; then (c) must hold."""
-        text = f"settle: {self.archive()} | {self.retention()}"
-        self.check_settled()
+        archived = self.archive()
+        lines = self.last_lines
+        text = f"settle: {archived} | {self.retention()}"
+        self.last_lines = lines + self.last_lines
+        self.settled = True
         return text
 
     def restore_archive(self) -> str:
@@ -205,7 +215,8 @@ class Model:
 
     def fail(self, what: str) -> None:
         raise ModelFailure(f"{self.kind}, seed {self.seed} (replay: ARCHIVER_MODEL_SEED={self.seed}): {what}\n"
-                           "steps:\n  " + "\n  ".join(self.steps))
+                           "steps:\n  " + "\n  ".join(self.steps) + "\nthe last archive/retention said:\n  "
+                           + "\n  ".join(self.last_lines[-30:]))
 
     def check(self) -> None:
         database = self.world.database_rows()
@@ -245,14 +256,20 @@ class Model:
         weights = [weight for weight, _ in self.rules]
         for _ in range(steps):
             (rule,) = self.rng.choices([rule for _, rule in self.rules], weights=weights)
-            try:
-                self.steps.append(rule())
-            except ModelFailure:
-                raise
-            except Exception as exc:
-                self.fail(f"{rule.__name__} raised {type(exc).__name__}: {exc}")
-            self.check()
-        self.steps.append(self.settle())
+            self.step(rule)
+        self.step(self.settle)
+
+    def step(self, rule: Callable[[], str]) -> None:
+        self.settled = False
+        try:
+            self.steps.append(rule())
+        except ModelFailure:
+            raise
+        except Exception as exc:
+            self.fail(f"{rule.__name__} raised {type(exc).__name__}: {exc}")
+        self.check()
+        if self.settled:
+            self.check_settled()
 
 
 def _walks(pg: Any, kind: str) -> None:
