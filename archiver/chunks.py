@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import quote
 
 from . import db
 from . import typemap as tm
 from .errors import UsageError
+from .identity import Identity, SpaceSlice, key_part, show_value, utc_date
 from .policy import ArchiveTable
 
 HYPERTABLE = "hypertable"
@@ -37,6 +37,7 @@ class Chunk:
     start: TimeValue | None  # None: unbounded (MINVALUE)
     end: TimeValue | None  # None: unbounded (MAXVALUE)
     compressed: bool = False
+    space: tuple[SpaceSlice, ...] = ()  # the chunk's slices of the hypertable's space dimensions
 
     @property
     def relation(self) -> str:
@@ -75,6 +76,13 @@ class TableInfo:
         if self.is_integer:
             return next(column.typname for column in self.columns if column.name == self.time_column)
         return self.time_type
+
+    def identity(self, chunk: Chunk) -> Identity:
+        return Identity(self.display, chunk.start, chunk.end, chunk.space)
+
+    def chunk_slices(self) -> dict[str, tuple[SpaceSlice, ...]]:
+        """Space slices of the chunks by name (to place legacy manifests, which record only the name)."""
+        return {chunk.name: chunk.space for chunk in self.chunks}
 
     def plans(self) -> list[tm.ColumnPlan]:
         return tm.plan_columns(self.columns, time_column=self.time_column, text_columns=self.config.text_columns,
@@ -117,40 +125,12 @@ def due(chunks: list[Chunk], boundary: TimeValue) -> list[Chunk]:
 
 
 # --------------------------------------------------------------------------------------------
-# Storage keys
+# Storage keys: by the range's identity (archiver.identity), never by the chunk's name
 
 
-def range_token(value: TimeValue | None, *, unbounded: str) -> str:
-    """A chunk bound in a file name: ``20261101T000000Z``, an integer, or ``min``/``max``."""
-    if value is None:
-        return unbounded
-    if isinstance(value, int):
-        return str(value)
-    moment = value.astimezone(timezone.utc)
-    text = f"{moment:%Y%m%dT%H%M%S}"
-    if moment.microsecond:
-        text += f".{moment.microsecond:06d}"
-    return text + "Z"
-
-
-def key_part(text: str) -> str:
-    """A name made safe for one key segment (no '/', nothing readers would misparse)."""
-    return quote(text, safe="_.$-")
-
-
-def chunk_stem(chunk: Chunk) -> str:
-    return (f"{key_part(chunk.name)}_{range_token(chunk.start, unbounded='min')}_"
-            f"{range_token(chunk.end, unbounded='max')}")
-
-
-def partition_date(chunk: Chunk, time_unit: str | None) -> date:
-    """The UTC date of the chunk's start (its end when it has no start), for Hive-style paths."""
-    value = chunk.start if chunk.start is not None else chunk.end
-    if value is None:
-        return EPOCH.date()
-    if isinstance(value, int):
-        return integer_to_datetime(value, time_unit or "s").date()
-    return value.astimezone(timezone.utc).date()
+def partition_date(value: TimeValue | None, time_unit: str | None) -> date:
+    """The UTC date of a range's start, for Hive-style paths."""
+    return utc_date(value, lambda number: integer_to_datetime(number, time_unit or "s"))
 
 
 def table_prefix(database: str, table: TableInfo | str) -> str:
@@ -158,16 +138,24 @@ def table_prefix(database: str, table: TableInfo | str) -> str:
     return f"{key_part(database)}/{key_part(name)}"
 
 
-def data_key(database: str, table: TableInfo, chunk: Chunk) -> str:
-    """``archive/<database>/<schema>.<table>/year=YYYY/month=MM/day=DD/<chunk>_<start>_<end>.parquet``"""
-    day = partition_date(chunk, table.config.time_unit)
-    return (f"archive/{table_prefix(database, table)}/year={day.year:04d}/month={day.month:02d}/"
-            f"day={day.day:02d}/{chunk_stem(chunk)}.parquet")
+def data_prefix(database: str, table: TableInfo | str) -> str:
+    return f"archive/{table_prefix(database, table)}/"
 
 
-def manifest_key(database: str, table: TableInfo, chunk: Chunk) -> str:
-    """``catalog/archive/<database>/<schema>.<table>/<chunk>_<start>_<end>.json`` (outside ``archive/``)."""
-    return f"catalog/archive/{table_prefix(database, table)}/{chunk_stem(chunk)}.json"
+def data_key(database: str, table: TableInfo, identity: Identity, version: int) -> str:
+    """``archive/<database>/<schema>.<table>/year=YYYY/month=MM/day=DD/<stem>.v<version>.parquet``
+
+    Each version has its own key: the manifest, written last, is what switches readers from one
+    version to the next, and the superseded object is deleted right after it.
+    """
+    day = partition_date(identity.start if identity.start is not None else identity.end, table.config.time_unit)
+    return (f"{data_prefix(database, table)}year={day.year:04d}/month={day.month:02d}/day={day.day:02d}/"
+            f"{identity.stem}.v{version}.parquet")
+
+
+def manifest_key(database: str, table: TableInfo | str, identity: Identity) -> str:
+    """``catalog/archive/<database>/<schema>.<table>/<stem>.json`` (outside ``archive/``): one per range."""
+    return f"catalog/archive/{table_prefix(database, table)}/{identity.stem}.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,13 +248,18 @@ def _discover_hypertable(current: db.Session, config: ArchiveTable, schema: str,
         raise UsageError(f"{display}: integer-time hypertable without an integer_now function; archiver needs it "
                          "to know 'now' in the table's units, as TimescaleDB's own policies do",
                          hint=f"SELECT set_integer_now_func('{display}', 'your_now_function')")
+    slices: dict[str, list[SpaceSlice]] = {}
+    for row in db.chunk_space_slices(current, schema, name):
+        slices.setdefault(row["chunk"], []).append(SpaceSlice(row["column_name"], int(row["range_start"]),
+                                                              int(row["range_end"])))
     chunks = []
     for row in db.hypertable_chunks(current, schema, name):
         if time_type == INTEGER:
             start, end = row["range_start_integer"], row["range_end_integer"]
         else:
             start, end = row["range_start"], row["range_end"]
-        chunks.append(Chunk(row["schema"], row["name"], _as_utc(start), _as_utc(end), bool(row["is_compressed"])))
+        chunks.append(Chunk(row["schema"], row["name"], _as_utc(start), _as_utc(end), bool(row["is_compressed"]),
+                            tuple(sorted(slices.get(row["name"], ())))))
     return TableInfo(schema, name, HYPERTABLE, time_dim["column_name"], time_type, columns, chunks, config,
                      integer_now_call=time_dim["integer_now_call"],
                      space_partitioned=any(d["dimension_type"] != "Time" for d in dimensions))
@@ -315,11 +308,3 @@ def table_now(current: db.Session, info: TableInfo, now: datetime) -> TimeValue:
     assert info.config.time_unit is not None
     micros = int((now - EPOCH) / timedelta(microseconds=1))
     return micros * 1_000 if info.config.time_unit == "ns" else micros // UNIT_MICROS[info.config.time_unit]
-
-
-def show_value(value: TimeValue | None) -> str:
-    if value is None:
-        return "unbounded"
-    if isinstance(value, int):
-        return str(value)
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")

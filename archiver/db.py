@@ -1179,7 +1179,15 @@ def relation_facts(current: Session, schema: str, table: str) -> dict[str, Any] 
 
 
 def table_columns(current: Session, schema: str, table: str) -> list[dict[str, Any]]:
-    """Columns in order with their declared type and the base type behind any domain."""
+    """Columns in order with their declared type and the base type behind any domain. Type names
+    are schema-qualified unless they are in pg_catalog (format_type under a safe search_path), so
+    that they mean the same type in any session."""
+    with current.transaction():
+        current.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
+        return _table_columns(current, schema, table)
+
+
+def _table_columns(current: Session, schema: str, table: str) -> list[dict[str, Any]]:
     return current.query_dicts(
         """
         SELECT a.attname::text AS name, a.attnum AS attnum, a.attnotnull AS not_null,
@@ -1238,6 +1246,22 @@ def hypertable_chunks(current: Session, schema: str, table: str) -> list[dict[st
         FROM timescaledb_information.chunks
         WHERE hypertable_schema = %s AND hypertable_name = %s
         ORDER BY coalesce(range_start_integer, 0), range_start, chunk_name
+        """, (schema, table))
+
+
+def chunk_space_slices(current: Session, schema: str, table: str) -> list[dict[str, Any]]:
+    """Each chunk's slice of every closed (space) dimension of a hypertable: what, with its time
+    range, identifies the rows a chunk holds (chunk names change when a chunk is re-created)."""
+    return current.query_dicts(
+        """
+        SELECT c.table_name::text AS chunk, d.column_name::text AS column_name, s.range_start, s.range_end
+        FROM _timescaledb_catalog.hypertable h
+        JOIN _timescaledb_catalog.chunk c ON c.hypertable_id = h.id
+        JOIN _timescaledb_catalog.chunk_constraint cc ON cc.chunk_id = c.id
+        JOIN _timescaledb_catalog.dimension_slice s ON s.id = cc.dimension_slice_id
+        JOIN _timescaledb_catalog.dimension d ON d.id = s.dimension_id AND d.num_slices IS NOT NULL
+        WHERE h.schema_name = %s AND h.table_name = %s
+        ORDER BY c.table_name, d.id
         """, (schema, table))
 
 
@@ -1766,18 +1790,21 @@ def clean_database(dsn: str) -> None:
         conn.commit()
 
 
-# -- restore-archive: loading Parquet rows back ------------------------------------------------------
+# -- archived rows staged next to the table: load back, compare, merge -------------------------------
 #
-# Rows go in bulk: ADBC ingests the Arrow batches into a temporary staging table (COPY binary),
-# then one INSERT ... SELECT moves the rows of the asked range into the table, cast to its column
-# types, in the same transaction as the check that the range holds none of them yet.
+# Parquet rows go in bulk: ADBC ingests Arrow batches into temporary staging tables (COPY binary);
+# the statements below then work on them in the same session and transaction. Rows are matched by
+# their text form as a record of the table's columns (one fixed column order, settings pinned):
+# two rows match when every column's value prints the same, which is exact for every type we
+# archive and needs no equality operator (json has none).
 
 @dataclass(frozen=True)
 class StagedColumn:
-    """A target column and where its values are in the staging table.
+    """A target column and where its values are in a staging table.
 
     ``kind`` ``value``: one staging column, cast to the target type; ``interval``: the three
-    columns (months, days, nanoseconds) of an interval archived as Arrow's month-day-nano struct.
+    columns (months, days, nanoseconds) of an interval archived as Arrow's month-day-nano struct;
+    ``missing``: the archive has no such column (added to the table later): NULL.
     """
 
     target: str
@@ -1786,12 +1813,175 @@ class StagedColumn:
 
 
 @dataclass(frozen=True)
-class ArchiveLoad:
-    staged: int  # rows of the archive files
-    in_range: int  # of them, rows within the asked range
-    present: int  # rows the table held in that range before
-    loaded: int  # rows inserted (none when the range was not empty)
+class RowComparison:
+    database_only: int  # rows of the database the archive lacks (late data, changed rows)
+    archive_only: int  # archived rows the database lacks (dropped, deleted, changed or not restored)
+    common: int
 
+
+def _range_condition(alias: str, column: str, low_sql: str | None, high_sql: str | None) -> str:
+    parts = [f"{alias}.{quote_ident(column)} >= {low_sql}" if low_sql else "",
+             f"{alias}.{quote_ident(column)} < {high_sql}" if high_sql else ""]
+    return " AND ".join(part for part in parts if part) or "true"
+
+
+def _staged_expression(column: StagedColumn, pg_type: str) -> str:
+    if column.kind == "missing":
+        return f"CAST(NULL AS {pg_type})"
+    if column.kind == "interval":
+        months, days, nanos = (f"s.{quote_ident(part)}" for part in column.staging)
+        return (f"CASE WHEN {months} IS NULL THEN NULL ELSE pg_catalog.make_interval(months => {months}, "
+                f"days => {days}) + ({nanos} / 1000) * interval '1 microsecond' END::{pg_type}")
+    return f"CAST(s.{quote_ident(column.staging[0])} AS {pg_type})"
+
+
+class Staging:
+    """One ADBC session holding archived rows in temporary tables (gone with the session).
+
+    ``columns`` are the table's columns in a fixed order with their types; every source
+    (staged table or relation) is read as exactly these columns.
+    """
+
+    def __init__(self, cursor: Any, dsn: str, columns: Sequence[tuple[str, str]]) -> None:
+        self._cursor = cursor
+        self._dsn = dsn
+        self.columns = list(columns)
+        self.sources: list[tuple[str, list[StagedColumn]]] = []
+
+    @property
+    def names(self) -> str:
+        return ", ".join(quote_ident(name) for name, _ in self.columns)
+
+    def _key(self, alias: str) -> str:
+        return "ROW(" + ", ".join(f"{alias}.{quote_ident(name)}" for name, _ in self.columns) + ")::text"
+
+    def stage(self, batches: Any, staged: Sequence[StagedColumn]) -> int:
+        """Ingest one archive's batches (a RecordBatchReader) as a new source; its row count."""
+        table = f"archiver_staging_{len(self.sources)}"
+        self._cursor.adbc_ingest(table, batches, mode="create", temporary=True)
+        self.sources.append((table, list(staged)))
+        return int(self.scalar(f"SELECT count(*) FROM pg_temp.{table}"))
+
+    def typed(self, index: int = 0) -> str:
+        """A staged source as the table's columns and types."""
+        table, staged = self.sources[index]
+        by_target = {column.target: column for column in staged}
+        values = ", ".join(f"{_staged_expression(by_target.get(name, StagedColumn(name, (), 'missing')), pg_type)} "
+                           f"AS {quote_ident(name)}" for name, pg_type in self.columns)
+        return f"(SELECT {values} FROM pg_temp.{table} AS s)"
+
+    def relation(self, relation: str) -> str:
+        return f"(SELECT {self.names} FROM {relation})"
+
+    def scalar(self, statement: str) -> Any:
+        self._cursor.execute(statement)
+        row = self._cursor.fetchone()
+        return row[0] if row else None
+
+    def row(self, statement: str) -> tuple[Any, ...]:
+        self._cursor.execute(statement)
+        return tuple(self._cursor.fetchone())
+
+    def execute(self, statement: str) -> None:
+        self._cursor.execute(statement)
+
+    def compare(self, relation: str, *, condition: str = "true", source: int = 0) -> RowComparison:
+        """How the rows of ``relation`` (quoted) and of a staged source differ, as multisets."""
+        row = self.row(
+            f"WITH d AS (SELECT {self._key('t')} AS k, count(*) AS c FROM {self.relation(relation)} AS t "
+            f"WHERE {condition} GROUP BY 1), "
+            f"a AS (SELECT {self._key('t')} AS k, count(*) AS c FROM {self.typed(source)} AS t "
+            f"WHERE {condition} GROUP BY 1) "
+            "SELECT coalesce(sum(greatest(coalesce(d.c, 0) - coalesce(a.c, 0), 0)), 0), "
+            "coalesce(sum(greatest(coalesce(a.c, 0) - coalesce(d.c, 0), 0)), 0), "
+            "coalesce(sum(least(coalesce(d.c, 0), coalesce(a.c, 0))), 0) FROM d FULL JOIN a ON a.k = d.k")
+        return RowComparison(int(row[0]), int(row[1]), int(row[2]))
+
+    def insert_missing(self, target: str, *, condition: str, source: str | None = None) -> int:
+        """Insert the rows of ``source`` (a relation; default: the first staged archive) within
+        ``condition`` that ``target`` does not hold yet (as a multiset: a row archived twice and
+        present once is inserted once); the count inserted."""
+        rows = self.relation(source) if source else self.typed(0)
+        names = ", ".join(f"s.{quote_ident(name)}" for name, _ in self.columns)
+        self.execute(
+            f"WITH present AS (SELECT {self._key('t')} AS k, count(*) AS c FROM {self.relation(target)} AS t "
+            f"WHERE {condition} GROUP BY 1), "
+            f"staged AS (SELECT t.*, {self._key('t')} AS archiver_key, "
+            f"row_number() OVER (PARTITION BY {self._key('t')}) AS archiver_n FROM {rows} AS t "
+            f"WHERE {condition}) "
+            f"INSERT INTO {target} ({self.names}) SELECT {names} FROM staged AS s "
+            "LEFT JOIN present AS p ON p.k = s.archiver_key WHERE s.archiver_n > coalesce(p.c, 0)")
+        return int(self._cursor.rowcount)
+
+    def merge(self, relation: str | None) -> str:
+        """A temporary table holding every row of ``relation`` plus the staged rows it lacks, over
+        all sources (per distinct row, as many copies as the source holding most of them); its name."""
+        parts = [f"SELECT 0 AS archiver_src, {self._key('t')} AS archiver_key, t.* FROM {self.relation(relation)} AS t"
+                 ] if relation else []
+        parts += [f"SELECT {index + 1} AS archiver_src, {self._key('t')} AS archiver_key, t.* FROM {self.typed(index)} AS t"
+                  for index in range(len(self.sources))]
+        names = ", ".join(f"u.{quote_ident(name)}" for name, _ in self.columns)
+        self.execute(
+            f"CREATE TEMPORARY TABLE archiver_merged AS SELECT {self.names} FROM ("
+            f"SELECT DISTINCT ON (u.archiver_key, u.archiver_n) {names} FROM ("
+            "SELECT v.*, row_number() OVER (PARTITION BY v.archiver_src, v.archiver_key) AS archiver_n FROM ("
+            + " UNION ALL ".join(parts) + ") AS v) AS u ORDER BY u.archiver_key, u.archiver_n, u.archiver_src) AS m")
+        return "pg_temp.archiver_merged"
+
+    def batches(self, statement: str, *, batch_bytes: int) -> Iterator[Any]:
+        """The rows of ``statement`` as Arrow record batches (COPY binary)."""
+        self._cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(int(batch_bytes))})
+        self._cursor.execute(statement)
+        reader = self._cursor.fetch_record_batch()
+        while True:
+            try:
+                yield reader.read_next_batch()
+            except StopIteration:
+                return
+
+
+STAGING_SETTINGS = ("SET TIME ZONE 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET IntervalStyle = 'postgres'",
+                    "SET extra_float_digits = 3", "SET bytea_output = 'hex'", "SET search_path = pg_catalog, pg_temp")
+
+
+@contextlib.contextmanager
+def staging(dsn: str, columns: Sequence[tuple[str, str]], *, what: str,
+            isolation: str = "REPEATABLE READ") -> Iterator[Staging]:
+    """A :class:`Staging` session in one transaction, committed when the block ends without error
+    (so that rows it inserted stay) and rolled back otherwise."""
+    import adbc_driver_manager
+
+    try:
+        connection = _adbc_connect(dsn, f"archiver {what}"[:63], autocommit=True)
+    except adbc_driver_manager.Error as exc:
+        raise _adbc_error(exc, dsn) from None
+    try:
+        cursor = connection.cursor()
+        for statement in STAGING_SETTINGS:
+            cursor.execute(statement)
+        cursor.execute(f"BEGIN ISOLATION LEVEL {isolation}")
+        try:
+            yield Staging(cursor, dsn, columns)
+        except BaseException:
+            with contextlib.suppress(adbc_driver_manager.Error):
+                cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+    except adbc_driver_manager.Error as exc:
+        raise DatabaseError(f"database error on {redact_dsn(dsn)} ({what}): {_scrub(str(exc), dsn).strip()}") from None
+    finally:
+        try:
+            connection.close()
+        except adbc_driver_manager.Error:
+            pass
+
+
+def range_condition(alias: str, column: str, low_sql: str | None, high_sql: str | None) -> str:
+    """``alias.column`` within [low, high) (already rendered SQL bounds; None: unbounded)."""
+    return _range_condition(alias, column, low_sql, high_sql)
+
+
+# -- restore-archive targets ------------------------------------------------------------------------
 
 def target_table(current: Session, schema: str, name: str) -> tuple[str | None, dict[str, str]]:
     """(kind, columns) of a table: kind ``hypertable``, ``partitioned``, ``table`` or None when it does not exist."""
@@ -1816,78 +2006,8 @@ def unknown_types(current: Session, types: Sequence[str]) -> set[str]:
     return {name for name in set(types) if current.scalar("SELECT to_regtype(%s)", (name,)) is None}
 
 
-def create_range_partition(current: Session, parent_schema: str, parent: str, schema: str, name: str,
-                           low_sql: str | None, high_sql: str | None) -> None:
+def create_range_partition_sql(parent_schema: str, parent: str, schema: str, name: str,
+                               low_sql: str | None, high_sql: str | None) -> str:
     """A partition for a range whose partition was dropped (bounds from the archive manifest)."""
-    current.execute(f"CREATE TABLE {qualified(schema, name)} PARTITION OF {qualified(parent_schema, parent)} "
-                    f"FOR VALUES FROM ({low_sql or 'MINVALUE'}) TO ({high_sql or 'MAXVALUE'})")
-
-
-def _range_condition(alias: str, column: str, low_sql: str | None, high_sql: str | None) -> str:
-    parts = [f"{alias}.{quote_ident(column)} >= {low_sql}" if low_sql else "",
-             f"{alias}.{quote_ident(column)} < {high_sql}" if high_sql else ""]
-    return " AND ".join(part for part in parts if part) or "true"
-
-
-def count_in_range(current: Session, schema: str, name: str, column: str, low_sql: str | None,
-                   high_sql: str | None) -> int:
-    return int(current.scalar(f"SELECT count(*) FROM {qualified(schema, name)} AS t "
-                              f"WHERE {_range_condition('t', column, low_sql, high_sql)}"))
-
-
-def _staged_expression(column: StagedColumn, pg_type: str) -> str:
-    if column.kind == "interval":
-        months, days, nanos = (f"s.{quote_ident(part)}" for part in column.staging)
-        return (f"CASE WHEN {months} IS NULL THEN NULL ELSE make_interval(months => {months}, days => {days}) "
-                f"+ ({nanos} / 1000) * interval '1 microsecond' END::{pg_type}")
-    return f"CAST(s.{quote_ident(column.staging[0])} AS {pg_type})"
-
-
-def load_archive_rows(dsn: str, *, schema: str, name: str, batches: Any, columns: Sequence[StagedColumn],
-                      column_types: dict[str, str], time_column: str, low_sql: str | None,
-                      high_sql: str | None) -> ArchiveLoad:
-    """Stage ``batches`` (a pyarrow RecordBatchReader) and insert the rows of the range, unless it holds rows.
-
-    All in one transaction: the range is counted and filled under the same snapshot, so a second
-    run (or a run after a partial manual load) never adds a row twice; a range that already holds
-    rows is left as it is and reported.
-    """
-    import adbc_driver_manager
-
-    staging = "archiver_restore_staging"
-    target = qualified(schema, name)
-    condition = _range_condition("s", time_column, low_sql, high_sql)
-    try:
-        connection = _adbc_connect(dsn, "archiver restore-archive")
-    except adbc_driver_manager.Error as exc:
-        raise _adbc_error(exc, dsn) from None
-    try:
-        cursor = connection.cursor()
-        cursor.execute("SET TIME ZONE 'UTC'")
-        cursor.adbc_ingest(staging, batches, mode="create", temporary=True)
-        cursor.execute(f"SELECT count(*), count(*) FILTER (WHERE {condition}) FROM pg_temp.{staging} AS s")
-        staged, in_range = (int(value) for value in cursor.fetchone())  # type: ignore[misc]
-        cursor.execute(f"SELECT count(*) FROM {target} AS s WHERE {condition}")
-        present = int(cursor.fetchone()[0])  # type: ignore[index]
-        loaded = 0
-        if present == 0 and in_range:
-            names = ", ".join(quote_ident(column.target) for column in columns)
-            values = ", ".join(_staged_expression(column, column_types[column.target]) for column in columns)
-            cursor.execute(f"INSERT INTO {target} ({names}) SELECT {values} FROM pg_temp.{staging} AS s "
-                           f"WHERE {condition}")
-            cursor.execute(f"SELECT count(*) FROM {target} AS s WHERE {condition}")
-            loaded = int(cursor.fetchone()[0])  # type: ignore[index]
-            if loaded != in_range:
-                raise DatabaseError(f"{schema}.{name}: {in_range} archived rows were inserted but the range holds "
-                                    f"{loaded}; rolled back")
-        cursor.execute(f"DROP TABLE pg_temp.{staging}")
-        connection.commit()
-    except adbc_driver_manager.Error as exc:
-        raise DatabaseError(f"database error on {redact_dsn(dsn)} (loading archived rows into {schema}.{name}): "
-                            f"{_scrub(str(exc), dsn).strip()}") from None
-    finally:
-        try:
-            connection.close()
-        except adbc_driver_manager.Error:
-            pass
-    return ArchiveLoad(staged, in_range, present, loaded)
+    return (f"CREATE TABLE {qualified(schema, name)} PARTITION OF {qualified(parent_schema, parent)} "
+            f"FOR VALUES FROM ({low_sql or 'MINVALUE'}) TO ({high_sql or 'MAXVALUE'})")

@@ -14,14 +14,14 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pyarrow as pa
 
 from . import __version__, db, fingerprint as fp, parquet
 from .chunks import Chunk, TableInfo, show_value
-from .errors import ArchiverError, ObjectNotFound, StoreError, TaskFailed, VerificationFailed
-from .storage import PutResult, Store, sha256_of
+from .errors import ArchiverError, TaskFailed, VerificationFailed
+from .storage import PutResult, Store
 from .sysinfo import release_free_memory
 from .prefetch import Prefetch
 from .typemap import ColumnPlan, arrow_schema, select_sql
@@ -49,6 +49,10 @@ class ExportResult:
     exported_at: datetime
     verified_at: datetime
     seconds: float
+    # a merged version: the fingerprint of the rows that were in the database, and how many of its
+    # rows were not (kept from earlier versions, their range dropped or only partly restored)
+    database_fingerprint: fp.Fingerprint | None = None
+    archived_only_rows: int = 0
 
 
 def database_fingerprint(current: db.Session, chunk: Chunk, plans: list[ColumnPlan],
@@ -71,64 +75,22 @@ def archive_fingerprint(store: Store, key: str, plans: list[ColumnPlan], time_co
     return accumulator.result()
 
 
-def check_object(store: Store, document: dict[str, Any], *, footer: bool = False) -> str | None:
-    """Does the store still hold exactly the object the manifest describes? The problem, or None.
-
-    Size always; the ETag when both sides have one, otherwise the SHA-256 of the whole object;
-    with ``footer``, also the Parquet footer's row count and chunk name.
-    """
-    recorded = document["object"]
-    key = recorded["key"]
-    info = store.head(key)
-    if info is None:
-        return f"the object {store.describe(key)} is missing"
-    if info.size != recorded.get("size"):
-        return f"the object {store.describe(key)} has {info.size} bytes, the manifest says {recorded.get('size')}"
-    if info.etag and recorded.get("etag"):
-        if info.etag != recorded["etag"]:
-            return f"the object {store.describe(key)} was replaced (ETag {info.etag}, manifest {recorded['etag']})"
-    else:
-        try:
-            with store.open(key) as stream:
-                digest, _ = sha256_of(stream)
-        except ObjectNotFound:
-            return f"the object {store.describe(key)} is missing"
-        if digest != recorded.get("sha256"):
-            return (f"the object {store.describe(key)} was altered (SHA-256 {digest[:12]}…, manifest "
-                    f"{str(recorded.get('sha256'))[:12]}…)")
-    if footer:
-        return _footer_problem(store, key, document)
-    return None
-
-
-def _footer_problem(store: Store, key: str, document: dict[str, Any]) -> str | None:
-    try:
-        with store.open_seekable(key) as source:
-            parquet_file = parquet.open_file(source)
-            rows = parquet_file.metadata.num_rows
-            chunk = parquet.archiver_metadata(parquet_file).get("chunk")
-    except (pa.ArrowException, OSError, StoreError) as exc:
-        return f"the object {store.describe(key)} is not readable Parquet ({exc})"
-    expected = f"{document['chunk']['schema']}.{document['chunk']['name']}"
-    if rows != document["rows"] or chunk != expected:
-        return (f"the object {store.describe(key)} holds {rows} rows of {chunk}, the manifest says "
-                f"{document['rows']} rows of {expected}")
-    return None
-
-
 # --------------------------------------------------------------------------------------------
 # Streaming export
 
 
-def export_metadata(database: str, info: TableInfo, chunk: Chunk, plans: list[ColumnPlan]) -> dict[str, str]:
+def export_metadata(database: str, info: TableInfo, chunk: Chunk, plans: list[ColumnPlan],
+                    version: int) -> dict[str, str]:
+    """What the file says about itself: checked against its manifest before any drop or load."""
     return parquet.file_metadata({
         "database": database, "source_table": info.display, "chunk": chunk.display, "time_column": info.time_column,
         "range_start": show_value(chunk.start), "range_end": show_value(chunk.end),
+        "identity": info.identity(chunk).to_json(), "version": str(version),
         "pg_types": {plan.name: plan.pg_type for plan in plans}, "archiver_version": __version__,
     })
 
 
-def export_chunk(dsn: str, store: Store, *, database: str, info: TableInfo, chunk: Chunk, key: str,
+def export_chunk(dsn: str, store: Store, *, database: str, info: TableInfo, chunk: Chunk, key: str, version: int,
                  settings: parquet.WriterSettings, size_hint: int | None = None,
                  on_rows: Callable[[int], None] | None = None, now: Callable[[], datetime]) -> ExportResult:
     """Export one chunk to ``key`` and verify it; raises Unrepresentable, VerificationFailed or TaskFailed.
@@ -139,7 +101,7 @@ def export_chunk(dsn: str, store: Store, *, database: str, info: TableInfo, chun
     """
     started = time.monotonic()
     plans = info.plans()
-    schema = arrow_schema(plans, export_metadata(database, info, chunk, plans))
+    schema = arrow_schema(plans, export_metadata(database, info, chunk, plans, version))
     sql = select_sql(plans, chunk.relation)
     with db.shared_read_snapshot(dsn) as (snapshot_id, snapshot_session), ThreadPoolExecutor(1) as pool:
         counted: Future[fp.Fingerprint] = pool.submit(database_fingerprint, snapshot_session, chunk, plans,
@@ -149,15 +111,22 @@ def export_chunk(dsn: str, store: Store, *, database: str, info: TableInfo, chun
                                on_rows)
         expected = counted.result()
     release_free_memory()
+    read_back(store, key, plans, info.time_column, expected, chunk.display)
+    return ExportResult(chunk, key, put, summary, expected, exported_at, now(), time.monotonic() - started)
+
+
+def read_back(store: Store, key: str, plans: list[ColumnPlan], time_column: str, expected: fp.Fingerprint,
+              what: str) -> None:
+    """The object as the store returns it must have ``expected``'s fingerprint; otherwise it is
+    removed (a wrong object must not stay where readers look) and VerificationFailed raised."""
     try:
-        differences = expected.differences(archive_fingerprint(store, key, plans, info.time_column))
+        differences = expected.differences(archive_fingerprint(store, key, plans, time_column))
         if differences:
-            raise VerificationFailed(f"{chunk.display}: the archive read back from {store.describe(key)} does not "
+            raise VerificationFailed(f"{what}: the archive read back from {store.describe(key)} does not "
                                      f"match the database: {'; '.join(differences[:5])}")
     except VerificationFailed as exc:
-        store.delete(key)  # a wrong object must not stay where readers look
+        store.delete(key)
         raise VerificationFailed(f"{exc.message}; the object was removed") from None
-    return ExportResult(chunk, key, put, summary, expected, exported_at, now(), time.monotonic() - started)
 
 
 def _stream(dsn: str, store: Store, key: str, sql: str, snapshot_id: str, schema: pa.Schema,

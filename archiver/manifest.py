@@ -27,7 +27,7 @@ from .errors import ObjectNotFound, TaskFailed, UsageError
 from .storage import ObjectInfo, PutResult, Store
 from .timeutil import parse_timestamp, utcnow
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: archive manifests name their range (identity) and what they supersede
 BACKUPS_PREFIX = "backups/"
 ARCHIVE_PREFIX = "archive/"
 ARCHIVE_CATALOG_PREFIX = "catalog/archive/"

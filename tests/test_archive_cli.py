@@ -33,7 +33,7 @@ def test_plan_archive_retention_from_the_command_line(database: str, tmp_path: P
     plan = run_cli("--policies", policies, "plan", "telemetry", env=env)
     assert plan.code == 5, plan.output  # nothing archived yet: drops would be held back
     assert plan.stdout.splitlines()[0] == "public.readings"
-    assert plan.stdout.count("archive    would export") == 4 and plan.stdout.count("no archive of this chunk") == 4
+    assert plan.stdout.count("archive    would export") == 4 and plan.stdout.count("no archive of this range") == 4
 
     archived = run_cli("--policies", policies, "--log-format", "json", "archive", "telemetry", env=env)
     assert archived.code == 0, archived.output

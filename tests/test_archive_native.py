@@ -7,6 +7,8 @@ were archived. Runs against the file store and moto's S3 server alike.
 
 from __future__ import annotations
 
+import json
+
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -227,14 +229,14 @@ def test_parquet_files_carry_what_readers_and_auditors_need(database: str, tmp_p
     day = (datetime.now(timezone.utc).date().toordinal() - 100)
     start = datetime.fromordinal(day).replace(tzinfo=timezone.utc)
     assert key == (f"archive/{database.split('dbname=')[1]}/public.device_metrics/year={start:%Y}/month={start:%m}/"
-                   f"day={start:%d}/device_metrics_d100_{start:%Y%m%dT000000Z}_"
-                   f"{datetime.fromordinal(day + 1):%Y%m%dT000000Z}.parquet")
+                   f"day={start:%d}/{start:%Y%m%dT000000Z}_{datetime.fromordinal(day + 1):%Y%m%dT000000Z}.v1.parquet")
     parquet = pq.ParquetFile(store.path_of(key))  # type: ignore[attr-defined]
     meta = parquet.metadata
     kv = {k.decode(): v.decode() for k, v in meta.metadata.items() if k.startswith(b"archiver.")}
     assert kv["archiver.source_table"] == "public.device_metrics"
     assert kv["archiver.chunk"] == "public.device_metrics_d100"
     assert kv["archiver.range_start"] == f"{start:%Y-%m-%d}T00:00:00Z"
+    assert json.loads(kv["archiver.identity"])["stem"] == document["identity"]["stem"] and kv["archiver.version"] == "1"
     assert '"energy": "numeric(12,3)"' in kv["archiver.pg_types"]
     column = meta.row_group(0).column(meta.schema.names.index("energy"))
     assert column.compression == "ZSTD" and column.statistics is not None and column.statistics.has_min_max
@@ -308,7 +310,7 @@ def test_integer_date_and_naive_timestamp_partition_keys(database: str, tmp_path
     found = manifests(open_store(storage))
     assert found["events_d40"]["range"]["end_utc"].endswith("T00:00:00Z")
     assert found["events_d40"]["object"]["key"].endswith(
-        f"events_d40_{found['events_d40']['range']['start']}_{found['events_d40']['range']['end']}.parquet")
+        f"/{found['events_d40']['range']['start']}_{found['events_d40']['range']['end']}.v1.parquet")
     assert found["daily_totals_d40"]["min_time"] == found["daily_totals_d40"]["range"]["start"][:10]
     assert found["local_readings_d20"]["rows"] == 24
     retained = run_retention(policy)

@@ -121,7 +121,7 @@ def test_integer_time_uses_the_hypertables_integer_now(database: str, storage: S
     first = min(found.values(), key=lambda d: d["range"]["start"])
     assert first["range"] == {"start": 60 * 86400, "end": 61 * 86400, "start_utc": "1970-03-02T00:00:00Z",
                               "end_utc": "1970-03-03T00:00:00Z"}
-    assert first["object"]["key"].endswith(f"/year=1970/month=03/day=02/{first['chunk']['name']}_5184000_5270400.parquet")
+    assert first["object"]["key"].endswith("/year=1970/month=03/day=02/5184000_5270400.v1.parquet")
     archive = read_archive(store, first)
     expected = chunk_rows(database, f"_timescaledb_internal.{first['chunk']['name']}", "ts, area, price, volume::text",
                           "ts")

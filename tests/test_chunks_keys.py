@@ -8,6 +8,7 @@ import pytest
 
 from archiver import chunks
 from archiver.chunks import Chunk, TableInfo
+from archiver.identity import SLICE_MAX, SLICE_MIN, SpaceSlice
 from tests.coldtier import table
 
 UTC = timezone.utc
@@ -47,26 +48,36 @@ def test_integer_time_durations_convert_into_the_table_units() -> None:
     assert chunks.integer_to_datetime(86_400_000, "ms") == datetime(1970, 1, 2, tzinfo=UTC)
 
 
-def test_keys_are_hive_style_and_manifests_live_outside_the_parquet_tree() -> None:
+def test_keys_name_the_range_not_the_chunk_and_manifests_live_outside_the_parquet_tree() -> None:
     chunk = Chunk("_timescaledb_internal", "_hyper_1_7_chunk", datetime(2026, 11, 1, tzinfo=UTC),
                   datetime(2026, 11, 2, tzinfo=UTC))
-    assert chunks.data_key("telemetry", info(), chunk) == (
-        "archive/telemetry/public.asset_metrics/year=2026/month=11/day=01/"
-        "_hyper_1_7_chunk_20261101T000000Z_20261102T000000Z.parquet")
-    assert chunks.manifest_key("telemetry", info(), chunk) == (
-        "catalog/archive/telemetry/public.asset_metrics/_hyper_1_7_chunk_20261101T000000Z_20261102T000000Z.json")
+    recreated = Chunk("_timescaledb_internal", "_hyper_1_93_chunk", chunk.start, chunk.end)
+    assert info().identity(chunk) == info().identity(recreated), "a re-created chunk is the same range"
+    assert chunks.data_key("telemetry", info(), info().identity(chunk), 3) == (
+        "archive/telemetry/public.asset_metrics/year=2026/month=11/day=01/20261101T000000Z_20261102T000000Z.v3.parquet")
+    assert chunks.manifest_key("telemetry", info(), info().identity(recreated)) == (
+        "catalog/archive/telemetry/public.asset_metrics/20261101T000000Z_20261102T000000Z.json")
+
+
+def test_space_partitions_are_part_of_a_range_identity() -> None:
+    day = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC)
+    low = Chunk("_timescaledb_internal", "_hyper_1_1_chunk", *day, space=(SpaceSlice("device", SLICE_MIN, 1073741823),))
+    high = Chunk("_timescaledb_internal", "_hyper_1_2_chunk", *day, space=(SpaceSlice("device", 1073741823, SLICE_MAX),))
+    assert info().identity(low).stem == "20261101T000000Z_20261102T000000Z_smin_1073741823"
+    assert info().identity(high).stem == "20261101T000000Z_20261102T000000Z_s1073741823_max"
 
 
 def test_integer_ranges_appear_as_integers_and_dates_come_from_the_unit() -> None:
     chunk = Chunk("_timescaledb_internal", "_hyper_2_1_chunk", 1_762_000_000, 1_762_086_400)
-    key = chunks.data_key("telemetry", info("integer", "s"), chunk)
-    assert key.endswith("/year=2025/month=11/day=01/_hyper_2_1_chunk_1762000000_1762086400.parquet")
+    key = chunks.data_key("telemetry", info("integer", "s"), info("integer", "s").identity(chunk), 1)
+    assert key.endswith("/year=2025/month=11/day=01/1762000000_1762086400.v1.parquet")
 
 
-def test_odd_names_cannot_escape_their_key_segment() -> None:
+def test_odd_table_names_cannot_escape_their_key_segment() -> None:
+    odd = TableInfo("p/..", "x y", chunks.PARTITIONED, "time", "timestamptz", [], [], table("public.x", 7, 90))
     chunk = Chunk("public", "p/../x y", None, datetime(2026, 1, 1, 0, 0, 0, 500, tzinfo=UTC))
-    stem = chunks.chunk_stem(chunk)
-    assert "/" not in stem and stem == "p%2F..%2Fx%20y_min_20260101T000000.000500Z"
+    key = chunks.manifest_key("tele/metry", odd, odd.identity(chunk))
+    assert key == "catalog/archive/tele%2Fmetry/p%2F...x%20y/min_20260101T000000.000500Z.json"
 
 
 @pytest.mark.parametrize("value, text", [(None, "unbounded"), (5, "5"),

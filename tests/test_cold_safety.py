@@ -54,7 +54,8 @@ def local(tmp_path: Path) -> StorageConfig:
 def held(lines: list[str]) -> dict[str, str]:
     """Held-back chunks by name (lines read "hold  <table> <chunk>: <reason>")."""
     return {line.split()[2].split(":")[0]: line for line in lines
-            if line.startswith("hold") and len(line.split()) > 2 and line.split()[1].startswith("public.")}
+            if line.startswith("hold") and len(line.split()) > 2 and line.split()[1].startswith("public.")
+            and line.split()[2].startswith("public.")}
 
 
 def test_a_deleted_or_altered_archive_object_is_never_dropped_and_the_next_archive_replaces_it(
@@ -85,7 +86,7 @@ def test_a_deleted_or_altered_archive_object_is_never_dropped_and_the_next_archi
     assert relations(database, "readings_d%") == []
 
 
-def test_rows_changed_after_archiving_are_held_then_exported_again_as_a_new_version_under_the_same_key(
+def test_late_rows_become_a_new_version_and_changed_rows_wait_for_the_operator(
         database: str, storage: StorageConfig) -> None:
     create_readings(database)
     policy = policy_for(database, storage)
@@ -98,18 +99,28 @@ def test_rows_changed_after_archiving_are_held_then_exported_again_as_a_new_vers
     result = run_retention(policy)
     holds = held(result.lines)
     assert sorted(holds) == ["public.readings_d70", "public.readings_d90"]
-    assert "row count 50 (archive) != 51 (database)" in holds["public.readings_d70"]
-    assert "column 'value' fsum" in holds["public.readings_d90"]
+    assert all("1 row(s) in the database are not in archive v1 yet" in line for line in holds.values())
     assert result.metrics["chunks_dropped"] == 2
 
     again = run_archive(policy)
-    assert again.metrics["chunks_archived"] == 2, again.lines
-    assert any("late data" in line for line in again.lines)
+    assert again.metrics["chunks_archived"] == 1, again.lines
+    assert any("readings_d70: 1 row(s) added since archive v1 (late data): exporting v2 with all 51" in line
+               for line in again.lines)
+    changed = held(again.lines)["public.readings_d90"]
+    assert "the database lacks 1 archived row(s) and holds 1 that are not archived" in changed
     found = manifests(store)
     assert (found["readings_d70"]["version"], found["readings_d70"]["rows"]) == (2, 51)
-    assert parquet_keys(store) == keys, "a new version replaces the old one; readers never see both"
-    archive = read_archive(store, found["readings_d90"])
-    assert 1.5 in archive.column("value").to_pylist()
+    assert found["readings_d90"]["version"] == 1, "an archive is never replaced by other rows unasked"
+    assert len(parquet_keys(store)) == len(keys) and found["readings_d70"]["object"]["key"] not in keys
+    assert found["readings_d70"]["supersedes"][0]["version"] == 1, "the new version says what it replaced"
+
+    accepted = changed.split("--accept-deletes ")[1].split("`")[0]
+    decided = run_archive(policy, accept_deletes=[accepted])
+    assert decided.metrics["chunks_archived"] == 1
+    found = manifests(store)
+    assert found["readings_d90"]["version"] == 2 and "deletion accepted" in found["readings_d90"]["change"]["reason"]
+    assert 1.5 in read_archive(store, found["readings_d90"]).column("value").to_pylist()
+    assert len(parquet_keys(store)) == len(keys), "readers never see two versions of a range"
     assert run_retention(policy).metrics["chunks_dropped"] == 2
 
 
@@ -253,10 +264,12 @@ def test_parallel_exports_give_the_same_archives(database: str, local: StorageCo
 
 
 class FailingParquetStore(LocalStore):
-    """A store whose Parquet uploads fail (a full disk, a revoked bucket policy)."""
+    """A store whose Parquet uploads of one range fail (a full disk, a revoked bucket policy)."""
+
+    failing = ""  # the start of the range whose uploads fail, as archive keys spell it
 
     def writer(self, key: str, **kwargs: Any) -> ObjectWriter:
-        if "/readings_d80_" in key:
+        if key.endswith(".parquet") and f"/{self.failing}_" in key:
             raise StoreError(f"cannot write {self.describe(key)}: No space left on device")
         return super().writer(key, **kwargs)
 
@@ -265,6 +278,8 @@ def test_a_failing_chunk_fails_the_run_but_every_other_chunk_is_archived_and_rep
         database: str, local: StorageConfig) -> None:
     create_readings(database)
     store = open_store(local)
+    FailingParquetStore.failing = sql(database, "SELECT to_char((current_date - 80)::timestamptz AT TIME ZONE 'UTC', "
+                                                "'YYYYMMDD\"T\"HH24MISS\"Z\"')")[0][0]
     with pytest.raises(ColdTierFailed) as failure:
         run_archive(policy_for(database, local), store=FailingParquetStore(store.root))  # type: ignore[attr-defined]
     assert failure.value.exit_code == 1 and "No space left on device" in str(failure.value)

@@ -13,6 +13,7 @@ import yaml
 from archiver import db, manifest
 from archiver.storage import LocalStore, Store
 from archiver.tasks.backup import run_backup
+from tests.coldtier import manifests
 from tests.backup_helpers import load_policy, read_manifest
 from tests.helpers import CliResult, run_cli
 from tests.restore_helpers import CORRUPTIONS, add_verify_section, damage, rewrite_manifest
@@ -194,11 +195,11 @@ def test_a_drill_with_archives_checks_every_cold_object(tmp_path: Path, database
     assert archives["public.device_metrics device_metrics_d100"]["actual"] == {"rows": 150}
 
     store = LocalStore(tmp_path / "store")
-    (key,) = [info.key for info in store.list("archive/") if "device_metrics_d80" in info.key]
+    key = manifests(store)["device_metrics_d80"]["object"]["key"]
     store.put_bytes(key, store.get_bytes(key)[:-50])
     damaged = verify(path)
     assert damaged.code == 4, damaged.output
     assert "FAIL  archives      4 of 5 cold archives match their manifests" in damaged.stdout
-    assert "FAIL  archive       public.device_metrics device_metrics_d80 (the archive of" in damaged.stdout
-    assert "truncated or replaced" in damaged.stdout
+    assert "FAIL  archive       public.device_metrics device_metrics_d80 (the object" in damaged.stdout
+    assert "bytes, the manifest says" in damaged.stdout
     assert verify(path, "--no-archives").code == 0

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import log, sysinfo
-from ..chunks import TableInfo, key_part
+from .. import coldplan, log, sysinfo
+from ..chunks import TableInfo, data_prefix, key_part
+from ..coldcatalog import TableCatalog, orphans
 from ..coldplan import Decision
 from ..errors import TaskFailed, UsageError
 from ..manifest import archive_catalog_prefix
 from ..policy import ArchiveConfig, ArchiveTable, Policy
+from ..storage import Store
+from ..timeutil import isoformat
 from . import TaskResult
 
 MiB = 1024 * 1024
@@ -52,7 +55,7 @@ def record(decisions: list[Decision], decision: Decision, event: str) -> Decisio
     decisions.append(decision)
     if decision.action in ("hold", "refuse", "warn", "fail", "mismatch"):
         level = "warning"
-    elif decision.action in ("exported", "dropped", "expired", "removed"):
+    elif decision.action in ("exported", "merged", "dropped", "expired", "removed"):
         level = "info"
     else:
         level = "debug"
@@ -79,3 +82,41 @@ def finish(result: TaskResult, decisions: list[Decision], *, dry_run: bool, metr
 
 def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: round(value, 3) if isinstance(value, float) else value for key, value in metrics.items()}
+
+
+ORPHAN_LIMIT = 10  # more unreferenced objects than this (and than 10% of the archive): refuse to sweep
+
+
+def clean_table(store: Store, catalog: TableCatalog, decisions: list[Decision], *, task: str, dry_run: bool) -> int:
+    """What killed runs left in a table's part of the store, removed under the cold-tier lock (no
+    export can be running): superseded manifests and their objects, objects no manifest
+    references, unfinished uploads. Returns how many objects were removed."""
+    removed = 0
+    for archived in catalog.archived.values():
+        for stale in list(archived.stale):
+            if not dry_run:
+                store.delete(stale.key)  # manifest first: from here on its object is an orphan
+            archived.stale.remove(stale)
+            record(decisions, Decision(task, catalog.table, archived.identity.describe(),
+                                       "would remove" if dry_run else "removed",
+                                       f"manifest {stale.key} of version {(stale.document or {}).get('version')}, "
+                                       "superseded by a newer version (left by an interrupted run)"), f"{task}.stale")
+    leftovers = orphans(store, catalog)
+    verdict = coldplan.orphan_verdict(len(leftovers), len(catalog.referenced_objects()),
+                                      unreadable=len(catalog.unreadable), limit=ORPHAN_LIMIT) if leftovers else None
+    if verdict is not None:
+        record(decisions, Decision(task, catalog.table, "", *verdict), f"{task}.orphans")
+    else:
+        for key in leftovers:
+            if not dry_run:
+                store.delete(key)
+                removed += 1
+            record(decisions, Decision(task, catalog.table, key, "would remove" if dry_run else "removed",
+                                       "no manifest references it (left by an interrupted run)"), f"{task}.orphan")
+    for write in store.incomplete_writes(data_prefix(catalog.database, catalog.table)):
+        if not dry_run:
+            store.discard_incomplete(write)
+        record(decisions, Decision(task, catalog.table, write.key, "would remove" if dry_run else "removed",
+                                   f"unfinished upload ({write.description}, started {isoformat(write.started)}) of "
+                                   "an interrupted run"), f"{task}.incomplete")
+    return removed

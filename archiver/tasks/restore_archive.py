@@ -1,17 +1,20 @@
 """``archiver restore-archive NAME --table T --from TS --to TS [--target DSN]``: cold rows back into a table.
 
-For an audit or an incident: the archive manifests of ``T`` whose ranges overlap ``[from, to)``
-are read from the store; each range (one chunk, or the chunks that share a time range when a
-hypertable has space partitions) is handled on its own:
+For an audit or an incident: the current archives of ``T`` whose ranges overlap ``[from, to)``
+are read from the store; each time range (one archive, or one per space partition of a
+hypertable) is handled on its own:
 
-- a range that already holds exactly the archived rows is skipped without a download, one that
-  holds some other number of rows is left alone and reported (exit 5): loading would duplicate;
-- otherwise each Parquet object is downloaded to ``--work-dir``, its size and SHA-256 checked
-  against its manifest (a mismatch: the range is not loaded, exit 4) and its footer's row count
-  too; a native partition dropped by retention is recreated from the bounds in the manifest
-  (TimescaleDB recreates chunks on insert);
-- the rows are staged in bulk (ADBC ingest, COPY binary) and moved with one INSERT ... SELECT, in
-  the transaction that checks the range is still empty: running it twice never adds a row twice.
+- every object is downloaded to ``--work-dir`` and checked against its manifest (size, SHA-256)
+  and its own embedded metadata (rows, table, range, version); a mismatch: the range is not
+  loaded, exit 4;
+- the files are staged in bulk (ADBC ingest, COPY binary), and only the archived rows within the
+  window that the table does not hold yet are inserted, in one transaction (a native partition
+  dropped by retention is recreated inside it; TimescaleDB recreates chunks on insert): running it
+  twice, or over overlapping windows, never adds a row twice;
+- into the policy's own database, a *rehydration record* is written before the load and
+  completed after it: archive and retention then know the rows came from the archive (no
+  re-export of what came back; the next retention drops the range again), also when this run was
+  killed half way.
 
 It takes the cold-tier lock of the database it writes into, so archive and retention never look
 at a range while rows are coming back into it.
@@ -21,23 +24,19 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from .. import chunks, db, log, manifest, sysinfo, typemap
-from ..errors import UsageError
-from ..integrity import CheckedObject, ObjectMismatch
+from .. import chunks, db, identity as ident, log, manifest, sysinfo
+from ..coldcatalog import record_rehydration, rehydration_key
+from ..coldobjects import downloaded, staging_reader
+from ..errors import ObjectNotFound, UsageError
+from ..integrity import ObjectMismatch
 from ..locking import database_lock
+from ..manifest import LoadedManifest
 from ..policy import Policy
 from ..progress import NULL_PROGRESS, Progress
 from ..storage import Store, open_store
@@ -45,8 +44,6 @@ from ..timeutil import isoformat, parse_timestamp
 from . import TaskResult
 
 logger = log.get_logger("restore-archive")
-READ_BATCH_ROWS = 64 * 1024
-INTERVAL_PARTS = ("months", "days", "nanoseconds")
 
 Bound = datetime | int | None  # None: unbounded
 
@@ -92,11 +89,17 @@ class _Target:
     kind: str
     columns: dict[str, str]  # name -> PostgreSQL type
     time_column: str
+    database: str | None = None  # the policy's own database (rehydration is recorded), None for --target
+    exists: bool = True
     notes: list[str] = field(default_factory=list)
 
     @property
     def display(self) -> str:
         return f"{self.schema}.{self.name}"
+
+    @property
+    def relation(self) -> str:
+        return db.qualified(self.schema, self.name)
 
 
 # -- bounds -------------------------------------------------------------------------------------
@@ -150,19 +153,25 @@ def _sql_bound(value: Bound, pg_type: str) -> str | None:
 # -- choosing the archives ------------------------------------------------------------------------
 
 def archived_ranges(store: Store, table: str) -> tuple[list[ArchivedRange], list[str]]:
-    """Every archived range of ``table`` (oldest first), and the problems of unreadable manifests."""
+    """Every archived time range of ``table`` (oldest first) with the manifests to load for it, and
+    the problems of unreadable manifests. Manifests superseded by a newer version are left out."""
     found = manifest.list_archive_manifests(store, manifest.ARCHIVE_CATALOG_PREFIX)
-    segment = f"/{chunks.key_part(table)}/"
-    by_range: dict[tuple[str, str], ArchivedRange] = {}
+    segment = f"/{ident.key_part(table)}/"
+    readable: list[LoadedManifest] = []
     problems = []
     for key, loaded in sorted(found.items()):
-        document = loaded.document
-        if document is None:
+        if loaded.document is None:
             if segment in key:
                 problems.append(f"{store.describe(key)}: {loaded.error}")
+        elif loaded.document.get("table") == table:
+            readable.append(loaded)
+    superseded = {str(entry.get("manifest")) for loaded in readable
+                  for entry in (loaded.document or {}).get("supersedes", [])}
+    by_range: dict[tuple[str, str], ArchivedRange] = {}
+    for loaded in readable:
+        if loaded.key in superseded:
             continue
-        if document.get("table") != table:
-            continue
+        document = loaded.document or {}
         span = document["range"]
         group = by_range.setdefault((str(span.get("start")), str(span.get("end"))), ArchivedRange(
             _manifest_bound(span.get("start")), _manifest_bound(span.get("end")), []))
@@ -183,7 +192,7 @@ def _prepare_target(current: db.Session, dsn: str, table: str, example: dict[str
     schema, name = table.split(".", 1)
     archived = [(column["name"], column["pg_type"]) for column in example["parquet"]["columns"]]
     kind, columns = db.target_table(current, schema, name)
-    target = _Target(dsn, schema, name, kind or "table", columns, str(example["time_column"]))
+    target = _Target(dsn, schema, name, kind or "table", columns, str(example["time_column"]), exists=kind is not None)
     if kind is None:
         if not other_database:
             raise UsageError(f"table {table} does not exist in the policy's database: restore-archive loads rows "
@@ -200,6 +209,7 @@ def _prepare_target(current: db.Session, dsn: str, table: str, example: dict[str
                                "or text)" if unknown else ""))
         if not dry_run:
             db.create_plain_table(current, schema, name, archived)
+            target.exists = True
         target.columns = dict(archived)
     missing = [column for column, _ in archived if column not in target.columns]
     if missing:
@@ -227,8 +237,9 @@ def _partition_covers(current: db.Session, target: _Target, archived: ArchivedRa
     return False
 
 
-def _recreate_partition(current: db.Session, target: _Target, archived: ArchivedRange, time_type: str) -> str | None:
-    """The dropped partition of a native partitioned table, from the manifest's bounds; its name, or None."""
+def _partition_for(current: db.Session, target: _Target, archived: ArchivedRange, time_type: str) -> tuple[str, str] | None:
+    """The statement that recreates a native partition dropped by retention (bounds from the
+    archive manifest), and its name; None when a partition covers the range."""
     if target.kind != "partitioned" or _partition_covers(current, target, archived, time_type):
         return None
     chunk = archived.documents[0]["chunk"]
@@ -236,68 +247,65 @@ def _recreate_partition(current: db.Session, target: _Target, archived: Archived
     if db.relation_exists(current, schema, name):
         name = f"{name}_restored"
     pg_type = target.columns[target.time_column]
-    db.create_range_partition(current, target.schema, target.name, schema, name,
-                              _sql_bound(archived.start, pg_type), _sql_bound(archived.end, pg_type))
-    return f"{schema}.{name}"
+    statement = db.create_range_partition_sql(target.schema, target.name, schema, name,
+                                              _sql_bound(archived.start, pg_type), _sql_bound(archived.end, pg_type))
+    return statement, f"{schema}.{name}"
 
 
-# -- loading ----------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _downloaded(store: Store, archived: ArchivedRange, work_dir: str | None) -> Iterator[list[Path]]:
-    """Each Parquet object of the range in a private temp directory, size and SHA-256 proven."""
-    directory = Path(tempfile.mkdtemp(prefix="archiver-restore-archive-", dir=work_dir))
-    try:
-        paths = []
-        for index, document in enumerate(archived.documents):
-            path = directory / f"{index}.parquet"
-            entry = {**document["object"], "codec": "none"}
-            with CheckedObject(store, entry, f"the archive of {document['chunk']['name']}") as obj, \
-                    open(path, "wb") as out:
-                for chunk in obj.chunks():
-                    out.write(chunk)
-                obj.finish()
-            rows = pq.ParquetFile(path).metadata.num_rows
-            if rows != int(document["rows"]):
-                raise ObjectMismatch(f"the archive of {document['chunk']['name']} {store.describe(entry['key'])} "
-                                     f"holds {rows} rows; its manifest says {document['rows']}",
-                                     key=str(entry["key"]), reason="rows")
-            paths.append(path)
-        yield paths
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+def _identities(archived: ArchivedRange) -> list[ident.Identity]:
+    return [ident.of_manifest(document) for document in archived.documents]
 
 
-def _staging_reader(paths: list[Path]) -> tuple[pa.RecordBatchReader, list[db.StagedColumn]]:
-    """The files' rows as one stream of batches; interval structs split into their three parts,
-    which ADBC can ingest (it has no mapping for an Arrow struct)."""
-    schema = pq.ParquetFile(paths[0]).schema_arrow
-    intervals = {f.name for f in schema if f.type == typemap.INTERVAL_TYPE}
-    fields: list[pa.Field] = []
-    staged: list[db.StagedColumn] = []
-    for f in schema:
-        if f.name in intervals:
-            parts = tuple(f"{f.name}#{part}" for part in INTERVAL_PARTS)
-            fields += [pa.field(part, f.type.field(i).type) for i, part in enumerate(parts)]
-            staged.append(db.StagedColumn(f.name, parts, "interval"))
-        else:
-            fields.append(f.remove_metadata())
-            staged.append(db.StagedColumn(f.name, (f.name,)))
-    out_schema = pa.schema(fields)
+def _record(store: Store, target: _Target, archived: ArchivedRange, window: tuple[Bound, Bound], state: str,
+            rows: int | None = None) -> None:
+    """The rehydration record of each archive of the range (only for the policy's own database)."""
+    if target.database is None:
+        return
+    for document, found in zip(archived.documents, _identities(archived), strict=True):
+        key = rehydration_key(target.database, found)
+        previous = None
+        with contextlib.suppress(ObjectNotFound, manifest.ManifestError):
+            previous = manifest.read_json(store, key)
+        record_rehydration(store, target.database, found, document, window, state, previous,
+                           rows=rows if rows is not None and document is archived.documents[0] else None)
 
-    def batches() -> Iterator[pa.RecordBatch]:
-        for path in paths:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS):
-                arrays: list[pa.Array] = []
-                for f, column in zip(batch.schema, batch.columns):
-                    if f.name in intervals:
-                        valid = column.is_valid()
-                        arrays += [pc.if_else(valid, column.field(part), pa.scalar(None, column.type.field(part).type))
-                                   for part in INTERVAL_PARTS]
-                    else:
-                        arrays.append(column)
-                yield pa.RecordBatch.from_arrays(arrays, schema=out_schema)
-    return pa.RecordBatchReader.from_batches(out_schema, batches()), staged
+
+def _load(store: Store, current: db.Session, target: _Target, archived: ArchivedRange, window: tuple[Bound, Bound],
+          time_type: str, work_dir: str | None) -> tuple[int, int, str | None]:
+    """(rows inserted, archived rows in the window, the partition recreated) in one transaction."""
+    pg_type = target.columns[target.time_column]
+    condition = db.range_condition("t", target.time_column, _sql_bound(window[0], pg_type),
+                                   _sql_bound(window[1], pg_type))
+    partition = _partition_for(current, target, archived, time_type)
+    columns = list(target.columns.items())
+    with downloaded(store, archived.documents, work_dir) as copies, \
+            db.staging(target.dsn, columns, what="restore-archive", isolation="READ COMMITTED") as staging:
+        for copy in copies:
+            reader, staged = staging_reader([copy.path])
+            staging.stage(reader, staged)
+        merged = staging.merge(None)  # space partitions side by side; rows of duplicate archives once
+        in_window = int(staging.scalar(f"SELECT count(*) FROM {merged} AS t WHERE {condition}"))
+        if partition is not None and in_window:
+            staging.execute(partition[0])
+        inserted = staging.insert_missing(target.relation, condition=condition, source=merged) if in_window else 0
+    return inserted, in_window, partition[1] if partition and in_window else None
+
+
+def _dry_run(current: db.Session, target: _Target, archived: ArchivedRange, span: str, window: tuple[Bound, Bound],
+             whole: bool) -> Decision:
+    """What a run would do, without downloading anything: the rows the table already holds in the
+    window tell whether the range looks restored already (a real run compares row by row)."""
+    present = 0
+    if target.exists:
+        pg_type = target.columns[target.time_column]
+        condition = db.range_condition("t", target.time_column, _sql_bound(window[0], pg_type),
+                                       _sql_bound(window[1], pg_type))
+        present = int(current.scalar(f"SELECT count(*) FROM {target.relation} AS t WHERE {condition}"))
+    if whole and present == archived.rows:
+        return Decision("skip", span, archived.names, f"{present:,} rows already present (as many as archived)")
+    return Decision("would load", span, archived.names,
+                    f"the archived rows the table lacks: the archive holds {archived.rows:,}"
+                    + ("" if whole else " (some outside the window)") + f", the table {present:,} in this window")
 
 
 def _restore_range(store: Store, current: db.Session, target: _Target, archived: ArchivedRange, low: Bound,
@@ -305,34 +313,33 @@ def _restore_range(store: Store, current: db.Session, target: _Target, archived:
     start, end = _clip(archived, low, high)
     span = f"[{_show(start)}, {_show(end)})"
     whole = (start, end) == (archived.start, archived.end)
-    pg_type = target.columns[target.time_column]
-    low_sql, high_sql = _sql_bound(start, pg_type), _sql_bound(end, pg_type)
-    present = db.count_in_range(current, target.schema, target.name, target.time_column, low_sql, high_sql)
-    if whole and present == archived.rows:
-        return Decision("skip", span, archived.names, f"{present:,} rows already present (as archived)")
-    if whole and present:
-        return Decision("hold", span, archived.names, f"the table holds {present:,} rows in this range, the archive "
-                                                      f"{archived.rows:,}: not loaded, it would duplicate rows")
     if dry_run:
-        return Decision("would load", span, archived.names, f"up to {archived.rows:,} archived rows"
-                                                            + ("" if whole else " (those within the range)"))
+        return _dry_run(current, target, archived, span, (start, end), whole)
+    _record(store, target, archived, (start, end), "loading")
     try:
-        with _downloaded(store, archived, work_dir) as paths:
-            created = _recreate_partition(current, target, archived, time_type) if present == 0 else None
-            reader, staged = _staging_reader(paths)
-            outcome = db.load_archive_rows(target.dsn, schema=target.schema, name=target.name, batches=reader,
-                                           columns=staged, column_types=target.columns, time_column=target.time_column,
-                                           low_sql=low_sql, high_sql=high_sql)
+        inserted, in_window, created = _load(store, current, target, archived, (start, end), time_type, work_dir)
     except ObjectMismatch as exc:
         return Decision("mismatch", span, archived.names, f"{exc.message}; not loaded")
+    _record(store, target, archived, (start, end), "loaded", rows=inserted)
     prefix = f"recreated partition {created}; " if created else ""
-    if outcome.loaded:
-        return Decision("load", span, archived.names, f"{prefix}{outcome.loaded:,} rows loaded, checksums verified",
-                        outcome.loaded)
-    if outcome.present == outcome.in_range:
-        return Decision("skip", span, archived.names, f"{outcome.present:,} rows already present (as archived)")
-    return Decision("hold", span, archived.names, f"the table holds {outcome.present:,} rows in this range, the "
-                                                  f"archive {outcome.in_range:,}: not loaded, it would duplicate rows")
+    if inserted:
+        present = in_window - inserted
+        return Decision("load", span, archived.names, f"{prefix}{inserted:,} rows loaded, checksums verified"
+                        + (f" ({present:,} already present)" if present else ""), inserted)
+    return Decision("skip", span, archived.names, f"{in_window:,} rows already present (as archived)")
+
+
+@contextlib.contextmanager
+def _target_session(dsn: str, target: str | None) -> Iterator[db.Session]:
+    """A session on the database rows go into; a --target database that does not exist is a usage error."""
+    try:
+        with db.session(dsn, application_name="archiver restore-archive") as current:
+            yield current
+    except db.DatabaseMissing as exc:
+        if target is None:
+            raise
+        raise UsageError(f"--target: {exc.message}", hint="create the database first (restore-archive creates the "
+                                                          "table in it, not the database)") from None
 
 
 def run_restore_archive(policy: Policy, *, table: str, start: str, end: str, target: str | None = None,
@@ -357,9 +364,11 @@ def run_restore_archive(policy: Policy, *, table: str, start: str, end: str, tar
     decisions: list[Decision] = []
     lock = contextlib.nullcontext() if dry_run else database_lock(policy, "restore-archive",
                                                                     dsn=target if target else None)
-    with lock, db.session(dsn, application_name="archiver restore-archive") as current:
+    with lock, _target_session(dsn, target) as current:
         destination = _prepare_target(current, dsn, qualified_name, chosen[0].documents[0],
                                       other_database=target is not None, dry_run=dry_run) if chosen else None
+        if destination is not None and target is None:
+            destination.database = db.current_database(current)
         progress.phase(f"restore-archive {qualified_name}", total=len(chosen), unit="ranges")
         for archived in chosen:
             assert destination is not None

@@ -1,126 +1,155 @@
-"""``archiver retention``: drop chunks past drop_after whose archive is verified; expire cold files.
+"""``archiver retention``: drop ranges past drop_after whose archive holds every row; expire cold files.
 
-A chunk is dropped only inside a transaction that first locks it against writes (readers carry
-on), recomputes its fingerprint and finds it equal to the one in its archive manifest, after the
-stored object itself was re-checked (exists, size, ETag or SHA-256, Parquet footer). Anything
-else is kept and reported, and the task ends "held back" (exit 5).
+A range is dropped only inside a transaction that first locks it against writes (readers carry
+on) and then proves, right there, that its archive holds every row it has: the fingerprint
+equals the archived one, or (for a range brought back by restore-archive) a row-by-row
+comparison finds no row the archive lacks. Before that, the stored object itself was read back
+in full and checked against its manifest and its own embedded metadata. Anything else is kept
+and reported, and the task ends "held back" (exit 5).
 
-TimescaleDB: one ``drop_chunks(older_than => ...)`` when every chunk it would drop is verified,
+TimescaleDB: one ``drop_chunks(older_than => ...)`` when every chunk it would drop is proven,
 otherwise ``_timescaledb_functions.drop_chunk`` one chunk at a time. Native partitions: DETACH
 then DROP. Cold files expire manifest first, then data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
-from .. import chunks, coldplan, db, manifest
-from ..chunks import Chunk, TableInfo, key_part
-from ..coldplan import DROP, EXPIRE, HOLD, REFUSE, Decision
-from ..export import check_object, database_fingerprint
-from ..fingerprint import Fingerprint
+from .. import chunks, coldplan, db
+from ..chunks import Chunk, TableInfo
+from ..coldcatalog import TableCatalog, load_table_catalog
+from ..coldplan import DROP, HOLD, REFUSE, Decision, RangeFacts
 from ..policy import ArchiveConfig, Policy
 from ..progress import NULL_PROGRESS, Progress
 from ..storage import Store, open_store
 from ..timeutil import format_duration, utcnow
 from . import TaskResult
-from .coldtier import archive_section, catalog_prefix, finish, record
+from .coldexpiry import Counts, expire_cold_files
+from .coldtier import archive_section, clean_table, finish, record
+from .rangefacts import gather, range_text, with_rows
 
 LOCK_TIMEOUT_MS = 10_000
-ORPHAN_GRACE = timedelta(days=1)
-ORPHAN_LIMIT = 10  # more unreferenced objects than this (and than 10% of the archive): refuse to sweep
 DROP_CHUNK_FUNCTION = "_timescaledb_functions.drop_chunk(regclass)"
 
 
 class _Changed(Exception):
-    def __init__(self, chunk: Chunk, changes: list[str]) -> None:
-        super().__init__(f"{chunk.display}: {'; '.join(changes[:2])}")
+    def __init__(self, chunk: Chunk, reason: str) -> None:
+        super().__init__(f"{chunk.display}: {reason}")
         self.chunk = chunk
-        self.changes = changes
+        self.reason = reason
 
 
 @dataclass
-class _Verified:
+class _Candidate:
     chunk: Chunk
-    document: dict[str, Any] | None  # None when require_archive is off
-    reason: str
+    facts: RangeFacts
+    document: dict[str, object] | None  # None when require_archive is off
+    rehydration_key: str | None
 
 
 @dataclass
-class _Counts:
-    dropped: int = 0
-    expired: int = 0
-    orphans: int = 0
+class _Table:
+    """What dropping the ranges of one table needs."""
+
+    current: db.Session
+    dsn: str
+    store: Store
+    info: TableInfo
+    catalog: TableCatalog
+    decisions: list[Decision]
 
 
 def run_retention(policy: Policy, *, dry_run: bool = False, now: datetime | None = None, store: Store | None = None,
                   progress: Progress = NULL_PROGRESS) -> TaskResult:
-    """Drop verified chunks past drop_after and expire cold files past cold_retention."""
+    """Drop proven ranges past drop_after and expire cold files past cold_retention."""
     config = archive_section(policy)
     dsn = policy.database.resolved_dsn()
     store = store or open_store(policy.storage)
     moment = now or utcnow()
     started = time.monotonic()
     decisions: list[Decision] = []
-    counts = _Counts()
+    counts = Counts()
     with db.session(dsn, connect_timeout=policy.database.connect_timeout) as current:
         database = db.current_database(current)
         infos = [chunks.discover(current, entry) for entry in config.tables]
         progress.phase("retention", total=len(infos), unit="tables")
         for info in infos:
-            counts.dropped += _retain_table(current, store, database, info, config, moment, decisions, dry_run)
+            catalog = load_table_catalog(store, database, info)
+            counts.orphans += clean_table(store, catalog, decisions, task="retention", dry_run=dry_run)
+            table = _Table(current, dsn, store, info, catalog, decisions)
+            counts.dropped += _retain_table(table, config, moment, dry_run)
             progress.advance(1)
         progress.done()
-        _expire_cold_files(current, store, database, config, moment, decisions, dry_run, counts)
-        _sweep_orphans(store, database, moment, decisions, dry_run, counts)
+        expire_cold_files(current, store, database, config, infos, moment, decisions, dry_run, counts)
     return _result(policy, decisions, counts, dry_run=dry_run, seconds=time.monotonic() - started)
 
 
 # --------------------------------------------------------------------------------------------
-# Dropping chunks
+# Dropping ranges
 
 
-def _retain_table(current: db.Session, store: Store, database: str, info: TableInfo, config: ArchiveConfig,
-                  now: datetime, decisions: list[Decision], dry_run: bool) -> int:
-    table = info.config
-    if table.drop_after is None:
+def _retain_table(table: _Table, config: ArchiveConfig, now: datetime, dry_run: bool) -> int:
+    info, decisions = table.info, table.decisions
+    settings = info.config
+    if settings.drop_after is None:
         record(decisions, Decision("retention", info.display, "", "keep", "no drop_after: chunks stay in the database"),
                "retention.table")
         return 0
-    unit = table.time_unit
-    boundary = chunks.cutoff(chunks.table_now(current, info, now), table.drop_after, unit)
+    boundary = chunks.cutoff(chunks.table_now(table.current, info, now), settings.drop_after, settings.time_unit)
     candidates = chunks.due(info.chunks, boundary)
-    if info.kind == chunks.HYPERTABLE and _timescaledb_guards(current, info, config, candidates, decisions):
+    if info.kind == chunks.HYPERTABLE and _timescaledb_guards(table.current, info, config, candidates, decisions):
         return 0
     if not candidates:
         record(decisions, Decision("retention", info.display, "", "keep",
-                                   f"no chunk wholly older than drop_after ({format_duration(table.drop_after)}, "
+                                   f"no chunk wholly older than drop_after ({format_duration(settings.drop_after)}, "
                                    f"boundary {chunks.show_value(boundary)})"), "retention.table")
         return 0
-    manifests = manifest.list_archive_manifests(store, catalog_prefix(database, info))
-    verified: list[_Verified] = []
-    for chunk in candidates:
-        loaded = manifests.get(chunks.manifest_key(database, info, chunk))
-        document = loaded.document if loaded else None
-        problem = check_object(store, document, footer=True) if table.require_archive and document else None
-        changes = None
-        if dry_run and table.require_archive and document and not problem:
-            changes = _changes(current, info, chunk, document)
-        action, reason = coldplan.retention_decision(loaded, problem, changes, require_archive=table.require_archive)
-        if action == HOLD or dry_run:
-            record(decisions, Decision("retention", info.display, chunk.display, action, reason), "retention.decision")
-        else:
-            verified.append(_Verified(chunk, document if table.require_archive else None, reason))
-    if dry_run or not verified:
+    chosen = [candidate for chunk in candidates
+              if (candidate := _precheck(table, chunk, dry_run)) is not None]
+    if dry_run or not chosen:
         return 0
-    if info.kind == chunks.HYPERTABLE and len(verified) == len(candidates):
-        dropped = _drop_all_at_once(current, info, verified, decisions)
+    if info.kind == chunks.HYPERTABLE and len(chosen) == len(candidates):
+        dropped = _drop_all_at_once(table, chosen)
         if dropped is not None:
             return dropped
-    return sum(_drop_one(current, info, item, decisions) for item in verified)
+    return sum(_drop_one(table, candidate) for candidate in chosen)
+
+
+def _precheck(table: _Table, chunk: Chunk, dry_run: bool) -> _Candidate | None:
+    """Everything that can be known before the lock; a dry run also compares the rows and says
+    what it would do. Returns the chunk when it may be dropped (the rows are proven under the lock)."""
+    info = table.info
+    require = info.config.require_archive
+    facts, archived = gather(table.current, table.dsn, table.store, info, chunk, table.catalog,
+                             check_rows=dry_run and require, thorough=require)
+    identity = info.identity(chunk)
+    assumed = facts if dry_run or not require else dataclasses.replace(facts, database_matches=True)
+    action, reason = coldplan.retention_decision(assumed, require_archive=require, range_text=range_text(identity))
+    if action == HOLD or dry_run:
+        record(table.decisions, Decision("retention", info.display, chunk.display, action, reason),
+               "retention.decision")
+        return None
+    rehydration = table.catalog.rehydrated.get(identity.stem)
+    return _Candidate(chunk, facts, archived.document if archived and require else None,
+                      rehydration.key if rehydration else None)
+
+
+def _verdict(table: _Table, candidate: _Candidate) -> str:
+    """Under the lock, right before the drop: the archive must hold every row the range has.
+    The reason to drop, or _Changed with the reason not to."""
+    if candidate.document is None:
+        return "require_archive is off for this table: dropped without an archive check"
+    facts = with_rows(table.current, table.dsn, table.store, table.info, candidate.chunk, candidate.document,
+                      candidate.facts)
+    action, reason = coldplan.retention_decision(facts, require_archive=True,
+                                                 range_text=range_text(table.info.identity(candidate.chunk)))
+    if action != DROP:
+        raise _Changed(candidate.chunk, reason)
+    return reason
 
 
 def _timescaledb_guards(current: db.Session, info: TableInfo, config: ArchiveConfig, candidates: list[Chunk],
@@ -148,146 +177,76 @@ def _timescaledb_guards(current: db.Session, info: TableInfo, config: ArchiveCon
     return False
 
 
-def _changes(current: db.Session, info: TableInfo, chunk: Chunk, document: dict[str, Any]) -> list[str]:
-    stored = Fingerprint.from_json(document["fingerprint"])
-    return stored.differences(database_fingerprint(current, chunk, info.plans(), info.time_column),
-                              mine="archive", theirs="database")
+def _forget_rehydrations(table: _Table, dropped: list[_Candidate]) -> None:
+    """A range dropped again no longer holds restored rows; its rehydration record goes (after the drop)."""
+    for candidate in dropped:
+        if candidate.rehydration_key:
+            table.store.delete(candidate.rehydration_key)
 
 
-def _recheck(current: db.Session, info: TableInfo, item: _Verified) -> None:
-    """Under the lock, right before the drop: the rows must still be the archived ones."""
-    if item.document is None:
-        return
-    changes = _changes(current, info, item.chunk, item.document)
-    if changes:
-        raise _Changed(item.chunk, changes)
-
-
-def _drop_all_at_once(current: db.Session, info: TableInfo, verified: list[_Verified],
-                      decisions: list[Decision]) -> int | None:
-    """One drop_chunks() call when it would drop exactly the verified chunks; None: go one by one."""
-    boundary = max(item.chunk.end for item in verified)  # type: ignore[type-var]
-    expected = {item.chunk.display for item in verified}
+def _drop_all_at_once(table: _Table, chosen: list[_Candidate]) -> int | None:
+    """One drop_chunks() call when it would drop exactly the proven chunks; None: go one by one."""
+    info, current = table.info, table.current
+    boundary = max(candidate.chunk.end for candidate in chosen)  # type: ignore[type-var]
+    expected = {candidate.chunk.display for candidate in chosen}
     try:
         with current.transaction():
-            db.lock_relations(current, [item.chunk.relation for item in verified], mode="EXCLUSIVE",
+            db.lock_relations(current, [candidate.chunk.relation for candidate in chosen], mode="EXCLUSIVE",
                               timeout_ms=LOCK_TIMEOUT_MS)
-            for item in verified:
-                _recheck(current, info, item)
+            reasons = [_verdict(table, candidate) for candidate in chosen]
             dropped = {name.replace('"', "") for name in
                        db.drop_chunks_older_than(current, info.schema, info.name, boundary, info.time_sql_type)}
             if dropped != expected:
-                raise _Changed(verified[0].chunk, [f"drop_chunks would drop {sorted(dropped)}, verified were "
-                                                   f"{sorted(expected)}"])
+                raise _Changed(chosen[0].chunk, f"drop_chunks would drop {sorted(dropped)}, proven were "
+                                                f"{sorted(expected)}")
     except (_Changed, db.LockTimeout) as exc:
-        record(decisions, Decision("retention", info.display, "", "note",
-                                   f"drop_chunks not used ({exc}); dropping chunk by chunk"), "retention.bulk_skipped")
+        record(table.decisions, Decision("retention", info.display, "", "note",
+                                         f"drop_chunks not used ({exc}); dropping chunk by chunk"),
+               "retention.bulk_skipped")
         return None
-    for item in verified:
-        record(decisions, Decision("retention", info.display, item.chunk.display, "dropped",
-                                   f"{item.reason} (drop_chunks older_than {chunks.show_value(boundary)})"),
+    _forget_rehydrations(table, chosen)
+    for candidate, reason in zip(chosen, reasons, strict=True):
+        record(table.decisions, Decision("retention", info.display, candidate.chunk.display, "dropped",
+                                         f"{reason} (drop_chunks older_than {chunks.show_value(boundary)})"),
                "retention.chunk.dropped")
-    return len(verified)
+    return len(chosen)
 
 
-def _drop_one(current: db.Session, info: TableInfo, item: _Verified, decisions: list[Decision]) -> int:
-    chunk = item.chunk
+def _drop_one(table: _Table, candidate: _Candidate) -> int:
+    info, current, chunk = table.info, table.current, candidate.chunk
     if info.kind == chunks.HYPERTABLE and not db.timescaledb_function_exists(current, DROP_CHUNK_FUNCTION):
-        record(decisions, Decision("retention", info.display, chunk.display, HOLD,
-                                   f"this TimescaleDB has no {DROP_CHUNK_FUNCTION} to drop a single chunk safely"),
+        record(table.decisions, Decision("retention", info.display, chunk.display, HOLD,
+                                         f"this TimescaleDB has no {DROP_CHUNK_FUNCTION} to drop a single chunk safely"),
                "retention.decision")
         return 0
     try:
         with current.transaction():
             db.lock_relations(current, [chunk.relation], mode="EXCLUSIVE", timeout_ms=LOCK_TIMEOUT_MS)
-            _recheck(current, info, item)
+            reason = _verdict(table, candidate)
             if info.kind == chunks.HYPERTABLE:
                 db.drop_timescaledb_chunk(current, chunk.schema, chunk.name)
             else:
                 db.detach_and_drop_partition(current, info.schema, info.name, chunk.schema, chunk.name)
     except _Changed as exc:
-        record(decisions, Decision("retention", info.display, chunk.display, HOLD,
-                                   f"rows changed since it was archived ({'; '.join(exc.changes[:2])}); run "
-                                   "`archiver archive` to export them first"), "retention.decision")
-        return 0
-    except db.LockTimeout:
-        record(decisions, Decision("retention", info.display, chunk.display, HOLD,
-                                   f"busy: no lock within {LOCK_TIMEOUT_MS // 1000} s; the next run tries again"),
+        record(table.decisions, Decision("retention", info.display, chunk.display, HOLD, exc.reason),
                "retention.decision")
         return 0
-    record(decisions, Decision("retention", info.display, chunk.display, "dropped", item.reason),
+    except db.LockTimeout:
+        record(table.decisions, Decision("retention", info.display, chunk.display, HOLD,
+                                         f"busy: no lock within {LOCK_TIMEOUT_MS // 1000} s; the next run tries again"),
+               "retention.decision")
+        return 0
+    _forget_rehydrations(table, [candidate])
+    record(table.decisions, Decision("retention", info.display, chunk.display, "dropped", reason),
            "retention.chunk.dropped")
     return 1
 
 
-# --------------------------------------------------------------------------------------------
-# Cold files
-
-
-def _expire_cold_files(current: db.Session, store: Store, database: str, config: ArchiveConfig, now: datetime,
-                       decisions: list[Decision], dry_run: bool, counts: _Counts) -> None:
-    if config.cold_retention is None:
-        return
-    cold_cutoff = now - config.cold_retention
-    for key, loaded in sorted(manifest.list_archive_manifests(store, catalog_prefix(database)).items()):
-        document = loaded.document
-        exists = bool(document) and db.relation_exists(current, document["chunk"]["schema"],  # type: ignore[index]
-                                                       document["chunk"]["name"])  # type: ignore[index]
-        verdict = coldplan.expiry_decision(loaded, cold_cutoff, chunk_exists=exists,
-                                           cold_retention=config.cold_retention)
-        if verdict is None:
-            continue
-        action, reason = verdict
-        table = document["table"] if document else "?"
-        subject = f"{document['chunk']['schema']}.{document['chunk']['name']}" if document else key
-        if action == EXPIRE and not dry_run:
-            store.delete(key)  # manifest first: from here on the file is no archive
-            store.delete(document["object"]["key"])  # type: ignore[index]
-            counts.expired += 1
-            action, reason = "expired", f"{reason}; removed {document['object']['key']}"  # type: ignore[index]
-        record(decisions, Decision("expiry", table, subject, action, reason), "retention.expiry")
-
-
-def _sweep_orphans(store: Store, database: str, now: datetime, decisions: list[Decision], dry_run: bool,
-                   counts: _Counts) -> None:
-    """Remove Parquet objects no manifest references (left by exports killed before their manifest)."""
-    manifests = manifest.list_archive_manifests(store, catalog_prefix(database))
-    if any(loaded.document is None for loaded in manifests.values()):
-        record(decisions, Decision("expiry", "", "", "keep", "orphan sweep skipped: an archive manifest is unreadable, "
-                                                             "so what it references is unknown"), "retention.orphans")
-        return
-    referenced = {loaded.data_key for loaded in manifests.values()}
-    orphans = [info for info in store.list(f"archive/{key_part(database)}/")
-               if info.key.endswith(".parquet") and info.key not in referenced]
-    if not orphans:
-        return
-    if not referenced:
-        record(decisions, Decision("expiry", "", "", HOLD,
-                                   f"{len(orphans)} Parquet object(s) under archive/ but no archive manifest at all: "
-                                   "they cannot be told apart from archives whose catalog/ was lost, so none is "
-                                   "deleted (the next archive run replaces those of chunks still in the database)"),
-               "retention.orphans")
-        return
-    if len(orphans) > max(ORPHAN_LIMIT, len(referenced) // 10):
-        record(decisions, Decision("expiry", "", "", HOLD,
-                                   f"{len(orphans)} Parquet object(s) under archive/ have no manifest, against "
-                                   f"{len(referenced)} archived; not deleting that many - check the catalog/ prefix"),
-               "retention.orphans")
-        return
-    for info in orphans:
-        action, reason = coldplan.orphan_decision(info.modified, now, ORPHAN_GRACE)
-        if action == EXPIRE and not dry_run:
-            store.delete(info.key)
-            counts.orphans += 1
-            action = "removed"
-        record(decisions, Decision("expiry", "", info.key, action, reason), "retention.orphan")
-
-
-def _result(policy: Policy, decisions: list[Decision], counts: _Counts, *, dry_run: bool, seconds: float) -> TaskResult:
+def _result(policy: Policy, decisions: list[Decision], counts: Counts, *, dry_run: bool, seconds: float) -> TaskResult:
     held = sum(1 for d in decisions if d.action == HOLD)
     refused = any(d.action == REFUSE for d in decisions)
     would_drop = sum(1 for d in decisions if d.action == DROP)
-    would_expire = sum(1 for d in decisions if d.action == EXPIRE)
+    would_expire = sum(1 for d in decisions if d.action == coldplan.EXPIRE)
     result = TaskResult(policy=policy.name or "", task="retention")
     if dry_run:
         result.summary = (f"dry run: would drop {would_drop} chunk(s), hold back {held}, expire {would_expire} cold "

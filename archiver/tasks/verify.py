@@ -26,13 +26,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from .. import __version__, db, dump, log, manifest, pgbin, sysinfo
+from .. import __version__, db, dump, identity, log, manifest, pgbin, sysinfo
+from ..coldobjects import check_object
 from ..errors import ArchiverError, ExternalCommandFailed, TaskFailed, UsageError, set_outcome
 from ..expect import parse_expectation
-from ..integrity import CheckedObject, ObjectMismatch
+from ..integrity import ObjectMismatch
 from ..policy import Policy, ScratchConfig, VerifyConfig
 from ..progress import NULL_PROGRESS, Progress
 from ..scratch import ContainerPostgres, LocalPostgres
@@ -352,35 +350,37 @@ def _amcheck(target: str, instance: LocalPostgres | ContainerPostgres) -> Check:
 
 
 def _archive_checks(store: Store, progress: Progress) -> list[Check]:
-    """Every cold archive: its manifest reads, its object is there with the size and SHA-256 the manifest
-    records (a full read: a checksum, not only an ETag), and its Parquet footer holds the recorded rows."""
+    """Every current cold archive: its manifest reads, its object is there with the size and SHA-256
+    the manifest records (a full read: a checksum, not only an ETag), its embedded metadata (rows,
+    table, range, version) agrees with the manifest, and no other archive claims the same range."""
     found = manifest.list_archive_manifests(store, manifest.ARCHIVE_CATALOG_PREFIX)
+    superseded = {str(entry.get("manifest")) for loaded in found.values()
+                  for entry in (loaded.document or {}).get("supersedes", [])}
+    claims: dict[tuple[str, str], list[str]] = {}
     checks: list[Check] = []
     progress.phase("archives", total=len(found), unit="objects")
     for key, loaded in sorted(found.items()):
         document = loaded.document
+        if key in superseded:
+            continue  # left by an interrupted run; the next archive removes it
         if document is None:
             checks.append(Check("archive", key, "fail", detail=f"unreadable manifest: {loaded.error}"))
             continue
         name = f"{document['table']} {document['chunk']['name']}"
-        try:
-            with CheckedObject(store, {**document["object"], "codec": "none"}, f"the archive of {name}") as obj:
-                for _ in obj.chunks():
-                    pass
-                obj.finish()
-            with store.open_seekable(str(document["object"]["key"])) as source:
-                rows = pq.ParquetFile(source).metadata.num_rows
-        except ObjectMismatch as exc:
-            checks.append(Check("archive", name, "fail", detail=exc.message))
-            continue
-        except (pa.ArrowException, OSError, ArchiverError) as exc:
-            checks.append(Check("archive", name, "fail", detail=f"not readable as Parquet: {exc}"))
-            continue
-        status: Status = "pass" if rows == int(document["rows"]) else "fail"
-        checks.append(Check("archive", name, status, {"rows": int(document["rows"])}, {"rows": rows},
-                            detail="" if status == "fail" else "SHA-256 and Parquet row count match the manifest"))
+        if document.get("identity") or document.get("table_kind") != "hypertable":
+            claims.setdefault((str(document["table"]), identity.of_manifest(document).stem), []).append(name)
+        problem = check_object(store, document, thorough=True)
+        rows = int(document["rows"])
+        checks.append(Check("archive", name, "fail" if problem else "pass", None if problem else {"rows": rows},
+                            None if problem else {"rows": rows},
+                            detail=problem or "SHA-256, Parquet footer and embedded range match the manifest"))
         progress.advance(1)
     progress.done()
+    for (table, stem), names in sorted(claims.items()):
+        if len(names) > 1:
+            checks.append(Check("archive", f"{table} {stem}", "fail",
+                                detail=f"{len(names)} archives claim this range ({', '.join(names)}): readers see its "
+                                       "rows more than once; `archiver archive` merges them"))
     return checks
 
 
