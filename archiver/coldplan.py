@@ -74,10 +74,11 @@ def _summary(changes: list[str]) -> str:
     return shown + (f"; and {len(changes) - 2} more" if len(changes) > 2 else "")
 
 
-ACCEPT_HINT = "`archiver archive NAME --table T --accept-deletes {range}` records the deletion"
+ACCEPT_HINT = "`{command}` records the deletion"
 
 
-def archive_decision(facts: RangeFacts, *, late_data_check: bool, range_text: str = "RANGE") -> tuple[str, str]:
+def archive_decision(facts: RangeFacts, *, late_data_check: bool,
+                     accept_command: str = "archiver archive NAME --accept-deletes RANGE") -> tuple[str, str]:
     """Export (or merge) a due range, skip it because its archive holds its rows, or hold it.
 
     Never writes a version holding fewer rows than the one it replaces, unless the operator
@@ -105,12 +106,12 @@ def archive_decision(facts: RangeFacts, *, late_data_check: bool, range_text: st
         return SKIP, f"archived as v{v} (late-data check is off)"
     if facts.database_matches or not facts.compared:
         return SKIP, f"verified archive v{v} still matches ({facts.rows} rows)"
-    return _changed_range(facts, v, range_text)
+    return _changed_range(facts, v, accept_command)
 
 
-def _changed_range(facts: RangeFacts, v: int, range_text: str) -> tuple[str, str]:
+def _changed_range(facts: RangeFacts, v: int, accept_command: str) -> tuple[str, str]:
     new, missing, common = facts.counts()
-    hint = ACCEPT_HINT.format(range=range_text)
+    hint = ACCEPT_HINT.format(command=accept_command)
     if not missing:
         if not new:
             return SKIP, f"archive v{v} holds exactly the database's {common:,} rows"
@@ -141,7 +142,8 @@ def _changed_range(facts: RangeFacts, v: int, range_text: str) -> tuple[str, str
                   f"that are not archived (updated or deleted rows?); archive kept. {hint}")
 
 
-def retention_decision(facts: RangeFacts, *, require_archive: bool, range_text: str = "RANGE") -> tuple[str, str]:
+def retention_decision(facts: RangeFacts, *, require_archive: bool,
+                       accept_command: str = "archiver archive NAME --accept-deletes RANGE") -> tuple[str, str]:
     """Drop a range past drop_after only when its checked archive holds every row it has."""
     if not require_archive:
         return DROP, "require_archive is off for this table: dropped without an archive check"
@@ -168,7 +170,7 @@ def retention_decision(facts: RangeFacts, *, require_archive: bool, range_text: 
         return DROP, (f"brought back by restore-archive ({common:,} of {common + missing:,} rows); archive v{v} still "
                       "holds every one of them: dropped again")
     return HOLD, (f"the database holds {common:,} of {common + missing:,} archived rows (deleted rows?): archive v{v} "
-                  f"kept, range not dropped. {ACCEPT_HINT.format(range=range_text)}")
+                  f"kept, range not dropped. {ACCEPT_HINT.format(command=accept_command)}")
 
 
 def _offset_text(job: dict[str, Any], key: str) -> str:

@@ -1369,6 +1369,12 @@ def detach_and_drop_partition(current: Session, parent_schema: str, parent: str,
 # Reading rows as Arrow (ADBC: COPY binary -> Arrow record batches)
 
 
+# Reading a chunk waits at most this long for its lock. Two sessions of one export read the same
+# chunk; were a third (a TimescaleDB job's drop_chunks, an ALTER) to queue for an exclusive lock
+# between them, the second would wait behind it forever while the first waits for the second.
+READ_LOCK_TIMEOUT_MS = 30_000
+
+
 @contextlib.contextmanager
 def shared_read_snapshot(dsn: str) -> Iterator[tuple[str, Session]]:
     """A REPEATABLE READ transaction whose snapshot other connections can share.
@@ -1380,6 +1386,7 @@ def shared_read_snapshot(dsn: str) -> Iterator[tuple[str, Session]]:
         # one core for the fingerprint: the export stream needs the others, and a production
         # server's parallel workers are not ours to take
         current.execute("SET max_parallel_workers_per_gather = 0")
+        current.execute(f"SET lock_timeout = {READ_LOCK_TIMEOUT_MS}")
         current.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             snapshot_id = str(current.scalar("SELECT pg_export_snapshot()"))
@@ -1411,8 +1418,9 @@ def _adbc_connect(dsn: str, application_name: str, **kwargs: Any) -> Any:
     return connection
 
 
-def _adbc_error(exc: Exception, dsn: str) -> DatabaseError:
-    return DatabaseError(f"database error on {redact_dsn(dsn)} (reading rows): {_scrub(str(exc), dsn).strip()}")
+def _adbc_error(exc: Exception, dsn: str, what: str = "reading rows") -> DatabaseError:
+    message = f"database error on {redact_dsn(dsn)} ({what}): {_scrub(str(exc), dsn).strip()}"
+    return LockTimeout(message) if LOCK_NOT_AVAILABLE in str(exc) else DatabaseError(message)
 
 
 def arrow_batches(dsn: str, sql: str, *, snapshot_id: str | None = None,
@@ -1432,6 +1440,7 @@ def arrow_batches(dsn: str, sql: str, *, snapshot_id: str | None = None,
         cursor = connection.cursor()
         cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(int(batch_bytes))})
         if snapshot_id is not None:
+            cursor.execute(f"SET lock_timeout = {READ_LOCK_TIMEOUT_MS}")
             cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cursor.execute(f"SET TRANSACTION SNAPSHOT {quote_literal(snapshot_id)}")
         cursor.execute(sql)
@@ -1941,7 +1950,8 @@ class Staging:
 
 
 STAGING_SETTINGS = ("SET TIME ZONE 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET IntervalStyle = 'postgres'",
-                    "SET extra_float_digits = 3", "SET bytea_output = 'hex'", "SET search_path = pg_catalog, pg_temp")
+                    "SET extra_float_digits = 3", "SET bytea_output = 'hex'", "SET search_path = pg_catalog, pg_temp",
+                    f"SET lock_timeout = {READ_LOCK_TIMEOUT_MS}")
 
 
 @contextlib.contextmanager
@@ -1968,7 +1978,7 @@ def staging(dsn: str, columns: Sequence[tuple[str, str]], *, what: str,
             raise
         cursor.execute("COMMIT")
     except adbc_driver_manager.Error as exc:
-        raise DatabaseError(f"database error on {redact_dsn(dsn)} ({what}): {_scrub(str(exc), dsn).strip()}") from None
+        raise _adbc_error(exc, dsn, what) from None
     finally:
         try:
             connection.close()

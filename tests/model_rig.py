@@ -56,11 +56,11 @@ def create_table(dsn: str, kind: str, base: datetime) -> None:
             statements.append(f"CREATE TABLE public.readings_p{start:%Y%m%d} PARTITION OF {TABLE} FOR VALUES FROM "
                               f"('{start.isoformat()}') TO ('{(start + DAY).isoformat()}')")
     else:
-        statements += ["CREATE EXTENSION IF NOT EXISTS timescaledb",
+        statements += ["CREATE EXTENSION IF NOT EXISTS timescaledb SCHEMA public",
                        f"CREATE TABLE {TABLE} ({COLUMNS})",
                        f"SELECT public.create_hypertable('{TABLE}', 'ts', chunk_time_interval => interval '1 day')",
                        f"SELECT public.add_dimension('{TABLE}', 'device', number_partitions => 2)"]
-    with db.connect(dsn) as conn:
+    with db.connect(dsn, safe_search_path=False) as conn:  # the application's own DDL
         for statement in statements:
             conn.execute(statement)  # type: ignore[arg-type]
 
@@ -113,8 +113,12 @@ class World:
         with db.session(self.dsn) as current:
             return current.query(statement, params)
 
-    def database_rows(self) -> collections.Counter[tuple[int, int]]:
-        return collections.Counter((int(i), int(v)) for i, v in self.sql(f"SELECT id, version FROM {TABLE}"))
+    def database_rows(self, start: datetime | None = None, end: datetime | None = None,
+                      ) -> collections.Counter[tuple[int, int]]:
+        """(id, version) of the table's rows (with ``start``/``end``: of those in [start, end))."""
+        where = "WHERE ts >= %s AND ts < %s" if start else ""
+        rows = self.sql(f"SELECT id, version FROM {TABLE} {where}", (start, end) if start else None)
+        return collections.Counter((int(i), int(v)) for i, v in rows)
 
     def wait_for_sessions_to_end(self, timeout: float = 30.0) -> None:
         """A SIGKILLed client's backend may still be finishing a statement: wait until it is gone,
@@ -146,11 +150,14 @@ class World:
         return list(zip(data.column("id").to_pylist(), data.column("version").to_pylist(),
                         data.column("ts").to_pylist()))
 
-    def lake_rows(self) -> collections.Counter[tuple[int, int]]:
-        """Rows of the current objects, read with pyarrow from the objects themselves."""
+    def lake_rows(self, start: datetime | None = None, end: datetime | None = None,
+                  ) -> collections.Counter[tuple[int, int]]:
+        """Rows of the current objects, read with pyarrow from the objects themselves (with
+        ``start``/``end``: those in [start, end))."""
         rows: collections.Counter[tuple[int, int]] = collections.Counter()
         for key in self.current_objects():
-            rows.update((int(i), int(v)) for i, v, _ in self.object_rows(key))
+            rows.update((int(i), int(v)) for i, v, ts in self.object_rows(key)
+                        if start is None or start <= ts < end)  # type: ignore[operator]
         return rows
 
     def reader_rows(self) -> collections.Counter[tuple[int, int]]:

@@ -114,6 +114,7 @@ def test_late_rows_become_a_new_version_and_changed_rows_wait_for_the_operator(
     assert len(parquet_keys(store)) == len(keys) and found["readings_d70"]["object"]["key"] not in keys
     assert found["readings_d70"]["supersedes"][0]["version"] == 1, "the new version says what it replaced"
 
+    assert "`archiver archive telemetry --table public.readings --accept-deletes 20" in changed
     accepted = changed.split("--accept-deletes ")[1].split("`")[0]
     decided = run_archive(policy, accept_deletes=[accepted])
     assert decided.metrics["chunks_archived"] == 1

@@ -24,11 +24,11 @@ def compared(new: int, missing: int, common: int, **facts: object) -> coldplan.R
 
 
 def archive(facts: coldplan.RangeFacts, late_data_check: bool = True) -> tuple[str, str]:
-    return coldplan.archive_decision(facts, late_data_check=late_data_check, range_text="A/B")
+    return coldplan.archive_decision(facts, late_data_check=late_data_check, accept_command="archiver archive t --accept-deletes A/B")
 
 
 def retention(facts: coldplan.RangeFacts) -> tuple[str, str]:
-    return coldplan.retention_decision(facts, require_archive=True, range_text="A/B")
+    return coldplan.retention_decision(facts, require_archive=True, accept_command="archiver archive t --accept-deletes A/B")
 
 
 def test_archive_exports_what_has_no_archive_and_skips_what_still_matches() -> None:

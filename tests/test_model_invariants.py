@@ -71,7 +71,7 @@ class Model:
         self.rules: list[tuple[int, Callable[[], str]]] = [
             (6, self.insert), (2, self.delete), (2, self.update), (3, self.time_passes), (4, self.archive),
             (3, self.retention), (4, self.settle), (4, self.restore_archive), (1, self.backup_and_prune),
-            (2, self.killed_run),
+            (2, self.killed_run), (1, self.accept_deletes),
         ]
 
     # -- user activity ----------------------------------------------------------------------------
@@ -172,6 +172,18 @@ class Model:
     def retention(self) -> str:
         return (f"retention: "
                 f"{self._remember(run_retention(self.world.policy, now=self.clock, store=self.world.store))}")
+
+    def accept_deletes(self) -> str:
+        """The operator records that a range's deleted or changed rows are meant (--accept-deletes)."""
+        if not self.dirty_days:
+            return "accept-deletes: nothing to accept"
+        day = self.rng.choice(sorted(self.dirty_days))
+        text = f"{isoformat(day)}/{isoformat(day + DAY)}"
+        result = run_archive(self.world.policy, now=self.clock, store=self.world.store, accept_deletes=[text])
+        summary = self._remember(result)
+        if self.world.lake_rows(day, day + DAY) == self.world.database_rows(day, day + DAY):
+            self.dirty_days.discard(day)  # the archive now holds the day's rows as they are
+        return f"archive --accept-deletes {text}: {summary}"
 
     def settle(self) -> str:
         """archive then retention with nothing in between; then (c) must hold."""

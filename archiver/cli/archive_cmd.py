@@ -36,9 +36,15 @@ def _run(task: Callable[[], TaskResult]) -> int:
 @click.argument("name")
 @click.option("--dry-run", is_flag=True, help="Print the decisions, change nothing.")
 @click.option("--table", metavar="T", callback=params.table_name, help="Only this table (schema.table, as listed in the policy).")
+@click.option("--accept-deletes", "accept_deletes", multiple=True, metavar="RANGE",
+              help="Rows were deleted from this archived range on purpose: replace its archive with the database's "
+                   "rows (START/END as the hold line prints it, or the chunk's name; repeatable).")
 @pass_app
-def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None) -> int:
-    """Export aged chunks of policy NAME to Parquet, verify them, then write their manifests."""
+def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None, accept_deletes: tuple[str, ...]) -> int:
+    """Export aged chunks of policy NAME to Parquet, verify them, then write their manifests.
+
+    An archive is never replaced by a version with fewer rows: a range whose database rows were
+    deleted is held back (exit 5) until --accept-deletes names it."""
     policy = app.policy(name)
     if table is not None:  # before the run takes its locks (on the database) and connects
         try:
@@ -46,7 +52,8 @@ def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None
         except UsageError as exc:
             raise UsageError(f"--table: {exc.message}", hint=exc.hint) from None
     progress = progress_for_terminal(quiet=app.verbosity < 0)
-    return _run(lambda: execute(policy, "archive", dry_run=dry_run, table=table, progress=progress))
+    return _run(lambda: execute(policy, "archive", dry_run=dry_run, table=table, progress=progress,
+                                accept_deletes=list(accept_deletes)))
 
 
 @click.command("retention")

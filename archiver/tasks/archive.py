@@ -38,7 +38,7 @@ from ..storage import Store, open_store
 from ..timeutil import format_bytes, isoformat, utcnow
 from . import TaskResult
 from .coldtier import MiB, ColdTierFailed, archive_section, clean_table, finish, record, select_tables
-from .rangefacts import accepts, gather, range_text
+from .rangefacts import accept_command, accepts, gather
 
 
 @dataclass
@@ -78,7 +78,7 @@ def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = No
             catalog = load_table_catalog(store, database, info)
             clean_table(store, catalog, decisions, task="archive", dry_run=dry_run)
             jobs += _plan_table(current, dsn, store, database, info, catalog, moment, config, decisions,
-                                accept_deletes or [])
+                                accept_deletes or [], policy.name or "")
     _unused_acceptances(accept_deletes or [], decisions)
     results: list[ExportResult] = []
     if not dry_run and jobs:
@@ -94,7 +94,7 @@ def _shared_upload_budget(storage: StorageConfig, parallel: int) -> StorageConfi
 
 def _plan_table(current: db.Session, dsn: str, store: Store, database: str, info: TableInfo, catalog: TableCatalog,
                 now: datetime, config: ArchiveConfig, decisions: list[Decision],
-                accept_deletes: list[str]) -> list[ExportJob]:
+                accept_deletes: list[str], policy: str) -> list[ExportJob]:
     for note in info.notes:
         record(decisions, Decision("archive", info.display, "", "note", note), "archive.note")
     boundary = chunks.cutoff(chunks.table_now(current, info, now), info.config.archive_after, info.config.time_unit)
@@ -105,7 +105,7 @@ def _plan_table(current: db.Session, dsn: str, store: Store, database: str, info
         facts, archived = gather(current, dsn, store, info, chunk, catalog, check_rows=config.late_data_check,
                                  accept_deletes=accepts(accept_deletes, chunk, identity))
         action, reason = coldplan.archive_decision(facts, late_data_check=config.late_data_check,
-                                                   range_text=range_text(identity))
+                                                   accept_command=accept_command(policy, info, identity))
         record(decisions, Decision("archive", info.display, chunk.display, action, reason), "archive.decision")
         if action in (coldplan.EXPORT, coldplan.MERGE):
             jobs.append(_job(current, database, info, identity, chunk, archived, action, reason))
@@ -177,6 +177,12 @@ def _collect(future: Future[ExportResult], job: ExportJob, results: list[ExportR
         return
     except VerificationFailed as exc:
         record(decisions, Decision("archive", *where, "mismatch", exc.message), "archive.chunk.verification_failed")
+        return
+    except db.LockTimeout:
+        record(decisions, Decision("archive", *where, coldplan.HOLD,
+                                   f"busy: no lock on the chunk within {db.READ_LOCK_TIMEOUT_MS // 1000} s (another "
+                                   "session, e.g. a TimescaleDB job, is waiting to change it); the next run tries "
+                                   "again"), "archive.chunk.held_back")
         return
     except ArchiverError as exc:
         record(decisions, Decision("archive", *where, coldplan.FAIL, str(exc)), "archive.chunk.failed")

@@ -15,7 +15,8 @@ from ..errors import TaskFailed, UsageError
 from ..manifest import archive_catalog_prefix
 from ..policy import ArchiveConfig, ArchiveTable, Policy
 from ..storage import Store
-from ..timeutil import isoformat
+from ..timeutil import isoformat, utcnow
+from ..uploads import abort_dead_uploads
 from . import TaskResult
 
 MiB = 1024 * 1024
@@ -113,10 +114,11 @@ def clean_table(store: Store, catalog: TableCatalog, decisions: list[Decision], 
                 removed += 1
             record(decisions, Decision(task, catalog.table, key, "would remove" if dry_run else "removed",
                                        "no manifest references it (left by an interrupted run)"), f"{task}.orphan")
-    for write in store.incomplete_writes(data_prefix(catalog.database, catalog.table)):
-        if not dry_run:
-            store.discard_incomplete(write)
-        record(decisions, Decision(task, catalog.table, write.key, "would remove" if dry_run else "removed",
-                                   f"unfinished upload ({write.description}, started {isoformat(write.started)}) of "
-                                   "an interrupted run"), f"{task}.incomplete")
+    started = utcnow()  # under the cold-tier lock nothing pending from before now has a live writer
+    for verdict in abort_dead_uploads(store, data_prefix(catalog.database, catalog.table), older_than=started,
+                                      dry_run=dry_run):
+        action = ("would remove" if dry_run else "removed") if verdict.abort else "keep"
+        record(decisions, Decision(task, catalog.table, verdict.key, action,
+                                   f"unfinished upload ({verdict.write.description}, started "
+                                   f"{isoformat(verdict.since)}): {verdict.reason}"), f"{task}.incomplete")
     return removed

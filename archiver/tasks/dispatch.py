@@ -31,12 +31,12 @@ def _prune(policy: Policy, store: Store, progress: Progress, *, dry_run: bool = 
 
 
 def _archive(policy: Policy, store: Store, progress: Progress, *, dry_run: bool = False, table: str | None = None,
-             **_: Any) -> TaskResult:
+             accept_deletes: list[str] | None = None, **_: Any) -> TaskResult:
     from .archive import run_archive
 
     # no store handed over: the archive opens its own, with the upload budget shared by its
     # parallel exports
-    return run_archive(policy, dry_run=dry_run, table=table, progress=progress)
+    return run_archive(policy, dry_run=dry_run, table=table, progress=progress, accept_deletes=accept_deletes)
 
 
 def _retention(policy: Policy, store: Store, progress: Progress, *, dry_run: bool = False, **_: Any) -> TaskResult:

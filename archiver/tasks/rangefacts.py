@@ -27,6 +27,11 @@ def range_text(identity: Identity) -> str:
     return f"{ident.show_value(identity.start)}/{ident.show_value(identity.end)}"
 
 
+def accept_command(policy: str, info: TableInfo, identity: Identity) -> str:
+    """The command an operator runs to record deletions in a range (printed in hold lines)."""
+    return f"archiver archive {policy} --table {info.display} --accept-deletes {range_text(identity)}"
+
+
 def accepts(wanted: list[str], chunk: Chunk, identity: Identity) -> bool:
     """Does an ``--accept-deletes`` value name this range (``START/END`` as printed, or the chunk's name)?"""
     names = {chunk.name, chunk.display, range_text(identity)}

@@ -30,7 +30,7 @@ from ..timeutil import format_duration, utcnow
 from . import TaskResult
 from .coldexpiry import Counts, expire_cold_files
 from .coldtier import archive_section, clean_table, finish, record
-from .rangefacts import gather, range_text, with_rows
+from .rangefacts import accept_command, gather, with_rows
 
 LOCK_TIMEOUT_MS = 10_000
 DROP_CHUNK_FUNCTION = "_timescaledb_functions.drop_chunk(regclass)"
@@ -55,6 +55,7 @@ class _Candidate:
 class _Table:
     """What dropping the ranges of one table needs."""
 
+    policy: str
     current: db.Session
     dsn: str
     store: Store
@@ -80,7 +81,7 @@ def run_retention(policy: Policy, *, dry_run: bool = False, now: datetime | None
         for info in infos:
             catalog = load_table_catalog(store, database, info)
             counts.orphans += clean_table(store, catalog, decisions, task="retention", dry_run=dry_run)
-            table = _Table(current, dsn, store, info, catalog, decisions)
+            table = _Table(policy.name or "", current, dsn, store, info, catalog, decisions)
             counts.dropped += _retain_table(table, config, moment, dry_run)
             progress.advance(1)
         progress.done()
@@ -128,7 +129,8 @@ def _precheck(table: _Table, chunk: Chunk, dry_run: bool) -> _Candidate | None:
                              check_rows=dry_run and require, thorough=require)
     identity = info.identity(chunk)
     assumed = facts if dry_run or not require else dataclasses.replace(facts, database_matches=True)
-    action, reason = coldplan.retention_decision(assumed, require_archive=require, range_text=range_text(identity))
+    action, reason = coldplan.retention_decision(assumed, require_archive=require,
+                                                 accept_command=accept_command(table.policy, info, identity))
     if action == HOLD or dry_run:
         record(table.decisions, Decision("retention", info.display, chunk.display, action, reason),
                "retention.decision")
@@ -145,8 +147,9 @@ def _verdict(table: _Table, candidate: _Candidate) -> str:
         return "require_archive is off for this table: dropped without an archive check"
     facts = with_rows(table.current, table.dsn, table.store, table.info, candidate.chunk, candidate.document,
                       candidate.facts)
+    identity = table.info.identity(candidate.chunk)
     action, reason = coldplan.retention_decision(facts, require_archive=True,
-                                                 range_text=range_text(table.info.identity(candidate.chunk)))
+                                                 accept_command=accept_command(table.policy, table.info, identity))
     if action != DROP:
         raise _Changed(candidate.chunk, reason)
     return reason
