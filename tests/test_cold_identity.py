@@ -22,6 +22,8 @@ from archiver.storage import Store, open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.restore_archive import run_restore_archive
 from archiver.tasks.retention import run_retention
+from archiver.progress import NULL_PROGRESS
+from archiver.tasks.verify import _archive_checks
 from tests.coldtier import make_policy, manifests, parquet_keys, relations, sql, table
 from tests.helpers import run_cli
 from tests.test_archive_native import create_device_metrics
@@ -177,6 +179,8 @@ def test_an_object_swapped_for_another_ranges_archive_is_refused_by_every_reader
     loaded = run_restore_archive(policy, table="device_metrics", start=days_ago(101), end=days_ago(99))
     assert loaded.status == "verification_failed" and loaded.metrics["rows"] == 0
     assert any(line.startswith("mismatch") and "holds the range" in line for line in loaded.lines), loaded.lines
+    failed = [check for check in _archive_checks(store, NULL_PROGRESS) if check.status == "fail"]
+    assert [check.name for check in failed] == ["public.device_metrics device_metrics_d100"], "verify --archives too"
 
 
 def test_archives_of_one_range_written_under_two_chunk_names_are_merged_into_one(
@@ -198,6 +202,8 @@ def test_archives_of_one_range_written_under_two_chunk_names_are_merged_into_one
     mf.write_json(store, f"catalog/archive/{document['database']}/public.device_metrics/"
                          f"device_metrics_d100_restored_x_y.json", legacy)
     assert max(lake_ids(store).values()) == 2, "readers see those rows twice"
+    flagged = [check for check in _archive_checks(store, NULL_PROGRESS) if check.status == "fail"]
+    assert len(flagged) == 1 and "2 archives claim this range" in flagged[0].detail, "verify --archives says so"
 
     merged = run_archive(policy)
     assert any(line.startswith("merged") for line in merged.lines), merged.lines
@@ -285,3 +291,25 @@ def test_a_restore_archive_killed_while_loading_leaves_nothing_the_next_runs_can
     assert sql(database, "SELECT count(*) FROM busy")[0][0] == 0
     whole = run_restore_archive(policy, table="busy", start=days_ago(61), end=days_ago(59))
     assert whole.status == "ok" and sql(database, "SELECT count(*) FROM busy")[0][0] == 200000
+
+
+def test_an_upload_left_pending_by_a_killed_export_is_aborted_by_the_next_archive(
+        database: str, bucket: str, s3_endpoint: str, s3_client: Any) -> None:
+    """A SIGKILLed export cannot abort its multipart upload; S3 keeps (and bills) its parts until
+    someone does. The next archive holds the cold-tier lock, so nothing pending there is alive."""
+    create_device_metrics(database)
+    storage = StorageConfig(url=f"s3://{bucket}/telemetry", endpoint_url=s3_endpoint, region="us-east-1")
+    policy = make_policy(database, storage, [table("public.device_metrics", archive_after=30)])
+    store = open_store(storage)
+    assert run_archive(policy).status == "ok"
+    document = manifests(store)["device_metrics_d100"]
+    pending = document["object"]["key"].replace(".v1.parquet", ".v2.parquet")
+    writer = store.writer(pending, size_hint=64 * 1024 * 1024)
+    writer.write(b"\0" * (9 * 1024 * 1024))  # one part uploaded; then the process "dies" (no commit, no abort)
+    assert len(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
+
+    result = run_archive(policy)
+    assert any(line.startswith("removed") and pending in line and "unfinished upload" in line
+               for line in result.lines), result.lines
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert manifests(store)["device_metrics_d100"]["object"]["key"] == document["object"]["key"]
