@@ -126,9 +126,8 @@ class Model:
     def _touch(self, ids: list[int]) -> None:
         """Rows the lake holds that the user deletes or changes make their day 'dirty'."""
         lake = self.world.lake_rows()
-        for row_id in ids:
-            version, ts = self.live[row_id]
-            if (row_id, version) in lake:
+        for row_id, version, ts in self.world.sql(f"SELECT id, version, ts FROM {TABLE} WHERE id = ANY(%s)", (ids,)):
+            if (int(row_id), int(version)) in lake:
                 self.dirty_days.add(utc_day(ts))
 
     def delete(self) -> str:
@@ -144,15 +143,17 @@ class Model:
         return f"delete {deleted}"
 
     def update(self) -> str:
+        """A row changes (a new version; the old one is deleted). The row may be one restore-archive
+        brought back after the user had deleted it: it is the user's again from now on."""
         present = self._present()
         if not present:
             return "update: nothing to update"
         row_id = self.rng.choice(present)
         self._touch([row_id])
-        version = int(self.world.sql(f"UPDATE {TABLE} SET version = version + 1, value = value + 1 WHERE id = %s "
-                                     "RETURNING version", (row_id,))[0][0])
-        self.live[row_id] = (version, self.live[row_id][1])
-        self.ever.add((row_id, version))
+        version, ts = self.world.sql(f"UPDATE {TABLE} SET version = version + 1, value = value + 1 WHERE id = %s "
+                                     "RETURNING version, ts", (row_id,))[0]
+        self.live[row_id] = (int(version), ts)
+        self.ever.add((row_id, int(version)))
         return f"update {row_id} -> v{version}"
 
     def time_passes(self) -> str:
