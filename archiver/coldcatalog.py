@@ -16,6 +16,7 @@ range, what a killed run left behind, and which ranges ``restore-archive`` broug
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +117,14 @@ def rehydration_key(database: str, target: Identity) -> str:
 
 
 def _supersedes(loaded: LoadedManifest) -> set[str]:
-    return {str(entry.get("manifest")) for entry in (loaded.document or {}).get("supersedes", [])}
+    """Keys of the manifests this one replaced, other than its own (a new version usually
+    overwrites the previous version's manifest at the same key)."""
+    return {str(entry.get("manifest")) for entry in (loaded.document or {}).get("supersedes", [])} - {loaded.key}
+
+
+def superseded_keys(manifests: Iterable[LoadedManifest]) -> set[str]:
+    """Manifests another manifest says it replaced: left by a run interrupted before it removed them."""
+    return {key for loaded in manifests for key in _supersedes(loaded)}
 
 
 def _group(identity: Identity, manifests: list[LoadedManifest]) -> Archived:

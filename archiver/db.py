@@ -1862,6 +1862,8 @@ class Staging:
         return ", ".join(quote_ident(name) for name, _ in self.columns)
 
     def _key(self, alias: str) -> str:
+        """A row's identity: its text form as a record (exact; measured faster than hashing it, since
+        the text output is most of the cost either way)."""
         return "ROW(" + ", ".join(f"{alias}.{quote_ident(name)}" for name, _ in self.columns) + ")::text"
 
     def stage(self, batches: Any, staged: Sequence[StagedColumn]) -> int:
@@ -1909,8 +1911,12 @@ class Staging:
     def insert_missing(self, target: str, *, condition: str, source: str | None = None) -> int:
         """Insert the rows of ``source`` (a relation; default: the first staged archive) within
         ``condition`` that ``target`` does not hold yet (as a multiset: a row archived twice and
-        present once is inserted once); the count inserted."""
-        rows = self.relation(source) if source else self.typed(0)
+        present once is inserted once); the count inserted. Into a window the target holds no row
+        of, every row goes in without matching."""
+        rows = (source if source.startswith("(") else self.relation(source)) if source else self.typed(0)
+        if not int(self.scalar(f"SELECT count(*) FROM {self.relation(target)} AS t WHERE {condition}")):
+            self.execute(f"INSERT INTO {target} ({self.names}) SELECT {self.names} FROM {rows} AS t WHERE {condition}")
+            return int(self._cursor.rowcount)
         names = ", ".join(f"s.{quote_ident(name)}" for name, _ in self.columns)
         self.execute(
             f"WITH present AS (SELECT {self._key('t')} AS k, count(*) AS c FROM {self.relation(target)} AS t "
@@ -1921,6 +1927,16 @@ class Staging:
             f"INSERT INTO {target} ({self.names}) SELECT {names} FROM staged AS s "
             "LEFT JOIN present AS p ON p.k = s.archiver_key WHERE s.archiver_n > coalesce(p.c, 0)")
         return int(self._cursor.rowcount)
+
+    def combined(self, *, distinct: bool) -> str:
+        """Every staged source as one relation (its name): side by side (UNION ALL), or with
+        ``distinct`` as a merge in which rows held by several sources count once (see merge)."""
+        if distinct:
+            return self.merge(None)
+        if len(self.sources) == 1:
+            return self.typed(0)
+        return "(" + " UNION ALL ".join(f"SELECT * FROM {self.typed(index)} AS t"
+                                        for index in range(len(self.sources))) + ")"
 
     def merge(self, relation: str | None) -> str:
         """A temporary table holding every row of ``relation`` plus the staged rows it lacks, over
@@ -1951,7 +1967,8 @@ class Staging:
 
 STAGING_SETTINGS = ("SET TIME ZONE 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET IntervalStyle = 'postgres'",
                     "SET extra_float_digits = 3", "SET bytea_output = 'hex'", "SET search_path = pg_catalog, pg_temp",
-                    f"SET lock_timeout = {READ_LOCK_TIMEOUT_MS}")
+                    f"SET lock_timeout = {READ_LOCK_TIMEOUT_MS}",
+                    "SET work_mem = '256MB'")  # the comparisons hash every row's key: keep them in memory
 
 
 @contextlib.contextmanager

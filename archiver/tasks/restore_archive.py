@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import chunks, db, identity as ident, log, manifest, sysinfo
-from ..coldcatalog import record_rehydration, rehydration_key
+from ..coldcatalog import record_rehydration, rehydration_key, superseded_keys
 from ..coldobjects import downloaded, staging_reader
 from ..errors import ObjectNotFound, UsageError
 from ..integrity import ObjectMismatch
@@ -165,8 +165,7 @@ def archived_ranges(store: Store, table: str) -> tuple[list[ArchivedRange], list
                 problems.append(f"{store.describe(key)}: {loaded.error}")
         elif loaded.document.get("table") == table:
             readable.append(loaded)
-    superseded = {str(entry.get("manifest")) for loaded in readable
-                  for entry in (loaded.document or {}).get("supersedes", [])}
+    superseded = superseded_keys(readable)
     by_range: dict[tuple[str, str], ArchivedRange] = {}
     for loaded in readable:
         if loaded.key in superseded:
@@ -283,12 +282,19 @@ def _load(store: Store, current: db.Session, target: _Target, archived: Archived
         for copy in copies:
             reader, staged = staging_reader([copy.path])
             staging.stage(reader, staged)
-        merged = staging.merge(None)  # space partitions side by side; rows of duplicate archives once
-        in_window = int(staging.scalar(f"SELECT count(*) FROM {merged} AS t WHERE {condition}"))
+        rows = staging.combined(distinct=_may_overlap(archived))
+        in_window = int(staging.scalar(f"SELECT count(*) FROM {rows} AS t WHERE {condition}"))
         if partition is not None and in_window:
             staging.execute(partition[0])
-        inserted = staging.insert_missing(target.relation, condition=condition, source=merged) if in_window else 0
+        inserted = staging.insert_missing(target.relation, condition=condition, source=rows) if in_window else 0
     return inserted, in_window, partition[1] if partition and in_window else None
+
+
+def _may_overlap(archived: ArchivedRange) -> bool:
+    """Can two archives of this time range hold the same rows? Not when each names its own range
+    (its space slice): only manifests written before ranges had identities may be duplicates."""
+    stems = [(document.get("identity") or {}).get("stem") for document in archived.documents]
+    return None in stems or len(set(stems)) < len(stems)
 
 
 def _dry_run(current: db.Session, target: _Target, archived: ArchivedRange, span: str, window: tuple[Bound, Bound],

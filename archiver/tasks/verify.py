@@ -27,6 +27,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from .. import __version__, db, dump, identity, log, manifest, pgbin, sysinfo
+from ..coldcatalog import superseded_keys
 from ..coldobjects import check_object
 from ..errors import ArchiverError, ExternalCommandFailed, TaskFailed, UsageError, set_outcome
 from ..expect import parse_expectation
@@ -354,8 +355,7 @@ def _archive_checks(store: Store, progress: Progress) -> list[Check]:
     the manifest records (a full read: a checksum, not only an ETag), its embedded metadata (rows,
     table, range, version) agrees with the manifest, and no other archive claims the same range."""
     found = manifest.list_archive_manifests(store, manifest.ARCHIVE_CATALOG_PREFIX)
-    superseded = {str(entry.get("manifest")) for loaded in found.values()
-                  for entry in (loaded.document or {}).get("supersedes", [])}
+    superseded = superseded_keys(found.values())
     claims: dict[tuple[str, str], list[str]] = {}
     checks: list[Check] = []
     progress.phase("archives", total=len(found), unit="objects")
