@@ -25,7 +25,8 @@ from .errors import ObjectNotFound
 from .identity import Identity, TimeValue
 from .manifest import LoadedManifest
 from .storage import Store
-from .timeutil import isoformat, utcnow
+from .common.timeutil import isoformat
+from .common.timeutil import utcnow
 
 REHYDRATED_PREFIX = "catalog/rehydrated/"
 

@@ -20,7 +20,7 @@ from . import db
 from .errors import UsageError
 from .policy import get_policy
 from .scratch import LocalPostgres
-from .tasks import TaskResult
+from .common.result import TaskResult
 from .tasks.dispatch import execute
 from .tasks.status import PolicyStatus, all_status
 

@@ -22,8 +22,8 @@ from . import __version__, db, fingerprint as fp, parquet
 from .chunks import Chunk, TableInfo, show_value
 from .errors import ArchiverError, TaskFailed, VerificationFailed
 from .storage import PutResult, Store
-from .sysinfo import release_free_memory
-from .prefetch import Prefetch
+from .common.sysinfo import release_free_memory
+from .common.prefetch import Prefetch
 from .typemap import ColumnPlan, arrow_schema, select_sql
 
 T = TypeVar("T")

@@ -18,7 +18,8 @@ from datetime import date, datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from .timeutil import isoformat, parse_timestamp
+from .common.timeutil import isoformat
+from .common.timeutil import parse_timestamp
 
 TimeValue = datetime | int
 # TimescaleDB's open ends of a dimension slice

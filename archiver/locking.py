@@ -25,13 +25,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from . import db, log
+from . import db
+from .common import log
 from .errors import LockBusy, ObjectExists, ObjectNotFound
 from .manifest import read_json, write_json
-from .owner import ProcessIdentity
+from .common.owner import ProcessIdentity
 from .policy import Policy
 from .storage import Store
-from .timeutil import isoformat, parse_timestamp, utcnow
+from .common.timeutil import isoformat
+from .common.timeutil import parse_timestamp
+from .common.timeutil import utcnow
 
 LOCKS_PREFIX = "locks/"
 

@@ -25,7 +25,8 @@ from typing import Any
 
 from .errors import ObjectNotFound, TaskFailed, UsageError
 from .storage import ObjectInfo, PutResult, Store
-from .timeutil import parse_timestamp, utcnow
+from .common.timeutil import parse_timestamp
+from .common.timeutil import utcnow
 
 FORMAT_VERSION = 2  # 2: archive manifests name their range (identity) and what they supersede
 BACKUPS_PREFIX = "backups/"

@@ -25,7 +25,7 @@ from .errors import VerificationFailed
 from .export import ADBC_BATCH_BYTES, ExportResult, Unrepresentable, export_metadata, read_back
 from .identity import Identity
 from .storage import Store
-from .sysinfo import release_free_memory
+from .common.sysinfo import release_free_memory
 from .typemap import arrow_schema, select_sql
 
 

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .tasks import TaskResult
+from .common.result import TaskResult
 
 RESULT_METRICS = {
     "bytes": "archiver_task_bytes",

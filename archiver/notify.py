@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from . import log
+from .common import log
 from .policy import Policy
 
 EVENT_TITLES = {

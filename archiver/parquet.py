@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import TaskFailed
-from .sysinfo import release_free_memory
+from .common.sysinfo import release_free_memory
 
 METADATA_PREFIX = "archiver."
 READ_BATCH_ROWS = 64 * 1024

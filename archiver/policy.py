@@ -26,11 +26,17 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union
 from urllib.parse import urlsplit
 
-from . import db, log
+from . import db
+from .common import log
 from .errors import PolicyError, UsageError
 from .expect import ExpectationError, parse_expectation
-from .timeutil import (DURATION_MAX, CronError, DurationError, cron_trigger, format_duration, format_duration_limit,
-                       parse_duration)
+from .common.timeutil import DURATION_MAX
+from .common.cron import CronError
+from .common.timeutil import DurationError
+from .common.cron import cron_trigger
+from .common.timeutil import format_duration
+from .common.timeutil import format_duration_limit
+from .common.timeutil import parse_duration
 from .yamlmarks import MAX_BYTES, LoadedYaml, YamlError, load_yaml
 
 KeyPath = tuple[str | int, ...]

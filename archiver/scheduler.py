@@ -37,13 +37,16 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from . import log, notify, signals
+from . import notify
+from .common import log
+from .common import signals
 from .errors import ExitCode, UsageError
 from .metrics import Metrics
 from .policy import Policy, load, task_schedules
-from .tasks import TaskResult
+from .common.result import TaskResult
 from .tasks.status import policy_status
-from .timeutil import cron_trigger, parse_timestamp
+from .common.cron import cron_trigger
+from .common.timeutil import parse_timestamp
 
 _log = log.get_logger("worker")
 

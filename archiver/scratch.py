@@ -25,9 +25,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import db, log, pgbin, scratch_sweep
+from . import db, pgbin, scratch_sweep
+from .common import log
 from .errors import ExternalCommandFailed, TaskFailed
-from .owner import ProcessIdentity
+from .common.owner import ProcessIdentity
 
 SERVER_USER = "postgres"
 _log = log.get_logger("scratch")

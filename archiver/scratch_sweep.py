@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import log
-from .owner import ProcessIdentity, process_start
-from .timeutil import isoformat, utcnow
+from .common import log
+from .common.owner import ProcessIdentity
+from .common.owner import process_start
+from .common.timeutil import isoformat
+from .common.timeutil import utcnow
 
 SCRATCH_PREFIX = "archiver-scratch-"
 OWNER_FILE = "owner.lock"

@@ -25,9 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from . import log
+from .common import log
 from .storage import IncompleteWrite, Store
-from .timeutil import format_duration, isoformat, utcnow
+from .common.timeutil import format_duration
+from .common.timeutil import isoformat
+from .common.timeutil import utcnow
 
 logger = log.get_logger("uploads")
 

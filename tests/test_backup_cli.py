@@ -11,7 +11,8 @@ import yaml
 
 from archiver import db, manifest
 from archiver.storage import LocalStore, S3Store
-from archiver.timeutil import isoformat, utcnow
+from archiver.common.timeutil import isoformat
+from archiver.common.timeutil import utcnow
 from tests.backup_helpers import fetch_object, read_manifest, write_policy
 from tests.helpers import run_cli
 from tests.test_prune import fake_backup

@@ -27,7 +27,7 @@ from archiver.scratch import LocalPostgres
 from archiver.storage import S3Store
 from archiver.tasks.backup import run_backup
 from archiver.tasks.prune import run_prune
-from archiver.timeutil import utcnow
+from archiver.common.timeutil import utcnow
 from tests.backup_helpers import live_stats, load_policy, manifest_stats, read_manifest, restore_backup, write_policy
 from tests.helpers import PROJECT, run_cli
 from tests.netfault import StallingProxy, inject_s3_errors

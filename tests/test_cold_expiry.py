@@ -10,7 +10,7 @@ from archiver.policy import StorageConfig
 from archiver.storage import LocalStore, open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.retention import run_retention
-from archiver.timeutil import utcnow
+from archiver.common.timeutil import utcnow
 from tests.coldtier import make_policy, manifests, parquet_keys, sql, table
 from tests.test_cold_safety import create_readings
 

@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from archiver import db, log
+from archiver import db
+from archiver.common import log
 from archiver.errors import DatabaseError
 from archiver.scratch import free_port
 

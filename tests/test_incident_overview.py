@@ -10,7 +10,7 @@ from pathlib import Path
 
 from archiver.scratch import free_port
 from archiver.storage import LocalStore
-from archiver.timeutil import utcnow
+from archiver.common.timeutil import utcnow
 from tests.backup_helpers import write_policy
 from tests.helpers import run_cli
 from tests.test_prune import fake_backup

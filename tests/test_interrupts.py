@@ -25,7 +25,8 @@ from archiver.metrics import Metrics
 from archiver.runner import read_run_record, run_record_key, task_run
 from archiver.scratch import LocalPostgres
 from archiver.storage import LocalStore, S3Store
-from archiver.timeutil import isoformat, utcnow
+from archiver.common.timeutil import isoformat
+from archiver.common.timeutil import utcnow
 from tests.backup_helpers import new_database, write_policy
 from tests.helpers import PROJECT, run_cli
 from tests.netfault import StallingProxy

@@ -16,10 +16,13 @@ from archiver import db
 from archiver.errors import LockBusy
 from archiver.locking import StoreLease, database_lock, task_lock
 from archiver.manifest import read_json, write_json
-from archiver.owner import ProcessIdentity, process_start
+from archiver.common.owner import ProcessIdentity
+from archiver.common.owner import process_start
 from archiver.policy import DatabaseConfig, Policy, Secret, StorageConfig
 from archiver.storage import Store
-from archiver.timeutil import isoformat, parse_timestamp, utcnow
+from archiver.common.timeutil import isoformat
+from archiver.common.timeutil import parse_timestamp
+from archiver.common.timeutil import utcnow
 from datetime import timedelta
 
 

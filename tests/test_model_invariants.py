@@ -38,7 +38,7 @@ from archiver.tasks.backup import run_backup
 from archiver.tasks.prune import run_prune
 from archiver.tasks.restore_archive import run_restore_archive
 from archiver.tasks.retention import run_retention
-from archiver.timeutil import isoformat
+from archiver.common.timeutil import isoformat
 from tests.model_rig import COLD_RETENTION, DAY, DROP_AFTER, SPAN, TABLE, World, utc_day
 
 SEEDS = int(os.environ.get("ARCHIVER_MODEL_SEEDS", "3"))

@@ -12,7 +12,7 @@ import pytest
 
 from archiver.errors import PolicyError, UsageError
 from archiver.policy import Secret, bucket_name_problem, get_policy, interpolate, load, load_policies
-from archiver.timeutil import cron_trigger
+from archiver.common.cron import cron_trigger
 from tests.helpers import PROJECT, run_cli
 
 GOOD = """\

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from archiver import db
-from archiver.owner import process_start
+from archiver.common.owner import process_start
 from archiver.scratch import ContainerPostgres, LocalPostgres, sweep_dead_scratch
 from archiver.scratch_sweep import OWNER_FILE, SCRATCH_PREFIX
 from archiver.storage import LocalStore

@@ -11,7 +11,8 @@ import traceback
 
 import click
 
-from .. import log, signals
+from ..common import log
+from ..common import signals
 from ..errors import ArchiverError, ExitCode, outcome_of
 from .backup_cmd import backup_command, backups_group, prune_command
 from .archive_cmd import archive_command, plan_command, retention_command

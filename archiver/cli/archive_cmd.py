@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import click
 
-from ..tasks import TaskResult
+from ..common.result import TaskResult
 from ..errors import UsageError
 from ..tasks.coldtier import ColdTierFailed, archive_section, select_tables
 from ..tasks.dispatch import execute

@@ -9,7 +9,7 @@ import click
 from ..errors import ExitCode
 from ..tasks.backup import BackupListing, list_backups
 from ..tasks.dispatch import execute
-from ..timeutil import format_bytes
+from ..common.timeutil import format_bytes
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
 

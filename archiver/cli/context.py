@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .. import log
+from ..common import log
 from ..errors import PolicyError, UsageError
 from ..policy import LoadResult, Policy, PolicyIssue, get_policy, load, load_policies
 

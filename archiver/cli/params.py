@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..manifest import check_backup_id
 from ..policy import TABLE_NAME, TABLE_NAME_HELP
 from ..tasks.restore import check_target_dsn
-from ..timeutil import parse_timestamp
+from ..common.timeutil import parse_timestamp
 
 _BIGINT = 2 ** 63
 

@@ -6,8 +6,9 @@ import sys
 import time
 from typing import TextIO
 
-from ..progress import NULL_PROGRESS, Progress
-from ..timeutil import format_bytes
+from ..common.progress import NULL_PROGRESS
+from ..common.progress import Progress
+from ..common.timeutil import format_bytes
 
 
 def _human(amount: float, unit: str) -> str:

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from .. import log
+from ..common import log
 from ..errors import ArchiverError
 from ..metrics import Metrics
 from ..tasks import TASK_NAMES

@@ -9,7 +9,7 @@ import click
 
 from ..errors import ExitCode
 from ..tasks.status import PolicyStatus, all_status, broken_policy_status
-from ..timeutil import format_duration
+from ..common.timeutil import format_duration
 from .context import AppContext, pass_app
 
 

@@ -1,34 +1,7 @@
-"""Tasks: backup, prune, archive, retention, verify, restore. Each composes the lower layers.
-
-A task is a function ``run_<task>(policy, ...) -> TaskResult``. Failures are raised as
-:class:`archiver.errors.ArchiverError` subclasses; a result says how a finished task ended.
-The CLI renders results; the scheduler and ``archiver run`` turn them into metrics.
-"""
+"""Tasks: backup, prune, archive, retention, verify, restore. Each composes the lower layers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from ..errors import ExitCode
 from ..policy import TASK_ORDER
 
 TASK_NAMES = TASK_ORDER
-
-Status = Literal["ok", "held_back", "verification_failed"]
-
-
-@dataclass
-class TaskResult:
-    policy: str
-    task: str
-    status: Status = "ok"
-    summary: str = ""
-    lines: list[str] = field(default_factory=list)  # human-readable detail, one decision per line
-    data: dict[str, Any] = field(default_factory=dict)  # JSON-able details for --json
-    metrics: dict[str, float] = field(default_factory=dict)  # bytes, rows, chunks_archived, ...
-
-    @property
-    def exit_code(self) -> ExitCode:
-        return {"ok": ExitCode.OK, "held_back": ExitCode.HELD_BACK,
-                "verification_failed": ExitCode.VERIFICATION_FAILED}[self.status]

@@ -33,10 +33,13 @@ from ..fingerprint import time_display
 from ..identity import Identity, bound_json
 from ..manifest import LoadedManifest
 from ..policy import ArchiveConfig, Policy, StorageConfig
-from ..progress import NULL_PROGRESS, Progress
+from ..common.progress import NULL_PROGRESS
+from ..common.progress import Progress
 from ..storage import Store, open_store
-from ..timeutil import format_bytes, isoformat, utcnow
-from . import TaskResult
+from ..common.timeutil import format_bytes
+from ..common.timeutil import isoformat
+from ..common.timeutil import utcnow
+from ..common.result import TaskResult
 from .coldtier import MiB, ColdTierFailed, archive_section, clean_table, finish, record, select_tables
 from .rangefacts import accept_command, accepts, gather
 

@@ -20,15 +20,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .. import __version__, db, dump, log, manifest, sysinfo
+from .. import __version__, db, dump, manifest
+from ..common import log
+from ..common import sysinfo
 from ..compress import SUFFIXES, CompressingWriter
 from ..errors import ArchiverError, TaskFailed, UsageError
 from ..locking import StoreLease, backup_lease
 from ..policy import BackupConfig, PgDumpConfig, Policy
-from ..progress import NULL_PROGRESS, Progress
+from ..common.progress import NULL_PROGRESS
+from ..common.progress import Progress
 from ..storage import PutResult, Store, open_store
-from ..timeutil import format_bytes, isoformat, utcnow
-from . import TaskResult
+from ..common.timeutil import format_bytes
+from ..common.timeutil import isoformat
+from ..common.timeutil import utcnow
+from ..common.result import TaskResult
 
 logger = log.get_logger("backup")
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import coldplan, log, sysinfo
+from .. import coldplan
+from ..common import log
+from ..common import sysinfo
 from ..chunks import TableInfo, data_prefix, key_part
 from ..coldcatalog import TableCatalog, orphans
 from ..coldplan import Decision
@@ -15,9 +17,10 @@ from ..errors import TaskFailed, UsageError
 from ..manifest import archive_catalog_prefix
 from ..policy import ArchiveConfig, ArchiveTable, Policy
 from ..storage import Store
-from ..timeutil import isoformat, utcnow
+from ..common.timeutil import isoformat
+from ..common.timeutil import utcnow
 from ..uploads import abort_dead_uploads
-from . import TaskResult
+from ..common.result import TaskResult
 
 MiB = 1024 * 1024
 

@@ -12,10 +12,12 @@ from typing import Any, Callable
 from ..errors import UsageError
 from ..metrics import Metrics
 from ..policy import Policy
-from ..progress import NULL_PROGRESS, Progress
+from ..common.progress import NULL_PROGRESS
+from ..common.progress import Progress
 from ..runner import task_run
 from ..storage import Store
-from . import TASK_NAMES, TaskResult
+from . import TASK_NAMES
+from ..common.result import TaskResult
 
 
 def _backup(policy: Policy, store: Store, progress: Progress, **_: Any) -> TaskResult:

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from ..policy import Policy
 from ..storage import Store, open_store
-from . import TaskResult
+from ..common.result import TaskResult
 from .archive import run_archive
 from .coldtier import archive_section
 from .retention import run_retention

@@ -23,14 +23,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .. import log, manifest, retention
+from .. import manifest, retention
+from ..common import log
 from ..errors import ArchiverError, TaskFailed, UsageError
 from ..locking import BACKUP_LEASE_PREFIX, LeaseRecord, read_leases
 from ..policy import Policy
 from ..storage import IncompleteWrite, ObjectInfo, Store, open_store
-from ..timeutil import format_duration, isoformat, utcnow
+from ..common.timeutil import format_duration
+from ..common.timeutil import isoformat
+from ..common.timeutil import utcnow
 from ..uploads import UploadVerdict, abort_uploads, judge_pending_uploads
-from . import TaskResult
+from ..common.result import TaskResult
 from .backup import backup_config
 
 logger = log.get_logger("prune")

@@ -45,17 +45,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import db, dbprops, dump, log, manifest, sysinfo
+from .. import db, dbprops, dump, manifest
+from ..common import log
+from ..common import sysinfo
 from ..errors import ArchiverError, ExternalCommandFailed, ObjectNotFound, TaskFailed, UsageError, set_outcome
 from ..globals_sql import RolesPlan, plan_roles
 from ..integrity import CheckedObject, ObjectMismatch, precheck, read_verified
-from ..prefetch import Prefetch
+from ..common.prefetch import Prefetch
 from ..locking import restore_target_lock
 from ..policy import Policy
-from ..progress import NULL_PROGRESS, Progress
+from ..common.progress import NULL_PROGRESS
+from ..common.progress import Progress
 from ..storage import Store, open_store
-from ..timeutil import format_bytes, format_duration, isoformat, parse_timestamp, utcnow
-from . import TaskResult, restore_props
+from ..common.timeutil import format_bytes
+from ..common.timeutil import format_duration
+from ..common.timeutil import isoformat
+from ..common.timeutil import parse_timestamp
+from ..common.timeutil import utcnow
+from ..common.result import TaskResult
+from . import restore_props
 from .restore_props import TargetUnsuitable
 
 logger = log.get_logger("restore")

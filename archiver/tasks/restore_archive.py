@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .. import chunks, db, identity as ident, log, manifest, sysinfo
+from .. import chunks, db, identity as ident, manifest
+from ..common import log
+from ..common import sysinfo
 from ..coldcatalog import record_rehydration, rehydration_key
 from ..coldobjects import downloaded, staging_reader
 from ..errors import ObjectNotFound, UsageError
@@ -38,10 +40,12 @@ from ..integrity import ObjectMismatch
 from ..locking import database_lock
 from ..manifest import LoadedManifest
 from ..policy import Policy
-from ..progress import NULL_PROGRESS, Progress
+from ..common.progress import NULL_PROGRESS
+from ..common.progress import Progress
 from ..storage import Store, open_store
-from ..timeutil import isoformat, parse_timestamp
-from . import TaskResult
+from ..common.timeutil import isoformat
+from ..common.timeutil import parse_timestamp
+from ..common.result import TaskResult
 
 logger = log.get_logger("restore-archive")
 

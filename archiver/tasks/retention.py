@@ -24,10 +24,12 @@ from ..chunks import Chunk, TableInfo
 from ..coldcatalog import TableCatalog, load_table_catalog
 from ..coldplan import DROP, HOLD, REFUSE, Decision, RangeFacts
 from ..policy import ArchiveConfig, Policy
-from ..progress import NULL_PROGRESS, Progress
+from ..common.progress import NULL_PROGRESS
+from ..common.progress import Progress
 from ..storage import Store, open_store
-from ..timeutil import format_duration, utcnow
-from . import TaskResult
+from ..common.timeutil import format_duration
+from ..common.timeutil import utcnow
+from ..common.result import TaskResult
 from .coldexpiry import Counts, expire_cold_files
 from .coldtier import archive_section, clean_table, finish, record
 from .rangefacts import accept_command, gather, with_rows

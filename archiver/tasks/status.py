@@ -16,13 +16,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .. import log, manifest
+from .. import manifest
+from ..common import log
 from ..errors import ArchiverError
 from ..policy import Policy, task_schedules
 from ..runner import read_run_record
 
 from ..storage import Store, open_store
-from ..timeutil import cron_interval, format_duration, isoformat, parse_timestamp, utcnow
+from ..common.cron import cron_interval
+from ..common.timeutil import format_duration
+from ..common.timeutil import isoformat
+from ..common.timeutil import parse_timestamp
+from ..common.timeutil import utcnow
 
 _log = log.get_logger("status")
 

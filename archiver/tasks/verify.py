@@ -26,17 +26,21 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from .. import __version__, db, dump, identity, log, manifest, pgbin, sysinfo
+from .. import __version__, db, dump, identity, manifest, pgbin
+from ..common import log
+from ..common import sysinfo
 from ..coldobjects import check_object
 from ..errors import ArchiverError, ExternalCommandFailed, TaskFailed, UsageError, set_outcome
 from ..expect import parse_expectation
 from ..integrity import ObjectMismatch
 from ..policy import Policy, ScratchConfig, VerifyConfig
-from ..progress import NULL_PROGRESS, Progress
+from ..common.progress import NULL_PROGRESS
+from ..common.progress import Progress
 from ..scratch import ContainerPostgres, LocalPostgres
 from ..storage import Store, open_store
-from ..timeutil import isoformat, utcnow
-from . import TaskResult
+from ..common.timeutil import isoformat
+from ..common.timeutil import utcnow
+from ..common.result import TaskResult
 from . import restore_props
 from .restore import Source, TargetUnsuitable, compare_tables, execute_restore, plan_restore, select_backup
 

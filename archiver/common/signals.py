@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from . import log
-from .errors import ExitCode, Interrupted
+from ..errors import ExitCode, Interrupted
 
 DEFAULT_GRACE_SECONDS = 25.0  # below Kubernetes' default terminationGracePeriodSeconds (30)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
