@@ -13,10 +13,23 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from . import db
 from . import typemap as tm
 from .errors import UsageError
 from .identity import Identity, SpaceSlice, key_part, show_value, utc_date
+from .pg.catalog import (
+    call_integer_now,
+    chunk_space_slices,
+    current_database,
+    hypertable_chunks,
+    hypertable_dimensions,
+    is_hypertable,
+    range_partitions,
+    relation_facts,
+    table_columns,
+    timescaledb_version,
+)
+from .pg.connect import Session
+from .pg.quote import qualified
 from .policy import ArchiveTable
 
 HYPERTABLE = "hypertable"
@@ -41,7 +54,7 @@ class Chunk:
 
     @property
     def relation(self) -> str:
-        return db.qualified(self.schema, self.name)
+        return qualified(self.schema, self.name)
 
     @property
     def display(self) -> str:
@@ -212,15 +225,15 @@ def _check_time_column(config: ArchiveTable, actual: str, table: str, what: str)
                          hint=f"remove time_column or set it to {actual}")
 
 
-def discover(current: db.Session, config: ArchiveTable) -> TableInfo:
+def discover(current: Session, config: ArchiveTable) -> TableInfo:
     """The table's chunks/partitions and columns; refuses tables it cannot handle safely."""
     schema, name = _split_name(config)
     display = f"{schema}.{name}"
-    facts = db.relation_facts(current, schema, name)
+    facts = relation_facts(current, schema, name)
     if facts is None:
-        raise UsageError(f"{display}: no such table in database {db.current_database(current)!r}")
-    columns = [tm.CatalogColumn.from_row(row) for row in db.table_columns(current, schema, name)]
-    if db.timescaledb_version(current) and db.is_hypertable(current, schema, name):
+        raise UsageError(f"{display}: no such table in database {current_database(current)!r}")
+    columns = [tm.CatalogColumn.from_row(row) for row in table_columns(current, schema, name)]
+    if timescaledb_version(current) and is_hypertable(current, schema, name):
         info = _discover_hypertable(current, config, schema, name, columns)
     elif facts["relkind"] == "p":
         info = _discover_partitioned(current, config, schema, name, columns, facts)
@@ -234,10 +247,10 @@ def discover(current: db.Session, config: ArchiveTable) -> TableInfo:
     return info
 
 
-def _discover_hypertable(current: db.Session, config: ArchiveTable, schema: str, name: str,
+def _discover_hypertable(current: Session, config: ArchiveTable, schema: str, name: str,
                          columns: list[tm.CatalogColumn]) -> TableInfo:
     display = f"{schema}.{name}"
-    dimensions = db.hypertable_dimensions(current, schema, name)
+    dimensions = hypertable_dimensions(current, schema, name)
     time_dims = [d for d in dimensions if d["dimension_type"] == "Time"]
     if not time_dims:
         raise UsageError(f"{display}: hypertable without a time dimension")
@@ -249,11 +262,11 @@ def _discover_hypertable(current: db.Session, config: ArchiveTable, schema: str,
                          "to know 'now' in the table's units, as TimescaleDB's own policies do",
                          hint=f"SELECT set_integer_now_func('{display}', 'your_now_function')")
     slices: dict[str, list[SpaceSlice]] = {}
-    for row in db.chunk_space_slices(current, schema, name):
+    for row in chunk_space_slices(current, schema, name):
         slices.setdefault(row["chunk"], []).append(SpaceSlice(row["column_name"], int(row["range_start"]),
                                                               int(row["range_end"])))
     chunks = []
-    for row in db.hypertable_chunks(current, schema, name):
+    for row in hypertable_chunks(current, schema, name):
         if time_type == INTEGER:
             start, end = row["range_start_integer"], row["range_end_integer"]
         else:
@@ -265,7 +278,7 @@ def _discover_hypertable(current: db.Session, config: ArchiveTable, schema: str,
                      space_partitioned=any(d["dimension_type"] != "Time" for d in dimensions))
 
 
-def _discover_partitioned(current: db.Session, config: ArchiveTable, schema: str, name: str,
+def _discover_partitioned(current: Session, config: ArchiveTable, schema: str, name: str,
                           columns: list[tm.CatalogColumn], facts: dict[str, Any]) -> TableInfo:
     display = f"{schema}.{name}"
     if facts["partstrat"] != "r":
@@ -279,7 +292,7 @@ def _discover_partitioned(current: db.Session, config: ArchiveTable, schema: str
     _check_time_column(config, time_column, display, "partitioned")
     time_type = _time_type(columns, time_column, display)
     chunks, notes = [], []
-    for row in db.range_partitions(current, schema, name):
+    for row in range_partitions(current, schema, name):
         bound = row["bound"] or ""
         if bound == "DEFAULT":
             notes.append(f"default partition {row['schema']}.{row['name']} is never archived or dropped")
@@ -298,13 +311,13 @@ def _discover_partitioned(current: db.Session, config: ArchiveTable, schema: str
     return TableInfo(schema, name, PARTITIONED, time_column, time_type, columns, chunks, config, notes=notes)
 
 
-def table_now(current: db.Session, info: TableInfo, now: datetime) -> TimeValue:
+def table_now(current: Session, info: TableInfo, now: datetime) -> TimeValue:
     """'Now' in the table's time domain: the integer_now function's value for integer hypertables,
     the wall clock in time_unit since the epoch for integer partitions, ``now`` otherwise."""
     if not info.is_integer:
         return now
     if info.integer_now_call:
-        return db.call_integer_now(current, info.integer_now_call)
+        return call_integer_now(current, info.integer_now_call)
     assert info.config.time_unit is not None
     micros = int((now - EPOCH) / timedelta(microseconds=1))
     return micros * 1_000 if info.config.time_unit == "ns" else micros // UNIT_MICROS[info.config.time_unit]

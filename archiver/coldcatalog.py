@@ -19,14 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import chunks, identity as ident, manifest
+from . import chunks, manifest
+from . import identity as ident
 from .chunks import TableInfo
+from .common.timeutil import isoformat, utcnow
 from .errors import ObjectNotFound
 from .identity import Identity, TimeValue
 from .manifest import LoadedManifest
 from .storage import Store
-from .common.timeutil import isoformat
-from .common.timeutil import utcnow
 
 REHYDRATED_PREFIX = "catalog/rehydrated/"
 

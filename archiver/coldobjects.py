@@ -22,9 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import db, identity as ident, parquet, typemap
+from . import identity as ident
+from . import parquet, typemap
 from .errors import ObjectNotFound, StoreError
 from .integrity import CheckedObject, ObjectMismatch
+from .pg.staging import StagedColumn
 from .storage import Store, sha256_of
 
 READ_BATCH_ROWS = 64 * 1024
@@ -125,21 +127,21 @@ def downloaded(store: Store, documents: list[dict[str, Any]], work_dir: str | No
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def staging_reader(paths: list[Path]) -> tuple[pa.RecordBatchReader, list[db.StagedColumn]]:
+def staging_reader(paths: list[Path]) -> tuple[pa.RecordBatchReader, list[StagedColumn]]:
     """The files' rows as one stream of batches, ready for ADBC ingestion: interval structs split
     into their three parts (ADBC has no mapping for an Arrow struct)."""
     schema = pq.ParquetFile(paths[0]).schema_arrow
     intervals = {f.name for f in schema if f.type == typemap.INTERVAL_TYPE}
     fields: list[pa.Field] = []
-    staged: list[db.StagedColumn] = []
+    staged: list[StagedColumn] = []
     for f in schema:
         if f.name in intervals:
             parts = tuple(f"{f.name}#{part}" for part in INTERVAL_PARTS)
             fields += [pa.field(part, f.type.field(i).type) for i, part in enumerate(parts)]
-            staged.append(db.StagedColumn(f.name, parts, "interval"))
+            staged.append(StagedColumn(f.name, parts, "interval"))
         else:
             fields.append(f.remove_metadata())
-            staged.append(db.StagedColumn(f.name, (f.name,)))
+            staged.append(StagedColumn(f.name, (f.name,)))
     out_schema = pa.schema(fields)
 
     def batches() -> Iterator[pa.RecordBatch]:

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .common.timeutil import format_duration
-from .common.timeutil import parse_timestamp
+from .common.timeutil import format_duration, parse_timestamp
 
 EXPORT, MERGE, SKIP, HOLD, DROP, KEEP, EXPIRE, WARN, REFUSE, FAIL = (
     "export", "merge", "skip", "hold", "drop", "keep", "expire", "warn", "refuse", "fail")

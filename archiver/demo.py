@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
-from . import db
-from .errors import UsageError
-from .policy import get_policy
-from .scratch import LocalPostgres
 from .common.result import TaskResult
+from .errors import UsageError
+from .pg.connect import execute_script, query
+from .pg.scratch import LocalPostgres
+from .policy import get_policy
 from .tasks.dispatch import execute
 from .tasks.status import PolicyStatus, all_status
 
@@ -158,16 +158,16 @@ def _policy_documents(instance: LocalPostgres, store_root: Path) -> dict[str, di
 def _create_databases(instance: LocalPostgres, say: Callable[[str], None]) -> None:
     for name, script in (("identity", IDENTITY_SQL), ("app", APP_SQL)):
         instance.create_database(name)
-        db.execute_script(instance.dsn(name), script)
-        say(f"  {name}: {db.query(instance.dsn(name), 'SELECT count(*) FROM pg_tables WHERE schemaname = %s', ('public',))[0][0]} tables")
+        execute_script(instance.dsn(name), script)
+        say(f"  {name}: {query(instance.dsn(name), 'SELECT count(*) FROM pg_tables WHERE schemaname = %s', ('public',))[0][0]} tables")
     instance.create_database("telemetry")
     dsn = instance.dsn("telemetry")
     if instance.timescaledb:
-        db.execute_script(dsn, TELEMETRY_TABLES_SQL + TELEMETRY_HYPERTABLES_SQL)
+        execute_script(dsn, TELEMETRY_TABLES_SQL + TELEMETRY_HYPERTABLES_SQL)
     else:
-        db.execute_script(dsn, _native_partitions_sql())
-    db.execute_script(dsn, TELEMETRY_DATA_SQL)
-    rows = db.query(dsn, "SELECT count(*) FROM asset_metrics")[0][0]
+        execute_script(dsn, _native_partitions_sql())
+    execute_script(dsn, TELEMETRY_DATA_SQL)
+    rows = query(dsn, "SELECT count(*) FROM asset_metrics")[0][0]
     kind = "TimescaleDB hypertables" if instance.timescaledb else "native daily partitions"
     say(f"  telemetry: {rows:,} asset_metrics rows over {DAYS} days ({kind})")
 

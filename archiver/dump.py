@@ -21,8 +21,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from . import db, pgbin
 from .errors import ExternalCommandFailed, UsageError
+from .pg import binaries
+from .pg.dsn import dsn_with
 from .policy import PgDumpConfig
 
 READ_SIZE = 1024 * 1024
@@ -48,7 +49,7 @@ def find_tool(program: str, server_version_num: int, configured: str | None) -> 
     "server version mismatch"); saying so before anything starts is clearer.
     """
     server_major = server_version_num // 10000
-    copies = pgbin.installed(program, configured)
+    copies = binaries.installed(program, configured)
     usable = {major: path for major, path in copies.items() if major >= server_major}
     if copies and not usable:
         newest = max(copies)
@@ -58,8 +59,8 @@ def find_tool(program: str, server_version_num: int, configured: str | None) -> 
             hint=f"install postgresql-client-{server_major} (Debian/Ubuntu) or postgresql{server_major} (RHEL)"
                  + (f", or point database.pg_bin_dir at a PostgreSQL {server_major} bin directory" if configured
                     else ", or set database.pg_bin_dir to its bin directory"))
-    path = pgbin.find(program, server_major=server_major, configured=configured)
-    major = pgbin.program_version(str(path))[0]
+    path = binaries.find(program, server_major=server_major, configured=configured)
+    major = binaries.program_version(str(path))[0]
     if major < server_major:  # pgbin.find never returns an older one; keep the promise explicit
         raise UsageError(f"{program} {major} ({path}) is older than the server (PostgreSQL {server_major})")
     return Tool(path, major, version_text(path))
@@ -119,7 +120,7 @@ def pg_restore_argv(pg_restore: Path, *, dbname: str, single_transaction: bool =
     rolls everything back). ``--verbose`` names each step on stderr, which the progress display
     counts and the error message shows the last of. Without ``archive`` the dump is read from stdin.
     """
-    argv = [str(pg_restore), "--no-password", "--exit-on-error", "--verbose", f"--dbname={db.dsn_with('', dbname=dbname)}"]
+    argv = [str(pg_restore), "--no-password", "--exit-on-error", "--verbose", f"--dbname={dsn_with('', dbname=dbname)}"]
     if single_transaction:
         argv.append("--single-transaction")
     if jobs > 1:

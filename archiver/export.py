@@ -18,12 +18,15 @@ from typing import TypeVar
 
 import pyarrow as pa
 
-from . import __version__, db, fingerprint as fp, parquet
+from . import __version__, parquet
+from . import fingerprint as fp
 from .chunks import Chunk, TableInfo, show_value
-from .errors import ArchiverError, TaskFailed, VerificationFailed
-from .storage import PutResult, Store
-from .common.sysinfo import release_free_memory
 from .common.prefetch import Prefetch
+from .common.sysinfo import release_free_memory
+from .errors import ArchiverError, TaskFailed, VerificationFailed
+from .pg.arrow import arrow_batches, shared_read_snapshot
+from .pg.connect import Session
+from .storage import PutResult, Store
 from .typemap import ColumnPlan, arrow_schema, select_sql
 
 T = TypeVar("T")
@@ -55,7 +58,7 @@ class ExportResult:
     archived_only_rows: int = 0
 
 
-def database_fingerprint(current: db.Session, chunk: Chunk, plans: list[ColumnPlan],
+def database_fingerprint(current: Session, chunk: Chunk, plans: list[ColumnPlan],
                          time_column: str) -> fp.Fingerprint:
     query = fp.database_query(plans, chunk.relation, time_column)
     return fp.from_database_row(query, current.query(query.sql)[0])
@@ -103,7 +106,7 @@ def export_chunk(dsn: str, store: Store, *, database: str, info: TableInfo, chun
     plans = info.plans()
     schema = arrow_schema(plans, export_metadata(database, info, chunk, plans, version))
     sql = select_sql(plans, chunk.relation)
-    with db.shared_read_snapshot(dsn) as (snapshot_id, snapshot_session), ThreadPoolExecutor(1) as pool:
+    with shared_read_snapshot(dsn) as (snapshot_id, snapshot_session), ThreadPoolExecutor(1) as pool:
         counted: Future[fp.Fingerprint] = pool.submit(database_fingerprint, snapshot_session, chunk, plans,
                                                       info.time_column)
         exported_at = now()
@@ -133,7 +136,7 @@ def _stream(dsn: str, store: Store, key: str, sql: str, snapshot_id: str, schema
             settings: parquet.WriterSettings, size_hint: int | None, counted: Future[fp.Fingerprint], chunk: Chunk,
             plans: list[ColumnPlan], on_rows: Callable[[int], None] | None) -> tuple[PutResult, parquet.FileSummary]:
     writer = store.writer(key, size_hint=size_hint, content_type="application/vnd.apache.parquet")
-    batches = Prefetch(db.arrow_batches(dsn, sql, snapshot_id=snapshot_id, batch_bytes=ADBC_BATCH_BYTES))
+    batches = Prefetch(arrow_batches(dsn, sql, snapshot_id=snapshot_id, batch_bytes=ADBC_BATCH_BYTES))
     try:
         summary = parquet.write_batches(batches, writer, schema, settings,
                                         on_batch=(lambda batch: on_rows(batch.num_rows)) if on_rows else None)

@@ -49,8 +49,6 @@ import pyarrow.compute as pc
 from . import typemap as tm
 from .typemap import ColumnPlan
 
-
-
 # PostgreSQL numerics carry up to 131072 digits before the point: never round a sum.
 EXACT = Context(prec=200_000, Emax=999_999, Emin=-999_999)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

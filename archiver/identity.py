@@ -18,8 +18,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from .common.timeutil import isoformat
-from .common.timeutil import parse_timestamp
+from .common.timeutil import isoformat, parse_timestamp
 
 TimeValue = datetime | int
 # TimescaleDB's open ends of a dimension slice

@@ -25,16 +25,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from . import db
 from .common import log
+from .common.owner import ProcessIdentity
+from .common.timeutil import isoformat, parse_timestamp, utcnow
 from .errors import LockBusy, ObjectExists, ObjectNotFound
 from .manifest import read_json, write_json
-from .common.owner import ProcessIdentity
+from .pg.dsn import parse_dsn, redact_dsn
+from .pg.locks import AdvisoryLockBusy, LockHolder, advisory_lock, server_advisory_lock
 from .policy import Policy
 from .storage import Store
-from .common.timeutil import isoformat
-from .common.timeutil import parse_timestamp
-from .common.timeutil import utcnow
 
 LOCKS_PREFIX = "locks/"
 
@@ -78,12 +77,12 @@ def database_lock(policy: Policy, task: str, *, dsn: str | None = None) -> Itera
     """The advisory lock of ``task`` on the policy's database, or on ``dsn`` (a restore target)."""
     lock = DATABASE_LOCK_NAMES.get(task, task)
     name = f"{policy.name}:{lock}"
-    where = "the database lock" if dsn is None else f"the lock on {db.redact_dsn(dsn)}"
+    where = "the database lock" if dsn is None else f"the lock on {redact_dsn(dsn)}"
     try:
-        with db.advisory_lock(dsn or policy.database.resolved_dsn(), name,
+        with advisory_lock(dsn or policy.database.resolved_dsn(), name,
                               holder=holder_description(task, policy.name or "")):
             yield
-    except db.AdvisoryLockBusy as busy:
+    except AdvisoryLockBusy as busy:
         what = f"{task} of policy {policy.name!r}" + (
             f" cannot start: {LOCK_DESCRIPTIONS[lock]} is busy" if lock in LOCK_DESCRIPTIONS else " is already running")
         raise _busy(what, where, busy.holder) from None
@@ -97,17 +96,17 @@ def restore_target_lock(policy: Policy, dsn: str) -> Iterator[None]:
     policy: two restores into the same database exclude each other from before the database
     is created until their result is checked.
     """
-    target = db.parse_dsn(dsn).get("dbname", "")
+    target = parse_dsn(dsn).get("dbname", "")
     holder = holder_description("restore", policy.name or "")
     try:
-        with db.server_advisory_lock(dsn, f"restore-target:{target}", holder=holder):
+        with server_advisory_lock(dsn, f"restore-target:{target}", holder=holder):
             yield
-    except db.AdvisoryLockBusy as busy:
-        raise _busy(f"restore into database {target!r} cannot start", f"the restore lock of {db.redact_dsn(dsn)}",
+    except AdvisoryLockBusy as busy:
+        raise _busy(f"restore into database {target!r} cannot start", f"the restore lock of {redact_dsn(dsn)}",
                     busy.holder) from None
 
 
-def _busy(what: str, where: str, holder: db.LockHolder | None) -> LockBusy:
+def _busy(what: str, where: str, holder: LockHolder | None) -> LockBusy:
     who = (f"{holder.application_name or 'an unnamed session'} (server pid {holder.pid}, from {holder.client}) "
            f"{_describe_since(holder.since)}") if holder else "another session (it ended while we looked)"
     return LockBusy(f"{what}: {where} is held by {who}",

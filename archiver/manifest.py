@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from .common.timeutil import parse_timestamp, utcnow
 from .errors import ObjectNotFound, TaskFailed, UsageError
 from .storage import ObjectInfo, PutResult, Store
-from .common.timeutil import parse_timestamp
-from .common.timeutil import utcnow
 
 FORMAT_VERSION = 2  # 2: archive manifests name their range (identity) and what they supersede
 BACKUPS_PREFIX = "backups/"

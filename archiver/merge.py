@@ -18,14 +18,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from . import db, fingerprint as fp, parquet
+from . import fingerprint as fp
+from . import parquet
 from .chunks import Chunk, TableInfo
 from .coldobjects import downloaded, staging_reader
+from .common.sysinfo import release_free_memory
 from .errors import VerificationFailed
 from .export import ADBC_BATCH_BYTES, ExportResult, Unrepresentable, export_metadata, read_back
 from .identity import Identity
+from .pg import staging as pg_staging
+from .pg.staging import RowComparison
 from .storage import Store
-from .common.sysinfo import release_free_memory
 from .typemap import arrow_schema, select_sql
 
 
@@ -41,10 +44,10 @@ def columns_only_archived(info: TableInfo, documents: list[dict[str, Any]]) -> l
 
 
 def compare(dsn: str, store: Store, info: TableInfo, chunk: Chunk, document: dict[str, Any],
-            work_dir: str | None = None) -> db.RowComparison:
+            work_dir: str | None = None) -> RowComparison:
     """How the chunk's rows and its archive's rows differ (the object checked while it downloads)."""
     with downloaded(store, [document], work_dir) as copies, \
-            db.staging(dsn, table_columns(info), what="archive (compare)") as staging:
+            pg_staging.staging(dsn, table_columns(info), what="archive (compare)") as staging:
         reader, staged = staging_reader([copies[0].path])
         staging.stage(reader, staged)
         return staging.compare(chunk.relation)
@@ -76,7 +79,7 @@ def export_merged(dsn: str, store: Store, *, database: str, info: TableInfo, sou
     plans = info.plans()
     schema = arrow_schema(plans, export_metadata(database, info, chunk, plans, version))
     with downloaded(store, source.documents, work_dir) as copies, \
-            db.staging(dsn, table_columns(info), what="archive (merge)") as staging:
+            pg_staging.staging(dsn, table_columns(info), what="archive (merge)") as staging:
         for copy in copies:
             reader, staged = staging_reader([copy.path])
             staging.stage(reader, staged)

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import TaskFailed
 from .common.sysinfo import release_free_memory
+from .errors import TaskFailed
 
 METADATA_PREFIX = "archiver."
 READ_BATCH_ROWS = 64 * 1024

@@ -26,17 +26,12 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union
 from urllib.parse import urlsplit
 
-from . import db
 from .common import log
+from .common.cron import CronError, cron_trigger
+from .common.timeutil import DURATION_MAX, DurationError, format_duration, format_duration_limit, parse_duration
 from .errors import PolicyError, UsageError
 from .expect import ExpectationError, parse_expectation
-from .common.timeutil import DURATION_MAX
-from .common.cron import CronError
-from .common.timeutil import DurationError
-from .common.cron import cron_trigger
-from .common.timeutil import format_duration
-from .common.timeutil import format_duration_limit
-from .common.timeutil import parse_duration
+from .pg.dsn import REDACTED, parse_dsn, redact_dsn
 from .yamlmarks import MAX_BYTES, LoadedYaml, YamlError, load_yaml
 
 KeyPath = tuple[str | int, ...]
@@ -85,7 +80,7 @@ class Secret:
 
     __slots__ = ("_value", "_redacted")
 
-    def __init__(self, value: str, redacted: str = db.REDACTED) -> None:
+    def __init__(self, value: str, redacted: str = REDACTED) -> None:
         self._value = value
         self._redacted = redacted
 
@@ -199,7 +194,7 @@ def _no_literal_password(raw: str) -> str | None:
     if placeholder in text and not text.replace(placeholder, "").strip():
         return None
     try:
-        params = db.parse_dsn(text)
+        params = parse_dsn(text)
     except UsageError:
         return None  # reported by the DSN syntax check after interpolation
     password = params.get("password", "")
@@ -211,7 +206,7 @@ def _no_literal_password(raw: str) -> str | None:
 
 def _dsn_syntax(value: Secret) -> str | None:
     try:
-        db.parse_dsn(value.reveal())
+        parse_dsn(value.reveal())
     except UsageError as exc:
         return str(exc)
     return None
@@ -261,7 +256,7 @@ class DatabaseConfig:
             text = path.read_text().strip()
         except OSError as exc:
             raise UsageError(f"database.dsn_file {path}: {exc.strerror}") from None
-        params = db.parse_dsn(text, source=f"database.dsn_file {path}")
+        params = parse_dsn(text, source=f"database.dsn_file {path}")
         for key in ("password", "sslpassword"):
             log.register_secret(params.get(key))  # secret_values() cannot know it: the file is read only now
         return text
@@ -469,7 +464,7 @@ class Policy:
         values: list[str] = []
         if self.database.dsn is not None:
             try:
-                params = db.parse_dsn(self.database.dsn.reveal())
+                params = parse_dsn(self.database.dsn.reveal())
                 values += [params[key] for key in ("password", "sslpassword") if params.get(key)]
             except UsageError:
                 pass
@@ -1060,5 +1055,5 @@ def to_display(policy: Policy) -> dict[str, Any]:
 
     shown = render(policy)
     if policy.database.dsn is not None:
-        shown["database"]["dsn"] = db.redact_dsn(policy.database.dsn.reveal())
+        shown["database"]["dsn"] = redact_dsn(policy.database.dsn.reveal())
     return {"name": policy.name, "source": policy.source, **{k: v for k, v in shown.items() if k != "name"}}

@@ -19,16 +19,14 @@ from typing import Any
 
 from . import notify
 from .common import log
+from .common.result import TaskResult
+from .common.timeutil import isoformat, parse_timestamp, utcnow
 from .errors import ArchiverError, ExitCode, LockBusy, ObjectNotFound, outcome_of, set_outcome, signal_of
 from .locking import task_lock
 from .manifest import ManifestError, read_json, write_json
 from .metrics import Metrics
 from .policy import Policy
 from .storage import Store, open_store
-from .common.result import TaskResult
-from .common.timeutil import isoformat
-from .common.timeutil import parse_timestamp
-from .common.timeutil import utcnow
 
 RUNS_PREFIX = "runs/"
 # What an interrupted run leaves behind, per task, unless the task said more precisely.

@@ -38,15 +38,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from . import notify
-from .common import log
-from .common import signals
+from .common import log, signals
+from .common.cron import cron_trigger
+from .common.result import TaskResult
+from .common.timeutil import parse_timestamp
 from .errors import ExitCode, UsageError
 from .metrics import Metrics
 from .policy import Policy, load, task_schedules
-from .common.result import TaskResult
 from .tasks.status import policy_status
-from .common.cron import cron_trigger
-from .common.timeutil import parse_timestamp
 
 _log = log.get_logger("worker")
 

@@ -35,8 +35,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from .db import quote_ident
 from .errors import UsageError
+from .pg.quote import quote_ident
 
 # fingerprint kinds
 BOOL, INT, FLOAT, DECIMAL, NUMERIC_TEXT, TIMESTAMP, DATE, TIME, INTERVAL, UUID, TEXT, BINARY, LIST = (

@@ -26,10 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .common import log
+from .common.timeutil import format_duration, isoformat, utcnow
 from .storage import IncompleteWrite, Store
-from .common.timeutil import format_duration
-from .common.timeutil import isoformat
-from .common.timeutil import utcnow
 
 logger = log.get_logger("uploads")
 

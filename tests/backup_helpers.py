@@ -11,10 +11,14 @@ from typing import Any
 
 import yaml
 
-from archiver import db, manifest
+from archiver import manifest
 from archiver.compress import open_decompressed
+from archiver.pg.connect import connect
+from archiver.pg.dsn import dsn_env
+from archiver.pg.scratch import LocalPostgres
+from archiver.pg.stats import PINNED_SETTINGS
+from archiver.pg.target import content_stats
 from archiver.policy import Policy, get_policy
-from archiver.scratch import LocalPostgres
 from archiver.storage import Store
 
 
@@ -55,7 +59,7 @@ def fetch_object(store: Store, entry: dict[str, Any]) -> bytes:
 
 def pg_restore(instance: LocalPostgres, dbname: str, dump: bytes, *extra: str) -> subprocess.CompletedProcess[str]:
     """Plain pg_restore, reading the dump from stdin; the connection from PG* variables."""
-    env = {"PATH": "/usr/bin:/bin", **db.dsn_env(instance.dsn(dbname))}
+    env = {"PATH": "/usr/bin:/bin", **dsn_env(instance.dsn(dbname))}
     argv = [str(instance.bindir / "pg_restore"), "--no-password", "--exit-on-error", f"--dbname={dbname}", *extra]
     result = subprocess.run(argv, input=dump, capture_output=True, env=env)
     assert result.returncode == 0, result.stderr.decode()
@@ -64,7 +68,7 @@ def pg_restore(instance: LocalPostgres, dbname: str, dump: bytes, *extra: str) -
 
 def psql_file(instance: LocalPostgres, dbname: str, script: bytes) -> str:
     """Run a SQL script with psql (errors reported, not fatal: globals re-create existing roles)."""
-    env = {"PATH": "/usr/bin:/bin", **db.dsn_env(instance.dsn(dbname))}
+    env = {"PATH": "/usr/bin:/bin", **dsn_env(instance.dsn(dbname))}
     result = subprocess.run([str(instance.bindir / "psql"), "-X", "-q", "-f", "-"], input=script,
                             capture_output=True, env=env)
     assert result.returncode == 0, result.stderr.decode()
@@ -89,14 +93,14 @@ def manifest_stats(document: dict[str, Any]) -> dict[str, tuple[int, str | None]
 
 
 def live_stats(dsn: str) -> dict[str, tuple[int, str | None]]:
-    stats = db.content_stats(dsn)
+    stats = content_stats(dsn)
     return {s.table.qualified_name: (s.rows, s.checksum) for s in stats.tables}
 
 
 def table_digest(dsn: str, table: str, order_by: str) -> tuple[int, str]:
     """Row count and an ordered digest of a table's text, computed independently of archiver's checksum."""
-    with db.connect(dsn, safe_search_path=False) as conn:  # the test's own SQL, as psql would run it
-        for name, value in db.PINNED_SETTINGS.items():
+    with connect(dsn, safe_search_path=False) as conn:  # the test's own SQL, as psql would run it
+        for name, value in PINNED_SETTINGS.items():
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
         row = conn.execute(f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY {order_by}), '')) "
                            f"FROM {table} AS t").fetchone()

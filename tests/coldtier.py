@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from archiver import db, manifest
-from archiver.policy import (ArchiveConfig, ArchiveTable, DatabaseConfig, Policy, Secret, StorageConfig)
+from archiver import manifest
+from archiver.pg.connect import session
+from archiver.policy import ArchiveConfig, ArchiveTable, DatabaseConfig, Policy, Secret, StorageConfig
 from archiver.storage import Store
 
 
@@ -29,7 +30,7 @@ def table(name: str, archive_after: int, drop_after: int | None = None, **option
 
 def sql(dsn: str, statement: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
     """The test's own SQL, with the role's search_path (as psql would run it)."""
-    with db.session(dsn, safe_search_path=False) as current:
+    with session(dsn, safe_search_path=False) as current:
         return current.query(statement, params)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from archiver import pgbin
-from archiver.scratch import LocalPostgres, free_port
+from archiver.pg import binaries
+from archiver.pg.scratch import LocalPostgres, free_port
 from archiver.storage import LocalStore, S3Store, Store
 
 TIMESCALEDB_REASON = ("TimescaleDB is not installed for the test PostgreSQL "
@@ -24,7 +24,7 @@ TIMESCALEDB_REASON = ("TimescaleDB is not installed for the test PostgreSQL "
 
 def timescaledb_installed() -> bool:
     try:
-        return pgbin.extension_available(pgbin.find("initdb").parent, "timescaledb")
+        return binaries.extension_available(binaries.find("initdb").parent, "timescaledb")
     except Exception:
         return False
 

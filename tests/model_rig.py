@@ -25,7 +25,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
 
-from archiver import db, manifest
+from archiver import manifest
+from archiver.pg.connect import connect, session
+from archiver.pg.dsn import parse_dsn
+from archiver.pg.quote import quote_ident
 from archiver.policy import BackupConfig, DatabaseConfig, Policy, RetentionConfig, Secret, StorageConfig
 from archiver.storage import LocalStore
 from tests.coldtier import make_policy, table
@@ -47,7 +50,7 @@ def utc_day(moment: datetime) -> datetime:
 def create_table(dsn: str, kind: str, base: datetime) -> None:
     """``readings`` as native daily range partitions (from SPAN + 4 days back to 60 days ahead) or a TimescaleDB hypertable with 1-day chunks and two space partitions on ``device``.
     The database's time zone is not UTC, as on many production servers."""
-    statements = [f"ALTER DATABASE {db.quote_ident(db.parse_dsn(dsn)['dbname'])} SET timezone = 'Asia/Kolkata'"]
+    statements = [f"ALTER DATABASE {quote_ident(parse_dsn(dsn)['dbname'])} SET timezone = 'Asia/Kolkata'"]
     if kind == "native":
         statements.append(f"CREATE TABLE {TABLE} ({COLUMNS}) PARTITION BY RANGE (ts)")
         first = utc_day(base) - (SPAN + 4) * DAY
@@ -60,7 +63,7 @@ def create_table(dsn: str, kind: str, base: datetime) -> None:
                        f"CREATE TABLE {TABLE} ({COLUMNS})",
                        f"SELECT public.create_hypertable('{TABLE}', 'ts', chunk_time_interval => interval '1 day')",
                        f"SELECT public.add_dimension('{TABLE}', 'device', number_partitions => 2)"]
-    with db.connect(dsn, safe_search_path=False) as conn:  # the application's own DDL
+    with connect(dsn, safe_search_path=False) as conn:  # the application's own DDL
         for statement in statements:
             conn.execute(statement)  # type: ignore[arg-type]
 
@@ -110,7 +113,7 @@ class World:
     # -- the database ---------------------------------------------------------------------------
 
     def sql(self, statement: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
-        with db.session(self.dsn) as current:
+        with session(self.dsn) as current:
             return current.query(statement, params)
 
     def database_rows(self, start: datetime | None = None, end: datetime | None = None,
@@ -187,7 +190,7 @@ class World:
         first change it makes to the catalog (``catalog``: a partition or chunk created) or to the
         store (``store``: an object written or removed), or after ``delay`` if none came."""
         env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-        with db.connect(self.dsn) as conn:
+        with connect(self.dsn) as conn:
             def catalog() -> str:
                 return str(conn.execute(self.CATALOG_STATE).fetchone()[0])  # type: ignore[index]
             watch = {"catalog": catalog, "store": self._store_state}.get(trigger)

@@ -10,7 +10,7 @@ from typing import Any
 
 from botocore.awsrequest import AWSResponse
 
-from archiver.scratch import free_port
+from archiver.pg.scratch import free_port
 
 
 class _Proxy:

@@ -7,8 +7,9 @@ from typing import Any
 
 import yaml
 
-from archiver import db, manifest
-from archiver.scratch import LocalPostgres
+from archiver import manifest
+from archiver.pg.connect import query
+from archiver.pg.scratch import LocalPostgres
 from archiver.storage import Store
 from tests.backup_helpers import read_manifest
 
@@ -57,15 +58,15 @@ def damage(store: Store, backup_id: str, how: str, *, other_backup: str | None =
 
 
 def database_exists(instance: LocalPostgres, name: str) -> bool:
-    return bool(db.query(instance.dsn(), "SELECT 1 FROM pg_database WHERE datname = %s", (name,)))
+    return bool(query(instance.dsn(), "SELECT 1 FROM pg_database WHERE datname = %s", (name,)))
 
 
 def role_exists(instance: LocalPostgres, role: str) -> bool:
-    return bool(db.query(instance.dsn(), "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)))
+    return bool(query(instance.dsn(), "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)))
 
 
 def user_tables(dsn: str) -> list[str]:
-    return [f"{schema}.{name}" for schema, name in db.query(
+    return [f"{schema}.{name}" for schema, name in query(
         dsn, "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') "
              "AND schemaname NOT LIKE '\\_timescaledb%' ORDER BY 1, 2")]
 

@@ -8,7 +8,6 @@ were archived. Runs against the file store and moto's S3 server alike.
 from __future__ import annotations
 
 import json
-
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +23,7 @@ from archiver.storage import open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.plan import run_plan
 from archiver.tasks.retention import run_retention
-from tests.coldtier import storage, make_policy, manifests, parquet_keys, read_archive, relations, sql, table  # noqa: F401  storage is a fixture
+from tests.coldtier import make_policy, manifests, parquet_keys, read_archive, relations, sql, storage, table  # noqa: F401  storage is a fixture
 
 SCHEMA = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');

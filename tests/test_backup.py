@@ -10,12 +10,25 @@ from typing import Any
 import psycopg
 import pytest
 
-from archiver import db
-from archiver.scratch import LocalPostgres
+from archiver.pg.connect import connect, execute, query
+from archiver.pg.scratch import LocalPostgres
+from archiver.pg.stats import TableRef
+from archiver.pg.target import content_stats
 from archiver.storage import Store
 from archiver.tasks.backup import run_backup
-from tests.backup_helpers import (fetch_object, live_stats, load_policy, manifest_stats, new_database, pg_restore,
-                                  psql_file, read_manifest, restore_backup, table_digest, write_policy)
+from tests.backup_helpers import (
+    fetch_object,
+    live_stats,
+    load_policy,
+    manifest_stats,
+    new_database,
+    pg_restore,
+    psql_file,
+    read_manifest,
+    restore_backup,
+    table_digest,
+    write_policy,
+)
 
 RICH_SCHEMA = """
 CREATE SCHEMA identity;
@@ -79,7 +92,7 @@ DIGEST_ORDER = {
 def rich_database(database: str) -> tuple[str, str]:
     """A database with several schemas and types, two large objects and a role with grants; (dsn, role)."""
     role = f"reader_{uuid.uuid4().hex[:8]}"
-    with db.connect(database) as conn:
+    with connect(database) as conn:
         conn.execute(RICH_SCHEMA)
         conn.execute(f"CREATE ROLE {role} NOLOGIN")
         conn.execute(f"GRANT USAGE ON SCHEMA app TO {role}")
@@ -145,12 +158,12 @@ def test_backup_restores_on_a_new_instance_with_matching_counts_and_checksums(
     pg_restore(fresh_instance, name, fetch_object(store, document["objects"]["dump"]))
 
     assert live_stats(restored) == counted
-    recounted = db.content_stats(restored, tables=[db.TableRef.from_json(t) for t in document["content"]["tables"]])
+    recounted = content_stats(restored, tables=[TableRef.from_json(t) for t in document["content"]["tables"]])
     assert [stats.to_json() for stats in recounted.tables] == document["content"]["tables"]
     for table, order in DIGEST_ORDER.items():
         assert table_digest(restored, table, order) == table_digest(source, table, order), table
-    assert db.content_stats(restored).large_objects.to_json() == document["content"]["large_objects"]
-    with db.connect(restored) as conn:
+    assert content_stats(restored).large_objects.to_json() == document["content"]["large_objects"]
+    with connect(restored) as conn:
         manual = conn.execute("SELECT convert_from(lo_get(body), 'UTF8') FROM app.documents WHERE title = 'manual'")
         assert manual.fetchone() == ("PostgreSQL large object. " * 20000,)
         conn.execute(f"SET ROLE {role}")
@@ -174,7 +187,7 @@ def test_counts_come_from_the_dumped_snapshot(tmp_path: Path, rich_database: tup
         def advance(self, amount: int) -> None:
             if not self.inserted:
                 self.inserted = True
-                db.execute(source, "INSERT INTO app.devices (id, kind) SELECT gen_random_uuid(), 'meter' "
+                execute(source, "INSERT INTO app.devices (id, kind) SELECT gen_random_uuid(), 'meter' "
                                    "FROM generate_series(1, 50)")
 
         def done(self) -> None:
@@ -183,16 +196,16 @@ def test_counts_come_from_the_dumped_snapshot(tmp_path: Path, rich_database: tup
     progress = InsertWhileDumping()
     result = run_backup(policy, store=file_store, progress=progress)
     assert progress.inserted
-    assert db.query(source, "SELECT count(*) FROM app.devices") == [(350,)]
+    assert query(source, "SELECT count(*) FROM app.devices") == [(350,)]
     document = read_manifest(file_store, result.data["id"])
     assert manifest_stats(document)["app.devices"][0] == 300
     restored = restore_backup(pg, file_store, result.data["id"])
-    assert db.query(restored, "SELECT count(*) FROM app.devices") == [(300,)]
+    assert query(restored, "SELECT count(*) FROM app.devices") == [(300,)]
     assert live_stats(restored)["app.devices"] == manifest_stats(document)["app.devices"]
 
 
 def test_oid_hashed_types_are_found_through_domains_arrays_and_composites(database: str) -> None:
-    db.execute(database, """
+    execute(database, """
         CREATE TYPE mood AS ENUM ('ok', 'sad');
         CREATE DOMAIN moods AS mood[];
         CREATE TYPE reading AS (at timestamptz, how moods);
@@ -202,7 +215,7 @@ def test_oid_hashed_types_are_found_through_domains_arrays_and_composites(databa
         INSERT INTO nested VALUES (1, ARRAY[ROW(now(), ARRAY['ok']::moods)::reading]);
         INSERT INTO registry VALUES (1, 'plain');
     """)
-    hashes = {stats.table.name: stats.row_hash for stats in db.content_stats(database).tables}
+    hashes = {stats.table.name: stats.row_hash for stats in content_stats(database).tables}
     assert hashes == {"plain": "record", "nested": "text", "registry": "text"}
 
 
@@ -216,26 +229,26 @@ def test_oid_hashed_types_are_found_through_domains_arrays_and_composites(databa
 ])
 def test_checksums_change_with_any_value_and_not_with_row_order(database: str, extra_column: str, row_hash: str,
                                                                  changes: list[tuple[str, str]]) -> None:
-    db.execute(database, f"CREATE TABLE t (id int, amount numeric, at timestamptz, tags text[]{extra_column});"
+    execute(database, f"CREATE TABLE t (id int, amount numeric, at timestamptz, tags text[]{extra_column});"
                          "INSERT INTO t (id, amount, at, tags) SELECT i, 1.5, '2026-03-01'::timestamptz + i * interval '1 h',"
                          " ARRAY['a'] FROM generate_series(1, 1000) AS i")
 
     def checksum() -> tuple[int, str | None]:
-        (stats,) = db.content_stats(database).tables
+        (stats,) = content_stats(database).tables
         assert stats.row_hash == row_hash
         return stats.rows, stats.checksum
 
     original = checksum()
-    db.execute(database, "UPDATE t SET id = id WHERE id % 2 = 0")  # moves half the rows: another scan order
-    assert db.query(database, "SELECT id FROM t LIMIT 2") == [(1,), (3,)]
+    execute(database, "UPDATE t SET id = id WHERE id % 2 = 0")  # moves half the rows: another scan order
+    assert query(database, "SELECT id FROM t LIMIT 2") == [(1,), (3,)]
     assert checksum() == original
     for change, undo in changes:
-        db.execute(database, f"UPDATE t SET {change} WHERE id = 1")
+        execute(database, f"UPDATE t SET {change} WHERE id = 1")
         changed = checksum()
         assert changed[0] == original[0] and changed[1] != original[1], change
-        db.execute(database, f"UPDATE t SET {undo} WHERE id {'= 1001' if change == 'id = 1001' else '= 1'}")
+        execute(database, f"UPDATE t SET {undo} WHERE id {'= 1001' if change == 'id = 1001' else '= 1'}")
         assert checksum() == original, undo
-    db.execute(database, "DELETE FROM t WHERE id = 500")
+    execute(database, "DELETE FROM t WHERE id = 500")
     assert checksum()[0] == 999
 
 
@@ -285,7 +298,7 @@ CREATE MATERIALIZED VIEW asset_metrics_hourly WITH (timescaledb.continuous) AS
 
 
 def timescale_state(dsn: str) -> dict[str, Any]:
-    with db.connect(dsn, safe_search_path=False) as conn:
+    with connect(dsn, safe_search_path=False) as conn:
         chunks = conn.execute("SELECT count(*) FILTER (WHERE is_compressed), count(*) FILTER (WHERE NOT is_compressed) "
                               "FROM timescaledb_information.chunks WHERE hypertable_name = 'asset_metrics'").fetchone()
         cagg = conn.execute("SELECT count(*), sum(samples), round(sum(avg_value)::numeric, 6) "
@@ -298,7 +311,7 @@ def timescale_state(dsn: str) -> dict[str, Any]:
 @pytest.mark.timescaledb
 def test_timescaledb_hypertable_and_continuous_aggregate_restore_identically(
         tmp_path: Path, database: str, s3_store: Store, s3_endpoint: str, pg: LocalPostgres) -> None:
-    with db.connect(database, safe_search_path=False) as conn:
+    with connect(database, safe_search_path=False) as conn:
         conn.execute(TELEMETRY_SCHEMA)
         conn.execute("CALL refresh_continuous_aggregate('asset_metrics_hourly', NULL, NULL)")
     source_state = timescale_state(database)
@@ -307,7 +320,7 @@ def test_timescaledb_hypertable_and_continuous_aggregate_restore_identically(
     document = read_manifest(s3_store, run_backup(policy, store=s3_store).data["id"])
 
     version = document["database"]["extensions"]["timescaledb"]
-    assert document["timescaledb_version"] == version == db.query(
+    assert document["timescaledb_version"] == version == query(
         database, "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")[0][0]
     tables = {f"{t['schema']}.{t['name']}": t for t in document["content"]["tables"]}
     assert tables["public.asset_metrics"]["kind"] == "hypertable" and tables["public.asset_metrics"]["rows"] == 2 * 6 * 1440
@@ -317,11 +330,11 @@ def test_timescaledb_hypertable_and_continuous_aggregate_restore_identically(
     assert document["warnings"] and all(w["expected"] for w in document["warnings"])
 
     name, restored = new_database(pg)
-    with db.connect(restored, safe_search_path=False) as conn:
+    with connect(restored, safe_search_path=False) as conn:
         conn.execute(f"CREATE EXTENSION timescaledb VERSION '{version}'")
         conn.execute("SELECT timescaledb_pre_restore()")
     pg_restore(pg, name, fetch_object(s3_store, document["objects"]["dump"]))
-    db.execute(restored, "SELECT timescaledb_post_restore()")
+    execute(restored, "SELECT timescaledb_post_restore()")
 
     # a new connection after post_restore, as the TimescaleDB docs ask
     assert timescale_state(restored) == source_state

@@ -9,17 +9,18 @@ from pathlib import Path
 
 import yaml
 
-from archiver import db, manifest
+from archiver import manifest
+from archiver.common.timeutil import isoformat, utcnow
+from archiver.pg.connect import execute
+from archiver.pg.dsn import dsn_with
 from archiver.storage import LocalStore, S3Store
-from archiver.common.timeutil import isoformat
-from archiver.common.timeutil import utcnow
 from tests.backup_helpers import fetch_object, read_manifest, write_policy
 from tests.helpers import run_cli
 from tests.test_prune import fake_backup
 
 
 def small_database(dsn: str) -> str:
-    db.execute(dsn, "CREATE TABLE users (id int PRIMARY KEY, email text);"
+    execute(dsn, "CREATE TABLE users (id int PRIMARY KEY, email text);"
                     "INSERT INTO users SELECT i, 'u' || i || '@example.com' FROM generate_series(1, 100) AS i")
     return dsn
 
@@ -29,7 +30,7 @@ def test_backup_prints_its_id_and_keeps_secrets_out(tmp_path: Path, database: st
     store = LocalStore(tmp_path / "store")
     policies = tmp_path / "policies"
     write_policy(policies, "identity", "${IDENTITY_DSN}", store.url)
-    secret_dsn = db.dsn_with(database, password="pa:ss@w0rd-XYZ")  # the server trusts; libpq never sends it
+    secret_dsn = dsn_with(database, password="pa:ss@w0rd-XYZ")  # the server trusts; libpq never sends it
     result = run_cli("--policies", str(policies), "--log-format", "json", "backup", "identity",
                      env={"IDENTITY_DSN": secret_dsn})
     assert result.code == 0, result.stderr

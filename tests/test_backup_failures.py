@@ -21,13 +21,14 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from archiver import db, manifest
+from archiver import manifest
+from archiver.common.timeutil import utcnow
 from archiver.errors import ExitCode, ExternalCommandFailed, StoreError
-from archiver.scratch import LocalPostgres
+from archiver.pg.connect import execute, query
+from archiver.pg.scratch import LocalPostgres
 from archiver.storage import S3Store
 from archiver.tasks.backup import run_backup
 from archiver.tasks.prune import run_prune
-from archiver.common.timeutil import utcnow
 from tests.backup_helpers import live_stats, load_policy, manifest_stats, read_manifest, restore_backup, write_policy
 from tests.helpers import PROJECT, run_cli
 from tests.netfault import StallingProxy, inject_s3_errors
@@ -38,7 +39,7 @@ MiB = 1024 * 1024
 @pytest.fixture
 def source(database: str) -> str:
     """About 30 MiB of dump data that compresses poorly (md5 text), in two tables."""
-    db.execute(database, """
+    execute(database, """
         CREATE TABLE readings (id bigint PRIMARY KEY, device text, payload text);
         INSERT INTO readings SELECT i, 'dev-' || (i % 100), md5(i::text) || md5((i * 7)::text) || md5((i * 13)::text)
         FROM generate_series(1, 250000) AS i;
@@ -149,7 +150,7 @@ def test_losing_the_connection_fails_the_backup_with_the_server_message(
     policy = load_policy(policy_path(tmp_path, source, s3_store, s3_endpoint))
 
     def terminate_dump_backend() -> None:
-        terminated = db.query(source, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        terminated = query(source, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                       "WHERE application_name LIKE 'archiver pg_dump %'")
         assert terminated == [(True,)]
 

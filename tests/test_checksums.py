@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from archiver import db
-from archiver.scratch import LocalPostgres
+from archiver.pg.connect import execute, query
+from archiver.pg.scratch import LocalPostgres
+from archiver.pg.stats import CHECKSUM_V1, CHECKSUM_V2
+from archiver.pg.target import content_stats
 from archiver.storage import Store
 from tests.backup_helpers import read_manifest
 from tests.helpers import run_cli
@@ -45,24 +47,24 @@ INSERT INTO public.f_star (class, a, c, e, f, z) VALUES ('f', 19, 'hi claire', -
 
 
 def column_order(dsn: str, table: str) -> list[str]:
-    return [name for (name,) in db.query(dsn, "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass "
+    return [name for (name,) in query(dsn, "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass "
                                               "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,))]
 
 
 def stats(dsn: str, method: str) -> dict[str, tuple[int, str | None, str | None]]:
     return {s.table.qualified_name: (s.rows, s.checksum, s.row_hash)
-            for s in db.content_stats(dsn, method=method).tables}
+            for s in content_stats(dsn, method=method).tables}
 
 
 def test_inheritance_children_that_pg_dump_reorders_pass_their_drill_and_restore_with_equal_checksums(
         tmp_path: Path, database: str, file_store: Store, target_server: LocalPostgres) -> None:
-    db.execute(database, INHERITANCE)
+    execute(database, INHERITANCE)
     path, backup_id = backed_up(tmp_path, database, file_store, None)
     document = read_manifest(file_store, backup_id)
-    assert document["content"]["method"] == db.CHECKSUM_V2 == "hash64-sum/v2"
+    assert document["content"]["method"] == CHECKSUM_V2 == "hash64-sum/v2"
     recorded = {f"{t['schema']}.{t['name']}": (t["rows"], t["checksum"], t["row_hash"])
                 for t in document["content"]["tables"]}
-    assert recorded == stats(database, db.CHECKSUM_V2)
+    assert recorded == stats(database, CHECKSUM_V2)
     assert recorded["public.child_hashed"][2] == "record" and recorded["public.child_text"][2] == "text"
 
     add_verify_section(path, scratch={"work_dir": "/var/tmp"}, amcheck=False)
@@ -81,20 +83,20 @@ def test_inheritance_children_that_pg_dump_reorders_pass_their_drill_and_restore
     assert column_order(restored, "public.child_hashed") == ["id", "label", "added", "amount"]
     assert column_order(restored, "public.child_text") == ["id", "label", "added", "doc"]
     assert column_order(database, "public.d_star") != column_order(restored, "public.d_star")
-    assert stats(restored, db.CHECKSUM_V2) == stats(database, db.CHECKSUM_V2)
+    assert stats(restored, CHECKSUM_V2) == stats(database, CHECKSUM_V2)
     # the same rows in another column order: v1 (column positions) tells them apart, which failed every drill
-    before, after = stats(database, db.CHECKSUM_V1), stats(restored, db.CHECKSUM_V1)
+    before, after = stats(database, CHECKSUM_V1), stats(restored, CHECKSUM_V1)
     assert before["public.parent"] == after["public.parent"]
     for child in ("public.child_hashed", "public.child_text", "public.d_star", "public.f_star"):
         assert before[child][0] == after[child][0] and before[child][1] != after[child][1]
 
 
 def test_v2_checksums_see_every_value_and_not_the_column_order(database: str) -> None:
-    db.execute(database, "CREATE TABLE public.ab (a int, b text); CREATE TABLE public.ba (b text, a int);"
+    execute(database, "CREATE TABLE public.ab (a int, b text); CREATE TABLE public.ba (b text, a int);"
                          "INSERT INTO public.ab VALUES (1, 'x'), (2, 'y'); INSERT INTO public.ba VALUES ('x', 1), ('y', 2)")
-    first = stats(database, db.CHECKSUM_V2)
+    first = stats(database, CHECKSUM_V2)
     assert first["public.ab"] == first["public.ba"]
-    db.execute(database, "UPDATE public.ba SET b = 'z' WHERE a = 2")
-    assert stats(database, db.CHECKSUM_V2)["public.ba"][1] != first["public.ba"][1]
-    v1 = stats(database, db.CHECKSUM_V1)
+    execute(database, "UPDATE public.ba SET b = 'z' WHERE a = 2")
+    assert stats(database, CHECKSUM_V2)["public.ba"][1] != first["public.ba"][1]
+    v1 = stats(database, CHECKSUM_V1)
     assert v1["public.ab"][1] != first["public.ab"][1]  # the method is part of the checksum: never mixed up

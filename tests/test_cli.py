@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from tests.helpers import run_cli
 
 COMMANDS = ["policy", "backup", "backups", "prune", "archive", "retention", "plan", "restore", "restore-archive",

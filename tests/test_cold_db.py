@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from archiver import db
 from archiver.errors import DatabaseError
+from archiver.pg.arrow import arrow_batches, shared_read_snapshot
+from archiver.pg.connect import session
+from archiver.pg.scratch import free_port
 from archiver.policy import StorageConfig
-from archiver.scratch import free_port
 from archiver.tasks import retention
 from archiver.tasks.archive import run_archive
 from archiver.tasks.retention import run_retention
@@ -21,21 +22,21 @@ from tests.test_cold_safety import create_readings, policy_for
 def test_adbc_errors_never_carry_the_password() -> None:
     dsn = f"host=127.0.0.1 port={free_port()} user=archiver password=s3cr3t-P@ss dbname=telemetry connect_timeout=2"
     with pytest.raises(DatabaseError) as failure:
-        list(db.arrow_batches(dsn, "SELECT 1"))
+        list(arrow_batches(dsn, "SELECT 1"))
     assert "s3cr3t-P@ss" not in str(failure.value) and "password=********" in str(failure.value)
 
 
 def test_rows_come_from_the_exported_snapshot_even_while_rows_arrive(database: str) -> None:
-    with db.session(database) as current:
+    with session(database) as current:
         current.execute("CREATE TABLE public.t (n int)")
         current.execute("INSERT INTO public.t SELECT generate_series(1, 10)")
-    with db.shared_read_snapshot(database) as (snapshot_id, current):
-        with db.session(database) as other:
+    with shared_read_snapshot(database) as (snapshot_id, current):
+        with session(database) as other:
             other.execute("INSERT INTO public.t VALUES (11)")
-        rows = sum(batch.num_rows for batch in db.arrow_batches(database, "SELECT n FROM public.t",
+        rows = sum(batch.num_rows for batch in arrow_batches(database, "SELECT n FROM public.t",
                                                                 snapshot_id=snapshot_id))
         assert rows == current.scalar("SELECT count(*) FROM public.t") == 10
-    assert sum(batch.num_rows for batch in db.arrow_batches(database, "SELECT n FROM public.t")) == 11
+    assert sum(batch.num_rows for batch in arrow_batches(database, "SELECT n FROM public.t")) == 11
 
 
 def test_a_busy_chunk_is_held_back_and_dropped_by_a_later_run(database: str, tmp_path: Path,
@@ -48,7 +49,7 @@ def test_a_busy_chunk_is_held_back_and_dropped_by_a_later_run(database: str, tmp
     locked, release = threading.Event(), threading.Event()
 
     def writer_in_a_long_transaction() -> None:
-        with db.session(database) as current, current.transaction():
+        with session(database) as current, current.transaction():
             current.execute("LOCK TABLE public.readings_d80 IN ROW EXCLUSIVE MODE")
             locked.set()
             release.wait(30)

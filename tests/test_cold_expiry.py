@@ -6,11 +6,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from archiver.common.timeutil import utcnow
 from archiver.policy import StorageConfig
 from archiver.storage import LocalStore, open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.retention import run_retention
-from archiver.common.timeutil import utcnow
 from tests.coldtier import make_policy, manifests, parquet_keys, sql, table
 from tests.test_cold_safety import create_readings
 

@@ -17,12 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from archiver import manifest as mf
+from archiver.common.progress import NULL_PROGRESS
 from archiver.policy import StorageConfig
 from archiver.storage import Store, open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.restore_archive import run_restore_archive
 from archiver.tasks.retention import run_retention
-from archiver.common.progress import NULL_PROGRESS
 from archiver.tasks.verify import _archive_checks
 from tests.coldtier import make_policy, manifests, parquet_keys, relations, sql, table
 from tests.helpers import run_cli

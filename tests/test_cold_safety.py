@@ -13,16 +13,19 @@ from typing import Any
 
 import pytest
 
-from archiver import db
 from archiver.errors import LockBusy, StoreError
+from archiver.locking import database_lock
+from archiver.pg.catalog import detach_and_drop_partition
+from archiver.pg.connect import Session
+from archiver.pg.quote import qualified
 from archiver.policy import StorageConfig
 from archiver.storage import LocalStore, ObjectWriter, open_store
+from archiver.tasks import retention
 from archiver.tasks.archive import run_archive
-from archiver.locking import database_lock
 from archiver.tasks.coldtier import ColdTierFailed
 from archiver.tasks.dispatch import execute
 from archiver.tasks.retention import run_retention
-from tests.coldtier import storage, make_policy, manifests, parquet_keys, read_archive, relations, sql, table  # noqa: F401  storage is a fixture
+from tests.coldtier import make_policy, manifests, parquet_keys, read_archive, relations, sql, storage, table  # noqa: F401  storage is a fixture
 
 AGES = (90, 80, 70, 60)
 
@@ -158,18 +161,18 @@ def test_a_run_killed_between_verification_and_drop_keeps_the_partition_and_the_
     create_readings(database)
     policy = policy_for(database, local)
     run_archive(policy)
-    real = db.detach_and_drop_partition
+    real = detach_and_drop_partition
 
-    def die_after_detach(current: db.Session, parent_schema: str, parent: str, schema: str, name: str) -> None:
-        current.execute(f"ALTER TABLE {db.qualified(parent_schema, parent)} DETACH PARTITION {db.qualified(schema, name)}")
+    def die_after_detach(current: Session, parent_schema: str, parent: str, schema: str, name: str) -> None:
+        current.execute(f"ALTER TABLE {qualified(parent_schema, parent)} DETACH PARTITION {qualified(schema, name)}")
         raise Killed(name)
 
-    monkeypatch.setattr(db, "detach_and_drop_partition", die_after_detach)
+    monkeypatch.setattr(retention, "detach_and_drop_partition", die_after_detach)
     with pytest.raises(Killed):
         run_retention(policy)
     assert relations(database, "readings_d%") == [f"public.readings_d{age}" for age in sorted(AGES)]
     assert sql(database, "SELECT count(*) FROM readings")[0][0] == 4 * 50, "the detach was rolled back"
-    monkeypatch.setattr(db, "detach_and_drop_partition", real)
+    monkeypatch.setattr(retention, "detach_and_drop_partition", real)
     assert run_retention(policy).metrics["chunks_dropped"] == 4
 
 

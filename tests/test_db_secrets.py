@@ -8,10 +8,11 @@ import logging
 
 import pytest
 
-from archiver import db
 from archiver.common import log
 from archiver.errors import DatabaseError
-from archiver.scratch import free_port
+from archiver.pg.connect import connect
+from archiver.pg.dsn import dsn_env, parse_dsn, redact_dsn
+from archiver.pg.scratch import free_port
 
 
 @pytest.mark.parametrize("dsn, secret", [
@@ -20,23 +21,23 @@ from archiver.scratch import free_port
     ("postgres://u:simple@h/d?sslmode=require", "simple"),
 ])
 def test_redaction_finds_passwords_with_special_characters(dsn: str, secret: str) -> None:
-    redacted = db.redact_dsn(dsn)
+    redacted = redact_dsn(dsn)
     assert secret not in redacted
     assert "password=********" in redacted
-    assert db.parse_dsn(dsn)["password"] == secret
+    assert parse_dsn(dsn)["password"] == secret
 
 
 def test_connection_errors_never_carry_the_password() -> None:
     dsn = f"host=127.0.0.1 port={free_port()} user=app password=TopSecret-42 dbname=app connect_timeout=2"
     with pytest.raises(DatabaseError) as caught:
-        with db.connect(dsn):
+        with connect(dsn):
             pass
     assert "TopSecret-42" not in str(caught.value)
     assert "cannot connect to" in str(caught.value) and "password=********" in str(caught.value)
 
 
 def test_dsn_env_keeps_the_password_out_of_argv() -> None:
-    env = db.dsn_env("postgresql://app:pw@db:6432/app?sslmode=require")
+    env = dsn_env("postgresql://app:pw@db:6432/app?sslmode=require")
     assert env == {"PGUSER": "app", "PGPASSWORD": "pw", "PGHOST": "db", "PGPORT": "6432", "PGDATABASE": "app",
                    "PGSSLMODE": "require"}
 

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from archiver.dbprops import (DatabaseProperties, Grant, Setting, create_options, differences, locale_differences,
-                              plan_properties, provider_problem, setting_statement, split_list)
+from archiver.pg.properties import (
+    DatabaseProperties,
+    Grant,
+    Setting,
+    create_options,
+    differences,
+    locale_differences,
+    plan_properties,
+    provider_problem,
+    setting_statement,
+    split_list,
+)
 
 SHOP = DatabaseProperties(
     encoding="LATIN1", collate="C", ctype="C", owner="shop_owner",

@@ -715,8 +715,8 @@ def test_compose_init_sql_builds_databases_the_trial_policies_can_work_on() -> N
     """The trial's init SQL on a real PostgreSQL with TimescaleDB: then the trial policies' own
     verify checks hold, and there are chunks old enough to archive and to drop."""
     from archiver.expect import parse_expectation
+    from archiver.pg.scratch import LocalPostgres
     from archiver.policy import load
-    from archiver.scratch import LocalPostgres
 
     policies = {p.name: p for p in load([COMPOSE / "policies"], environ=compose_environment(), strict_env=True).policies}
     with LocalPostgres(timescaledb=True) as server:

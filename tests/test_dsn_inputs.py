@@ -15,9 +15,9 @@ from urllib.parse import quote
 
 import pytest
 
-from archiver import db
 from archiver.errors import UsageError
-from archiver.scratch import LocalPostgres
+from archiver.pg.dsn import parse_dsn, redact_dsn
+from archiver.pg.scratch import LocalPostgres
 from tests.helpers import run_cli
 
 PASSWORDS = [
@@ -68,7 +68,7 @@ def assert_no_fragment(output: str, *secrets: str) -> None:
 
 def parses(dsn: str) -> bool:
     try:
-        db.parse_dsn(dsn)
+        parse_dsn(dsn)
     except UsageError:
         return False
     return True
@@ -82,7 +82,7 @@ def test_no_fragment_of_a_password_reaches_any_output(pg: LocalPostgres, tmp_pat
     secrets = [password, quote(password, safe="")]
     well_formed = parses(dsn)
     if form in ("kv_quoted", "url_encoded"):
-        assert well_formed and db.parse_dsn(dsn)["password"] == password
+        assert well_formed and parse_dsn(dsn)["password"] == password
     if form == "url_raw":
         assert not well_formed  # every one of these passwords holds an '@', a '/' or a bad '%'
     (tmp_path / "policies").mkdir()
@@ -121,20 +121,20 @@ def test_an_unescaped_at_in_a_url_is_refused_and_the_fix_is_named() -> None:
     for dsn in ("postgresql://app:p@ss:w0rd@db.internal/app", "postgresql://app:pa/ss@db.internal/app",
                 "postgres://app:x@y@db.internal:5432/app?sslmode=require"):
         with pytest.raises(UsageError) as caught:
-            db.parse_dsn(dsn, source="--target")
+            parse_dsn(dsn, source="--target")
         assert str(caught.value) == (
             "--target: not a valid PostgreSQL connection URL: an '@' is not percent-encoded (a user or password "
             "holding '@', '/' or ':' must write them as %40, %2F and %3A, or use the key=value form: password='...')")
-        assert db.redact_dsn(dsn) == "<unparseable dsn>"
-    assert db.parse_dsn("postgresql://app:p%40ss%2Fw@db.internal/app?user=x@corp")["password"] == "p@ss/w"
+        assert redact_dsn(dsn) == "<unparseable dsn>"
+    assert parse_dsn("postgresql://app:p%40ss%2Fw@db.internal/app?user=x@corp")["password"] == "p@ss/w"
 
 
 def test_a_dsn_that_holds_no_password_keeps_libpq_words_naming_the_option() -> None:
     with pytest.raises(UsageError, match='^--target: not a valid PostgreSQL connection string: invalid connection '
                                          'option "hots"$'):
-        db.parse_dsn("hots=db dbname=app", source="--target")
+        parse_dsn("hots=db dbname=app", source="--target")
     with pytest.raises(UsageError) as caught:
-        db.parse_dsn("hots=db dbname=app password=Zr8kLm")
+        parse_dsn("hots=db dbname=app password=Zr8kLm")
     assert str(caught.value) == ("not a valid PostgreSQL connection string: an unknown connection option (or a value "
                                  "holding spaces without quotes: write key='a b')")
 

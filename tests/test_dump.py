@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from archiver import dump, pgbin
+from archiver import dump
 from archiver.errors import ExternalCommandFailed, UsageError
+from archiver.pg import binaries
 from archiver.policy import PgDumpConfig
 
 
@@ -124,4 +125,4 @@ def test_a_pg_dump_older_than_the_server_is_refused(tmp_path: Path) -> None:
 def test_the_installed_pg_dump_is_used_with_its_version() -> None:
     tool = dump.find_tool("pg_dump", 150000, None)
     assert tool.major >= 15 and tool.version.startswith("pg_dump (PostgreSQL)")
-    assert pgbin.program_version(str(tool.path))[0] == tool.major
+    assert binaries.program_version(str(tool.path))[0] == tool.major

@@ -8,9 +8,9 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from archiver.scratch import free_port
-from archiver.storage import LocalStore
 from archiver.common.timeutil import utcnow
+from archiver.pg.scratch import free_port
+from archiver.storage import LocalStore
 from tests.backup_helpers import write_policy
 from tests.helpers import run_cli
 from tests.test_prune import fake_backup

@@ -19,14 +19,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from archiver import db, manifest
+from archiver import manifest
+from archiver.common.timeutil import isoformat, utcnow
 from archiver.errors import ExitCode, Interrupted
 from archiver.metrics import Metrics
+from archiver.pg.connect import execute, query
+from archiver.pg.scratch import LocalPostgres
 from archiver.runner import read_run_record, run_record_key, task_run
-from archiver.scratch import LocalPostgres
 from archiver.storage import LocalStore, S3Store
-from archiver.common.timeutil import isoformat
-from archiver.common.timeutil import utcnow
 from tests.backup_helpers import new_database, write_policy
 from tests.helpers import PROJECT, run_cli
 from tests.netfault import StallingProxy
@@ -205,7 +205,7 @@ def test_a_clean_up_that_hangs_is_ended_by_the_watchdog(second_signal: bool) -> 
 
 
 def restore_waiting(dsn: str) -> bool:
-    rows = db.query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'archiver restore %%' "
+    rows = query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'archiver restore %%' "
                          "AND wait_event_type = 'Lock'")
     return bool(rows and rows[0][0])
 
@@ -219,7 +219,7 @@ def test_an_interrupted_restore_says_what_state_the_target_is_in(database: str, 
     env = {"APP_DSN": seeded(database)}
     assert run_cli("--policies", str(policies), "backup", "app", env=env).code == 0
     _, target = new_database(pg)
-    db.execute(target, "CREATE TABLE devices (id int PRIMARY KEY, name text); INSERT INTO devices VALUES (1, 'kept')")
+    execute(target, "CREATE TABLE devices (id int PRIMARY KEY, name text); INSERT INTO devices VALUES (1, 'kept')")
     blocker = TableLock(target, "devices")
     process = spawn("--policies", str(policies), "restore", "app", "--target", target, "--clean", "--yes", env=env)
     try:
@@ -232,5 +232,5 @@ def test_an_interrupted_restore_says_what_state_the_target_is_in(database: str, 
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == ExitCode.INTERRUPTED, stderr
     assert "interrupted: nothing was written to the target" in stderr
-    assert db.query(target, "SELECT id, name FROM public.devices") == [(1, "kept")]
+    assert query(target, "SELECT id, name FROM public.devices") == [(1, "kept")]
     assert not restore_waiting(target)

@@ -8,22 +8,19 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from archiver import db
+from archiver.common.owner import ProcessIdentity, process_start
+from archiver.common.timeutil import isoformat, parse_timestamp, utcnow
 from archiver.errors import LockBusy
 from archiver.locking import StoreLease, database_lock, task_lock
 from archiver.manifest import read_json, write_json
-from archiver.common.owner import ProcessIdentity
-from archiver.common.owner import process_start
+from archiver.pg.connect import query
 from archiver.policy import DatabaseConfig, Policy, Secret, StorageConfig
 from archiver.storage import Store
-from archiver.common.timeutil import isoformat
-from archiver.common.timeutil import parse_timestamp
-from archiver.common.timeutil import utcnow
-from datetime import timedelta
 
 
 def make_policy(dsn: str, url: str = "file:///srv/none", name: str = "app") -> Policy:
@@ -120,7 +117,7 @@ def test_task_lock_takes_both_kinds_for_retention(database: str, file_store: Sto
     assert file_store.head("locks/retention.json") is None
     held = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
-    assert db.query(database, held) == [(0,)]  # pg_locks is cluster-wide: count this database's only
+    assert query(database, held) == [(0,)]  # pg_locks is cluster-wide: count this database's only
 
 
 def test_an_unexpired_lease_is_taken_over_at_once_when_its_holder_process_is_gone(file_store: Store) -> None:

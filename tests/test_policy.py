@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from archiver.common.cron import cron_trigger
 from archiver.errors import PolicyError, UsageError
 from archiver.policy import Secret, bucket_name_problem, get_policy, interpolate, load, load_policies
-from archiver.common.cron import cron_trigger
 from tests.helpers import PROJECT, run_cli
 
 GOOD = """\

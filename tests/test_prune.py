@@ -14,12 +14,11 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from archiver import manifest
+from archiver.common.timeutil import isoformat, utcnow
 from archiver.errors import TaskFailed
 from archiver.storage import LocalStore, S3Store, Store
 from archiver.storage.local import TEMP_MARKER
 from archiver.tasks.prune import run_prune
-from archiver.common.timeutil import isoformat
-from archiver.common.timeutil import utcnow
 from tests.backup_helpers import load_policy, write_policy
 from tests.helpers import run_cli
 

@@ -20,13 +20,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from archiver import manifest
+from archiver.common.timeutil import isoformat, utcnow
 from archiver.errors import ExitCode, StoreError
 from archiver.locking import BACKUP_LEASE_PREFIX, LOCKS_PREFIX, StoreLease
-from archiver.scratch import LocalPostgres
+from archiver.pg.scratch import LocalPostgres
 from archiver.storage import IncompleteWrite, LocalStore, S3Store
 from archiver.tasks.prune import run_prune
-from archiver.common.timeutil import isoformat
-from archiver.common.timeutil import utcnow
 from archiver.uploads import abort_dead_uploads
 from tests.backup_helpers import live_stats, load_policy, manifest_stats, write_policy
 from tests.helpers import PROJECT, run_cli

@@ -11,15 +11,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from archiver import db
-from archiver.scratch import LocalPostgres
+from archiver.pg.connect import connect, execute, query
+from archiver.pg.locks import server_advisory_lock
+from archiver.pg.scratch import LocalPostgres
+from archiver.pg.target import content_stats
 from archiver.storage import Store
 from archiver.tasks.backup import run_backup
 from tests.backup_helpers import live_stats, load_policy, new_database, read_manifest, table_digest
 from tests.helpers import CliResult, run_cli
 from tests.restore_helpers import damage, database_exists, rewrite_manifest, role_exists, user_tables
-from tests.test_backup import (DIGEST_ORDER, TELEMETRY_SCHEMA, backup_policy, endpoint, rich_database,  # noqa: F401
-                               timescale_state)
+from tests.test_backup import DIGEST_ORDER, TELEMETRY_SCHEMA, backup_policy, endpoint, rich_database, timescale_state  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +56,9 @@ def test_a_backup_restores_into_a_new_database_with_every_table_equal_to_the_sou
     assert live_stats(restored) == live_stats(source)  # row counts and content checksums, table by table
     for table, order in DIGEST_ORDER.items():
         assert table_digest(restored, table, order) == table_digest(source, table, order), table
-    assert db.content_stats(restored).large_objects == db.content_stats(source).large_objects
+    assert content_stats(restored).large_objects == content_stats(source).large_objects
     assert role_exists(target_server, role)  # from the globals object: the target lacked it
-    with db.connect(restored) as conn:
+    with connect(restored) as conn:
         conn.execute(f"SET ROLE {role}")
         assert conn.execute("SELECT count(*) FROM app.devices").fetchone() == (300,)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -76,7 +77,7 @@ def test_a_non_empty_target_is_refused_without_clean_and_replaced_with_it(
     source, _ = rich_database
     path, _ = backed_up(tmp_path, source, file_store, None)
     _, target = new_database(target_server)
-    db.execute(target, "CREATE SCHEMA app; CREATE TABLE app.devices (id uuid, junk text);"
+    execute(target, "CREATE SCHEMA app; CREATE TABLE app.devices (id uuid, junk text);"
                        "INSERT INTO app.devices VALUES (gen_random_uuid(), 'stale');"
                        "CREATE TABLE public.keepme (n int); INSERT INTO public.keepme VALUES (1)")
 
@@ -84,7 +85,7 @@ def test_a_non_empty_target_is_refused_without_clean_and_replaced_with_it(
     assert refused.code == 2, refused.output
     assert "is not empty (2 tables, schema app): refusing to restore over it" in refused.stderr
     assert "add --clean" in refused.stderr
-    assert db.query(target, "SELECT junk FROM app.devices") == [("stale",)]
+    assert query(target, "SELECT junk FROM app.devices") == [("stale",)]
 
     cleaned = restore(path, target, "--clean", "--yes")
     assert cleaned.code == 0, cleaned.output
@@ -92,7 +93,7 @@ def test_a_non_empty_target_is_refused_without_clean_and_replaced_with_it(
     assert "kept, not in the backup: public.keepme" in cleaned.stderr
     stats = live_stats(target)
     assert {name: stats[name] for name in live_stats(source)} == live_stats(source)
-    assert db.query(target, "SELECT n FROM public.keepme") == [(1,)]  # --clean replaces the backup's objects only
+    assert query(target, "SELECT n FROM public.keepme") == [(1,)]  # --clean replaces the backup's objects only
 
 
 @pytest.mark.parametrize("change, message, hint", [
@@ -125,7 +126,7 @@ def test_a_damaged_backup_is_caught_before_anything_stays_in_the_target(
     source, role = rich_database
     codec = "zstd" if how == "flipped byte (zstd)" else "none"  # uncompressed: the dump's text can be altered
     path, earlier = backed_up(tmp_path, source, store, endpoint, compression={"codec": codec})
-    db.execute(source, "DELETE FROM app.processed_messages")
+    execute(source, "DELETE FROM app.processed_messages")
     _, backup_id = backed_up(tmp_path, source, store, endpoint, compression={"codec": codec})
     expected = damage(store, backup_id, how.replace(" (zstd)", ""), other_backup=earlier,
                       needle=b"user42@example.com" if how == "flipped byte" else None)
@@ -195,14 +196,14 @@ def test_before_picks_the_newest_backup_taken_earlier(
         tmp_path: Path, rich_database: tuple[str, str], file_store: Store, target_server: LocalPostgres) -> None:
     source, _ = rich_database
     path, first = backed_up(tmp_path, source, file_store, None)
-    db.execute(source, "DELETE FROM app.devices WHERE name LIKE 'device 1%'")
+    execute(source, "DELETE FROM app.devices WHERE name LIKE 'device 1%'")
     _, second = backed_up(tmp_path, source, file_store, None)
     taken = read_manifest(file_store, second)["snapshot_time"]
     name = fresh_name()
     result = restore(path, target_server.dsn(name), "--before", taken, "--yes")
     assert result.code == 0, result.output
     assert f"backup   {first}" in result.stderr
-    assert db.query(target_server.dsn(name), "SELECT count(*) FROM app.devices") == [(300,)]
+    assert query(target_server.dsn(name), "SELECT count(*) FROM app.devices") == [(300,)]
     both = restore(path, target_server.dsn(fresh_name()), "--before", taken, "--backup", second, "--yes")
     assert both.code == 2 and "--backup and --before exclude each other" in both.stderr
 
@@ -211,7 +212,7 @@ def test_before_picks_the_newest_backup_taken_earlier(
 
 @pytest.fixture
 def telemetry(database: str) -> str:
-    with db.connect(database, safe_search_path=False) as conn:
+    with connect(database, safe_search_path=False) as conn:
         conn.execute(TELEMETRY_SCHEMA)
         conn.execute("CALL refresh_continuous_aggregate('asset_metrics_hourly', NULL, NULL)")
     return database
@@ -233,10 +234,10 @@ def test_timescaledb_backup_restores_with_compressed_chunks_and_its_continuous_a
     restored = target_server.dsn(name)
     assert timescale_state(restored) == timescale_state(telemetry)
     assert live_stats(restored) == live_stats(telemetry)
-    assert db.query(restored, "SELECT current_setting('timescaledb.restoring', true)") in ([("off",)], [(None,)])
+    assert query(restored, "SELECT current_setting('timescaledb.restoring', true)") in ([("off",)], [(None,)])
 
     # --clean over a TimescaleDB target: the dump is proven in full, then everything is replaced
-    db.execute(restored, "INSERT INTO asset_metrics (time, asset_id, metric, value) "
+    execute(restored, "INSERT INTO asset_metrics (time, asset_id, metric, value) "
                          "VALUES ('2026-01-03 00:00:30+00', gen_random_uuid(), 'power', 1)")
     again = restore(path, restored, "--clean", "--yes", "--checksums")
     assert again.code == 0, again.output
@@ -263,12 +264,12 @@ def test_a_pg_restore_failure_on_an_intact_dump_rolls_back_and_says_why(
     source, _ = rich_database
     path, _ = backed_up(tmp_path, source, file_store, None, globals=False)
     name, target = new_database(target_server)
-    db.execute(target_server.dsn(), f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    execute(target_server.dsn(), f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
     result = restore(path, target, "--yes")
     assert result.code == 1, result.output
     assert "pg_restore exited 1" in result.stderr and "read-only transaction" in result.stderr
     assert "nothing was written to the target" in result.stderr
-    db.execute(target_server.dsn(), f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+    execute(target_server.dsn(), f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
     assert user_tables(target) == []
 
 
@@ -277,7 +278,7 @@ def test_two_restores_into_one_target_do_not_run_at_once(
     source, _ = rich_database
     path, _ = backed_up(tmp_path, source, file_store, None)
     name, target = new_database(target_server)
-    with db.server_advisory_lock(target, f"restore-target:{name}", holder="archiver restore app (another engineer)"):
+    with server_advisory_lock(target, f"restore-target:{name}", holder="archiver restore app (another engineer)"):
         result = restore(path, target, "--yes")
     assert result.code == 3, result.output
     assert f"restore into database '{name}' cannot start: the restore lock of" in result.stderr

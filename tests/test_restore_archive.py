@@ -9,15 +9,16 @@ from typing import Any
 import pytest
 import yaml
 
-from archiver import db
 from archiver.errors import LockBusy
 from archiver.locking import database_lock
+from archiver.pg.connect import connect
+from archiver.pg.stats import PINNED_SETTINGS
 from archiver.policy import StorageConfig
 from archiver.storage import open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.restore_archive import run_restore_archive
 from archiver.tasks.retention import run_retention
-from tests.coldtier import storage, make_policy, manifests, relations, sql, table  # noqa: F401  storage is a fixture
+from tests.coldtier import make_policy, manifests, relations, sql, storage, table  # noqa: F401  storage is a fixture
 from tests.helpers import run_cli
 from tests.test_archive_native import DROPPED, create_device_metrics
 from tests.test_archive_timescaledb import ASSET_METRICS
@@ -25,8 +26,8 @@ from tests.test_archive_timescaledb import ASSET_METRICS
 
 def digest(dsn: str, relation: str, time_column: str, start: str, end: str, order: str) -> tuple[int, str]:
     """Row count and an ordered digest of every column's text, in a time range (settings pinned)."""
-    with db.connect(dsn, safe_search_path=False) as conn:  # the test's own SQL, as psql would run it
-        for name, value in db.PINNED_SETTINGS.items():
+    with connect(dsn, safe_search_path=False) as conn:  # the test's own SQL, as psql would run it
+        for name, value in PINNED_SETTINGS.items():
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
         row = conn.execute(f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY {order}), '')) "
                            f"FROM {relation} AS t WHERE {time_column} >= %s::timestamptz "

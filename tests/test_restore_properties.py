@@ -12,8 +12,13 @@ from typing import Any
 
 import pytest
 
-from archiver import db, manifest
-from archiver.scratch import LocalPostgres
+from archiver import manifest
+from archiver.pg.connect import execute, query
+from archiver.pg.dsn import parse_dsn
+from archiver.pg.properties import database_properties
+from archiver.pg.scratch import LocalPostgres
+from archiver.pg.stats import CHECKSUM_V1
+from archiver.pg.target import content_stats
 from archiver.storage import Store
 from tests.backup_helpers import read_manifest
 from tests.restore_helpers import add_verify_section, database_exists, rewrite_manifest
@@ -37,9 +42,9 @@ def shop(pg: LocalPostgres) -> Iterator[tuple[str, dict[str, str]]]:
     name = f"shop_{suffix}"
     roles = {"owner": f"shop_owner_{suffix}", "reader": f"shop_reader_{suffix}", "writer": f"shop_writer_{suffix}"}
     admin = pg.dsn()
-    db.execute(admin, f"CREATE ROLE {roles['owner']} NOLOGIN; CREATE ROLE {roles['reader']} LOGIN; "
+    execute(admin, f"CREATE ROLE {roles['owner']} NOLOGIN; CREATE ROLE {roles['reader']} LOGIN; "
                       f"CREATE ROLE {roles['writer']} LOGIN")
-    db.execute(admin, f"CREATE DATABASE {name} OWNER {roles['owner']} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+    execute(admin, f"CREATE DATABASE {name} OWNER {roles['owner']} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
                       f"TEMPLATE template0")
     statements = [f"ALTER DATABASE {name} SET {setting} TO {value}" for setting, value in (
         ("search_path", "app, \"$user\", public"), ("timezone", "'America/New_York'"), ("work_mem", "'16MB'"),
@@ -50,16 +55,16 @@ def shop(pg: LocalPostgres) -> Iterator[tuple[str, dict[str, str]]]:
                    f"GRANT CONNECT ON DATABASE {name} TO {roles['reader']}",
                    f"GRANT CONNECT, CREATE ON DATABASE {name} TO {roles['writer']} WITH GRANT OPTION"]
     for statement in statements:
-        db.execute(admin, statement)
+        execute(admin, statement)
     dsn = pg.dsn(name)
-    db.execute(dsn, "CREATE SCHEMA app; CREATE TABLE app.customers (id int PRIMARY KEY, name text);"
+    execute(dsn, "CREATE SCHEMA app; CREATE TABLE app.customers (id int PRIMARY KEY, name text);"
                     "INSERT INTO app.customers VALUES (1, 'M' || chr(252) || 'ller'), (2, 'Ren' || chr(233) || 'e')")
     yield dsn, roles
-    db.execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def properties(dsn: str) -> dict[str, Any]:
-    found = db.database_properties(dsn)
+    found = database_properties(dsn)
     found["settings"] = sorted((s["role"] or "", s["name"], s["value"]) for s in found["settings"])
     found["acl"] = sorted((g["grantee"] or "PUBLIC", g["privilege"], g["grantable"]) for g in found["acl"] or [])
     return found
@@ -90,7 +95,7 @@ def test_encoding_locale_settings_comment_owner_and_privileges_come_back(
     assert result.code == 0, result.output
     restored = target_server.dsn(name)
     assert properties(restored) == properties(source)
-    assert db.query(restored, "SELECT name FROM app.customers ORDER BY id") == [("Müller",), ("Renée",)]
+    assert query(restored, "SELECT name FROM app.customers ORDER BY id") == [("Müller",), ("Renée",)]
     assert "row counts and checksums: all 1 tables match the manifest" in result.stdout
     applied = re.search(r"(\d+) of (\d+) statements for its owner, settings, comment and privileges applied",
                         result.stdout)
@@ -100,7 +105,7 @@ def test_encoding_locale_settings_comment_owner_and_privileges_come_back(
     drill = run_verify(path)
     checks = {(c["kind"], c["name"]): c for c in drill["checks"]}
     assert drill["result"] == "passed", drill["failed"]
-    assert checks[("database", db.parse_dsn(source)["dbname"])]["status"] == "pass"
+    assert checks[("database", parse_dsn(source)["dbname"])]["status"] == "pass"
 
 
 def run_verify(path: Path) -> dict[str, Any]:
@@ -138,12 +143,12 @@ def test_an_existing_database_with_another_encoding_is_refused(
     assert f"the target database {name} differs from the source database in encoding: source LATIN1, target UTF8" \
         in result.stderr
     assert "restore into a new database" in result.stderr
-    assert db.query(existing, "SELECT count(*) FROM pg_tables WHERE schemaname = 'app'") == [(0,)]
+    assert query(existing, "SELECT count(*) FROM pg_tables WHERE schemaname = 'app'") == [(0,)]
 
 
 def test_a_stale_materialized_view_comes_back_refreshed_and_the_summary_says_so(
         tmp_path: Path, database: str, file_store: Store, target_server: LocalPostgres) -> None:
-    db.execute(database, """
+    execute(database, """
         CREATE TABLE public.orders (id int, amount numeric);
         INSERT INTO public.orders SELECT i, i * 10 FROM generate_series(1, 3) AS i;
         CREATE MATERIALIZED VIEW public.big_orders AS SELECT id, amount FROM public.orders WHERE amount > 5;
@@ -167,7 +172,7 @@ def test_a_stale_materialized_view_comes_back_refreshed_and_the_summary_says_so(
             "from 3 to 5") in result.stdout
     assert "note     materialized view public.never_filled is not populated, as in the backup" in result.stdout
     assert "fresh_orders was refreshed" not in result.stdout
-    assert db.query(target_server.dsn(name), "SELECT count(*) FROM public.big_orders") == [(5,)]
+    assert query(target_server.dsn(name), "SELECT count(*) FROM public.big_orders") == [(5,)]
 
     add_verify_section(path, scratch={"work_dir": "/var/tmp"}, amcheck=False)
     drill = run_verify(path)
@@ -181,21 +186,21 @@ def test_a_stale_materialized_view_comes_back_refreshed_and_the_summary_says_so(
 
 def test_a_manifest_from_before_properties_and_v2_checksums_still_restores_and_verifies(
         tmp_path: Path, database: str, file_store: Store, target_server: LocalPostgres) -> None:
-    db.execute(database, "CREATE TABLE public.items (z text, a int); INSERT INTO public.items VALUES ('x', 1), ('y', 2);"
+    execute(database, "CREATE TABLE public.items (z text, a int); INSERT INTO public.items VALUES ('x', 1), ('y', 2);"
                          "SELECT lo_from_bytea(0, 'blob')")
     path, backup_id = backed_up(tmp_path, database, file_store, None)
-    old = db.content_stats(database, method=db.CHECKSUM_V1)
+    old = content_stats(database, method=CHECKSUM_V1)
     old_tables = {s.table.qualified_name: s for s in old.tables}
 
     def as_an_older_archiver_wrote_it(document: dict[str, Any]) -> None:
-        document["content"]["method"] = db.CHECKSUM_V1
+        document["content"]["method"] = CHECKSUM_V1
         for entry in document["content"]["tables"]:
             entry["checksum"] = old_tables[f"{entry['schema']}.{entry['name']}"].checksum
         document["content"]["large_objects"]["checksum"] = old.large_objects.checksum
         del document["content"]["materialized_views"]
         del document["database"]["properties"], document["database"]["extension_schemas"]
     document = rewrite_manifest(file_store, backup_id, as_an_older_archiver_wrote_it)
-    assert document["content"]["tables"][0]["checksum"] != db.content_stats(database).tables[0].checksum
+    assert document["content"]["tables"][0]["checksum"] != content_stats(database).tables[0].checksum
 
     name = fresh_name()
     result = restore(path, target_server.dsn(name), "--yes", "--checksums")

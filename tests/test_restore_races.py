@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from archiver import db
 from archiver.errors import ExitCode
-from archiver.scratch import LocalPostgres
+from archiver.pg.connect import query
+from archiver.pg.scratch import LocalPostgres
 from archiver.storage import Store
 from archiver.tasks.backup import run_backup
 from archiver.tasks.restore import RestorePlan, RestoreRequest, TargetUnsuitable, run_restore
@@ -49,7 +49,7 @@ def restore_argv(policy_path: Path, target: str) -> list[str]:
 
 def restore_lock_holders(server: LocalPostgres) -> list[int]:
     """Client pids of the archiver restores that hold an advisory lock on the server right now."""
-    rows = db.query(server.dsn(), "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    rows = query(server.dsn(), "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                                   "WHERE l.locktype = 'advisory' AND l.granted "
                                   "AND a.application_name LIKE 'archiver restore app %'")
     return [int(name.rsplit(" pid ", 1)[1]) for (name,) in rows]

@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from archiver import db, manifest
+from archiver import manifest
 from archiver.errors import ExternalCommandFailed, TaskFailed
-from archiver.scratch import LocalPostgres
+from archiver.pg.connect import execute, query, server_version_num
+from archiver.pg.scratch import LocalPostgres
 from archiver.storage import LocalStore
 from archiver.tasks.backup import run_backup
 from archiver.tasks.restore import likely_cause, older_minor_release, plan_restore
@@ -29,7 +30,7 @@ def newer_minor(document: dict[str, Any]) -> None:
 
 
 def backed_up(tmp_path: Path, database: str) -> tuple[Path, LocalStore, str]:
-    db.execute(database, "CREATE TABLE devices (id int PRIMARY KEY, name text); "
+    execute(database, "CREATE TABLE devices (id int PRIMARY KEY, name text); "
                          "INSERT INTO devices SELECT g, 'device ' || g FROM generate_series(1, 50) g")
     store = LocalStore(tmp_path / "store")
     path = write_policy(tmp_path / "policies", "app", database, store.url)
@@ -40,7 +41,7 @@ def test_an_older_minor_target_is_warned_with_the_reason_and_still_restores(
         tmp_path: Path, database: str, pg: LocalPostgres) -> None:
     path, store, backup_id = backed_up(tmp_path, database)
     rewrite_manifest(store, backup_id, newer_minor)
-    server = db.server_version_num(database)
+    server = server_version_num(database)
     _, target = new_database(pg)  # an empty database of the same server: same major, older minor than recorded
     current = f"{server // 10000}.{server % 10000}"
     major = server // 10000
@@ -57,7 +58,7 @@ def test_an_older_minor_target_is_warned_with_the_reason_and_still_restores(
     assert restored.code == 0, restored.output  # a warning, not a refusal: this dump restores
     assert expected in restored.stderr
     assert user_tables(target) == ["public.devices"]
-    assert db.query(target, "SELECT count(*) FROM public.devices") == [(50,)]
+    assert query(target, "SELECT count(*) FROM public.devices") == [(50,)]
 
 
 def test_the_same_release_gets_no_warning_and_a_parameter_error_names_the_older_minor(

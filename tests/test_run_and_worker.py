@@ -21,8 +21,8 @@ import pytest
 from apscheduler.triggers.interval import IntervalTrigger
 
 from archiver import manifest
+from archiver.pg.scratch import free_port
 from archiver.scheduler import Worker, WorkerConfig, _relay_lines
-from archiver.scratch import free_port
 from archiver.storage import LocalStore, S3Store
 from tests.backup_helpers import write_policy
 from tests.helpers import PROJECT, run_cli

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from archiver.common.result import TaskResult
 from archiver.errors import LockBusy, TaskFailed
 from archiver.metrics import Metrics
 from archiver.notify import send
 from archiver.policy import DatabaseConfig, NotifyConfig, Policy, Secret, StorageConfig
 from archiver.runner import read_run_record, task_run
 from archiver.storage import LocalStore
-from archiver.common.result import TaskResult
 from tests.webhook import WebhookReceiver
 
 

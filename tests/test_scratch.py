@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from archiver import db
 from archiver.errors import TaskFailed
-from archiver.scratch import LocalPostgres
+from archiver.pg.connect import execute, query, server_version_num
+from archiver.pg.scratch import LocalPostgres
 
 
 def test_session_server_is_real_postgres(pg: LocalPostgres, database: str) -> None:
-    version = db.server_version_num(database)
+    version = server_version_num(database)
     assert version // 10000 == pg.major
-    db.execute(database, "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 1000) g")
-    assert db.query(database, "SELECT count(*), sum(n) FROM t") == [(1000, 500500)]
+    execute(database, "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 1000) g")
+    assert query(database, "SELECT count(*), sum(n) FROM t") == [(1000, 500500)]
 
 
 def test_private_base_dir_is_refused_clearly(tmp_path: Path) -> None:
@@ -38,16 +38,16 @@ def test_start_and_stop_leaves_nothing_behind() -> None:
         assert workdir is not None and (workdir / "data" / "PG_VERSION").exists()
         if os.geteuid() == 0:
             assert (workdir / "data").stat().st_uid != 0  # server programs ran unprivileged
-        assert db.query(instance.dsn(), "SELECT current_setting('fsync')") == [("off",)]
+        assert query(instance.dsn(), "SELECT current_setting('fsync')") == [("off",)]
     assert not workdir.exists()
     base.rmdir()
     with pytest.raises(Exception):
-        db.query(instance.dsn(), "SELECT 1")
+        query(instance.dsn(), "SELECT 1")
 
 
 @pytest.mark.timescaledb
 def test_timescaledb_is_preloaded_when_installed(pg: LocalPostgres, database: str) -> None:
     assert pg.timescaledb
-    db.execute(database, "CREATE EXTENSION timescaledb")
-    version = db.query(database, "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+    execute(database, "CREATE EXTENSION timescaledb")
+    version = query(database, "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
     assert version and version[0][0].count(".") == 2

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from archiver import db
-from archiver.scratch import ContainerPostgres
+from archiver.pg.connect import execute, probe_server, query
+from archiver.pg.scratch import ContainerPostgres
 
 
 @pytest.fixture
@@ -62,12 +62,12 @@ def test_a_real_container_starts_answers_and_is_removed(container_scratch: dict[
                                 run_args=list(container_scratch["run_args"]), owner="pytest")  # type: ignore[arg-type]
     with scratch:
         dsn = scratch.create_database("drill")
-        db.execute(dsn, "CREATE TABLE t AS SELECT generate_series(1, 500) AS n")
-        assert db.query(dsn, "SELECT count(*), sum(n) FROM t") == [(500, 125250)]
+        execute(dsn, "CREATE TABLE t AS SELECT generate_series(1, 500) AS n")
+        assert query(dsn, "SELECT count(*), sum(n) FROM t") == [(500, 125250)]
         assert scratch.major and scratch.major >= 13
         wrong = dsn.replace(scratch.password, "not-the-password")
         with pytest.raises(Exception, match="password authentication failed"):
-            db.probe_server(wrong)
+            probe_server(wrong)
     listing = subprocess.run([str(container_scratch["engine"]), *container_scratch["engine_args"], "ps", "-a",  # type: ignore[misc]
                               "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert scratch.name not in listing

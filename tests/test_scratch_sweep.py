@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from archiver import db
 from archiver.common.owner import process_start
-from archiver.scratch import ContainerPostgres, LocalPostgres, sweep_dead_scratch
-from archiver.scratch_sweep import OWNER_FILE, SCRATCH_PREFIX
+from archiver.pg.connect import query
+from archiver.pg.scratch import ContainerPostgres, LocalPostgres, sweep_dead_scratch
+from archiver.pg.scratch_sweep import OWNER_FILE, SCRATCH_PREFIX
 from archiver.storage import LocalStore
 from archiver.tasks.backup import run_backup
 from tests.backup_helpers import load_policy
@@ -92,7 +92,7 @@ def test_a_live_owner_and_a_directory_without_an_owner_record_are_never_touched(
     (unknown / "data").mkdir(parents=True)
     with LocalPostgres(base_dir=str(base), timescaledb=False, listen_tcp=False) as live:
         assert sweep_dead_scratch(base) == []
-        assert live.started and db.query(live.dsn(), "SELECT 1") == [(1,)]
+        assert live.started and query(live.dsn(), "SELECT 1") == [(1,)]
         assert unknown.exists() and live.workdir is not None and live.workdir.exists()
         # another process's sweep: our flock tells it we are alive
         probe = textwrap.dedent(f"""
@@ -102,7 +102,7 @@ def test_a_live_owner_and_a_directory_without_an_owner_record_are_never_touched(
         """)
         other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=PROJECT)
         assert other.returncode == 0 and other.stdout.strip() == "[]", other.stderr
-        assert db.query(live.dsn(), "SELECT 1") == [(1,)]
+        assert query(live.dsn(), "SELECT 1") == [(1,)]
     assert scratch_dirs(base) == [unknown]
 
 
@@ -137,5 +137,5 @@ def test_a_sigkilled_owners_scratch_container_is_removed_by_the_next_start(
         assert name not in names() and live.name in names()
         with ContainerPostgres(image, owner="pytest-sweep", **settings) as beside:  # type: ignore[arg-type]
             assert beside.swept == [] and live.name in names()  # a live owner's container stays
-            assert db.query(live.dsn(), "SELECT 1") == [(1,)]
+            assert query(live.dsn(), "SELECT 1") == [(1,)]
     assert live.name not in names() and beside.name not in names()

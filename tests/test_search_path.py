@@ -28,8 +28,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from archiver import db
-from archiver.scratch import LocalPostgres
+from archiver.pg.arrow import arrow_batches
+from archiver.pg.connect import connect, execute, query, safe_options
+from archiver.pg.dsn import dsn_with, parse_dsn
+from archiver.pg.scratch import LocalPostgres
 from tests.helpers import run_cli
 
 TABLES = ("things", "base", "base_child", "docs")
@@ -157,34 +159,34 @@ def hostile(pg: LocalPostgres, log_dir: Path) -> Iterator[tuple[str, str]]:
     suffix = uuid.uuid4().hex[:8]
     name, evil = f"hostile_{suffix}", f"evil_{suffix}"
     admin = pg.dsn()
-    db.execute(admin, f"CREATE ROLE {evil} NOLOGIN")
+    execute(admin, f"CREATE ROLE {evil} NOLOGIN")
     dsn = pg.create_database(name)
     row_type_hashes = "\n".join(
         f"CREATE FUNCTION evil.hash_record_extended(public.{table}, integer) RETURNS bigint LANGUAGE plpgsql AS "
         f"$$ BEGIN PERFORM evil.log_call('hash_record_extended({table})'); RETURN 0; END $$;" for table in TABLES)
     plant = PLANT.replace("{evil}", evil).replace("{log_dir}", str(log_dir))
     before, after = plant.split("-- hash functions", 1)
-    db.execute(dsn, before + "-- hash functions" + after.replace("{row_type_hashes}", row_type_hashes))
-    db.execute(dsn, DATA + readings_sql(evil))
+    execute(dsn, before + "-- hash functions" + after.replace("{row_type_hashes}", row_type_hashes))
+    execute(dsn, DATA + readings_sql(evil))
     path = "evil, pg_catalog, public"
-    db.execute(admin, f"ALTER DATABASE {name} SET search_path = {path}")
-    db.execute(admin, f"ALTER ROLE postgres IN DATABASE {name} SET search_path = {path}")
+    execute(admin, f"ALTER DATABASE {name} SET search_path = {path}")
+    execute(admin, f"ALTER ROLE postgres IN DATABASE {name} SET search_path = {path}")
     assert _planted_calls_visible(dsn), "the planted functions must win for a session with the role's search_path"
     yield dsn, name
-    db.execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _planted_calls_visible(dsn: str) -> bool:
     """A session with the role's own search_path reaches the planted count(*): the trap is armed."""
-    db.query(dsn, "SELECT count(*) FROM public.things")
-    with db.connect(dsn) as conn:
+    query(dsn, "SELECT count(*) FROM public.things")
+    with connect(dsn) as conn:
         found = conn.execute("SELECT pg_catalog.count(*) FROM evil.calls").fetchone()
         conn.execute("TRUNCATE evil.calls")
     return bool(found and found[0])
 
 
 def calls(dsn: str) -> list[tuple[str, str]]:
-    with db.connect(dsn) as conn:
+    with connect(dsn) as conn:
         return [(str(fn), str(app)) for fn, app in conn.execute("SELECT fn, app FROM evil.calls").fetchall()]
 
 
@@ -220,12 +222,12 @@ def test_no_planted_function_operator_or_cast_is_ever_called(
     restored = run_cli("--policies", policies, "restore", "app", "--target", target, "--yes", "--checksums")
     assert restored.code == 0, restored.output
     assert "row counts and checksums: all 9 tables match the manifest" in restored.stdout
-    assert db.query(target, "SELECT pg_catalog.current_setting('search_path')") == [("evil, pg_catalog, public",)]
+    assert query(target, "SELECT pg_catalog.current_setting('search_path')") == [("evil, pg_catalog, public",)]
 
     for argv in (["archive", "app"], ["retention", "app", "--dry-run"], ["retention", "app"], ["status"]):
         result = run_cli("--policies", policies, *argv)
         assert result.code == 0, (argv, result.output)
-    with db.connect(source) as conn:
+    with connect(source) as conn:
         left = conn.execute("SELECT pg_catalog.count(*) FROM ONLY public.readings_d5").fetchone()
         gone = conn.execute("SELECT pg_catalog.to_regclass('public.readings_d100') IS NULL").fetchone()
     assert left == (10,) and gone == (True,)  # archive and retention did their work
@@ -239,19 +241,19 @@ def test_no_planted_function_operator_or_cast_is_ever_called(
 
 def test_adbc_sessions_get_the_safe_search_path_and_keep_the_dsns_own_options(
         database: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    db.execute(database, "ALTER ROLE postgres IN DATABASE " + db.parse_dsn(database)["dbname"]
+    execute(database, "ALTER ROLE postgres IN DATABASE " + parse_dsn(database)["dbname"]
                + " SET search_path = public")
-    with_options = db.dsn_with(database, options="-c statement_timeout=5s")
-    assert db.safe_options(with_options) == "-c statement_timeout=5s -c search_path=pg_catalog,pg_temp"
+    with_options = dsn_with(database, options="-c statement_timeout=5s")
+    assert safe_options(with_options) == "-c statement_timeout=5s -c search_path=pg_catalog,pg_temp"
     sql = "SELECT current_setting('search_path') AS path, current_setting('statement_timeout') AS timeout"
-    rows = [batch.to_pylist() for batch in db.arrow_batches(with_options, sql)]
+    rows = [batch.to_pylist() for batch in arrow_batches(with_options, sql)]
     assert rows == [[{"path": "pg_catalog, pg_temp", "timeout": "5s"}]]
 
     monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=7s")
-    assert db.safe_options(database) == "-c lock_timeout=7s -c search_path=pg_catalog,pg_temp"
+    assert safe_options(database) == "-c lock_timeout=7s -c search_path=pg_catalog,pg_temp"
     sql = "SELECT current_setting('search_path') AS path, current_setting('lock_timeout') AS timeout"
-    assert [batch.to_pylist() for batch in db.arrow_batches(database, sql)] == [[{"path": "pg_catalog, pg_temp",
+    assert [batch.to_pylist() for batch in arrow_batches(database, sql)] == [[{"path": "pg_catalog, pg_temp",
                                                                                  "timeout": "7s"}]]
-    with db.connect(database) as conn:  # psycopg sessions: pinned after connecting, PGOPTIONS untouched
+    with connect(database) as conn:  # psycopg sessions: pinned after connecting, PGOPTIONS untouched
         assert conn.execute(sql).fetchone() == ("pg_catalog, pg_temp", "7s")
-    assert db.query(database, "SELECT current_setting('search_path')") == [("public",)]  # the operator's own SQL
+    assert query(database, "SELECT current_setting('search_path')") == [("public",)]  # the operator's own SQL

@@ -9,11 +9,10 @@ from pathlib import Path
 import psycopg
 
 from archiver import manifest
+from archiver.common.timeutil import isoformat, utcnow
 from archiver.runner import run_record_key
 from archiver.scheduler import Worker, WorkerConfig
 from archiver.storage import LocalStore
-from archiver.common.timeutil import isoformat
-from archiver.common.timeutil import utcnow
 from tests.backup_helpers import write_policy
 from tests.helpers import run_cli
 from tests.test_prune import fake_backup

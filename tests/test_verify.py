@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from archiver import db, manifest
+from archiver import manifest
+from archiver.pg.connect import connect, execute
 from archiver.storage import LocalStore, Store
 from archiver.tasks.backup import run_backup
-from tests.coldtier import manifests
 from tests.backup_helpers import load_policy, read_manifest
+from tests.coldtier import manifests
 from tests.helpers import CliResult, run_cli
 from tests.restore_helpers import CORRUPTIONS, add_verify_section, damage, rewrite_manifest
 from tests.test_backup import TELEMETRY_SCHEMA, backup_policy, endpoint, rich_database  # noqa: F401
@@ -75,7 +76,7 @@ def test_a_damaged_backup_fails_its_drill_with_exit_4(
     source, _ = rich_database
     path = drill_policy(tmp_path, source, file_store, None, backup={"compression": {"codec": "none"}})
     earlier = str(run_backup(load_policy(path), store=file_store).data["id"])
-    db.execute(source, "DELETE FROM app.processed_messages")
+    execute(source, "DELETE FROM app.processed_messages")
     backup_id = str(run_backup(load_policy(path), store=file_store).data["id"])
     damage(file_store, backup_id, how, other_backup=earlier, needle=b"user42@example.com")
 
@@ -131,7 +132,7 @@ def test_a_drill_that_cannot_run_exits_1_and_records_nothing(
 @pytest.mark.timescaledb
 def test_a_timescaledb_drill_checks_hypertables_chunks_and_the_continuous_aggregate(
         tmp_path: Path, database: str, s3_store: Store, s3_endpoint: str) -> None:
-    with db.connect(database, safe_search_path=False) as conn:
+    with connect(database, safe_search_path=False) as conn:
         conn.execute(TELEMETRY_SCHEMA)
         conn.execute("CALL refresh_continuous_aggregate('asset_metrics_hourly', NULL, NULL)")
     checks = [{"name": "hourly buckets", "sql": "SELECT count(*) FROM asset_metrics_hourly", "expect": "== 864"},

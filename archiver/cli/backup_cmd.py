@@ -6,10 +6,10 @@ import json
 
 import click
 
+from ..common.timeutil import format_bytes
 from ..errors import ExitCode
 from ..tasks.backup import BackupListing, list_backups
 from ..tasks.dispatch import execute
-from ..common.timeutil import format_bytes
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
 

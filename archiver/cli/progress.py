@@ -6,8 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from ..common.progress import NULL_PROGRESS
-from ..common.progress import Progress
+from ..common.progress import NULL_PROGRESS, Progress
 from ..common.timeutil import format_bytes
 
 

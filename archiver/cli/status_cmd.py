@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import click
 
+from ..common.timeutil import format_duration
 from ..errors import ExitCode
 from ..tasks.status import PolicyStatus, all_status, broken_policy_status
-from ..common.timeutil import format_duration
 from .context import AppContext, pass_app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+
 from apscheduler.triggers.cron import CronTrigger
 
 

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-from . import log
 from ..errors import ExitCode, Interrupted
+from . import log
 
 DEFAULT_GRACE_SECONDS = 25.0  # below Kubernetes' default terminationGracePeriodSeconds (30)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

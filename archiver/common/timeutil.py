@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-
 DURATION_UNITS: dict[str, timedelta] = {
     "s": timedelta(seconds=1),
     "min": timedelta(minutes=1),

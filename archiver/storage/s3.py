@@ -24,8 +24,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from ..common import log
-from ..common import signals
+from ..common import log, signals
 from ..errors import ObjectExists, ObjectNotFound, StoreError
 from . import waits
 from .base import IncompleteWrite, ObjectInfo, ObjectWriter, Store, check_key

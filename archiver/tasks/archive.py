@@ -23,24 +23,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .. import __version__, chunks, coldplan, db, manifest, merge, parquet
+from .. import __version__, chunks, coldplan, manifest, merge, parquet
 from ..chunks import Chunk, TableInfo
 from ..coldcatalog import Archived, TableCatalog, load_table_catalog
 from ..coldplan import Decision
+from ..common.progress import NULL_PROGRESS, Progress
+from ..common.result import TaskResult
+from ..common.timeutil import format_bytes, isoformat, utcnow
 from ..errors import ArchiverError, VerificationFailed
 from ..export import ExportResult, Unrepresentable, export_chunk
 from ..fingerprint import time_display
 from ..identity import Identity, bound_json
 from ..manifest import LoadedManifest
+from ..pg.arrow import READ_LOCK_TIMEOUT_MS
+from ..pg.catalog import current_database, relation_size
+from ..pg.connect import LockTimeout, Session, session
 from ..policy import ArchiveConfig, Policy, StorageConfig
-from ..common.progress import NULL_PROGRESS
-from ..common.progress import Progress
 from ..storage import Store, open_store
-from ..common.timeutil import format_bytes
-from ..common.timeutil import isoformat
-from ..common.timeutil import utcnow
-from ..common.result import TaskResult
-from .coldtier import MiB, ColdTierFailed, archive_section, clean_table, finish, record, select_tables
+from .coldtier import ColdTierFailed, MiB, archive_section, clean_table, finish, record, select_tables
 from .rangefacts import accept_command, accepts, gather
 
 
@@ -75,8 +75,8 @@ def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = No
     started = time.monotonic()
     decisions: list[Decision] = []
     jobs: list[ExportJob] = []
-    with db.session(dsn, connect_timeout=policy.database.connect_timeout) as current:
-        database = db.current_database(current)
+    with session(dsn, connect_timeout=policy.database.connect_timeout) as current:
+        database = current_database(current)
         for info in [chunks.discover(current, entry) for entry in tables]:
             catalog = load_table_catalog(store, database, info)
             clean_table(store, catalog, decisions, task="archive", dry_run=dry_run)
@@ -95,7 +95,7 @@ def _shared_upload_budget(storage: StorageConfig, parallel: int) -> StorageConfi
     return dataclasses.replace(storage, upload_concurrency=max(1, storage.upload_concurrency // parallel))
 
 
-def _plan_table(current: db.Session, dsn: str, store: Store, database: str, info: TableInfo, catalog: TableCatalog,
+def _plan_table(current: Session, dsn: str, store: Store, database: str, info: TableInfo, catalog: TableCatalog,
                 now: datetime, config: ArchiveConfig, decisions: list[Decision],
                 accept_deletes: list[str], policy: str) -> list[ExportJob]:
     for note in info.notes:
@@ -128,12 +128,12 @@ def _plan_table(current: db.Session, dsn: str, store: Store, database: str, info
     return jobs
 
 
-def _job(current: db.Session, database: str, info: TableInfo, identity: Identity, chunk: Chunk | None,
+def _job(current: Session, database: str, info: TableInfo, identity: Identity, chunk: Chunk | None,
          archived: Archived | None, action: str, reason: str) -> ExportJob:
     version = archived.version + 1 if archived else 1
     replaces = archived.all_manifests if archived else []
     documents = [loaded.document for loaded in replaces if loaded.document is not None]
-    size = db.relation_size(current, chunk.schema, chunk.name) if chunk else 0
+    size = relation_size(current, chunk.schema, chunk.name) if chunk else 0
     return ExportJob(info, identity, chunk, chunks.data_key(database, info, identity, version),
                      chunks.manifest_key(database, info, identity), version, replaces, reason, action,
                      size_hint=size, merge_documents=documents if action == coldplan.MERGE else [])
@@ -181,9 +181,9 @@ def _collect(future: Future[ExportResult], job: ExportJob, results: list[ExportR
     except VerificationFailed as exc:
         record(decisions, Decision("archive", *where, "mismatch", exc.message), "archive.chunk.verification_failed")
         return
-    except db.LockTimeout:
+    except LockTimeout:
         record(decisions, Decision("archive", *where, coldplan.HOLD,
-                                   f"busy: no lock on the chunk within {db.READ_LOCK_TIMEOUT_MS // 1000} s (another "
+                                   f"busy: no lock on the chunk within {READ_LOCK_TIMEOUT_MS // 1000} s (another "
                                    "session, e.g. a TimescaleDB job, is waiting to change it); the next run tries "
                                    "again"), "archive.chunk.held_back")
         return

@@ -20,20 +20,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .. import __version__, db, dump, manifest
-from ..common import log
-from ..common import sysinfo
+from .. import __version__, dump, manifest
+from ..common import log, sysinfo
+from ..common.progress import NULL_PROGRESS, Progress
+from ..common.result import TaskResult
+from ..common.timeutil import format_bytes, isoformat, utcnow
 from ..compress import SUFFIXES, CompressingWriter
 from ..errors import ArchiverError, TaskFailed, UsageError
 from ..locking import StoreLease, backup_lease
+from ..pg.dsn import dsn_env, parse_dsn, redact_dsn
+from ..pg.snapshot import SnapshotSession, exported_snapshot
+from ..pg.stats import (
+    CHECKSUM_METHOD,
+    PINNED_SETTINGS,
+    ContentStats,
+    DatabaseFacts,
+    HypertableStats,
+    MatviewRef,
+    TableFilter,
+    TableRef,
+)
 from ..policy import BackupConfig, PgDumpConfig, Policy
-from ..common.progress import NULL_PROGRESS
-from ..common.progress import Progress
 from ..storage import PutResult, Store, open_store
-from ..common.timeutil import format_bytes
-from ..common.timeutil import isoformat
-from ..common.timeutil import utcnow
-from ..common.result import TaskResult
 
 logger = log.get_logger("backup")
 
@@ -47,12 +55,12 @@ def backup_config(policy: Policy) -> BackupConfig:
     return policy.backup
 
 
-def table_filter(options: PgDumpConfig) -> db.TableFilter:
+def table_filter(options: PgDumpConfig) -> TableFilter:
     """pg_dump's exclusions as regexes, so the counts describe what the dump holds."""
     def tables(patterns: Iterable[str]) -> tuple[tuple[str | None, str], ...]:
         parsed = [dump.parse_name_pattern(p) for p in patterns]
         return tuple((p.schema, p.name) for p in parsed)
-    return db.TableFilter(exclude_schemas=tuple(dump.schema_pattern(p) for p in options.exclude_schemas),
+    return TableFilter(exclude_schemas=tuple(dump.schema_pattern(p) for p in options.exclude_schemas),
                           exclude_tables=tables(options.exclude_tables),
                           exclude_table_data=tables(options.exclude_table_data))
 
@@ -77,14 +85,14 @@ class StoredObject:
 class _StatsJob:
     """Row counts and checksums on the snapshot session, beside pg_dump (they read the same snapshot)."""
 
-    def __init__(self, session: db.SnapshotSession, tables: list[db.TableRef], checksums: bool,
-                 matviews: list[db.MatviewRef]) -> None:
+    def __init__(self, session: SnapshotSession, tables: list[TableRef], checksums: bool,
+                 matviews: list[MatviewRef]) -> None:
         self._session = session
         self._tables = tables
         self._checksums = checksums
         self._matviews = matviews
         self._stop = threading.Event()
-        self._result: db.ContentStats | None = None
+        self._result: ContentStats | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="backup-stats", daemon=True)
 
@@ -98,7 +106,7 @@ class _StatsJob:
         except BaseException as exc:  # handed to the main thread by result()
             self._error = exc
 
-    def result(self) -> db.ContentStats:
+    def result(self) -> ContentStats:
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -117,17 +125,17 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
     """Take one backup of the policy's database now."""
     config = backup_config(policy)
     dsn = policy.database.resolved_dsn()
-    log.register_secret(db.parse_dsn(dsn).get("password"))
+    log.register_secret(parse_dsn(dsn).get("password"))
     store = store or open_store(policy.storage)
     started = utcnow()
     clock = time.monotonic()
     backup_id = manifest.new_id(started)
     lock_timeout = config.pg_dump.lock_wait_timeout
     logger.info("backup.start", extra=log.fields(policy=policy.name, backup_id=backup_id, store=store.url,
-                                                 database=db.redact_dsn(dsn)))
+                                                 database=redact_dsn(dsn)))
     written: list[str] = []
     with backup_lease(store, backup_id, policy).held() as lease, \
-            db.exported_snapshot(dsn, connect_timeout=policy.database.connect_timeout,
+            exported_snapshot(dsn, connect_timeout=policy.database.connect_timeout,
                                  lock_timeout_ms=dump.lock_wait_timeout_ms(lock_timeout) if lock_timeout else None
                                  ) as session:
         facts = session.facts()
@@ -169,13 +177,13 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
     return _result(policy, backup_id, document, manifest_result, dump_object, globals_object, stats, duration)
 
 
-def _dump_globals(store: Store, backup_id: str, dsn: str, facts: db.DatabaseFacts, tool: dump.Tool,
+def _dump_globals(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts, tool: dump.Tool,
                   config: BackupConfig) -> StoredObject:
     """pg_dumpall --globals-only, compressed like the dump (small: roles, memberships, tablespaces)."""
     codec = config.compression.codec
     argv = dump.pg_dumpall_globals_argv(tool.path, database=facts.name,
                                         include_role_passwords=config.include_role_passwords)
-    env = dump.child_env(db.dsn_env(dsn), "archiver pg_dumpall")
+    env = dump.child_env(dsn_env(dsn), "archiver pg_dumpall")
     key = manifest.globals_key(backup_id, SUFFIXES[codec])
     with dump.StreamingCommand(argv, env, "pg_dumpall", what=f"dump of roles for backup {backup_id} failed") as child:
         with store.writer(key, if_absent=True, content_type="application/octet-stream") as out:
@@ -188,12 +196,12 @@ def _dump_globals(store: Store, backup_id: str, dsn: str, facts: db.DatabaseFact
     return StoredObject(out.result, codec, compressor.level, compressor.bytes_in)
 
 
-def _dump_database(store: Store, backup_id: str, dsn: str, facts: db.DatabaseFacts, argv: list[str],
+def _dump_database(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts, argv: list[str],
                    config: BackupConfig, progress: Progress) -> tuple[StoredObject, dump.StderrCapture]:
     """pg_dump -> compressor -> store, streaming; the part size follows the database's size."""
     compression = config.compression
     key = manifest.dump_key(backup_id, SUFFIXES[compression.codec])
-    env = dump.child_env(db.dsn_env(dsn), f"archiver pg_dump {backup_id}")
+    env = dump.child_env(dsn_env(dsn), f"archiver pg_dump {backup_id}")
     what = f"backup {backup_id} of database {facts.name!r} failed"
     progress.phase(f"dump {facts.name}", total=facts.size_bytes)
     with dump.StreamingCommand(argv, env, "pg_dump", what=what) as child:
@@ -230,11 +238,11 @@ def _remove(store: Store, keys: list[str]) -> None:
             logger.warning("backup.cleanup_failed", extra=log.fields(key=key, error=str(exc)))
 
 
-def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: db.DatabaseFacts, started: datetime,
+def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: DatabaseFacts, started: datetime,
                        finished: datetime, duration: float, pg_dump: dump.Tool, pg_dumpall: dump.Tool | None,
                        argv: list[str], config: BackupConfig, dump_object: StoredObject,
-                       globals_object: StoredObject | None, stats: db.ContentStats,
-                       stderr: dump.StderrCapture, hypertables: list[db.HypertableStats],
+                       globals_object: StoredObject | None, stats: ContentStats,
+                       stderr: dump.StderrCapture, hypertables: list[HypertableStats],
                        properties: dict[str, Any]) -> dict[str, Any]:
     objects: dict[str, Any] = {"dump": dump_object.to_json(format="custom")}
     if globals_object is not None:
@@ -246,8 +254,8 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: db.Da
     warnings = [{"text": text, "expected": dump.is_expected_warning(text, facts.extensions)}
                 for text in stderr.warnings]
     content: dict[str, Any] = {
-        "method": db.CHECKSUM_METHOD if config.table_checksums else None,
-        "settings": db.PINNED_SETTINGS,
+        "method": CHECKSUM_METHOD if config.table_checksums else None,
+        "settings": PINNED_SETTINGS,
         "rows": stats.rows,
         "tables": [entry.to_json() for entry in stats.tables],
         "large_objects": stats.large_objects.to_json(),
@@ -263,7 +271,7 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: db.Da
         "policy": policy.name,
         "database": {
             "name": facts.name,
-            "connection": db.redact_dsn(dsn),
+            "connection": redact_dsn(dsn),
             "server_version": facts.server_version,
             "server_version_num": facts.server_version_num,
             "size_bytes": facts.size_bytes,
@@ -287,7 +295,7 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: db.Da
 
 
 def _result(policy: Policy, backup_id: str, document: dict[str, Any], manifest_result: PutResult,
-            dump_object: StoredObject, globals_object: StoredObject | None, stats: db.ContentStats,
+            dump_object: StoredObject, globals_object: StoredObject | None, stats: ContentStats,
             duration: float) -> TaskResult:
     stored = dump_object.result.size + (globals_object.result.size if globals_object else 0)
     lines = [f"dump      {dump_object.result.key}  {format_bytes(dump_object.result.size)} "

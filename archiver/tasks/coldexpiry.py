@@ -11,11 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from .. import coldplan, db, identity as ident, manifest
+from .. import coldplan, manifest
+from .. import identity as ident
 from ..chunks import TableInfo
 from ..coldcatalog import catalog_prefix, rehydration_key
 from ..coldplan import EXPIRE, Decision
 from ..manifest import LoadedManifest
+from ..pg.catalog import relation_exists
+from ..pg.connect import Session
 from ..policy import ArchiveConfig
 from ..storage import Store
 from .coldtier import record
@@ -28,17 +31,17 @@ class Counts:
     orphans: int = 0
 
 
-def _in_database(current: db.Session, loaded: LoadedManifest, present: dict[str, set[str]]) -> bool:
+def _in_database(current: Session, loaded: LoadedManifest, present: dict[str, set[str]]) -> bool:
     """May the range's rows still be in the database? A chunk of the same range (the policy's
     tables), or any relation of the archived chunk's name (kept rather than guessed)."""
     document = loaded.document or {}
     if ident.of_manifest(document).stem in present.get(str(document.get("table")), set()):
         return True
     chunk = document.get("chunk") or {}
-    return db.relation_exists(current, str(chunk.get("schema")), str(chunk.get("name")))
+    return relation_exists(current, str(chunk.get("schema")), str(chunk.get("name")))
 
 
-def expire_cold_files(current: db.Session, store: Store, database: str, config: ArchiveConfig, infos: list[TableInfo],
+def expire_cold_files(current: Session, store: Store, database: str, config: ArchiveConfig, infos: list[TableInfo],
                       now: datetime, decisions: list[Decision], dry_run: bool, counts: Counts) -> None:
     if config.cold_retention is None:
         return

@@ -8,19 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 from .. import coldplan
-from ..common import log
-from ..common import sysinfo
 from ..chunks import TableInfo, data_prefix, key_part
 from ..coldcatalog import TableCatalog, orphans
 from ..coldplan import Decision
+from ..common import log, sysinfo
+from ..common.result import TaskResult
+from ..common.timeutil import isoformat, utcnow
 from ..errors import TaskFailed, UsageError
 from ..manifest import archive_catalog_prefix
 from ..policy import ArchiveConfig, ArchiveTable, Policy
 from ..storage import Store
-from ..common.timeutil import isoformat
-from ..common.timeutil import utcnow
 from ..uploads import abort_dead_uploads
-from ..common.result import TaskResult
 
 MiB = 1024 * 1024
 

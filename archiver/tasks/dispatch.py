@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..common.progress import NULL_PROGRESS, Progress
+from ..common.result import TaskResult
 from ..errors import UsageError
 from ..metrics import Metrics
 from ..policy import Policy
-from ..common.progress import NULL_PROGRESS
-from ..common.progress import Progress
 from ..runner import task_run
 from ..storage import Store
 from . import TASK_NAMES
-from ..common.result import TaskResult
 
 
 def _backup(policy: Policy, store: Store, progress: Progress, **_: Any) -> TaskResult:

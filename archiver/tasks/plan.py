@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from ..common.result import TaskResult
 from ..policy import Policy
 from ..storage import Store, open_store
-from ..common.result import TaskResult
 from .archive import run_archive
 from .coldtier import archive_section
 from .retention import run_retention

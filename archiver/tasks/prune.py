@@ -25,15 +25,13 @@ from typing import Any
 
 from .. import manifest, retention
 from ..common import log
+from ..common.result import TaskResult
+from ..common.timeutil import format_duration, isoformat, utcnow
 from ..errors import ArchiverError, TaskFailed, UsageError
 from ..locking import BACKUP_LEASE_PREFIX, LeaseRecord, read_leases
 from ..policy import Policy
 from ..storage import IncompleteWrite, ObjectInfo, Store, open_store
-from ..common.timeutil import format_duration
-from ..common.timeutil import isoformat
-from ..common.timeutil import utcnow
 from ..uploads import UploadVerdict, abort_uploads, judge_pending_uploads
-from ..common.result import TaskResult
 from .backup import backup_config
 
 logger = log.get_logger("prune")

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .. import db, identity as ident, merge
+from .. import identity as ident
+from .. import merge
 from ..chunks import Chunk, TableInfo
 from ..coldcatalog import Archived, TableCatalog
 from ..coldobjects import check_object
@@ -19,6 +20,7 @@ from ..export import database_fingerprint
 from ..fingerprint import Fingerprint
 from ..identity import Identity
 from ..integrity import ObjectMismatch
+from ..pg.connect import Session
 from ..storage import Store
 
 
@@ -50,7 +52,7 @@ def blocked(catalog: TableCatalog, identity: Identity) -> str | None:
     return None
 
 
-def database_matches(current: db.Session, info: TableInfo, chunk: Chunk, document: dict[str, Any]) -> bool:
+def database_matches(current: Session, info: TableInfo, chunk: Chunk, document: dict[str, Any]) -> bool:
     """Does the database hold exactly the rows it held when this version was written? (A merged
     version also holds rows that were no longer in the database: its database_fingerprint says
     what was.)"""
@@ -58,7 +60,7 @@ def database_matches(current: db.Session, info: TableInfo, chunk: Chunk, documen
     return not stored.differences(database_fingerprint(current, chunk, info.plans(), info.time_column))
 
 
-def gather(current: db.Session, dsn: str, store: Store, info: TableInfo, chunk: Chunk, catalog: TableCatalog, *,
+def gather(current: Session, dsn: str, store: Store, info: TableInfo, chunk: Chunk, catalog: TableCatalog, *,
            check_rows: bool, thorough: bool = False, accept_deletes: bool = False,
            work_dir: str | None = None) -> tuple[RangeFacts, Archived | None]:
     """The facts of a chunk's range. ``check_rows``: compare the database's rows with the archive's
@@ -80,7 +82,7 @@ def gather(current: db.Session, dsn: str, store: Store, info: TableInfo, chunk: 
     return facts, archived
 
 
-def with_rows(current: db.Session, dsn: str, store: Store, info: TableInfo, chunk: Chunk, document: dict[str, Any],
+def with_rows(current: Session, dsn: str, store: Store, info: TableInfo, chunk: Chunk, document: dict[str, Any],
               facts: RangeFacts, work_dir: str | None = None) -> RangeFacts:
     """``facts`` with the database's rows compared to the archive's: the fingerprint (in
     ``current``'s transaction), and row by row (another session) when it differs."""

@@ -45,24 +45,37 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import db, dbprops, dump, manifest
-from ..common import log
-from ..common import sysinfo
+from .. import dump, manifest
+from ..common import log, sysinfo
+from ..common.prefetch import Prefetch
+from ..common.progress import NULL_PROGRESS, Progress
+from ..common.result import TaskResult
+from ..common.timeutil import format_bytes, format_duration, isoformat, parse_timestamp, utcnow
 from ..errors import ArchiverError, ExternalCommandFailed, ObjectNotFound, TaskFailed, UsageError, set_outcome
 from ..globals_sql import RolesPlan, plan_roles
 from ..integrity import CheckedObject, ObjectMismatch, precheck, read_verified
-from ..common.prefetch import Prefetch
 from ..locking import restore_target_lock
+from ..pg import properties as dbprops
+from ..pg.connect import DatabaseMissing
+from ..pg.dsn import dsn_env, dsn_has_password, parse_dsn, redact_dsn
+from ..pg.stats import CHECKSUM_METHOD, CHECKSUM_METHODS, TableRef
+from ..pg.target import (
+    TargetFacts,
+    clean_database,
+    content_stats,
+    drop_database,
+    drop_extension,
+    drop_roles,
+    inspect_server,
+    inspect_target,
+    missing_tables,
+    prepare_timescaledb,
+    run_in_transaction,
+    terminate_sessions,
+    timescaledb_post_restore,
+)
 from ..policy import Policy
-from ..common.progress import NULL_PROGRESS
-from ..common.progress import Progress
 from ..storage import Store, open_store
-from ..common.timeutil import format_bytes
-from ..common.timeutil import format_duration
-from ..common.timeutil import isoformat
-from ..common.timeutil import parse_timestamp
-from ..common.timeutil import utcnow
-from ..common.result import TaskResult
 from . import restore_props
 from .restore_props import TargetUnsuitable
 
@@ -176,7 +189,7 @@ class Source:
     def checksum_method(self) -> str | None:
         """The checksum method of the manifest's tables when this archiver can compute it, else None."""
         method = self.document.get("content", {}).get("method")
-        return str(method) if method in db.CHECKSUM_METHODS else None
+        return str(method) if method in CHECKSUM_METHODS else None
 
     @property
     def pg_dump_major(self) -> int | None:
@@ -202,7 +215,7 @@ class RestorePlan:
     policy: str
     source: Source
     target_dsn: str
-    target: db.TargetFacts
+    target: TargetFacts
     pg_restore: dump.Tool
     create_database: bool = False
     mode: Mode = "stream"
@@ -223,7 +236,7 @@ class RestorePlan:
 
     @property
     def target_name(self) -> str:
-        return db.parse_dsn(self.target_dsn).get("dbname", "")
+        return parse_dsn(self.target_dsn).get("dbname", "")
 
     @property
     def single_transaction(self) -> bool:
@@ -271,7 +284,7 @@ class RestorePlan:
         ]
         state = "does not exist: it will be created" if self.create_database else (
             "empty" if self.clean == "none" else f"NOT EMPTY: {self.target.contents.describe()}")
-        lines.append(f"target   {db.redact_dsn(self.target_dsn)}: PostgreSQL {self.target.server_version}, {state}")
+        lines.append(f"target   {redact_dsn(self.target_dsn)}: PostgreSQL {self.target.server_version}, {state}")
         if self.clean == "pg_restore":
             kept = ", ".join(self.kept_tables[:10]) + (f" and {len(self.kept_tables) - 10} more"
                                                        if len(self.kept_tables) > 10 else "")
@@ -291,7 +304,7 @@ class RestorePlan:
         return lines
 
     def to_json(self) -> dict[str, Any]:
-        return {"backup": self.source.entry.id, "target": db.redact_dsn(self.target_dsn),
+        return {"backup": self.source.entry.id, "target": redact_dsn(self.target_dsn),
                 "create_database": self.create_database, "mode": self.mode, "clean": self.clean, "jobs": self.jobs,
                 "steps": self.steps(), "notes": self.notes, "roles": self.roles.to_json() if self.roles else None,
                 "database_properties": self.properties.to_json() if self.properties else None,
@@ -303,8 +316,8 @@ def plan_restore(store: Store, entry: manifest.BackupEntry, target_dsn: str, *, 
                  source_dsn: str | None = None) -> RestorePlan:
     """Everything a restore will do, checked against the store and the target; changes nothing."""
     source = Source(entry)
-    if not db.parse_dsn(target_dsn).get("dbname"):
-        raise UsageError(f"--target {db.redact_dsn(target_dsn)} names no database",
+    if not parse_dsn(target_dsn).get("dbname"):
+        raise UsageError(f"--target {redact_dsn(target_dsn)} names no database",
                          hint="add dbname=... (a database that does not exist yet is created)")
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1 (got {jobs})")
@@ -314,10 +327,10 @@ def plan_restore(store: Store, entry: manifest.BackupEntry, target_dsn: str, *, 
             _precheck(store, object_entry, f"the {name} object of backup {entry.id}", policy)
     extensions = sorted(set(source.extensions) - {"plpgsql"})
     try:
-        target = db.inspect_target(target_dsn, extensions)
+        target = inspect_target(target_dsn, extensions)
         create_database = False
-    except db.DatabaseMissing:
-        target = db.inspect_server(target_dsn, extensions)
+    except DatabaseMissing:
+        target = inspect_server(target_dsn, extensions)
         create_database = True
     tool = _pg_restore_tool(source, target, pg_bin_dir)
     plan = RestorePlan(policy, source, target_dsn, target, tool, create_database=create_database, jobs=jobs,
@@ -343,7 +356,7 @@ def _precheck(store: Store, entry: dict[str, Any], what: str, policy: str) -> No
         raise
 
 
-def _pg_restore_tool(source: Source, target: db.TargetFacts, pg_bin_dir: str | None) -> dump.Tool:
+def _pg_restore_tool(source: Source, target: TargetFacts, pg_bin_dir: str | None) -> dump.Tool:
     tool = dump.find_tool("pg_restore", target.server_version_num, pg_bin_dir)
     dumped_by = source.pg_dump_major
     if dumped_by is not None and tool.major < dumped_by:
@@ -453,8 +466,8 @@ def recheck_target(plan: RestorePlan) -> None:
     changed = "the target changed after the plan was made (another restore?); nothing was written"
     extensions = sorted(set(plan.source.extensions) - {"plpgsql"})
     try:
-        facts = db.inspect_target(plan.target_dsn, extensions)
-    except db.DatabaseMissing:
+        facts = inspect_target(plan.target_dsn, extensions)
+    except DatabaseMissing:
         if plan.create_database:
             return
         raise TargetUnsuitable(f"database {plan.target_name} no longer exists; it did when the plan was made",
@@ -534,7 +547,7 @@ def _plan_mode(plan: RestorePlan, work_dir: str | None) -> None:
 
 def _same_database(a: str, b: str) -> bool:
     def key(dsn: str) -> tuple[str, str, str]:
-        params = db.parse_dsn(dsn)
+        params = parse_dsn(dsn)
         return params.get("host", ""), params.get("port", "5432"), params.get("dbname", "")
     try:
         return key(a) == key(b)
@@ -640,14 +653,14 @@ def execute_restore(plan: RestorePlan, store: Store, *, progress: Progress = NUL
             if plan.create_database:
                 restore_props.create_database(plan)
                 outcome.created_database = True
-                undo.add(f"dropped database {plan.target_name}", lambda: db.drop_database(plan.target_dsn))
+                undo.add(f"dropped database {plan.target_name}", lambda: drop_database(plan.target_dsn))
             if plan.clean == "drop_all":
-                db.clean_database(plan.target_dsn)
+                clean_database(plan.target_dsn)
                 undo.clear()
                 undo.irreversible = "--clean emptied the target database, and it stays empty"
             _create_roles(plan, undo, outcome)
             _prepare_timescaledb(plan, undo)
-            env = dump.child_env(db.dsn_env(plan.target_dsn), app_name)
+            env = dump.child_env(dsn_env(plan.target_dsn), app_name)
             argv = dump.pg_restore_argv(plan.pg_restore.path, dbname=plan.target_name,
                                         single_transaction=plan.single_transaction, clean=plan.clean == "pg_restore",
                                         jobs=plan.jobs, no_tablespaces=plan.no_tablespaces, archive=spool_file)
@@ -665,7 +678,7 @@ def execute_restore(plan: RestorePlan, store: Store, *, progress: Progress = NUL
     undo.clear()
     if plan.source.timescaledb:
         try:
-            db.timescaledb_post_restore(plan.target_dsn)  # a new connection, as TimescaleDB asks
+            timescaledb_post_restore(plan.target_dsn)  # a new connection, as TimescaleDB asks
         except ArchiverError as exc:
             raise TaskFailed(f"the restore committed, but timescaledb_post_restore() failed: {exc}",
                              hint="run SELECT timescaledb_post_restore(); in the target database") from None
@@ -677,10 +690,10 @@ def execute_restore(plan: RestorePlan, store: Store, *, progress: Progress = NUL
 def _create_roles(plan: RestorePlan, undo: _Undo, outcome: RestoreOutcome) -> None:
     if plan.roles is None or not plan.roles.create:
         return
-    db.run_in_transaction(plan.target_dsn, plan.roles.statements)
+    run_in_transaction(plan.target_dsn, plan.roles.statements)
     outcome.roles_created = list(plan.roles.create)
     undo.add(f"dropped {len(plan.roles.create)} role(s) it had created",
-             lambda: db.drop_roles(plan.target_dsn, plan.roles.create if plan.roles else []))
+             lambda: drop_roles(plan.target_dsn, plan.roles.create if plan.roles else []))
 
 
 def _prepare_timescaledb(plan: RestorePlan, undo: _Undo) -> None:
@@ -690,19 +703,19 @@ def _prepare_timescaledb(plan: RestorePlan, undo: _Undo) -> None:
     schema = plan.source.extension_schemas.get("timescaledb", "public")
     if schema not in plan.target.contents.schemas:
         schema = "public"  # the dump creates its other schemas itself; TimescaleDB must exist before it
-    db.prepare_timescaledb(plan.target_dsn, version, create=plan.create_extension, schema=schema)
+    prepare_timescaledb(plan.target_dsn, version, create=plan.create_extension, schema=schema)
     if plan.create_extension:
-        undo.add("dropped the timescaledb extension it had created", lambda: db.drop_extension(plan.target_dsn,
+        undo.add("dropped the timescaledb extension it had created", lambda: drop_extension(plan.target_dsn,
                                                                                                 "timescaledb"))
     else:
-        undo.add("ran timescaledb_post_restore()", lambda: db.timescaledb_post_restore(plan.target_dsn))
+        undo.add("ran timescaledb_post_restore()", lambda: timescaledb_post_restore(plan.target_dsn))
 
 
 def _take_back(plan: RestorePlan, undo: _Undo, app_name: str, exc: BaseException) -> None:
     """Undo the steps before pg_restore's commit, and say in the error what state the target is in."""
     if undo.pending:
         with contextlib.suppress(Exception):  # a killed pg_restore's backend may still hold its locks
-            db.terminate_sessions(plan.target_dsn, app_name)
+            terminate_sessions(plan.target_dsn, app_name)
     done, failed = undo.run()
     parts = []
     if done:
@@ -868,13 +881,13 @@ class TableCheck:
 
 def compare_tables(dsn: str, source: Source, *, checksums: bool) -> list[TableCheck]:
     """Every table of the manifest, counted in the restored database (and checksummed, if asked and recorded)."""
-    refs = {f"{t['schema']}.{t['name']}": (db.TableRef.from_json(t), t) for t in source.tables}
-    missing = {ref.qualified_name for ref in db.missing_tables(dsn, [ref for ref, _ in refs.values()])}
+    refs = {f"{t['schema']}.{t['name']}": (TableRef.from_json(t), t) for t in source.tables}
+    missing = {ref.qualified_name for ref in missing_tables(dsn, [ref for ref, _ in refs.values()])}
     method = source.checksum_method
     use_checksums = checksums and method is not None
     present = [ref for name, (ref, _) in refs.items() if name not in missing]
-    stats = {item.table.qualified_name: item for item in db.content_stats(
-        dsn, checksums=use_checksums, tables=present, method=method or db.CHECKSUM_METHOD).tables}
+    stats = {item.table.qualified_name: item for item in content_stats(
+        dsn, checksums=use_checksums, tables=present, method=method or CHECKSUM_METHOD).tables}
     results = []
     for name, (_, recorded) in refs.items():
         counted = stats.get(name)
@@ -907,7 +920,7 @@ def run_restore(policy: Policy, request: RestoreRequest, *, confirm: Confirm, pr
     """``archiver restore``: plan, confirm, restore, count. A data mismatch after the restore gives exit 4."""
     if request.backup_id is not None and request.before is not None:
         raise UsageError("--backup and --before exclude each other: name one backup, or a time to restore to")
-    log.register_secret(db.parse_dsn(request.target, source="--target").get("password"))
+    log.register_secret(parse_dsn(request.target, source="--target").get("password"))
     if request.target_in_argv:
         refuse_password_in_argv(request.target)
     store = store or open_store(policy.storage)
@@ -921,7 +934,7 @@ def run_restore(policy: Policy, request: RestoreRequest, *, confirm: Confirm, pr
     if not confirm(plan):
         raise TaskFailed("restore not confirmed: nothing was changed")
     logger.info("restore.start", extra=log.fields(policy=policy.name, backup_id=entry.id,
-                                                  target=db.redact_dsn(request.target), mode=plan.mode))
+                                                  target=redact_dsn(request.target), mode=plan.mode))
     with restore_target_lock(policy, plan.target_dsn):
         recheck_target(plan)
         outcome = execute_restore(plan, store, progress=progress)
@@ -941,7 +954,7 @@ def run_restore(policy: Policy, request: RestoreRequest, *, confirm: Confirm, pr
 def check_target_dsn(dsn: str, *, source: str, typed: bool) -> None:
     """A target DSN from the user: it must parse (the error names ``source``, never the DSN's
     text), its password is scrubbed from logs, and one typed on the command line holds none."""
-    params = db.parse_dsn(dsn, source=source)
+    params = parse_dsn(dsn, source=source)
     log.register_secret(params.get("password"))
     if typed:
         refuse_password_in_argv(dsn)
@@ -956,11 +969,11 @@ def _withdraw_unproven(plan: RestorePlan, outcome: RestoreOutcome, exc: BaseExce
     name = plan.target_name
     if outcome.created_database:
         undo = _Undo()
-        undo.add(f"dropped database {name}, which this restore had created", lambda: db.drop_database(plan.target_dsn))
+        undo.add(f"dropped database {name}, which this restore had created", lambda: drop_database(plan.target_dsn))
         if outcome.roles_created:
             roles = list(outcome.roles_created)
             undo.add(f"dropped the {len(roles)} role(s) it had created ({', '.join(roles)})",
-                     lambda: db.drop_roles(plan.target_dsn, roles))
+                     lambda: drop_roles(plan.target_dsn, roles))
         done, failed = undo.run_in_order()
         state = "; ".join(done + [f"could not undo: {text}" for text in failed])
     else:
@@ -976,7 +989,7 @@ def _withdraw_unproven(plan: RestorePlan, outcome: RestoreOutcome, exc: BaseExce
 
 def refuse_password_in_argv(dsn: str) -> None:
     """A DSN typed on the command line must not carry a password: ``ps`` shows it to every local user."""
-    if db.dsn_has_password(dsn):
+    if dsn_has_password(dsn):
         raise UsageError("--target holds a password, which every local user can read in the process list; "
                          "refusing to use it",
                          hint="leave the password out and use PGPASSWORD or ~/.pgpass, or pass the whole DSN in "
@@ -996,7 +1009,7 @@ def _restore_result(policy: Policy, plan: RestorePlan, outcome: RestoreOutcome, 
     bad = [check for check in checks if not check.ok]
     rows = sum(check.rows or 0 for check in checks)
     compared = "row counts and checksums" if any(c.expected_checksum for c in checks) else "row counts"
-    lines = [f"restored backup {plan.source.entry.id} into {db.redact_dsn(plan.target_dsn)}: "
+    lines = [f"restored backup {plan.source.entry.id} into {redact_dsn(plan.target_dsn)}: "
              f"{len(checks)} tables, {rows:,} rows" + (f", {len(outcome.roles_created)} roles created"
                                                        if outcome.roles_created else "")]
     if bad:

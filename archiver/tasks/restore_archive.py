@@ -30,22 +30,34 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .. import chunks, db, identity as ident, manifest
-from ..common import log
-from ..common import sysinfo
+from .. import chunks, manifest
+from .. import identity as ident
 from ..coldcatalog import record_rehydration, rehydration_key
 from ..coldobjects import downloaded, staging_reader
+from ..common import log, sysinfo
+from ..common.progress import NULL_PROGRESS, Progress
+from ..common.result import TaskResult
+from ..common.timeutil import isoformat, parse_timestamp
 from ..errors import ObjectNotFound, UsageError
 from ..integrity import ObjectMismatch
 from ..locking import database_lock
 from ..manifest import LoadedManifest
+from ..pg import staging as pg_staging
+from ..pg.catalog import (
+    create_plain_table,
+    create_range_partition_sql,
+    current_database,
+    range_partitions,
+    relation_exists,
+    target_table,
+    unknown_types,
+)
+from ..pg.connect import DatabaseMissing, Session, session
+from ..pg.dsn import parse_dsn
+from ..pg.quote import qualified, quote_literal
+from ..pg.staging import range_condition
 from ..policy import Policy
-from ..common.progress import NULL_PROGRESS
-from ..common.progress import Progress
 from ..storage import Store, open_store
-from ..common.timeutil import isoformat
-from ..common.timeutil import parse_timestamp
-from ..common.result import TaskResult
 
 logger = log.get_logger("restore-archive")
 
@@ -103,7 +115,7 @@ class _Target:
 
     @property
     def relation(self) -> str:
-        return db.qualified(self.schema, self.name)
+        return qualified(self.schema, self.name)
 
 
 # -- bounds -------------------------------------------------------------------------------------
@@ -151,7 +163,7 @@ def _sql_bound(value: Bound, pg_type: str) -> str | None:
         return None
     if isinstance(value, int):
         return str(value)
-    return f"CAST({db.quote_literal(isoformat(value))} AS {pg_type})"
+    return f"CAST({quote_literal(isoformat(value))} AS {pg_type})"
 
 
 # -- choosing the archives ------------------------------------------------------------------------
@@ -191,11 +203,11 @@ def _archived_tables(store: Store) -> list[str]:
 
 # -- the target table -----------------------------------------------------------------------------
 
-def _prepare_target(current: db.Session, dsn: str, table: str, example: dict[str, Any], *, other_database: bool,
+def _prepare_target(current: Session, dsn: str, table: str, example: dict[str, Any], *, other_database: bool,
                     dry_run: bool) -> _Target:
     schema, name = table.split(".", 1)
     archived = [(column["name"], column["pg_type"]) for column in example["parquet"]["columns"]]
-    kind, columns = db.target_table(current, schema, name)
+    kind, columns = target_table(current, schema, name)
     target = _Target(dsn, schema, name, kind or "table", columns, str(example["time_column"]), exists=kind is not None)
     if kind is None:
         if not other_database:
@@ -203,7 +215,7 @@ def _prepare_target(current: db.Session, dsn: str, table: str, example: dict[str
                              "into an existing hypertable or partitioned table",
                              hint="recreate the table (e.g. from a backup), or load into another database with "
                                   "--target DSN, where archiver creates a plain table")
-        unknown = db.unknown_types(current, [pg_type for _, pg_type in archived])
+        unknown = unknown_types(current, [pg_type for _, pg_type in archived])
         stand_in = {column["name"]: _stand_in_type(str(column.get("arrow_type", "")))
                     for column in example["parquet"]["columns"]}
         archived = [(column, stand_in[column] if pg_type in unknown else pg_type) for column, pg_type in archived]
@@ -212,7 +224,7 @@ def _prepare_target(current: db.Session, dsn: str, table: str, example: dict[str
                             + (f" (types {', '.join(sorted(unknown))} do not exist there: their columns are numeric "
                                "or text)" if unknown else ""))
         if not dry_run:
-            db.create_plain_table(current, schema, name, archived)
+            create_plain_table(current, schema, name, archived)
             target.exists = True
         target.columns = dict(archived)
     missing = [column for column, _ in archived if column not in target.columns]
@@ -228,8 +240,8 @@ def _stand_in_type(arrow_type: str) -> str:
     return f"numeric({decimal.group(1)},{decimal.group(2)})" if decimal else "text"
 
 
-def _partition_covers(current: db.Session, target: _Target, archived: ArchivedRange, time_type: str) -> bool:
-    for partition in db.range_partitions(current, target.schema, target.name):
+def _partition_covers(current: Session, target: _Target, archived: ArchivedRange, time_type: str) -> bool:
+    for partition in range_partitions(current, target.schema, target.name):
         match = chunks._BOUND.match(str(partition["bound"] or ""))
         if not match:
             continue
@@ -241,17 +253,17 @@ def _partition_covers(current: db.Session, target: _Target, archived: ArchivedRa
     return False
 
 
-def _partition_for(current: db.Session, target: _Target, archived: ArchivedRange, time_type: str) -> tuple[str, str] | None:
+def _partition_for(current: Session, target: _Target, archived: ArchivedRange, time_type: str) -> tuple[str, str] | None:
     """The statement that recreates a native partition dropped by retention (bounds from the
     archive manifest), and its name; None when a partition covers the range."""
     if target.kind != "partitioned" or _partition_covers(current, target, archived, time_type):
         return None
     chunk = archived.documents[0]["chunk"]
     schema, name = str(chunk["schema"]), str(chunk["name"])
-    if db.relation_exists(current, schema, name):
+    if relation_exists(current, schema, name):
         name = f"{name}_restored"
     pg_type = target.columns[target.time_column]
-    statement = db.create_range_partition_sql(target.schema, target.name, schema, name,
+    statement = create_range_partition_sql(target.schema, target.name, schema, name,
                                               _sql_bound(archived.start, pg_type), _sql_bound(archived.end, pg_type))
     return statement, f"{schema}.{name}"
 
@@ -274,16 +286,16 @@ def _record(store: Store, target: _Target, archived: ArchivedRange, window: tupl
                            rows=rows if rows is not None and document is archived.documents[0] else None)
 
 
-def _load(store: Store, current: db.Session, target: _Target, archived: ArchivedRange, window: tuple[Bound, Bound],
+def _load(store: Store, current: Session, target: _Target, archived: ArchivedRange, window: tuple[Bound, Bound],
           time_type: str, work_dir: str | None) -> tuple[int, int, str | None]:
     """(rows inserted, archived rows in the window, the partition recreated) in one transaction."""
     pg_type = target.columns[target.time_column]
-    condition = db.range_condition("t", target.time_column, _sql_bound(window[0], pg_type),
+    condition = range_condition("t", target.time_column, _sql_bound(window[0], pg_type),
                                    _sql_bound(window[1], pg_type))
     partition = _partition_for(current, target, archived, time_type)
     columns = list(target.columns.items())
     with downloaded(store, archived.documents, work_dir) as copies, \
-            db.staging(target.dsn, columns, what="restore-archive", isolation="READ COMMITTED") as staging:
+            pg_staging.staging(target.dsn, columns, what="restore-archive", isolation="READ COMMITTED") as staging:
         for copy in copies:
             reader, staged = staging_reader([copy.path])
             staging.stage(reader, staged)
@@ -295,14 +307,14 @@ def _load(store: Store, current: db.Session, target: _Target, archived: Archived
     return inserted, in_window, partition[1] if partition and in_window else None
 
 
-def _dry_run(current: db.Session, target: _Target, archived: ArchivedRange, span: str, window: tuple[Bound, Bound],
+def _dry_run(current: Session, target: _Target, archived: ArchivedRange, span: str, window: tuple[Bound, Bound],
              whole: bool) -> Decision:
     """What a run would do, without downloading anything: the rows the table already holds in the
     window tell whether the range looks restored already (a real run compares row by row)."""
     present = 0
     if target.exists:
         pg_type = target.columns[target.time_column]
-        condition = db.range_condition("t", target.time_column, _sql_bound(window[0], pg_type),
+        condition = range_condition("t", target.time_column, _sql_bound(window[0], pg_type),
                                        _sql_bound(window[1], pg_type))
         present = int(current.scalar(f"SELECT count(*) FROM {target.relation} AS t WHERE {condition}"))
     if whole and present == archived.rows:
@@ -312,7 +324,7 @@ def _dry_run(current: db.Session, target: _Target, archived: ArchivedRange, span
                     + ("" if whole else " (some outside the window)") + f", the table {present:,} in this window")
 
 
-def _restore_range(store: Store, current: db.Session, target: _Target, archived: ArchivedRange, low: Bound,
+def _restore_range(store: Store, current: Session, target: _Target, archived: ArchivedRange, low: Bound,
                    high: Bound, time_type: str, *, work_dir: str | None, dry_run: bool) -> Decision:
     start, end = _clip(archived, low, high)
     span = f"[{_show(start)}, {_show(end)})"
@@ -334,12 +346,12 @@ def _restore_range(store: Store, current: db.Session, target: _Target, archived:
 
 
 @contextlib.contextmanager
-def _target_session(dsn: str, target: str | None) -> Iterator[db.Session]:
+def _target_session(dsn: str, target: str | None) -> Iterator[Session]:
     """A session on the database rows go into; a --target database that does not exist is a usage error."""
     try:
-        with db.session(dsn, application_name="archiver restore-archive") as current:
+        with session(dsn, application_name="archiver restore-archive") as current:
             yield current
-    except db.DatabaseMissing as exc:
+    except DatabaseMissing as exc:
         if target is None:
             raise
         raise UsageError(f"--target: {exc.message}", hint="create the database first (restore-archive creates the "
@@ -363,7 +375,7 @@ def run_restore_archive(policy: Policy, *, table: str, start: str, end: str, tar
         raise UsageError(f"--from {start} is not before --to {end}")
     chosen = [archived for archived in ranges if _overlaps(archived, low, high)]
     dsn = target or policy.database.resolved_dsn()
-    log.register_secret(db.parse_dsn(dsn).get("password"))
+    log.register_secret(parse_dsn(dsn).get("password"))
     clock = time.monotonic()
     decisions: list[Decision] = []
     lock = contextlib.nullcontext() if dry_run else database_lock(policy, "restore-archive",
@@ -372,7 +384,7 @@ def run_restore_archive(policy: Policy, *, table: str, start: str, end: str, tar
         destination = _prepare_target(current, dsn, qualified_name, chosen[0].documents[0],
                                       other_database=target is not None, dry_run=dry_run) if chosen else None
         if destination is not None and target is None:
-            destination.database = db.current_database(current)
+            destination.database = current_database(current)
         progress.phase(f"restore-archive {qualified_name}", total=len(chosen), unit="ranges")
         for archived in chosen:
             assert destination is not None

@@ -17,9 +17,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import db, dbprops
-from ..dbprops import DatabaseProperties
 from ..errors import DatabaseError, UsageError
+from ..pg import properties as dbprops
+from ..pg import target as pg_target
+from ..pg.properties import DatabaseProperties, database_properties
+from ..pg.stats import MatviewRef
+from ..pg.target import apply_statements, inspect_target, locale_problem, matview_stats
 
 if TYPE_CHECKING:
     from .restore import RestorePlan, Source
@@ -53,7 +56,7 @@ def plan_properties(plan: "RestorePlan") -> None:
     if not plan.create_database:
         _check_existing(plan, properties)
         return
-    problem = dbprops.provider_problem(properties, plan.target.server_version_num) or db.locale_problem(
+    problem = dbprops.provider_problem(properties, plan.target.server_version_num) or locale_problem(
         plan.target_dsn, encoding=properties.encoding, locales=[properties.collate, properties.ctype],
         icu_locale=properties.locale if properties.provider == "icu" else None)
     if problem:
@@ -67,7 +70,7 @@ def plan_properties(plan: "RestorePlan") -> None:
 
 
 def _check_existing(plan: "RestorePlan", properties: DatabaseProperties) -> None:
-    current = DatabaseProperties.from_json(db.database_properties(plan.target_dsn))
+    current = DatabaseProperties.from_json(database_properties(plan.target_dsn))
     differences = dbprops.locale_differences(properties, current)
     if differences:
         raise TargetUnsuitable(f"the target database {plan.target_name} differs from the source database in "
@@ -83,7 +86,7 @@ def _check_existing(plan: "RestorePlan", properties: DatabaseProperties) -> None
 def create_database(plan: "RestorePlan") -> None:
     """CREATE DATABASE with the source's encoding and locale; a refusal by the server is the target's fault."""
     try:
-        db.create_database(plan.target_dsn, plan.database_options)
+        pg_target.create_database(plan.target_dsn, plan.database_options)
     except DatabaseError as exc:
         if not plan.database_options:
             raise
@@ -98,7 +101,7 @@ def apply_properties(plan: "RestorePlan") -> list[tuple[str, str]]:
     of each that failed (the others are applied; one failure does not undo the restore)."""
     if plan.properties_plan is None or not plan.properties_plan.statements:
         return []
-    return db.apply_statements(plan.target_dsn, plan.properties_plan.statements)
+    return apply_statements(plan.target_dsn, plan.properties_plan.statements)
 
 
 def property_differences(dsn: str, source: "Source") -> list[str] | None:
@@ -106,8 +109,8 @@ def property_differences(dsn: str, source: "Source") -> list[str] | None:
     properties = recorded_properties(source)
     if properties is None:
         return None
-    target = db.inspect_target(dsn)
-    actual = DatabaseProperties.from_json(db.database_properties(dsn))
+    target = inspect_target(dsn)
+    actual = DatabaseProperties.from_json(database_properties(dsn))
     return dbprops.differences(properties, actual, roles=target.roles, restoring_role=target.user)
 
 
@@ -157,7 +160,7 @@ def compare_matviews(dsn: str, source: "Source") -> list[MatviewCheck]:
     recorded = list(source.document.get("content", {}).get("materialized_views", []))
     if not recorded:
         return []
-    counted = db.matview_stats(dsn, [db.MatviewRef.from_json(entry) for entry in recorded])
+    counted = matview_stats(dsn, [MatviewRef.from_json(entry) for entry in recorded])
     return [MatviewCheck(stats.view.qualified_name, bool(entry.get("populated")), entry.get("rows"), stats.populated,
                          stats.rows) for entry, stats in zip(recorded, counted, strict=True)]
 

@@ -19,17 +19,26 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from .. import chunks, coldplan, db
+from .. import chunks, coldplan
 from ..chunks import Chunk, TableInfo
 from ..coldcatalog import TableCatalog, load_table_catalog
 from ..coldplan import DROP, HOLD, REFUSE, Decision, RangeFacts
-from ..policy import ArchiveConfig, Policy
-from ..common.progress import NULL_PROGRESS
-from ..common.progress import Progress
-from ..storage import Store, open_store
-from ..common.timeutil import format_duration
-from ..common.timeutil import utcnow
+from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
+from ..common.timeutil import format_duration, utcnow
+from ..pg.catalog import (
+    cagg_refresh_jobs,
+    current_database,
+    detach_and_drop_partition,
+    drop_chunks_older_than,
+    drop_timescaledb_chunk,
+    lock_relations,
+    retention_jobs,
+    timescaledb_function_exists,
+)
+from ..pg.connect import LockTimeout, Session, session
+from ..policy import ArchiveConfig, Policy
+from ..storage import Store, open_store
 from .coldexpiry import Counts, expire_cold_files
 from .coldtier import archive_section, clean_table, finish, record
 from .rangefacts import accept_command, gather, with_rows
@@ -58,7 +67,7 @@ class _Table:
     """What dropping the ranges of one table needs."""
 
     policy: str
-    current: db.Session
+    current: Session
     dsn: str
     store: Store
     info: TableInfo
@@ -76,8 +85,8 @@ def run_retention(policy: Policy, *, dry_run: bool = False, now: datetime | None
     started = time.monotonic()
     decisions: list[Decision] = []
     counts = Counts()
-    with db.session(dsn, connect_timeout=policy.database.connect_timeout) as current:
-        database = db.current_database(current)
+    with session(dsn, connect_timeout=policy.database.connect_timeout) as current:
+        database = current_database(current)
         infos = [chunks.discover(current, entry) for entry in config.tables]
         progress.phase("retention", total=len(infos), unit="tables")
         for info in infos:
@@ -157,7 +166,7 @@ def _verdict(table: _Table, candidate: _Candidate) -> str:
     return reason
 
 
-def _timescaledb_guards(current: db.Session, info: TableInfo, config: ArchiveConfig, candidates: list[Chunk],
+def _timescaledb_guards(current: Session, info: TableInfo, config: ArchiveConfig, candidates: list[Chunk],
                         decisions: list[Decision]) -> bool:
     """Warn about or refuse next to TimescaleDB's own retention job; warn about caggs. True: refuse."""
     table = info.config
@@ -165,12 +174,12 @@ def _timescaledb_guards(current: db.Session, info: TableInfo, config: ArchiveCon
     unit = table.time_unit
     archive_units = chunks.duration_in_units(table.archive_after, unit) if info.is_integer and unit else None
     drop_units = chunks.duration_in_units(table.drop_after, unit) if info.is_integer and unit else None
-    verdict = coldplan.retention_job_verdict(db.retention_jobs(current, info.schema, info.name),
+    verdict = coldplan.retention_job_verdict(retention_jobs(current, info.schema, info.name),
                                              allowed=config.allow_timescaledb_retention_policy,
                                              archive_after=table.archive_after, archive_after_units=archive_units)
     if verdict is not None:
         record(decisions, Decision("retention", info.display, "", verdict[0], verdict[1]), "retention.timescaledb_job")
-    for warning in coldplan.cagg_warnings(db.cagg_refresh_jobs(current, info.schema, info.name),
+    for warning in coldplan.cagg_warnings(cagg_refresh_jobs(current, info.schema, info.name),
                                           drop_after=table.drop_after, drop_after_units=drop_units):
         record(decisions, Decision("retention", info.display, "", "warn", warning), "retention.cagg")
     if verdict is not None and verdict[0] == REFUSE:
@@ -196,15 +205,15 @@ def _drop_all_at_once(table: _Table, chosen: list[_Candidate]) -> int | None:
     expected = {candidate.chunk.display for candidate in chosen}
     try:
         with current.transaction():
-            db.lock_relations(current, [candidate.chunk.relation for candidate in chosen], mode="EXCLUSIVE",
+            lock_relations(current, [candidate.chunk.relation for candidate in chosen], mode="EXCLUSIVE",
                               timeout_ms=LOCK_TIMEOUT_MS)
             reasons = [_verdict(table, candidate) for candidate in chosen]
             dropped = {name.replace('"', "") for name in
-                       db.drop_chunks_older_than(current, info.schema, info.name, boundary, info.time_sql_type)}
+                       drop_chunks_older_than(current, info.schema, info.name, boundary, info.time_sql_type)}
             if dropped != expected:
                 raise _Changed(chosen[0].chunk, f"drop_chunks would drop {sorted(dropped)}, proven were "
                                                 f"{sorted(expected)}")
-    except (_Changed, db.LockTimeout) as exc:
+    except (_Changed, LockTimeout) as exc:
         record(table.decisions, Decision("retention", info.display, "", "note",
                                          f"drop_chunks not used ({exc}); dropping chunk by chunk"),
                "retention.bulk_skipped")
@@ -219,24 +228,24 @@ def _drop_all_at_once(table: _Table, chosen: list[_Candidate]) -> int | None:
 
 def _drop_one(table: _Table, candidate: _Candidate) -> int:
     info, current, chunk = table.info, table.current, candidate.chunk
-    if info.kind == chunks.HYPERTABLE and not db.timescaledb_function_exists(current, DROP_CHUNK_FUNCTION):
+    if info.kind == chunks.HYPERTABLE and not timescaledb_function_exists(current, DROP_CHUNK_FUNCTION):
         record(table.decisions, Decision("retention", info.display, chunk.display, HOLD,
                                          f"this TimescaleDB has no {DROP_CHUNK_FUNCTION} to drop a single chunk safely"),
                "retention.decision")
         return 0
     try:
         with current.transaction():
-            db.lock_relations(current, [chunk.relation], mode="EXCLUSIVE", timeout_ms=LOCK_TIMEOUT_MS)
+            lock_relations(current, [chunk.relation], mode="EXCLUSIVE", timeout_ms=LOCK_TIMEOUT_MS)
             reason = _verdict(table, candidate)
             if info.kind == chunks.HYPERTABLE:
-                db.drop_timescaledb_chunk(current, chunk.schema, chunk.name)
+                drop_timescaledb_chunk(current, chunk.schema, chunk.name)
             else:
-                db.detach_and_drop_partition(current, info.schema, info.name, chunk.schema, chunk.name)
+                detach_and_drop_partition(current, info.schema, info.name, chunk.schema, chunk.name)
     except _Changed as exc:
         record(table.decisions, Decision("retention", info.display, chunk.display, HOLD, exc.reason),
                "retention.decision")
         return 0
-    except db.LockTimeout:
+    except LockTimeout:
         record(table.decisions, Decision("retention", info.display, chunk.display, HOLD,
                                          f"busy: no lock within {LOCK_TIMEOUT_MS // 1000} s; the next run tries again"),
                "retention.decision")

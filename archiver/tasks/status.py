@@ -18,16 +18,12 @@ from typing import Any
 
 from .. import manifest
 from ..common import log
+from ..common.cron import cron_interval
+from ..common.timeutil import format_duration, isoformat, parse_timestamp, utcnow
 from ..errors import ArchiverError
 from ..policy import Policy, task_schedules
 from ..runner import read_run_record
-
 from ..storage import Store, open_store
-from ..common.cron import cron_interval
-from ..common.timeutil import format_duration
-from ..common.timeutil import isoformat
-from ..common.timeutil import parse_timestamp
-from ..common.timeutil import utcnow
 
 _log = log.get_logger("status")
 
@@ -182,16 +178,17 @@ def _archived_ranges(store: Store) -> dict[str, dict[str, tuple[Range, int]]]:
 def _hot_ranges(policy: Policy) -> tuple[dict[str, dict[str, Range]] | None, str]:
     """table -> chunk -> UTC range of what is in the database now; None with the reason when the
     database is not reachable from here (status answers from the store alone then)."""
-    from .. import chunks, db  # the database side is optional for status
+    from .. import chunks  # the database side is optional for status
+    from ..pg.connect import probe_server, session
 
     assert policy.archive is not None
     try:
         dsn = policy.database.resolved_dsn()
         if "${" in dsn:
             return None, "not checked (its DSN variable is not set here)"
-        db.probe_server(dsn, timeout=3)
+        probe_server(dsn, timeout=3)
         hot: dict[str, dict[str, Range]] = {}
-        with db.session(dsn, connect_timeout=5) as current:
+        with session(dsn, connect_timeout=5) as current:
             for table in policy.archive.tables:
                 info = chunks.discover(current, table)
                 unit = table.time_unit

@@ -26,21 +26,23 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from .. import __version__, db, dump, identity, manifest, pgbin
-from ..common import log
-from ..common import sysinfo
+from .. import __version__, dump, identity, manifest
 from ..coldobjects import check_object
+from ..common import log, sysinfo
+from ..common.progress import NULL_PROGRESS, Progress
+from ..common.result import TaskResult
+from ..common.timeutil import isoformat, utcnow
 from ..errors import ArchiverError, ExternalCommandFailed, TaskFailed, UsageError, set_outcome
 from ..expect import parse_expectation
 from ..integrity import ObjectMismatch
+from ..pg import binaries
+from ..pg.connect import server_version_num
+from ..pg.dsn import dsn_env, dsn_with
+from ..pg.scratch import ContainerPostgres, LocalPostgres
+from ..pg.stats import CHECKSUM_METHOD
+from ..pg.target import content_stats, first_value, timescale_inventory
 from ..policy import Policy, ScratchConfig, VerifyConfig
-from ..common.progress import NULL_PROGRESS
-from ..common.progress import Progress
-from ..scratch import ContainerPostgres, LocalPostgres
 from ..storage import Store, open_store
-from ..common.timeutil import isoformat
-from ..common.timeutil import utcnow
-from ..common.result import TaskResult
 from . import restore_props
 from .restore import Source, TargetUnsuitable, compare_tables, execute_restore, plan_restore, select_backup
 
@@ -147,7 +149,7 @@ def scratch_instance(kind: str, config: ScratchConfig, source: Source, *, owner:
                 config.image, engine=config.engine, engine_args=config.engine_args, run_args=config.run_args,
                 startup_timeout=config.startup_timeout.total_seconds(), owner=owner)
         else:
-            initdb = pgbin.find("initdb", server_major=source.major or None, configured=config.pg_bin_dir or pg_bin_dir)
+            initdb = binaries.find("initdb", server_major=source.major or None, configured=config.pg_bin_dir or pg_bin_dir)
             instance = LocalPostgres(bin_dir=str(initdb.parent), base_dir=config.work_dir,
                                      timescaledb=bool(source.timescaledb), settings=SCRATCH_SETTINGS,
                                      startup_timeout=config.startup_timeout.total_seconds(), listen_tcp=False)
@@ -166,7 +168,7 @@ def scratch_instance(kind: str, config: ScratchConfig, source: Source, *, owner:
 
 
 def _scratch_facts(kind: str, config: ScratchConfig, instance: LocalPostgres | ContainerPostgres) -> dict[str, Any]:
-    facts: dict[str, Any] = {"kind": kind, "server_version_num": db.server_version_num(instance.dsn())}
+    facts: dict[str, Any] = {"kind": kind, "server_version_num": server_version_num(instance.dsn())}
     if isinstance(instance, ContainerPostgres):
         facts.update(image=instance.image, engine=instance.engine)
     else:
@@ -196,7 +198,7 @@ def run_verify(policy: Policy, *, store: Store | None = None, progress: Progress
         progress.done()
         drill = Drill(source, kind, started_at, [], {"scratch_start": time.monotonic() - clock},
                       _scratch_facts(kind, config.scratch, instance), {"archiver": __version__})
-        target = db.dsn_with(instance.dsn(), dbname=str(source.database.get("name") or "restored"))
+        target = dsn_with(instance.dsn(), dbname=str(source.database.get("name") or "restored"))
         if _restore(drill, policy, store, target, config, progress):
             _check_restored(drill, target, config, instance, progress)
     if archives if archives is not None else config.archives:
@@ -283,8 +285,8 @@ def _large_objects(target: str, source: Source) -> Check:
     recorded = source.document.get("content", {}).get("large_objects", {})
     method = source.checksum_method  # None: a method this archiver cannot compute; counts only
     checksums = "checksum" in recorded and method is not None
-    counted = db.content_stats(target, tables=[], checksums=checksums,
-                               method=method or db.CHECKSUM_METHOD).large_objects.to_json()
+    counted = content_stats(target, tables=[], checksums=checksums,
+                               method=method or CHECKSUM_METHOD).large_objects.to_json()
     counted.pop("note", None)
     expected = {key: value for key, value in recorded.items() if key == "count" or (key == "checksum" and checksums)}
     actual = {key: value for key, value in counted.items() if key in expected}
@@ -317,7 +319,7 @@ def _database_properties(target: str, source: Source) -> list[Check]:
 def _hypertables(target: str, source: Source) -> list[Check]:
     if not source.timescaledb:
         return []
-    restored = {item.qualified_name: item for item in db.timescale_inventory(target)}
+    restored = {item.qualified_name: item for item in timescale_inventory(target)}
     recorded = source.document.get("content", {}).get("hypertables")
     if recorded is None:  # a manifest from before chunk counts were recorded: existence only
         names = [f"{t['schema']}.{t['name']}" for t in source.tables if t.get("kind") == "hypertable"]
@@ -335,13 +337,13 @@ def _hypertables(target: str, source: Source) -> list[Check]:
 
 def _amcheck(target: str, instance: LocalPostgres | ContainerPostgres) -> Check:
     """pg_amcheck of every table and B-tree index; skipped (and said so) where the tool is missing."""
-    major = db.server_version_num(target) // 10000
+    major = server_version_num(target) // 10000
     try:
-        program = pgbin.find("pg_amcheck", server_major=major,
+        program = binaries.find("pg_amcheck", server_major=major,
                              configured=str(instance.bindir) if isinstance(instance, LocalPostgres) else None)
     except UsageError:
         return Check("amcheck", "pg_amcheck", "skip", detail="pg_amcheck is not installed (PostgreSQL 14+ client)")
-    env = dump.child_env(db.dsn_env(target), "archiver verify pg_amcheck")
+    env = dump.child_env(dsn_env(target), "archiver verify pg_amcheck")
     result = dump.run_captured(dump.pg_amcheck_argv(program), env, "pg_amcheck", timeout=AMCHECK_TIMEOUT)
     output = (result.stdout + result.stderr).strip()
     if result.returncode == 0 and not result.stdout.strip():
@@ -391,7 +393,7 @@ def _archive_checks(store: Store, progress: Progress) -> list[Check]:
 def _sql_check(target: str, name: str, statement: str, expect: str) -> Check:
     expectation = parse_expectation(expect)
     try:
-        value = db.first_value(target, statement)
+        value = first_value(target, statement)
     except ArchiverError as exc:
         return Check("sql", name, "fail", expect, None, detail=f"query failed: {exc.message}")
     return Check("sql", name, "pass" if expectation.holds(value) else "fail", expect, value)

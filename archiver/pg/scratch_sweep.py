@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import log
-from .common.owner import ProcessIdentity
-from .common.owner import process_start
-from .common.timeutil import isoformat
-from .common.timeutil import utcnow
+from ..common import log
+from ..common.owner import ProcessIdentity, process_start
+from ..common.timeutil import isoformat, utcnow
 
 SCRATCH_PREFIX = "archiver-scratch-"
 OWNER_FILE = "owner.lock"

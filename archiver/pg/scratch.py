@@ -25,10 +25,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import db, pgbin, scratch_sweep
-from .common import log
-from .errors import ExternalCommandFailed, TaskFailed
-from .common.owner import ProcessIdentity
+from ..common import log
+from ..common.owner import ProcessIdentity
+from ..errors import ExternalCommandFailed, TaskFailed
+from . import binaries, scratch_sweep
+from .connect import execute, extension_available, probe_server
 
 SERVER_USER = "postgres"
 _log = log.get_logger("scratch")
@@ -68,13 +69,13 @@ class LocalPostgres:
     def __init__(self, *, major: int | None = None, bin_dir: str | None = None, base_dir: str | None = None,
                  timescaledb: bool | None = None, settings: dict[str, str] | None = None,
                  startup_timeout: float = 120.0, listen_tcp: bool = True) -> None:
-        initdb = pgbin.find("initdb", server_major=major, configured=bin_dir)
+        initdb = binaries.find("initdb", server_major=major, configured=bin_dir)
         self.bindir = initdb.parent
-        self.major = pgbin.program_version(str(initdb))[0]
+        self.major = binaries.program_version(str(initdb))[0]
         if major is not None and self.major != major:
             raise TaskFailed(f"PostgreSQL {major} server programs are not installed (found {self.major} in {self.bindir})",
                              hint=f"install postgresql-{major}, or use a container scratch instance")
-        available = pgbin.extension_available(self.bindir, "timescaledb")
+        available = binaries.extension_available(self.bindir, "timescaledb")
         if timescaledb and not available:
             raise TaskFailed(f"TimescaleDB is not installed for PostgreSQL {self.major} in {self.bindir}",
                              hint="install the timescaledb package for this major, or use a container scratch instance "
@@ -359,7 +360,7 @@ class ContainerPostgres:
         deadline = time.monotonic() + self.startup_timeout
         while True:
             try:
-                version = db.probe_server(self.dsn(), timeout=2)
+                version = probe_server(self.dsn(), timeout=2)
                 break
             except Exception as exc:  # not up yet
                 last = str(exc)
@@ -370,7 +371,7 @@ class ContainerPostgres:
                 raise TaskFailed(f"scratch container {self.name} not ready after {self.startup_timeout:.0f}s: {last}")
             time.sleep(0.3)
         self.major = version // 10000
-        self.timescaledb = db.extension_available(self.dsn(), "timescaledb")
+        self.timescaledb = extension_available(self.dsn(), "timescaledb")
 
     def stop(self) -> None:
         if self.started:
@@ -384,7 +385,7 @@ class ContainerPostgres:
         self.stop()
 
     def create_database(self, name: str, template: str = "template0") -> str:
-        db.execute(self.dsn(), f'CREATE DATABASE "{name}" TEMPLATE {template}')
+        execute(self.dsn(), f'CREATE DATABASE "{name}" TEMPLATE {template}')
         return self.dsn(name)
 
 

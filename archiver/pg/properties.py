@@ -13,9 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .db import quote_ident, quote_literal
+from .connect import connect
+
+if TYPE_CHECKING:
+    import psycopg
+
+from .quote import quote_ident, quote_literal
 
 # Settings whose value is a list of names (pg_dump's variable_is_guc_list_quote): each element
 # must be given as its own literal, or the whole list becomes one quoted name.
@@ -307,3 +312,51 @@ def _grant_key(grant: Grant, owners: set[str | None]) -> tuple[str, str, bool]:
 def _show_grants(grants: set[tuple[str, str, bool]]) -> str:
     return ", ".join(f"{privilege} to {grantee}" + ("*" if grantable else "")
                      for grantee, privilege, grantable in sorted(grants)) or "none"
+
+
+# The database's own properties, in the form a backup manifest records them (database.properties).
+# pg_database's locale columns differ between versions (daticulocale 15-16, datlocale 17+,
+# daticurules 16+), so they are read from the row as JSON.
+_DATABASE_SQL = """
+SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, pg_catalog.to_jsonb(d),
+       pg_catalog.pg_get_userbyid(d.datdba), d.datconnlimit, pg_catalog.shobj_description(d.oid, 'pg_database'),
+       d.datacl IS NULL
+FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()
+"""
+_DATABASE_SETTINGS_SQL = """
+SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(s.setrole) END, s.setconfig
+FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+WHERE d.datname = pg_catalog.current_database()
+ORDER BY s.setrole <> 0, 1
+"""
+_DATABASE_ACL_SQL = """
+SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END, a.privilege_type, a.is_grantable
+FROM pg_catalog.pg_database d CROSS JOIN LATERAL pg_catalog.aclexplode(d.datacl) AS a
+WHERE d.datname = pg_catalog.current_database()
+ORDER BY 1 NULLS FIRST, 2
+"""
+
+
+def read_database_properties(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    row = conn.execute(_DATABASE_SQL).fetchone()
+    assert row is not None
+    encoding, collate, ctype, columns, owner, connection_limit, comment, default_acl = row
+    provider_code = str(columns.get("datlocprovider") or "c")
+    settings = []
+    for role, config in conn.execute(_DATABASE_SETTINGS_SQL).fetchall():
+        for item in config or []:
+            name, _, value = str(item).partition("=")
+            settings.append({"name": name, "value": value, "role": role})
+    acl = None if default_acl else [{"grantee": grantee, "privilege": privilege, "grantable": bool(grantable)}
+                                    for grantee, privilege, grantable in conn.execute(_DATABASE_ACL_SQL).fetchall()]
+    return {"encoding": encoding, "collate": collate, "ctype": ctype,
+            "provider": {"c": "libc", "i": "icu", "b": "builtin"}.get(provider_code, provider_code),
+            "locale": columns.get("datlocale") or columns.get("daticulocale"), "icu_rules": columns.get("daticurules"),
+            "owner": owner, "connection_limit": int(connection_limit), "settings": settings, "comment": comment,
+            "acl": acl}
+
+
+def database_properties(dsn: str, *, connect_timeout: int = 10) -> dict[str, Any]:
+    """The properties of a database (a restore target, a restored one), as a backup records them."""
+    with connect(dsn, application_name="archiver properties", connect_timeout=connect_timeout) as conn:
+        return read_database_properties(conn)
