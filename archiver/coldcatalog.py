@@ -19,14 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import chunks, manifest
+from . import chunks
 from . import identity as ident
 from .chunks import TableInfo
+from .coldtier.manifest import LoadedManifest, archive_catalog_prefix, list_archive_manifests
 from .common.timeutil import isoformat, utcnow
 from .errors import ObjectNotFound
 from .identity import Identity, TimeValue
-from .manifest import LoadedManifest
-from .storage import Store
+from .storage.base import Store
+from .storage.documents import FORMAT_VERSION, ManifestError, read_json, write_json
 
 REHYDRATED_PREFIX = "catalog/rehydrated/"
 
@@ -105,7 +106,7 @@ def _time_tokens(identity: Identity) -> tuple[str, str]:
 
 
 def catalog_prefix(database: str, table: str | None = None) -> str:
-    return manifest.archive_catalog_prefix(ident.key_part(database), ident.key_part(table) if table else None)
+    return archive_catalog_prefix(ident.key_part(database), ident.key_part(table) if table else None)
 
 
 def rehydration_prefix(database: str, table: str) -> str:
@@ -135,7 +136,7 @@ def load_table_catalog(store: Store, database: str, info: TableInfo) -> TableCat
     catalog = TableCatalog(database, info.display)
     claims: dict[str, tuple[Identity, list[LoadedManifest]]] = {}
     slices = info.chunk_slices()
-    for loaded in manifest.list_archive_manifests(store, catalog_prefix(database, info.display)).values():
+    for loaded in list_archive_manifests(store, catalog_prefix(database, info.display)).values():
         if loaded.document is None:
             catalog.unreadable.append(loaded)
             continue
@@ -148,8 +149,8 @@ def load_table_catalog(store: Store, database: str, info: TableInfo) -> TableCat
     for info_object in store.list(rehydration_prefix(database, info.display)):
         if info_object.key.endswith(".json"):
             try:
-                document = manifest.read_json(store, info_object.key)
-            except (ObjectNotFound, manifest.ManifestError):
+                document = read_json(store, info_object.key)
+            except (ObjectNotFound, ManifestError):
                 continue
             catalog.rehydrated[info_object.key.rsplit("/", 1)[-1].removesuffix(".json")] = \
                 Rehydration(info_object.key, document)
@@ -175,14 +176,14 @@ def record_rehydration(store: Store, database: str, target: Identity, archived: 
     if pair not in windows:
         windows.append(pair)
     document.update({
-        "kind": "rehydration", "format_version": manifest.FORMAT_VERSION, "identity": target.to_json(),
+        "kind": "rehydration", "format_version": FORMAT_VERSION, "identity": target.to_json(),
         "archive": {"version": archived.get("version"), "key": (archived.get("object") or {}).get("key"),
                     "rows": archived.get("rows")},
         "windows": windows, "state": state, "updated_at": isoformat(utcnow()),
     })
     if rows is not None:
         document["rows_loaded"] = int(document.get("rows_loaded", 0)) + rows
-    manifest.write_json(store, rehydration_key(database, target), document)
+    write_json(store, rehydration_key(database, target), document)
     return document
 
 

@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 from . import identity as ident
 from . import parquet, typemap
 from .errors import ObjectNotFound, StoreError
-from .integrity import CheckedObject, ObjectMismatch
 from .pg.staging import StagedColumn
-from .storage import Store, sha256_of
+from .storage.base import Store, sha256_of
+from .storage.integrity import CheckedObject, ObjectMismatch
 
 READ_BATCH_ROWS = 64 * 1024
 INTERVAL_PARTS = ("months", "days", "nanoseconds")

@@ -26,7 +26,7 @@ from .common.sysinfo import release_free_memory
 from .errors import ArchiverError, TaskFailed, VerificationFailed
 from .pg.arrow import arrow_batches, shared_read_snapshot
 from .pg.connect import Session
-from .storage import PutResult, Store
+from .storage.base import PutResult, Store
 from .typemap import ColumnPlan, arrow_schema, select_sql
 
 T = TypeVar("T")

@@ -29,11 +29,11 @@ from .common import log
 from .common.owner import ProcessIdentity
 from .common.timeutil import isoformat, parse_timestamp, utcnow
 from .errors import LockBusy, ObjectExists, ObjectNotFound
-from .manifest import read_json, write_json
 from .pg.dsn import parse_dsn, redact_dsn
 from .pg.locks import AdvisoryLockBusy, LockHolder, advisory_lock, server_advisory_lock
 from .policy import Policy
-from .storage import Store
+from .storage.base import Store
+from .storage.documents import read_json, write_json
 
 LOCKS_PREFIX = "locks/"
 

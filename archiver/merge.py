@@ -28,7 +28,7 @@ from .export import ADBC_BATCH_BYTES, ExportResult, Unrepresentable, export_meta
 from .identity import Identity
 from .pg import staging as pg_staging
 from .pg.staging import RowComparison
-from .storage import Store
+from .storage.base import Store
 from .typemap import arrow_schema, select_sql
 
 

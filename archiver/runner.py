@@ -23,10 +23,11 @@ from .common.result import TaskResult
 from .common.timeutil import isoformat, parse_timestamp, utcnow
 from .errors import ArchiverError, ExitCode, LockBusy, ObjectNotFound, outcome_of, set_outcome, signal_of
 from .locking import task_lock
-from .manifest import ManifestError, read_json, write_json
 from .metrics import Metrics
 from .policy import Policy
-from .storage import Store, open_store
+from .storage.backends import open_store
+from .storage.base import Store
+from .storage.documents import ManifestError, read_json, write_json
 
 RUNS_PREFIX = "runs/"
 # What an interrupted run leaves behind, per task, unless the task said more precisely.

@@ -11,15 +11,16 @@ from typing import Any
 
 import yaml
 
-from archiver import manifest
-from archiver.compress import open_decompressed
+from archiver.backup.manifest import backup_manifest_key
 from archiver.pg.connect import connect
 from archiver.pg.dsn import dsn_env
 from archiver.pg.scratch import LocalPostgres
 from archiver.pg.stats import PINNED_SETTINGS
 from archiver.pg.target import content_stats
 from archiver.policy import Policy, get_policy
-from archiver.storage import Store
+from archiver.storage.base import Store
+from archiver.storage.compress import open_decompressed
+from archiver.storage.documents import read_json
 
 
 def write_policy(directory: Path, name: str, dsn: str, storage_url: str, *, endpoint_url: str | None = None,
@@ -43,7 +44,7 @@ def load_policy(path: Path) -> Policy:
 
 
 def read_manifest(store: Store, backup_id: str) -> dict[str, Any]:
-    return manifest.read_json(store, manifest.backup_manifest_key(backup_id))
+    return read_json(store, backup_manifest_key(backup_id))
 
 
 def fetch_object(store: Store, entry: dict[str, Any]) -> bytes:

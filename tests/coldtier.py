@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from archiver import manifest
+from archiver.coldtier.manifest import list_archive_manifests
 from archiver.pg.connect import session
 from archiver.policy import ArchiveConfig, ArchiveTable, DatabaseConfig, Policy, Secret, StorageConfig
-from archiver.storage import Store
+from archiver.storage.base import Store
 
 
 def make_policy(dsn: str, storage: StorageConfig, tables: list[ArchiveTable], name: str = "telemetry",
@@ -36,7 +36,7 @@ def sql(dsn: str, statement: str, params: tuple[Any, ...] | None = None) -> list
 
 def manifests(store: Store, prefix: str = "catalog/archive/") -> dict[str, dict[str, Any]]:
     """Every archive manifest in the store, by chunk name."""
-    found = manifest.list_archive_manifests(store, prefix)
+    found = list_archive_manifests(store, prefix)
     return {loaded.document["chunk"]["name"]: loaded.document for loaded in found.values() if loaded.document}
 
 

@@ -16,7 +16,9 @@ import pytest
 
 from archiver.pg import binaries
 from archiver.pg.scratch import LocalPostgres, free_port
-from archiver.storage import LocalStore, S3Store, Store
+from archiver.storage.base import Store
+from archiver.storage.local import LocalStore
+from archiver.storage.s3 import S3Store
 
 TIMESCALEDB_REASON = ("TimescaleDB is not installed for the test PostgreSQL "
                       "(no timescaledb.control in its extension directory)")

@@ -25,12 +25,12 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
 
-from archiver import manifest
+from archiver.coldtier.manifest import ARCHIVE_CATALOG_PREFIX, list_archive_manifests
 from archiver.pg.connect import connect, session
 from archiver.pg.dsn import parse_dsn
 from archiver.pg.quote import quote_ident
 from archiver.policy import BackupConfig, DatabaseConfig, Policy, RetentionConfig, Secret, StorageConfig
-from archiver.storage import LocalStore
+from archiver.storage.local import LocalStore
 from tests.coldtier import make_policy, table
 from tests.helpers import PROJECT
 
@@ -138,7 +138,7 @@ class World:
     # -- the lake -------------------------------------------------------------------------------
 
     def manifests(self) -> list[dict[str, Any]]:
-        found = manifest.list_archive_manifests(self.store, manifest.ARCHIVE_CATALOG_PREFIX)
+        found = list_archive_manifests(self.store, ARCHIVE_CATALOG_PREFIX)
         return [loaded.document for loaded in found.values() if loaded.document is not None]
 
     def current_objects(self) -> list[str]:

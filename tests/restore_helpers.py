@@ -7,10 +7,11 @@ from typing import Any
 
 import yaml
 
-from archiver import manifest
+from archiver.backup.manifest import backup_manifest_key
 from archiver.pg.connect import query
 from archiver.pg.scratch import LocalPostgres
-from archiver.storage import Store
+from archiver.storage.base import Store
+from archiver.storage.documents import write_json
 from tests.backup_helpers import read_manifest
 
 CORRUPTIONS = ["flipped byte", "truncated", "missing", "wrong object"]
@@ -20,7 +21,7 @@ def rewrite_manifest(store: Store, backup_id: str, change: Any) -> dict[str, Any
     """Apply ``change(document)`` to a backup's manifest and store it again."""
     document = read_manifest(store, backup_id)
     change(document)
-    manifest.write_json(store, manifest.backup_manifest_key(backup_id), document)
+    write_json(store, backup_manifest_key(backup_id), document)
     return document
 
 

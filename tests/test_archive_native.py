@@ -19,7 +19,7 @@ import pytest
 
 from archiver import typemap as tm
 from archiver.policy import StorageConfig
-from archiver.storage import open_store
+from archiver.storage.backends import open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.plan import run_plan
 from archiver.tasks.retention import run_retention

@@ -11,7 +11,7 @@ import pytest
 
 from archiver.errors import UsageError
 from archiver.policy import StorageConfig
-from archiver.storage import open_store
+from archiver.storage.backends import open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.retention import run_retention
 from tests.coldtier import make_policy, manifests, parquet_keys, read_archive, sql, table

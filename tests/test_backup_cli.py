@@ -9,11 +9,12 @@ from pathlib import Path
 
 import yaml
 
-from archiver import manifest
+from archiver.backup.manifest import dump_key, id_time, new_id
 from archiver.common.timeutil import isoformat, utcnow
 from archiver.pg.connect import execute
 from archiver.pg.dsn import dsn_with
-from archiver.storage import LocalStore, S3Store
+from archiver.storage.local import LocalStore
+from archiver.storage.s3 import S3Store
 from tests.backup_helpers import fetch_object, read_manifest, write_policy
 from tests.helpers import run_cli
 from tests.test_prune import fake_backup
@@ -35,7 +36,7 @@ def test_backup_prints_its_id_and_keeps_secrets_out(tmp_path: Path, database: st
                      env={"IDENTITY_DSN": secret_dsn})
     assert result.code == 0, result.stderr
     backup_id = result.stdout.strip()
-    assert manifest.id_time(backup_id) is not None and result.stdout == backup_id + "\n"
+    assert id_time(backup_id) is not None and result.stdout == backup_id + "\n"
     document = read_manifest(store, backup_id)
     assert document["content"]["tables"][0]["rows"] == 100
     assert f"backup {backup_id} of " in result.stderr and "100 rows" in result.stderr
@@ -95,7 +96,7 @@ def test_backups_list_every_policy_newest_first(tmp_path: Path, s3_store: S3Stor
     oldest = fake_backup(files, now - timedelta(days=3), verified="passed")
     middle = fake_backup(s3_store, now - timedelta(days=2), verified="failed")
     newest = fake_backup(files, now - timedelta(hours=1))
-    s3_store.put_bytes(manifest.dump_key(manifest.new_id(now), ".zst"), b"a killed run: no manifest")
+    s3_store.put_bytes(dump_key(new_id(now), ".zst"), b"a killed run: no manifest")
 
     table = run_cli("--policies", str(policies), "backups", "list")  # DSN variables need not be set to list
     assert table.code == 0, table.stderr

@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from archiver import manifest
+from archiver.backup.manifest import BACKUPS_PREFIX, backup_prefix, list_backups
 from archiver.common.timeutil import utcnow
 from archiver.errors import ExitCode, ExternalCommandFailed, StoreError
 from archiver.pg.connect import execute, query
 from archiver.pg.scratch import LocalPostgres
-from archiver.storage import S3Store
+from archiver.storage.s3 import S3Store
 from archiver.tasks.backup import run_backup
 from archiver.tasks.prune import run_prune
 from tests.backup_helpers import live_stats, load_policy, manifest_stats, read_manifest, restore_backup, write_policy
@@ -62,10 +62,10 @@ def previous(tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str) -
 
 def assert_only(store: S3Store, previous_id: str, instance: LocalPostgres) -> None:
     """Nothing of the failed run remains; the earlier backup is listed and restores."""
-    keys = [info.key for info in store.list(manifest.BACKUPS_PREFIX)]
-    assert keys and all(key.startswith(manifest.backup_prefix(previous_id)) for key in keys), keys
+    keys = [info.key for info in store.list(BACKUPS_PREFIX)]
+    assert keys and all(key.startswith(backup_prefix(previous_id)) for key in keys), keys
     assert store.pending_uploads() == []
-    assert [entry.id for entry in manifest.list_backups(store)] == [previous_id]
+    assert [entry.id for entry in list_backups(store)] == [previous_id]
     restored = restore_backup(instance, store, previous_id)
     assert live_stats(restored) == manifest_stats(read_manifest(store, previous_id))
 
@@ -201,8 +201,8 @@ def test_a_sigkilled_archiver_leaves_no_backup_and_prune_cleans_up_after_the_gra
     # No manifest: the killed run is not a backup; what it left is visible only to prune.
     listed = run_cli("--policies", str(tmp_path / "policies"), "backups", "list", "app", "--json")
     assert listed.code == 0 and [b["id"] for b in json.loads(listed.stdout)] == [previous]
-    leftovers = [info.key for info in s3_store.list(manifest.BACKUPS_PREFIX)
-                 if not info.key.startswith(manifest.backup_prefix(previous))]
+    leftovers = [info.key for info in s3_store.list(BACKUPS_PREFIX)
+                 if not info.key.startswith(backup_prefix(previous))]
     assert leftovers and all(key.endswith("globals.sql") for key in leftovers)
     assert len(s3_store.pending_uploads()) == 1  # SIGKILL: nobody aborted the multipart upload
 

@@ -9,7 +9,7 @@ from archiver.pg.connect import execute, query
 from archiver.pg.scratch import LocalPostgres
 from archiver.pg.stats import CHECKSUM_V1, CHECKSUM_V2
 from archiver.pg.target import content_stats
-from archiver.storage import Store
+from archiver.storage.base import Store
 from tests.backup_helpers import read_manifest
 from tests.helpers import run_cli
 from tests.restore_helpers import add_verify_section

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from archiver.errors import ExitCode, UsageError
-from archiver.storage import LocalStore
+from archiver.storage.local import LocalStore
 from archiver.tasks.restore import select_backup
 from tests.helpers import run_cli
 

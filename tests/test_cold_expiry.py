@@ -8,7 +8,8 @@ from typing import Any
 
 from archiver.common.timeutil import utcnow
 from archiver.policy import StorageConfig
-from archiver.storage import LocalStore, open_store
+from archiver.storage.backends import open_store
+from archiver.storage.local import LocalStore
 from archiver.tasks.archive import run_archive
 from archiver.tasks.retention import run_retention
 from tests.coldtier import make_policy, manifests, parquet_keys, sql, table

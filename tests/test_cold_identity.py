@@ -16,10 +16,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from archiver import manifest as mf
 from archiver.common.progress import NULL_PROGRESS
 from archiver.policy import StorageConfig
-from archiver.storage import Store, open_store
+from archiver.storage.backends import open_store
+from archiver.storage.base import Store
+from archiver.storage.documents import read_json, write_json
 from archiver.tasks.archive import run_archive
 from archiver.tasks.restore_archive import run_restore_archive
 from archiver.tasks.retention import run_retention
@@ -149,7 +150,7 @@ def test_a_manifest_whose_checksum_no_longer_matches_its_object_blocks_the_drop(
     document = manifests(store)["device_metrics_d100"]
     key = f"catalog/archive/{document['database']}/public.device_metrics/{document['identity']['stem']}.json"
     document["object"]["sha256"] = "0" * 64  # the object is intact; its manifest no longer vouches for it
-    mf.write_json(store, key, document)
+    write_json(store, key, document)
 
     result = run_retention(policy)
     (held,) = [line for line in result.lines if line.startswith("hold")]
@@ -168,7 +169,7 @@ def test_an_object_swapped_for_another_ranges_archive_is_refused_by_every_reader
     store.put_bytes(victim["object"]["key"], store.get_bytes(other["object"]["key"]))
     victim["object"] = {**other["object"], "key": victim["object"]["key"]}  # manifest edited to match, rows too
     victim["rows"] = other["rows"]
-    mf.write_json(store, f"catalog/archive/{victim['database']}/public.device_metrics/"
+    write_json(store, f"catalog/archive/{victim['database']}/public.device_metrics/"
                          f"{victim['identity']['stem']}.json", victim)
 
     retained = run_retention(policy)
@@ -199,7 +200,7 @@ def test_archives_of_one_range_written_under_two_chunk_names_are_merged_into_one
     legacy = {key: value for key, value in document.items() if key not in ("identity", "supersedes")}
     legacy.update(format_version=1, chunk={**document["chunk"], "name": "device_metrics_d100_restored"},
                   object={**document["object"], "key": legacy_object})
-    mf.write_json(store, f"catalog/archive/{document['database']}/public.device_metrics/"
+    write_json(store, f"catalog/archive/{document['database']}/public.device_metrics/"
                          f"device_metrics_d100_restored_x_y.json", legacy)
     assert max(lake_ids(store).values()) == 2, "readers see those rows twice"
     flagged = [check for check in _archive_checks(store, NULL_PROGRESS) if check.status == "fail"]
@@ -281,7 +282,7 @@ def test_a_restore_archive_killed_while_loading_leaves_nothing_the_next_runs_can
         time.sleep(0.1)
     count = sql(database, "SELECT count(*) FROM busy")[0][0]
     assert count in (0, 200000), "a range comes back whole or not at all"
-    record = mf.read_json(store, next(iter(store.list("catalog/rehydrated/"))).key)
+    record = read_json(store, next(iter(store.list("catalog/rehydrated/"))).key)
     assert record["state"] in ("loading", "loaded") and record["archive"]["rows"] == 200000
 
     again = run_archive(policy)

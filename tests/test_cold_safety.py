@@ -19,7 +19,9 @@ from archiver.pg.catalog import detach_and_drop_partition
 from archiver.pg.connect import Session
 from archiver.pg.quote import qualified
 from archiver.policy import StorageConfig
-from archiver.storage import LocalStore, ObjectWriter, open_store
+from archiver.storage.backends import open_store
+from archiver.storage.base import ObjectWriter
+from archiver.storage.local import LocalStore
 from archiver.tasks import retention
 from archiver.tasks.archive import run_archive
 from archiver.tasks.coldtier import ColdTierFailed

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from archiver.compress import CompressingWriter, TruncatedStream, open_decompressed, zstd_threads
+from archiver.storage.compress import CompressingWriter, TruncatedStream, open_decompressed, zstd_threads
 
 
 @pytest.mark.parametrize("codec, level, threads", [("zstd", 3, 0), ("zstd", 1, 1), ("zstd", 19, 2), ("gzip", 6, 0),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from archiver.common.timeutil import utcnow
 from archiver.pg.scratch import free_port
-from archiver.storage import LocalStore
+from archiver.storage.local import LocalStore
 from tests.backup_helpers import write_policy
 from tests.helpers import run_cli
 from tests.test_prune import fake_backup

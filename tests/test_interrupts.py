@@ -19,14 +19,16 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from archiver import manifest
+from archiver.backup.manifest import BACKUPS_PREFIX, list_backups
 from archiver.common.timeutil import isoformat, utcnow
 from archiver.errors import ExitCode, Interrupted
 from archiver.metrics import Metrics
 from archiver.pg.connect import execute, query
 from archiver.pg.scratch import LocalPostgres
 from archiver.runner import read_run_record, run_record_key, task_run
-from archiver.storage import LocalStore, S3Store
+from archiver.storage.documents import write_json
+from archiver.storage.local import LocalStore
+from archiver.storage.s3 import S3Store
 from tests.backup_helpers import new_database, write_policy
 from tests.helpers import PROJECT, run_cli
 from tests.netfault import StallingProxy
@@ -74,8 +76,8 @@ def test_sigterm_during_an_upload_to_a_stalled_store_exits_130_within_the_grace_
     assert "interrupted: nothing was changed (no manifest was written" in stderr, stderr
     assert "stop.forced" not in stderr  # the clean-up ended by itself, within the grace period
     assert stdout == ""  # no backup id: there is no backup
-    assert manifest.list_backups(s3_store) == []
-    assert not [info.key for info in s3_store.list(manifest.BACKUPS_PREFIX) if info.key.endswith("manifest.json")]
+    assert list_backups(s3_store) == []
+    assert not [info.key for info in s3_store.list(BACKUPS_PREFIX) if info.key.endswith("manifest.json")]
 
 
 @pytest.mark.parametrize("sig, command", [(signal.SIGINT, ("backup", "app")), (signal.SIGTERM, ("run", "app", "backup"))])
@@ -99,7 +101,7 @@ def test_an_interrupted_run_is_recorded_as_interrupted_and_status_stays_healthy(
     assert process.returncode == ExitCode.INTERRUPTED, stderr
     assert "interrupted: nothing was changed (no manifest was written" in stderr
     assert not pg_dump_waiting(database)
-    assert [entry.id for entry in manifest.list_backups(store)] == [first.stdout.strip()]
+    assert [entry.id for entry in list_backups(store)] == [first.stdout.strip()]
 
     record = read_run_record(store, "backup")
     assert "last_failure" not in record
@@ -142,7 +144,7 @@ def test_an_interrupted_task_that_then_misses_its_schedule_is_a_problem(tmp_path
     fake_backup(store, utcnow() - timedelta(hours=3))
     now = utcnow()
     entry = {"signal": "SIGTERM", "outcome": "nothing was changed (no verdict was written)", "status": "interrupted"}
-    manifest.write_json(store, run_record_key("verify"), {
+    write_json(store, run_record_key("verify"), {
         "task": "verify", "policy": "app", "last_success": {"finished_at": isoformat(now - timedelta(days=3))},
         "last_interrupted": {**entry, "finished_at": isoformat(now - timedelta(hours=1))}})
     missed = run_cli("--policies", str(policies), "status", "--json")
@@ -153,7 +155,7 @@ def test_an_interrupted_task_that_then_misses_its_schedule_is_a_problem(tmp_path
     assert problem.startswith("verify was interrupted at") and "(SIGTERM): nothing was changed" in problem
     assert "last success" in problem and "runs every 1d: missed" in problem
 
-    manifest.write_json(store, run_record_key("verify"), {
+    write_json(store, run_record_key("verify"), {
         "task": "verify", "policy": "app", "last_success": {"finished_at": isoformat(now - timedelta(hours=20))},
         "last_interrupted": {**entry, "finished_at": isoformat(now - timedelta(hours=1))}})
     recent = run_cli("--policies", str(policies), "status", "--json")

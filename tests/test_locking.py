@@ -17,10 +17,10 @@ from archiver.common.owner import ProcessIdentity, process_start
 from archiver.common.timeutil import isoformat, parse_timestamp, utcnow
 from archiver.errors import LockBusy
 from archiver.locking import StoreLease, database_lock, task_lock
-from archiver.manifest import read_json, write_json
 from archiver.pg.connect import query
 from archiver.policy import DatabaseConfig, Policy, Secret, StorageConfig
-from archiver.storage import Store
+from archiver.storage.base import Store
+from archiver.storage.documents import read_json, write_json
 
 
 def make_policy(dsn: str, url: str = "file:///srv/none", name: str = "app") -> Policy:

@@ -12,7 +12,8 @@ import pytest
 
 from archiver.common.cron import cron_trigger
 from archiver.errors import PolicyError, UsageError
-from archiver.policy import Secret, bucket_name_problem, get_policy, interpolate, load, load_policies
+from archiver.policy import Secret, get_policy, interpolate, load, load_policies
+from archiver.storage.url import bucket_name_problem
 from tests.helpers import PROJECT, run_cli
 
 GOOD = """\

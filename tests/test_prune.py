@@ -13,11 +13,23 @@ from typing import Any
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from archiver import manifest
+from archiver.backup.manifest import (
+    BACKUPS_PREFIX,
+    backup_id_of,
+    backup_manifest_key,
+    backup_prefix,
+    dump_key,
+    globals_key,
+    list_backups,
+    new_id,
+    verification_key,
+)
 from archiver.common.timeutil import isoformat, utcnow
 from archiver.errors import TaskFailed
-from archiver.storage import LocalStore, S3Store, Store
-from archiver.storage.local import TEMP_MARKER
+from archiver.storage.base import Store
+from archiver.storage.documents import write_json
+from archiver.storage.local import TEMP_MARKER, LocalStore
+from archiver.storage.s3 import S3Store
 from archiver.tasks.prune import run_prune
 from tests.backup_helpers import load_policy, write_policy
 from tests.helpers import run_cli
@@ -27,20 +39,20 @@ RETENTION = {"keep_last": 2, "keep_daily": 5, "keep_weekly": 3}
 
 def fake_backup(store: Store, moment: datetime, *, verified: str | None = None) -> str:
     """A backup as run_backup leaves it (data objects, then the manifest), dated ``moment``."""
-    backup_id = manifest.new_id(moment)
+    backup_id = new_id(moment)
     objects = {}
-    for role, key in (("dump", manifest.dump_key(backup_id, ".zst")), ("globals", manifest.globals_key(backup_id, ".zst"))):
+    for role, key in (("dump", dump_key(backup_id, ".zst")), ("globals", globals_key(backup_id, ".zst"))):
         data = f"{role} of {backup_id}".encode() * 100
         store.put_bytes(key, data)
         objects[role] = {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "codec": "zstd",
                          "uncompressed_size": len(data)}
-    manifest.write_json(store, manifest.backup_manifest_key(backup_id), {
+    write_json(store, backup_manifest_key(backup_id), {
         "format_version": 1, "kind": "backup", "id": backup_id, "policy": "app",
         "database": {"name": "app"}, "snapshot_time": isoformat(moment), "started_at": isoformat(moment),
         "finished_at": isoformat(moment + timedelta(seconds=42)), "duration_seconds": 42.0, "objects": objects,
     })
     if verified:
-        manifest.write_json(store, manifest.verification_key(backup_id),
+        write_json(store, verification_key(backup_id),
                             {"result": verified, "finished_at": isoformat(moment + timedelta(hours=3))})
     return backup_id
 
@@ -53,7 +65,7 @@ def daily_backups(store: Store, days: int, now: datetime) -> list[str]:
 
 
 def ids_under(store: Store) -> set[str]:
-    return {manifest.backup_id_of(info.key) or "" for info in store.list(manifest.BACKUPS_PREFIX)}
+    return {backup_id_of(info.key) or "" for info in store.list(BACKUPS_PREFIX)}
 
 
 def prune_policy(tmp_path: Path, store: Store, endpoint: str | None, **retention: Any) -> Path:
@@ -76,8 +88,8 @@ def test_prune_end_to_end_on_s3(tmp_path: Path, s3_store: S3Store, s3_endpoint: 
     ids = daily_backups(s3_store, 40, now)
     verified_old = fake_backup(s3_store, now - timedelta(days=60), verified="passed")
     failed_newer = fake_backup(s3_store, now - timedelta(days=45), verified="failed")
-    orphan_id = manifest.new_id(now - timedelta(minutes=5))  # a run in progress: data, no manifest yet
-    s3_store.put_bytes(manifest.globals_key(orphan_id, ".zst"), b"roles")
+    orphan_id = new_id(now - timedelta(minutes=5))  # a run in progress: data, no manifest yet
+    s3_store.put_bytes(globals_key(orphan_id, ".zst"), b"roles")
     path = prune_policy(tmp_path, s3_store, s3_endpoint)
     before = ids_under(s3_store)
 
@@ -90,7 +102,7 @@ def test_prune_end_to_end_on_s3(tmp_path: Path, s3_store: S3Store, s3_endpoint: 
     assert decided[verified_old] == "keep: newest verified backup"
     assert decided[failed_newer] == "delete: beyond keep_weekly 3"
     assert decided[ids[-1]] == "delete: beyond keep_weekly 3"
-    assert f"orphan  {manifest.globals_key(orphan_id, '.zst')}" in dry.stdout and "younger than orphan_grace 1d" in dry.stdout
+    assert f"orphan  {globals_key(orphan_id, '.zst')}" in dry.stdout and "younger than orphan_grace 1d" in dry.stdout
     doomed = {backup_id for backup_id, text in decided.items() if text.startswith("delete")}
     assert 25 < len(doomed) < 40
     assert "dry run:" in dry.stderr and f"would delete {len(doomed)}" in dry.stderr
@@ -102,7 +114,7 @@ def test_prune_end_to_end_on_s3(tmp_path: Path, s3_store: S3Store, s3_endpoint: 
     assert ids_under(s3_store) == before - doomed
     listed = json.loads(run_cli("--policies", str(path.parent), "backups", "list", "app", "--json").stdout)
     assert {b["id"] for b in listed} == set(decided) - doomed
-    assert s3_store.head(manifest.globals_key(orphan_id, ".zst")) is not None
+    assert s3_store.head(globals_key(orphan_id, ".zst")) is not None
 
 
 def test_prune_deletes_the_manifest_before_the_data(s3_store: S3Store, tmp_path: Path, s3_endpoint: str) -> None:
@@ -117,10 +129,10 @@ def test_prune_deletes_the_manifest_before_the_data(s3_store: S3Store, tmp_path:
     result = run_prune(load_policy(prune_policy(tmp_path, s3_store, s3_endpoint, keep_last=1)), store=s3_store, now=now)
     assert result.metrics["deleted"] == 3
     for backup_id in ids[1:]:
-        mine = [key for key in deleted if key.startswith(manifest.backup_prefix(backup_id))]
-        assert mine[0] == manifest.backup_manifest_key(backup_id)
-        assert sorted(mine[1:]) == sorted([manifest.dump_key(backup_id, ".zst"), manifest.globals_key(backup_id, ".zst"),
-                                           manifest.verification_key(backup_id)])
+        mine = [key for key in deleted if key.startswith(backup_prefix(backup_id))]
+        assert mine[0] == backup_manifest_key(backup_id)
+        assert sorted(mine[1:]) == sorted([dump_key(backup_id, ".zst"), globals_key(backup_id, ".zst"),
+                                           verification_key(backup_id)])
     assert ids_under(s3_store) == {ids[0]}
 
 
@@ -169,7 +181,7 @@ def test_file_store_leftovers_go_only_after_the_grace_period(tmp_path: Path) -> 
     store = LocalStore(tmp_path / "store")
     now = utcnow()
     (kept_id,) = daily_backups(store, 1, now)
-    old_id, young_id = manifest.new_id(now - timedelta(days=3)), manifest.new_id(now - timedelta(hours=1))
+    old_id, young_id = new_id(now - timedelta(days=3)), new_id(now - timedelta(hours=1))
     old_temp = store.root / "backups" / old_id / f"{TEMP_MARKER}dump.pgdump.zst.{'a' * 32}"
     young_temp = store.root / "backups" / young_id / f"{TEMP_MARKER}dump.pgdump.zst.{'b' * 32}"
     for path, age in ((old_temp, timedelta(days=3)), (young_temp, timedelta(hours=1))):
@@ -177,7 +189,7 @@ def test_file_store_leftovers_go_only_after_the_grace_period(tmp_path: Path) -> 
         path.write_bytes(b"partial dump")
         stamp = (now - age).timestamp()
         os.utime(path, (stamp, stamp))
-    old_orphan = manifest.globals_key(old_id, ".zst")
+    old_orphan = globals_key(old_id, ".zst")
     store.put_bytes(old_orphan, b"roles")
     stamp = (now - timedelta(days=3)).timestamp()
     os.utime(store.path_of(old_orphan), (stamp, stamp))
@@ -189,7 +201,7 @@ def test_file_store_leftovers_go_only_after_the_grace_period(tmp_path: Path) -> 
     assert any(line.startswith(f"orphan  backups/{young_id}/dump.pgdump.zst  (temp file") and "keep: younger" in line
                for line in result.lines)
     assert result.metrics["leftovers_deleted"] == 2
-    assert [entry.id for entry in manifest.list_backups(store)] == [kept_id]
+    assert [entry.id for entry in list_backups(store)] == [kept_id]
 
 
 def test_s3_incomplete_writes_are_listed_and_discarded(s3_store: S3Store) -> None:

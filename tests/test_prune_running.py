@@ -19,14 +19,18 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from archiver import manifest
+from archiver.backup import manifest as backup_manifest
+from archiver.backup.manifest import backup_manifest_key, backup_prefix, dump_key, list_backups, new_id
 from archiver.common.timeutil import isoformat, utcnow
 from archiver.errors import ExitCode, StoreError
 from archiver.locking import BACKUP_LEASE_PREFIX, LOCKS_PREFIX, StoreLease
 from archiver.pg.scratch import LocalPostgres
-from archiver.storage import IncompleteWrite, LocalStore, S3Store
+from archiver.storage.base import IncompleteWrite
+from archiver.storage.documents import read_json, write_json
+from archiver.storage.local import LocalStore
+from archiver.storage.s3 import S3Store
+from archiver.storage.uploads import abort_dead_uploads
 from archiver.tasks.prune import run_prune
-from archiver.uploads import abort_dead_uploads
 from tests.backup_helpers import live_stats, load_policy, manifest_stats, write_policy
 from tests.helpers import PROJECT, run_cli
 from tests.netfault import PausingProxy, StallingProxy, inject_s3_errors
@@ -63,13 +67,13 @@ def test_prune_leaves_a_running_backup_alone_however_old_and_its_manifest_then_h
         pg: LocalPostgres) -> None:
     policy = load_policy(policy_path(tmp_path, source, s3_store, s3_endpoint))
     with backup_held_mid_upload(tmp_path, source, s3_store, s3_endpoint) as (process, proxy, running):
-        written = [info.key for info in s3_store.list(manifest.backup_prefix(running))]
+        written = [info.key for info in s3_store.list(backup_prefix(running))]
         assert written and all(key.endswith("globals.sql") for key in written)
         assert [upload["Key"].endswith("dump.pgdump") for upload in s3_store.pending_uploads()] == [True]
 
         # three days later by the retention clock, far past orphan_grace (1d): only the lease says "running"
         result = run_prune(policy, store=s3_store, now=utcnow() + timedelta(days=3))
-        assert [info.key for info in s3_store.list(manifest.backup_prefix(running))] == written
+        assert [info.key for info in s3_store.list(backup_prefix(running))] == written
         assert len(s3_store.pending_uploads()) == 1
         kept = [line for line in result.lines if f"backups/{running}/" in line]
         assert len(kept) == 2, result.lines  # the globals object and the pending dump upload
@@ -80,7 +84,7 @@ def test_prune_leaves_a_running_backup_alone_however_old_and_its_manifest_then_h
         out, err = process.communicate(timeout=600)
     assert process.returncode == 0, out + err
 
-    document = manifest.read_json(s3_store, manifest.backup_manifest_key(running))
+    document = read_json(s3_store, backup_manifest_key(running))
     for entry in document["objects"].values():
         info = s3_store.head(entry["key"])
         assert info is not None and info.size == entry["size"], entry["key"]
@@ -95,15 +99,15 @@ def test_prune_leaves_a_running_backup_alone_however_old_and_its_manifest_then_h
 def test_a_backup_whose_object_vanished_before_its_manifest_writes_none(
         tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str, previous: str) -> None:  # noqa: F811
     with backup_held_mid_upload(tmp_path, source, s3_store, s3_endpoint) as (process, proxy, running):
-        (globals_key,) = [info.key for info in s3_store.list(manifest.backup_prefix(running))]
+        (globals_key,) = [info.key for info in s3_store.list(backup_prefix(running))]
         s3_store.delete(globals_key)  # what an older archiver's prune (or an operator) did to a running backup
         proxy.resume()
         out, err = process.communicate(timeout=600)
     assert process.returncode == ExitCode.TASK_FAILED, out + err
     assert f"{globals_key} is missing before its manifest was written" in err and "no manifest written" in err
-    assert s3_store.head(manifest.backup_manifest_key(running)) is None
-    assert [entry.id for entry in manifest.list_backups(s3_store)] == [previous]
-    assert list(s3_store.list(manifest.backup_prefix(running))) == [] and s3_store.pending_uploads() == []
+    assert s3_store.head(backup_manifest_key(running)) is None
+    assert [entry.id for entry in list_backups(s3_store)] == [previous]
+    assert list(s3_store.list(backup_prefix(running))) == [] and s3_store.pending_uploads() == []
 
 
 def sigkilled_backup_upload(tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str) -> str:  # noqa: F811
@@ -192,10 +196,10 @@ def test_a_backup_that_finishes_while_prune_runs_keeps_every_object(tmp_path: Pa
     plain = LocalStore(tmp_path / "store")
     previous = fake_backup(plain, now - timedelta(days=1))
     started = now - timedelta(hours=30)  # a long backup: older than orphan_grace 1d by its id
-    running = manifest.new_id(started)
+    running = new_id(started)
     objects = {role: plain.put_bytes(key, f"{role} of {running}".encode() * 50)
-               for role, key in (("dump", manifest.dump_key(running, ".zst")),
-                                 ("globals", manifest.globals_key(running, ".zst")))}
+               for role, key in (("dump", dump_key(running, ".zst")),
+                                 ("globals", backup_manifest.globals_key(running, ".zst")))}
     for r in objects.values():  # written when the backup wrote them, 30 hours ago
         os.utime(plain.path_of(r.key), (started.timestamp(), started.timestamp()))
     lease = StoreLease(plain, f"{BACKUP_LEASE_PREFIX}{running}", "archiver backup app (this test)")
@@ -203,7 +207,7 @@ def test_a_backup_that_finishes_while_prune_runs_keeps_every_object(tmp_path: Pa
         lease.acquire()
 
     def finish() -> None:
-        manifest.write_json(plain, manifest.backup_manifest_key(running), {
+        write_json(plain, backup_manifest_key(running), {
             "format_version": 1, "kind": "backup", "id": running, "policy": "app", "database": {"name": "app"},
             "snapshot_time": isoformat(started), "started_at": isoformat(started), "finished_at": isoformat(now),
             "objects": {role: {"key": r.key, "size": r.size, "sha256": r.sha256, "codec": "zstd"}
@@ -218,7 +222,7 @@ def test_a_backup_that_finishes_while_prune_runs_keeps_every_object(tmp_path: Pa
     assert result.metrics["leftovers_deleted"] == 0, result.lines
     for r in objects.values():
         assert plain.head(r.key) is not None and plain.head(r.key).size == r.size  # type: ignore[union-attr]
-    assert [entry.id for entry in manifest.list_backups(plain)] == [previous, running]
+    assert [entry.id for entry in list_backups(plain)] == [previous, running]
     verdicts = [line for line in result.lines if f"backups/{running}/" in line]
     assert len(verdicts) == 2
     if with_lease:  # decided from the lease read before the listing

@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 
-from archiver import manifest
+from archiver.backup.manifest import verification_key
 from archiver.pg.connect import execute, query
 from archiver.pg.dsn import parse_dsn
 from archiver.pg.properties import database_properties
 from archiver.pg.scratch import LocalPostgres
 from archiver.pg.stats import CHECKSUM_V1
 from archiver.pg.target import content_stats
-from archiver.storage import Store
+from archiver.storage.base import Store
+from archiver.storage.documents import read_json
 from tests.backup_helpers import read_manifest
 from tests.restore_helpers import add_verify_section, database_exists, rewrite_manifest
 from tests.test_restore import backed_up, fresh_name, restore, target_server  # noqa: F401
@@ -215,4 +216,4 @@ def test_a_manifest_from_before_properties_and_v2_checksums_still_restores_and_v
     assert checks[("table", "public.items")]["actual"]["checksum"] == old_tables["public.items"].checksum
     assert checks[("large_objects", "pg_largeobject")]["actual"]["checksum"] == old.large_objects.checksum
     assert not any(kind == "database" for kind, _ in checks)
-    assert manifest.read_json(file_store, manifest.verification_key(backup_id))["result"] == "passed"
+    assert read_json(file_store, verification_key(backup_id))["result"] == "passed"

@@ -21,7 +21,7 @@ import pytest
 from archiver.errors import ExitCode
 from archiver.pg.connect import query
 from archiver.pg.scratch import LocalPostgres
-from archiver.storage import Store
+from archiver.storage.base import Store
 from archiver.tasks.backup import run_backup
 from archiver.tasks.restore import RestorePlan, RestoreRequest, TargetUnsuitable, run_restore
 from tests.backup_helpers import live_stats, load_policy, new_database, read_manifest

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from archiver import dump, manifest
-from archiver.compress import CompressingWriter
+from archiver import dump
+from archiver.backup.manifest import backup_manifest_key
 from archiver.errors import UsageError
 from archiver.globals_sql import plan_roles, split_statements
-from archiver.integrity import CheckedObject, ObjectMismatch, precheck
-from archiver.storage import LocalStore
+from archiver.storage.compress import CompressingWriter
+from archiver.storage.documents import write_json
+from archiver.storage.integrity import CheckedObject, ObjectMismatch, precheck
+from archiver.storage.local import LocalStore
 from archiver.tasks.restore import HOLD_BACK, _Withheld, select_backup
 
 GLOBALS = r"""--
@@ -144,7 +146,7 @@ def test_choosing_a_backup(tmp_path: Path) -> None:
         select_backup(store)
     for backup_id, taken in (("20260101T020000Z-aaaa", "2026-01-01T02:00:00Z"),
                              ("20260102T020000Z-bbbb", "2026-01-02T02:00:00Z")):
-        manifest.write_json(store, manifest.backup_manifest_key(backup_id), {"id": backup_id, "snapshot_time": taken})
+        write_json(store, backup_manifest_key(backup_id), {"id": backup_id, "snapshot_time": taken})
     assert select_backup(store).id == "20260102T020000Z-bbbb"
     assert select_backup(store, before=datetime(2026, 1, 2, tzinfo=timezone.utc)).id == "20260101T020000Z-aaaa"
     with pytest.raises(UsageError, match="no backup taken before 2026-01-01T00:00:00Z; the oldest is 20260101"):

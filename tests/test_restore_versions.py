@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from archiver import manifest
+from archiver.backup.manifest import BackupEntry, backup_manifest_key
 from archiver.errors import ExternalCommandFailed, TaskFailed
 from archiver.pg.connect import execute, query, server_version_num
 from archiver.pg.scratch import LocalPostgres
-from archiver.storage import LocalStore
+from archiver.storage.documents import read_json
+from archiver.storage.local import LocalStore
 from archiver.tasks.backup import run_backup
 from archiver.tasks.restore import likely_cause, older_minor_release, plan_restore
 from tests.backup_helpers import load_policy, new_database, write_policy
@@ -65,12 +66,12 @@ def test_the_same_release_gets_no_warning_and_a_parameter_error_names_the_older_
         tmp_path: Path, database: str, pg: LocalPostgres) -> None:
     _, store, backup_id = backed_up(tmp_path, database)
     _, target = new_database(pg)
-    entry = manifest.BackupEntry(backup_id, manifest.read_json(store, manifest.backup_manifest_key(backup_id)), None)
+    entry = BackupEntry(backup_id, read_json(store, backup_manifest_key(backup_id)), None)
     plan = plan_restore(store, entry, target, policy="app")
     assert older_minor_release(plan) is None and not any("minor release" in note for note in plan.notes)
 
     document = rewrite_manifest(store, backup_id, newer_minor)
-    plan = plan_restore(store, manifest.BackupEntry(backup_id, document, None), target, policy="app")
+    plan = plan_restore(store, BackupEntry(backup_id, document, None), target, policy="app")
     warning = older_minor_release(plan)
     assert warning is not None and warning in plan.notes
     failure = ExternalCommandFailed("pg_restore", 1, 'pg_restore: error: could not execute query: ERROR:  '

@@ -20,10 +20,11 @@ import psycopg
 import pytest
 from apscheduler.triggers.interval import IntervalTrigger
 
-from archiver import manifest
+from archiver.backup.manifest import list_backups
 from archiver.pg.scratch import free_port
 from archiver.scheduler import Worker, WorkerConfig, _relay_lines
-from archiver.storage import LocalStore, S3Store
+from archiver.storage.local import LocalStore
+from archiver.storage.s3 import S3Store
 from tests.backup_helpers import write_policy
 from tests.helpers import PROJECT, run_cli
 
@@ -76,7 +77,7 @@ def test_run_prints_a_json_result_and_records_the_run(database: str, tmp_path: P
     manifest_lines = [line for line in document["lines"] if line.startswith("manifest ")]
     assert len(manifest_lines) == 1 and document["data"]["id"] in manifest_lines[0]
     assert manifest_lines[0] not in result.stderr, "with --json the decision lines travel inside the JSON only"
-    assert [entry.id for entry in manifest.list_backups(store)] == [document["data"]["id"]]
+    assert [entry.id for entry in list_backups(store)] == [document["data"]["id"]]
     record = json.loads(store.get_bytes("runs/backup.json"))
     assert record["last_success"]["metrics"]["rows"] == 200
 
@@ -100,7 +101,7 @@ def test_two_concurrent_runs_one_exits_3_and_a_killed_holder_frees_the_lock(data
         blocker.release()
     third = run_cli("--policies", str(policy.parent), "run", "app", "backup", env=env)  # ...frees the lock
     assert third.code == 0, third.output
-    assert len(manifest.list_backups(store)) == 1
+    assert len(list_backups(store)) == 1
 
 
 def test_run_of_a_task_the_policy_lacks_is_a_usage_error(tmp_path: Path) -> None:
@@ -175,7 +176,7 @@ def test_worker_runs_each_task_on_its_cadence_without_overlap_and_serves_metrics
     for earlier, later in zip(runs, runs[1:]):  # one policy's tasks never run at the same time
         assert later.started >= earlier.finished
     assert 'archiver_task_runs_total{policy="app",result="ok",task="backup"}' in exposition
-    assert len(manifest.list_backups(store)) >= 3
+    assert len(list_backups(store)) >= 3
     prune_lines = [line for o in runs if o.task == "prune" for line in (o.result or {}).get("lines", [])]
     assert any("keep: last #1" in line for line in prune_lines), prune_lines  # prune's reasons reach the worker
 

@@ -10,7 +10,7 @@ from archiver.metrics import Metrics
 from archiver.notify import send
 from archiver.policy import DatabaseConfig, NotifyConfig, Policy, Secret, StorageConfig
 from archiver.runner import read_run_record, task_run
-from archiver.storage import LocalStore
+from archiver.storage.local import LocalStore
 from tests.webhook import WebhookReceiver
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import psycopg
 
-from archiver import manifest
 from archiver.common.timeutil import isoformat, utcnow
 from archiver.runner import run_record_key
 from archiver.scheduler import Worker, WorkerConfig
-from archiver.storage import LocalStore
+from archiver.storage.documents import write_json
+from archiver.storage.local import LocalStore
 from tests.backup_helpers import write_policy
 from tests.helpers import run_cli
 from tests.test_prune import fake_backup
@@ -40,7 +40,7 @@ def test_stale_backup_failed_drill_and_failing_task_make_status_exit_1(tmp_path:
     now = utcnow()
     proven = fake_backup(store, now - timedelta(days=4), verified="passed")
     newest = fake_backup(store, now - timedelta(days=3), verified="failed")
-    manifest.write_json(store, run_record_key("backup"), {
+    write_json(store, run_record_key("backup"), {
         "task": "backup", "policy": "app",
         "last_success": {"finished_at": isoformat(now - timedelta(days=3))},
         "last_failure": {"finished_at": isoformat(now - timedelta(hours=2)), "error": "pg_dump exited 1: disk full"}})

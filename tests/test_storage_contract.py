@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from archiver.errors import ObjectExists, ObjectNotFound, StoreError
-from archiver.storage import LocalStore, S3Store, Store, sha256_of
+from archiver.storage.base import Store, sha256_of
+from archiver.storage.local import LocalStore
+from archiver.storage.s3 import S3Store
 
 MiB = 1024 * 1024
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from archiver.errors import ObjectNotFound, StoreError
-from archiver.storage import S3Store, Store
-from archiver.storage.base import RangeReader
+from archiver.storage.base import RangeReader, Store
+from archiver.storage.s3 import S3Store
 from tests.test_storage_contract import MiB, pattern
 
 

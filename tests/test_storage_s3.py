@@ -11,8 +11,9 @@ import pytest
 
 from archiver.errors import StoreError
 from archiver.policy import StorageConfig
-from archiver.storage import S3Store, open_store
-from archiver.storage.s3 import MAX_PARTS, MIN_PART_SIZE, MiB, choose_part_size, part_size_for
+from archiver.storage.backends import open_store
+from archiver.storage.s3 import S3Store
+from archiver.storage.s3_transfer import MAX_PARTS, MIN_PART_SIZE, MiB, choose_part_size, part_size_for
 from tests.netfault import CuttingProxy, inject_s3_errors
 from tests.test_storage_contract import pattern
 

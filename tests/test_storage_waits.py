@@ -20,8 +20,9 @@ import yaml
 
 from archiver.errors import StoreError
 from archiver.policy import load, to_display
-from archiver.storage import S3Store, open_store
-from archiver.storage.s3 import MiB
+from archiver.storage.backends import open_store
+from archiver.storage.s3 import S3Store
+from archiver.storage.s3_transfer import MiB
 from archiver.storage.waits import WaitBudget
 from tests.netfault import SilentServer, StallingProxy
 from tests.test_storage_contract import pattern

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from archiver import manifest
+from archiver.backup.manifest import verification_key
 from archiver.pg.connect import connect, execute
-from archiver.storage import LocalStore, Store
+from archiver.storage.base import Store
+from archiver.storage.documents import read_json
+from archiver.storage.local import LocalStore
 from archiver.tasks.backup import run_backup
 from tests.backup_helpers import load_policy, read_manifest
 from tests.coldtier import manifests
@@ -51,7 +53,7 @@ def test_a_drill_restores_checks_and_records_a_passed_verdict(
     result = verify(path, "--json")
     assert result.code == 0, result.output
     record = json.loads(result.stdout)
-    assert record == manifest.read_json(store, manifest.verification_key(backup_id))
+    assert record == read_json(store, verification_key(backup_id))
     assert record["result"] == "passed" and record["backup_id"] == backup_id and record["failed"] == []
     checks = {(check["kind"], check["name"]): check for check in record["checks"]}
     document = read_manifest(store, backup_id)
@@ -82,7 +84,7 @@ def test_a_damaged_backup_fails_its_drill_with_exit_4(
 
     result = verify(path, "--backup", backup_id)
     assert result.code == 4, result.output
-    record = manifest.read_json(file_store, manifest.verification_key(backup_id))
+    record = read_json(file_store, verification_key(backup_id))
     assert record["result"] == "failed"
     (failed,) = [check for check in record["checks"] if check["status"] == "fail"]
     assert failed["kind"] == "object" and "dump.pgdump" in failed["name"]
@@ -105,10 +107,10 @@ def test_a_failing_sql_check_fails_the_drill_showing_its_value(
     assert 'FAIL  sql           broken query: expected > 0, got missing (query failed: ' in result.stderr
     assert 'relation "no_such_table" does not exist' in result.stderr
     assert "PASS  sql           users present: 502" in result.stderr
-    record = manifest.read_json(file_store, manifest.verification_key(backup_id))
+    record = read_json(file_store, verification_key(backup_id))
     assert record["failed"] == ["sql enough devices", "sql broken query"]
     assert not any(check["kind"] == "amcheck" for check in record["checks"])  # verify.amcheck: false
-    run_record = manifest.read_json(file_store, "runs/verify.json")
+    run_record = read_json(file_store, "runs/verify.json")
     assert run_record["last_failure"]["status"] == "verification_failed"
 
 
@@ -125,7 +127,7 @@ def test_a_drill_that_cannot_run_exits_1_and_records_nothing(
     result = verify(path)
     assert result.code == 1, result.output
     assert "9.9.9" in result.stderr
-    assert file_store.head(manifest.verification_key(backup_id)) is None
+    assert file_store.head(verification_key(backup_id)) is None
     assert listed(path) == {backup_id: "no"}
 
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 import click
 from click.core import ParameterSource
 
+from ..backup.manifest import check_backup_id
 from ..common.timeutil import parse_timestamp
 from ..errors import UsageError
-from ..manifest import check_backup_id
 from ..policy import TABLE_NAME, TABLE_NAME_HELP
 from ..tasks.restore import check_target_dsn
 

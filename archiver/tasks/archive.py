@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .. import __version__, chunks, coldplan, manifest, merge, parquet
+from .. import __version__, chunks, coldplan, merge, parquet
 from ..chunks import Chunk, TableInfo
 from ..coldcatalog import Archived, TableCatalog, load_table_catalog
 from ..coldplan import Decision
+from ..coldtier.manifest import ARCHIVE_KIND, LoadedManifest
 from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..common.timeutil import format_bytes, isoformat, utcnow
@@ -34,12 +35,13 @@ from ..errors import ArchiverError, VerificationFailed
 from ..export import ExportResult, Unrepresentable, export_chunk
 from ..fingerprint import time_display
 from ..identity import Identity, bound_json
-from ..manifest import LoadedManifest
 from ..pg.arrow import READ_LOCK_TIMEOUT_MS
 from ..pg.catalog import current_database, relation_size
 from ..pg.connect import LockTimeout, Session, session
 from ..policy import ArchiveConfig, Policy, StorageConfig
-from ..storage import Store, open_store
+from ..storage.backends import open_store
+from ..storage.base import Store
+from ..storage.documents import FORMAT_VERSION, write_json
 from .coldtier import ColdTierFailed, MiB, archive_section, clean_table, finish, record, select_tables
 from .rangefacts import accept_command, accepts, gather
 
@@ -207,7 +209,7 @@ def _export_one(dsn: str, store: Store, database: str, policy: Policy, job: Expo
         assert job.chunk is not None
         result = export_chunk(dsn, store, database=database, info=job.info, chunk=job.chunk, key=job.key,
                               version=job.version, settings=settings, size_hint=job.size_hint, now=utcnow)
-    manifest.write_json(store, job.manifest_key, archive_manifest(policy, database, job, result))  # the switch
+    write_json(store, job.manifest_key, archive_manifest(policy, database, job, result))  # the switch
     for loaded in job.replaces:  # manifests first: from here on their objects are no archive
         if loaded.key != job.manifest_key:
             store.delete(loaded.key)
@@ -224,8 +226,8 @@ def archive_manifest(policy: Policy, database: str, job: ExportJob, result: Expo
     time_kind = next(plan.kind for plan in plans if plan.name == info.time_column)
     unit = info.config.time_unit
     return {
-        "format_version": manifest.FORMAT_VERSION,
-        "kind": manifest.ARCHIVE_KIND,
+        "format_version": FORMAT_VERSION,
+        "kind": ARCHIVE_KIND,
         "version": job.version,
         "policy": policy.name,
         "database": database,

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .. import __version__, dump, manifest
+from .. import __version__, dump
+from ..backup import manifest as backup_manifest
+from ..backup.manifest import BackupEntry, backup_manifest_key, dump_key, globals_key, new_id
 from ..common import log, sysinfo
 from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..common.timeutil import format_bytes, isoformat, utcnow
-from ..compress import SUFFIXES, CompressingWriter
 from ..errors import ArchiverError, TaskFailed, UsageError
 from ..locking import StoreLease, backup_lease
 from ..pg.dsn import dsn_env, parse_dsn, redact_dsn
@@ -41,7 +42,10 @@ from ..pg.stats import (
     TableRef,
 )
 from ..policy import BackupConfig, PgDumpConfig, Policy
-from ..storage import PutResult, Store, open_store
+from ..storage.backends import open_store
+from ..storage.base import PutResult, Store
+from ..storage.compress import SUFFIXES, CompressingWriter
+from ..storage.documents import FORMAT_VERSION, write_json
 
 logger = log.get_logger("backup")
 
@@ -129,7 +133,7 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
     store = store or open_store(policy.storage)
     started = utcnow()
     clock = time.monotonic()
-    backup_id = manifest.new_id(started)
+    backup_id = new_id(started)
     lock_timeout = config.pg_dump.lock_wait_timeout
     logger.info("backup.start", extra=log.fields(policy=policy.name, backup_id=backup_id, store=store.url,
                                                  database=redact_dsn(dsn)))
@@ -165,7 +169,7 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
                 dump_object=dump_object, globals_object=globals_object, stats=stats, stderr=stderr,
                 hypertables=hypertables, properties=properties)
             _check_stored(store, [obj for obj in (dump_object, globals_object) if obj is not None], lease)
-            manifest_result = manifest.write_json(store, manifest.backup_manifest_key(backup_id), document,
+            manifest_result = write_json(store, backup_manifest_key(backup_id), document,
                                                   if_absent=True)
         except BaseException as exc:
             stats_job.cancel()
@@ -184,7 +188,7 @@ def _dump_globals(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts, 
     argv = dump.pg_dumpall_globals_argv(tool.path, database=facts.name,
                                         include_role_passwords=config.include_role_passwords)
     env = dump.child_env(dsn_env(dsn), "archiver pg_dumpall")
-    key = manifest.globals_key(backup_id, SUFFIXES[codec])
+    key = globals_key(backup_id, SUFFIXES[codec])
     with dump.StreamingCommand(argv, env, "pg_dumpall", what=f"dump of roles for backup {backup_id} failed") as child:
         with store.writer(key, if_absent=True, content_type="application/octet-stream") as out:
             compressor = CompressingWriter(out, codec, config.compression.effective_level(), threads=1)
@@ -200,7 +204,7 @@ def _dump_database(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts,
                    config: BackupConfig, progress: Progress) -> tuple[StoredObject, dump.StderrCapture]:
     """pg_dump -> compressor -> store, streaming; the part size follows the database's size."""
     compression = config.compression
-    key = manifest.dump_key(backup_id, SUFFIXES[compression.codec])
+    key = dump_key(backup_id, SUFFIXES[compression.codec])
     env = dump.child_env(dsn_env(dsn), f"archiver pg_dump {backup_id}")
     what = f"backup {backup_id} of database {facts.name!r} failed"
     progress.phase(f"dump {facts.name}", total=facts.size_bytes)
@@ -265,7 +269,7 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: Datab
     if "timescaledb" in facts.extensions:
         content["hypertables"] = [hypertable.to_json() for hypertable in hypertables]  # chunk counts, for drills
     return {
-        "format_version": manifest.FORMAT_VERSION,
+        "format_version": FORMAT_VERSION,
         "kind": "backup",
         "id": backup_id,
         "policy": policy.name,
@@ -328,7 +332,7 @@ def _result(policy: Policy, backup_id: str, document: dict[str, Any], manifest_r
 @dataclass(frozen=True)
 class ListedBackup:
     policy: str
-    entry: manifest.BackupEntry
+    entry: BackupEntry
 
     def to_json(self) -> dict[str, Any]:
         return {"policy": self.policy, "id": self.entry.id, "time": isoformat(self.entry.time),
@@ -350,7 +354,7 @@ def list_backups(policies: Iterable[Policy], *, stores: dict[str, Store] | None 
         name = policy.name or ""
         try:
             store = (stores or {}).get(name) or open_store(policy.storage)
-            listed += [ListedBackup(name, entry) for entry in manifest.list_backups(store)]
+            listed += [ListedBackup(name, entry) for entry in backup_manifest.list_backups(store)]
         except ArchiverError as exc:
             errors[name] = str(exc)
     listed.sort(key=lambda item: (item.entry.time, item.entry.id), reverse=True)

@@ -11,16 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from .. import coldplan, manifest
+from .. import coldplan
 from .. import identity as ident
 from ..chunks import TableInfo
 from ..coldcatalog import catalog_prefix, rehydration_key
 from ..coldplan import EXPIRE, Decision
-from ..manifest import LoadedManifest
+from ..coldtier.manifest import LoadedManifest, list_archive_manifests
 from ..pg.catalog import relation_exists
 from ..pg.connect import Session
 from ..policy import ArchiveConfig
-from ..storage import Store
+from ..storage.base import Store
 from .coldtier import record
 
 
@@ -47,7 +47,7 @@ def expire_cold_files(current: Session, store: Store, database: str, config: Arc
         return
     present = {info.display: {info.identity(chunk).stem for chunk in info.chunks} for info in infos}
     cold_cutoff = now - config.cold_retention
-    for key, loaded in sorted(manifest.list_archive_manifests(store, catalog_prefix(database)).items()):
+    for key, loaded in sorted(list_archive_manifests(store, catalog_prefix(database)).items()):
         document = loaded.document
         verdict = coldplan.expiry_decision(document, loaded.error, cold_cutoff,
                                            chunk_exists=bool(document) and _in_database(current, loaded, present),

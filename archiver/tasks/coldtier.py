@@ -11,14 +11,14 @@ from .. import coldplan
 from ..chunks import TableInfo, data_prefix, key_part
 from ..coldcatalog import TableCatalog, orphans
 from ..coldplan import Decision
+from ..coldtier.manifest import archive_catalog_prefix
 from ..common import log, sysinfo
 from ..common.result import TaskResult
 from ..common.timeutil import isoformat, utcnow
 from ..errors import TaskFailed, UsageError
-from ..manifest import archive_catalog_prefix
 from ..policy import ArchiveConfig, ArchiveTable, Policy
-from ..storage import Store
-from ..uploads import abort_dead_uploads
+from ..storage.base import Store
+from ..storage.uploads import abort_dead_uploads
 
 MiB = 1024 * 1024
 

@@ -15,7 +15,7 @@ from ..errors import UsageError
 from ..metrics import Metrics
 from ..policy import Policy
 from ..runner import task_run
-from ..storage import Store
+from ..storage.base import Store
 from . import TASK_NAMES
 
 

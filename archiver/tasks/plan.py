@@ -10,7 +10,8 @@ from datetime import datetime
 
 from ..common.result import TaskResult
 from ..policy import Policy
-from ..storage import Store, open_store
+from ..storage.backends import open_store
+from ..storage.base import Store
 from .archive import run_archive
 from .coldtier import archive_section
 from .retention import run_retention

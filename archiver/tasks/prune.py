@@ -23,15 +23,26 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .. import manifest, retention
+from .. import retention
+from ..backup.manifest import (
+    BACKUPS_PREFIX,
+    BackupEntry,
+    backup_id_of,
+    backup_manifest_key,
+    backup_prefix,
+    id_time,
+    scan_backups,
+    verification_key,
+)
 from ..common import log
 from ..common.result import TaskResult
 from ..common.timeutil import format_duration, isoformat, utcnow
 from ..errors import ArchiverError, TaskFailed, UsageError
 from ..locking import BACKUP_LEASE_PREFIX, LeaseRecord, read_leases
 from ..policy import Policy
-from ..storage import IncompleteWrite, ObjectInfo, Store, open_store
-from ..uploads import UploadVerdict, abort_uploads, judge_pending_uploads
+from ..storage.backends import open_store
+from ..storage.base import IncompleteWrite, ObjectInfo, Store
+from ..storage.uploads import UploadVerdict, abort_uploads, judge_pending_uploads
 from .backup import backup_config
 
 logger = log.get_logger("prune")
@@ -56,8 +67,8 @@ def _age(now: datetime, since: datetime) -> str:
 
 def _born(key: str) -> datetime | None:
     """The start of the backup run that wrote ``key`` (a backup id is its start time)."""
-    backup_id = manifest.backup_id_of(key)
-    return manifest.id_time(backup_id) if backup_id else None
+    backup_id = backup_id_of(key)
+    return id_time(backup_id) if backup_id else None
 
 
 class _BackupLeases:
@@ -69,7 +80,7 @@ class _BackupLeases:
 
     def protects(self, key: str) -> str | None:
         """Why ``key`` must stay: the backup it belongs to is running (its lease is live, by the real clock)."""
-        backup_id = manifest.backup_id_of(key)
+        backup_id = backup_id_of(key)
         lease = self.by_backup.get(backup_id or "")
         if lease is None or not lease.live():
             return None
@@ -142,12 +153,12 @@ def run_prune(policy: Policy, *, dry_run: bool = False, now: datetime | None = N
                          hint="add e.g. backup.retention: {keep_last: 7, keep_daily: 14}")
     store = store or open_store(policy.storage)
     now = now or utcnow()
-    where = store.describe(manifest.BACKUPS_PREFIX)
+    where = store.describe(BACKUPS_PREFIX)
     try:
         leases = _BackupLeases(store)  # first: see the module's docstring
         judge = _Judge(leases, now, rules.orphan_grace)
-        scan = manifest.scan_backups(store)
-        pending = judge_pending_uploads(store, manifest.BACKUPS_PREFIX, older_than=judge.cutoff,
+        scan = scan_backups(store)
+        pending = judge_pending_uploads(store, BACKUPS_PREFIX, older_than=judge.cutoff,
                                         protect=lambda write: leases.protects(write.key), born=_born)
         leftovers = _orphans(scan.orphans, judge) + _pending(pending, judge) + _dead_leases(leases, judge)
     except ArchiverError as exc:
@@ -200,12 +211,12 @@ def _check_safe(decisions: list[retention.Decision]) -> None:
         raise TaskFailed("refusing to prune: the newest verified backup would be deleted (a bug; nothing deleted)")
 
 
-def _delete_backup(store: Store, entry: manifest.BackupEntry) -> None:
+def _delete_backup(store: Store, entry: BackupEntry) -> None:
     """Manifest first: from then on the rest is an orphan at worst, never a broken backup."""
-    manifest_key = manifest.backup_manifest_key(entry.id)
+    manifest_key = backup_manifest_key(entry.id)
     store.delete(manifest_key)
-    prefix = manifest.backup_prefix(entry.id)
-    rest = {info.key for info in entry.stored} | set(entry.object_keys) | {manifest.verification_key(entry.id)}
+    prefix = backup_prefix(entry.id)
+    rest = {info.key for info in entry.stored} | set(entry.object_keys) | {verification_key(entry.id)}
     for key in sorted(key for key in rest - {manifest_key} if key.startswith(prefix)):
         store.delete(key)
     logger.info("prune.deleted", extra=log.fields(backup_id=entry.id, objects=len(rest)))
@@ -213,8 +224,8 @@ def _delete_backup(store: Store, entry: manifest.BackupEntry) -> None:
 
 def _delete_leftover(store: Store, item: Leftover) -> bool:
     """Delete an orphan or a dead lease, unless its backup got a manifest since the listing."""
-    backup_id = manifest.backup_id_of(item.key)
-    if backup_id and store.head(manifest.backup_manifest_key(backup_id)) is not None:
+    backup_id = backup_id_of(item.key)
+    if backup_id and store.head(backup_manifest_key(backup_id)) is not None:
         logger.warning("prune.leftover_kept", extra=log.fields(key=item.key, reason="its backup has a manifest now"))
         return False
     store.delete(item.key)

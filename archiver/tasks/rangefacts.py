@@ -19,9 +19,9 @@ from ..coldplan import RangeFacts
 from ..export import database_fingerprint
 from ..fingerprint import Fingerprint
 from ..identity import Identity
-from ..integrity import ObjectMismatch
 from ..pg.connect import Session
-from ..storage import Store
+from ..storage.base import Store
+from ..storage.integrity import ObjectMismatch
 
 
 def range_text(identity: Identity) -> str:

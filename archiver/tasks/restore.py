@@ -45,7 +45,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import dump, manifest
+from .. import dump
+from ..backup.manifest import (
+    BACKUPS_PREFIX,
+    BackupEntry,
+    backup_manifest_key,
+    check_backup_id,
+    list_backups,
+    verification_key,
+)
 from ..common import log, sysinfo
 from ..common.prefetch import Prefetch
 from ..common.progress import NULL_PROGRESS, Progress
@@ -53,7 +61,6 @@ from ..common.result import TaskResult
 from ..common.timeutil import format_bytes, format_duration, isoformat, parse_timestamp, utcnow
 from ..errors import ArchiverError, ExternalCommandFailed, ObjectNotFound, TaskFailed, UsageError, set_outcome
 from ..globals_sql import RolesPlan, plan_roles
-from ..integrity import CheckedObject, ObjectMismatch, precheck, read_verified
 from ..locking import restore_target_lock
 from ..pg import properties as dbprops
 from ..pg.connect import DatabaseMissing
@@ -75,7 +82,10 @@ from ..pg.target import (
     timescaledb_post_restore,
 )
 from ..policy import Policy
-from ..storage import Store, open_store
+from ..storage.backends import open_store
+from ..storage.base import Store
+from ..storage.documents import ManifestError, read_json
+from ..storage.integrity import CheckedObject, ObjectMismatch, precheck, read_verified
 from . import restore_props
 from .restore_props import TargetUnsuitable
 
@@ -93,24 +103,24 @@ BACKUPS_HINT = "choose another backup (archiver backups list {policy}) with --ba
 # -- choosing the backup ------------------------------------------------------------------------
 
 def select_backup(store: Store, *, backup_id: str | None = None, before: datetime | None = None,
-                  policy: str = "") -> manifest.BackupEntry:
+                  policy: str = "") -> BackupEntry:
     """The backup to restore: ``backup_id``, else the newest taken before ``before``, else the newest."""
     if backup_id is not None:
-        manifest.check_backup_id(backup_id)
+        check_backup_id(backup_id)
         try:
-            document = manifest.read_json(store, manifest.backup_manifest_key(backup_id))
+            document = read_json(store, backup_manifest_key(backup_id))
         except ObjectNotFound:
-            newest = [entry.id for entry in manifest.list_backups(store)[:5]]
-            raise UsageError(f"no backup {backup_id!r} in {store.describe(manifest.BACKUPS_PREFIX)}",
+            newest = [entry.id for entry in list_backups(store)[:5]]
+            raise UsageError(f"no backup {backup_id!r} in {store.describe(BACKUPS_PREFIX)}",
                              hint=f"newest backups: {', '.join(newest)}" if newest else "the store holds no backups"
                              ) from None
         verification = None
         with contextlib.suppress(ObjectNotFound):
-            verification = manifest.read_json(store, manifest.verification_key(backup_id))
-        return manifest.BackupEntry(backup_id, document, verification)
-    backups = manifest.list_backups(store)
+            verification = read_json(store, verification_key(backup_id))
+        return BackupEntry(backup_id, document, verification)
+    backups = list_backups(store)
     if not backups:
-        raise UsageError(f"no backups in {store.describe(manifest.BACKUPS_PREFIX)}",
+        raise UsageError(f"no backups in {store.describe(BACKUPS_PREFIX)}",
                          hint="check storage.url of the policy; only backups with a manifest count")
     if before is None:
         return backups[0]
@@ -133,7 +143,7 @@ def parse_before(text: str) -> datetime:
 
 @dataclass(frozen=True)
 class Source:
-    entry: manifest.BackupEntry
+    entry: BackupEntry
 
     @property
     def document(self) -> dict[str, Any]:
@@ -143,7 +153,7 @@ class Source:
     def dump(self) -> dict[str, Any]:
         objects = self.document.get("objects", {})
         if "dump" not in objects:
-            raise manifest.ManifestError(f"manifest of backup {self.entry.id} lists no dump object")
+            raise ManifestError(f"manifest of backup {self.entry.id} lists no dump object")
         return dict(objects["dump"])
 
     @property
@@ -311,7 +321,7 @@ class RestorePlan:
                 "database_statements": self.properties_plan.to_json() if self.properties_plan else None}
 
 
-def plan_restore(store: Store, entry: manifest.BackupEntry, target_dsn: str, *, policy: str = "", clean: bool = False,
+def plan_restore(store: Store, entry: BackupEntry, target_dsn: str, *, policy: str = "", clean: bool = False,
                  jobs: int = 1, work_dir: str | None = None, pg_bin_dir: str | None = None,
                  source_dsn: str | None = None) -> RestorePlan:
     """Everything a restore will do, checked against the store and the target; changes nothing."""

@@ -30,18 +30,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .. import chunks, manifest
+from .. import chunks
 from .. import identity as ident
 from ..coldcatalog import record_rehydration, rehydration_key
 from ..coldobjects import downloaded, staging_reader
+from ..coldtier.manifest import ARCHIVE_CATALOG_PREFIX, LoadedManifest, list_archive_manifests
 from ..common import log, sysinfo
 from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..common.timeutil import isoformat, parse_timestamp
 from ..errors import ObjectNotFound, UsageError
-from ..integrity import ObjectMismatch
 from ..locking import database_lock
-from ..manifest import LoadedManifest
 from ..pg import staging as pg_staging
 from ..pg.catalog import (
     create_plain_table,
@@ -57,7 +56,10 @@ from ..pg.dsn import parse_dsn
 from ..pg.quote import qualified, quote_literal
 from ..pg.staging import range_condition
 from ..policy import Policy
-from ..storage import Store, open_store
+from ..storage.backends import open_store
+from ..storage.base import Store
+from ..storage.documents import ManifestError, read_json
+from ..storage.integrity import ObjectMismatch
 
 logger = log.get_logger("restore-archive")
 
@@ -171,7 +173,7 @@ def _sql_bound(value: Bound, pg_type: str) -> str | None:
 def archived_ranges(store: Store, table: str) -> tuple[list[ArchivedRange], list[str]]:
     """Every archived time range of ``table`` (oldest first) with the manifests to load for it, and
     the problems of unreadable manifests. Manifests superseded by a newer version are left out."""
-    found = manifest.list_archive_manifests(store, manifest.ARCHIVE_CATALOG_PREFIX)
+    found = list_archive_manifests(store, ARCHIVE_CATALOG_PREFIX)
     segment = f"/{ident.key_part(table)}/"
     readable: list[LoadedManifest] = []
     problems = []
@@ -197,7 +199,7 @@ def archived_ranges(store: Store, table: str) -> tuple[list[ArchivedRange], list
 
 
 def _archived_tables(store: Store) -> list[str]:
-    found = manifest.list_archive_manifests(store, manifest.ARCHIVE_CATALOG_PREFIX)
+    found = list_archive_manifests(store, ARCHIVE_CATALOG_PREFIX)
     return sorted({str(loaded.document["table"]) for loaded in found.values() if loaded.document})
 
 
@@ -280,8 +282,8 @@ def _record(store: Store, target: _Target, archived: ArchivedRange, window: tupl
     for document, found in zip(archived.documents, _identities(archived), strict=True):
         key = rehydration_key(target.database, found)
         previous = None
-        with contextlib.suppress(ObjectNotFound, manifest.ManifestError):
-            previous = manifest.read_json(store, key)
+        with contextlib.suppress(ObjectNotFound, ManifestError):
+            previous = read_json(store, key)
         record_rehydration(store, target.database, found, document, window, state, previous,
                            rows=rows if rows is not None and document is archived.documents[0] else None)
 
@@ -367,7 +369,7 @@ def run_restore_archive(policy: Policy, *, table: str, start: str, end: str, tar
     ranges, problems = archived_ranges(store, qualified_name)
     if not ranges:
         archived = ", ".join(_archived_tables(store)) or "none"
-        raise UsageError(f"no archives of {qualified_name} in {store.describe(manifest.ARCHIVE_CATALOG_PREFIX)} "
+        raise UsageError(f"no archives of {qualified_name} in {store.describe(ARCHIVE_CATALOG_PREFIX)} "
                          f"(archived tables: {archived})")
     time_type = str(ranges[0].documents[0]["time_type"])
     low, high = parse_bound(start, time_type, "--from"), parse_bound(end, time_type, "--to")

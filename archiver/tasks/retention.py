@@ -38,7 +38,8 @@ from ..pg.catalog import (
 )
 from ..pg.connect import LockTimeout, Session, session
 from ..policy import ArchiveConfig, Policy
-from ..storage import Store, open_store
+from ..storage.backends import open_store
+from ..storage.base import Store
 from .coldexpiry import Counts, expire_cold_files
 from .coldtier import archive_section, clean_table, finish, record
 from .rangefacts import accept_command, gather, with_rows

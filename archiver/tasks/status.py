@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .. import manifest
+from ..backup.manifest import list_backups
+from ..coldtier.manifest import ARCHIVE_CATALOG_PREFIX, list_archive_manifests
 from ..common import log
 from ..common.cron import cron_interval
 from ..common.timeutil import format_duration, isoformat, parse_timestamp, utcnow
 from ..errors import ArchiverError
 from ..policy import Policy, task_schedules
 from ..runner import read_run_record
-from ..storage import Store, open_store
+from ..storage.backends import open_store
+from ..storage.base import Store
 
 _log = log.get_logger("status")
 
@@ -65,7 +67,7 @@ def broken_policy_status(name: str, source: str, error: str, *, now: datetime | 
 def _backup_status(policy: Policy, store: Store, now: datetime, status: PolicyStatus) -> None:
     if policy.backup is None:
         return
-    backups = manifest.list_backups(store)
+    backups = list_backups(store)
     interval = cron_interval(policy.backup.schedule, now=now)
     if not backups:
         status.problems.append("no backup yet")
@@ -162,7 +164,7 @@ def _span(ranges: list[Range]) -> dict[str, Any]:
 def _archived_ranges(store: Store) -> dict[str, dict[str, tuple[Range, int]]]:
     """table -> chunk -> (UTC range, rows), from the archive manifests."""
     found: dict[str, dict[str, tuple[Range, int]]] = {}
-    for loaded in manifest.list_archive_manifests(store, manifest.ARCHIVE_CATALOG_PREFIX).values():
+    for loaded in list_archive_manifests(store, ARCHIVE_CATALOG_PREFIX).values():
         document = loaded.document
         if not document:
             continue

@@ -26,15 +26,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from .. import __version__, dump, identity, manifest
+from .. import __version__, dump, identity
+from ..backup.manifest import BackupEntry, verification_key
 from ..coldobjects import check_object
+from ..coldtier.manifest import ARCHIVE_CATALOG_PREFIX, list_archive_manifests
 from ..common import log, sysinfo
 from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..common.timeutil import isoformat, utcnow
 from ..errors import ArchiverError, ExternalCommandFailed, TaskFailed, UsageError, set_outcome
 from ..expect import parse_expectation
-from ..integrity import ObjectMismatch
 from ..pg import binaries
 from ..pg.connect import server_version_num
 from ..pg.dsn import dsn_env, dsn_with
@@ -42,7 +43,10 @@ from ..pg.scratch import ContainerPostgres, LocalPostgres
 from ..pg.stats import CHECKSUM_METHOD
 from ..pg.target import content_stats, first_value, timescale_inventory
 from ..policy import Policy, ScratchConfig, VerifyConfig
-from ..storage import Store, open_store
+from ..storage.backends import open_store
+from ..storage.base import Store
+from ..storage.documents import FORMAT_VERSION, write_json
+from ..storage.integrity import ObjectMismatch
 from . import restore_props
 from .restore import Source, TargetUnsuitable, compare_tables, execute_restore, plan_restore, select_backup
 
@@ -124,7 +128,7 @@ class Drill:
 
     def record(self, policy: str) -> dict[str, Any]:
         return {
-            "format_version": manifest.FORMAT_VERSION, "kind": "verification", "backup_id": self.source.entry.id,
+            "format_version": FORMAT_VERSION, "kind": "verification", "backup_id": self.source.entry.id,
             "backup_time": isoformat(self.source.entry.time), "policy": policy, "result": "passed" if self.passed else "failed",
             "started_at": isoformat(self.started_at), "finished_at": isoformat(utcnow()),
             "durations": {key: round(value, 3) for key, value in self.durations.items()},
@@ -205,11 +209,11 @@ def run_verify(policy: Policy, *, store: Store | None = None, progress: Progress
         drill.checks += _archive_checks(store, progress)
     drill.durations["total"] = time.monotonic() - clock
     record = drill.record(policy.name or "")
-    manifest.write_json(store, manifest.verification_key(entry.id), record)
+    write_json(store, verification_key(entry.id), record)
     return _result(policy, drill, record)
 
 
-def _backup_to_drill(store: Store, backup_id: str | None, policy: Policy) -> manifest.BackupEntry:
+def _backup_to_drill(store: Store, backup_id: str | None, policy: Policy) -> BackupEntry:
     """The backup named, or the newest; a store without backups means the drill cannot run (exit 1)."""
     try:
         return select_backup(store, backup_id=backup_id, policy=policy.name or "")
@@ -359,7 +363,7 @@ def _archive_checks(store: Store, progress: Progress) -> list[Check]:
     """Every current cold archive: its manifest reads, its object is there with the size and SHA-256
     the manifest records (a full read: a checksum, not only an ETag), its embedded metadata (rows,
     table, range, version) agrees with the manifest, and no other archive claims the same range."""
-    found = manifest.list_archive_manifests(store, manifest.ARCHIVE_CATALOG_PREFIX)
+    found = list_archive_manifests(store, ARCHIVE_CATALOG_PREFIX)
     superseded = {str(entry.get("manifest")) for loaded in found.values()
                   for entry in (loaded.document or {}).get("supersedes", [])}
     claims: dict[tuple[str, str], list[str]] = {}

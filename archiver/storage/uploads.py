@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .common import log
-from .common.timeutil import format_duration, isoformat, utcnow
-from .storage import IncompleteWrite, Store
+from ..common import log
+from ..common.timeutil import format_duration, isoformat, utcnow
+from .base import IncompleteWrite, Store
 
 logger = log.get_logger("uploads")
 

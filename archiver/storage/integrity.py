@@ -18,9 +18,9 @@ from typing import Any, BinaryIO
 
 import zstandard
 
+from ..errors import ObjectNotFound, VerificationFailed
+from .base import ObjectInfo, Store
 from .compress import TruncatedStream, iter_decompressed
-from .errors import ObjectNotFound, VerificationFailed
-from .storage import ObjectInfo, Store
 
 READ_SIZE = 1024 * 1024
 _DECOMPRESSION_ERRORS = (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, OSError, ValueError)

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Literal, Protocol
 
 import zstandard
 
-from .common.sysinfo import available_cpus
+from ..common.sysinfo import available_cpus
 
 Codec = Literal["zstd", "gzip", "none"]
 CODECS: tuple[Codec, ...] = ("zstd", "gzip", "none")
