@@ -30,7 +30,7 @@ from .pg.catalog import (
 )
 from .pg.connect import Session
 from .pg.quote import qualified
-from .policy import ArchiveTable
+from .policy.schema import ArchiveTable
 
 HYPERTABLE = "hypertable"
 PARTITIONED = "partitioned"

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .common.result import TaskResult
 from .errors import UsageError
 from .pg.connect import execute_script, query
 from .pg.scratch import LocalPostgres
-from .policy import get_policy
+from .policy.files import get_policy
+from .policy.load import dump_yaml
 from .tasks.dispatch import execute
 from .tasks.status import PolicyStatus, all_status
 
@@ -186,7 +185,7 @@ def run_demo(directory: Path, say: Callable[[str], None]) -> DemoReport:
         say("creating the identity, app and telemetry databases ...")
         _create_databases(instance, say)
         for name, document in _policy_documents(instance, store_root).items():
-            (policies_dir / f"{name}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+            (policies_dir / f"{name}.yaml").write_text(dump_yaml(document))
         policies = {name: get_policy([policies_dir], name) for name in ("identity", "app", "telemetry")}
         steps = [("identity", "backup"), ("app", "backup"), ("telemetry", "backup"), ("telemetry", "archive"),
                  ("telemetry", "retention"), ("identity", "verify"), ("app", "verify"), ("telemetry", "verify")]

@@ -24,7 +24,7 @@ from typing import Self
 from .errors import ExternalCommandFailed, UsageError
 from .pg import binaries
 from .pg.dsn import dsn_with
-from .policy import PgDumpConfig
+from .policy.schema import PgDumpConfig
 
 READ_SIZE = 1024 * 1024
 PIPE_SIZE = 1024 * 1024

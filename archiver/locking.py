@@ -31,7 +31,7 @@ from .common.timeutil import isoformat, parse_timestamp, utcnow
 from .errors import LockBusy, ObjectExists, ObjectNotFound
 from .pg.dsn import parse_dsn, redact_dsn
 from .pg.locks import AdvisoryLockBusy, LockHolder, advisory_lock, server_advisory_lock
-from .policy import Policy
+from .policy.schema import Policy
 from .storage.base import Store
 from .storage.documents import read_json, write_json
 

@@ -13,7 +13,7 @@ import urllib.request
 from typing import Any
 
 from .common import log
-from .policy import Policy
+from .policy.schema import Policy
 
 EVENT_TITLES = {
     "failure": ":red_circle: archiver task failed",

@@ -24,7 +24,7 @@ from .common.timeutil import isoformat, parse_timestamp, utcnow
 from .errors import ArchiverError, ExitCode, LockBusy, ObjectNotFound, outcome_of, set_outcome, signal_of
 from .locking import task_lock
 from .metrics import Metrics
-from .policy import Policy
+from .policy.schema import Policy
 from .storage.backends import open_store
 from .storage.base import Store
 from .storage.documents import ManifestError, read_json, write_json

@@ -44,7 +44,8 @@ from .common.result import TaskResult
 from .common.timeutil import parse_timestamp
 from .errors import ExitCode, UsageError
 from .metrics import Metrics
-from .policy import Policy, load, task_schedules
+from .policy.files import load
+from .policy.schema import Policy, task_schedules
 from .tasks.status import policy_status
 
 _log = log.get_logger("worker")

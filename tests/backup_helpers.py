@@ -17,7 +17,8 @@ from archiver.pg.dsn import dsn_env
 from archiver.pg.scratch import LocalPostgres
 from archiver.pg.stats import PINNED_SETTINGS
 from archiver.pg.target import content_stats
-from archiver.policy import Policy, get_policy
+from archiver.policy.files import get_policy
+from archiver.policy.schema import Policy
 from archiver.storage.base import Store
 from archiver.storage.compress import open_decompressed
 from archiver.storage.documents import read_json

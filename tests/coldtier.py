@@ -12,7 +12,8 @@ import pytest
 
 from archiver.coldtier.manifest import list_archive_manifests
 from archiver.pg.connect import session
-from archiver.policy import ArchiveConfig, ArchiveTable, DatabaseConfig, Policy, Secret, StorageConfig
+from archiver.policy.fields import Secret
+from archiver.policy.schema import ArchiveConfig, ArchiveTable, DatabaseConfig, Policy, StorageConfig
 from archiver.storage.base import Store
 
 

@@ -29,7 +29,8 @@ from archiver.coldtier.manifest import ARCHIVE_CATALOG_PREFIX, list_archive_mani
 from archiver.pg.connect import connect, session
 from archiver.pg.dsn import parse_dsn
 from archiver.pg.quote import quote_ident
-from archiver.policy import BackupConfig, DatabaseConfig, Policy, RetentionConfig, Secret, StorageConfig
+from archiver.policy.fields import Secret
+from archiver.policy.schema import BackupConfig, DatabaseConfig, Policy, RetentionConfig, StorageConfig
 from archiver.storage.local import LocalStore
 from tests.coldtier import make_policy, table
 from tests.helpers import PROJECT

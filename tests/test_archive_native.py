@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from archiver import typemap as tm
-from archiver.policy import StorageConfig
+from archiver.policy.schema import StorageConfig
 from archiver.storage.backends import open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.plan import run_plan

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from archiver.errors import UsageError
-from archiver.policy import StorageConfig
+from archiver.policy.schema import StorageConfig
 from archiver.storage.backends import open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.retention import run_retention

@@ -11,7 +11,7 @@ from archiver.errors import DatabaseError
 from archiver.pg.arrow import arrow_batches, shared_read_snapshot
 from archiver.pg.connect import session
 from archiver.pg.scratch import free_port
-from archiver.policy import StorageConfig
+from archiver.policy.schema import StorageConfig
 from archiver.tasks import retention
 from archiver.tasks.archive import run_archive
 from archiver.tasks.retention import run_retention

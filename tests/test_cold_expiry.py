@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from archiver.common.timeutil import utcnow
-from archiver.policy import StorageConfig
+from archiver.policy.schema import StorageConfig
 from archiver.storage.backends import open_store
 from archiver.storage.local import LocalStore
 from archiver.tasks.archive import run_archive
@@ -97,7 +97,7 @@ def test_orphans_are_removed_by_the_next_run_but_never_in_bulk(database: str, tm
 
 
 def test_cold_retention_shorter_than_a_drop_after_is_a_policy_error(tmp_path: Path) -> None:
-    from archiver.policy import load
+    from archiver.policy.files import load
 
     path = tmp_path / "telemetry.yaml"
     path.write_text("database: {dsn: 'dbname=telemetry'}\nstorage: {url: 'file:///srv/cold'}\narchive:\n"

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from archiver.common.progress import NULL_PROGRESS
-from archiver.policy import StorageConfig
+from archiver.policy.schema import StorageConfig
 from archiver.storage.backends import open_store
 from archiver.storage.base import Store
 from archiver.storage.documents import read_json, write_json

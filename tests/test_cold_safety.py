@@ -18,7 +18,7 @@ from archiver.locking import database_lock
 from archiver.pg.catalog import detach_and_drop_partition
 from archiver.pg.connect import Session
 from archiver.pg.quote import qualified
-from archiver.policy import StorageConfig
+from archiver.policy.schema import StorageConfig
 from archiver.storage.backends import open_store
 from archiver.storage.base import ObjectWriter
 from archiver.storage.local import LocalStore

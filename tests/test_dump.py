@@ -12,7 +12,7 @@ import pytest
 from archiver import dump
 from archiver.errors import ExternalCommandFailed, UsageError
 from archiver.pg import binaries
-from archiver.policy import PgDumpConfig
+from archiver.policy.schema import PgDumpConfig
 
 
 def test_pg_dump_argv_is_custom_format_uncompressed_with_the_snapshot() -> None:

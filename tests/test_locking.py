@@ -18,7 +18,8 @@ from archiver.common.timeutil import isoformat, parse_timestamp, utcnow
 from archiver.errors import LockBusy
 from archiver.locking import StoreLease, database_lock, task_lock
 from archiver.pg.connect import query
-from archiver.policy import DatabaseConfig, Policy, Secret, StorageConfig
+from archiver.policy.fields import Secret
+from archiver.policy.schema import DatabaseConfig, Policy, StorageConfig
 from archiver.storage.base import Store
 from archiver.storage.documents import read_json, write_json
 

@@ -12,7 +12,9 @@ import pytest
 
 from archiver.common.cron import cron_trigger
 from archiver.errors import PolicyError, UsageError
-from archiver.policy import Secret, get_policy, interpolate, load, load_policies
+from archiver.policy.build import interpolate
+from archiver.policy.fields import Secret
+from archiver.policy.files import get_policy, load, load_policies
 from archiver.storage.url import bucket_name_problem
 from tests.helpers import PROJECT, run_cli
 

@@ -13,7 +13,7 @@ from archiver.errors import LockBusy
 from archiver.locking import database_lock
 from archiver.pg.connect import connect
 from archiver.pg.stats import PINNED_SETTINGS
-from archiver.policy import StorageConfig
+from archiver.policy.schema import StorageConfig
 from archiver.storage.backends import open_store
 from archiver.tasks.archive import run_archive
 from archiver.tasks.restore_archive import run_restore_archive

@@ -84,7 +84,7 @@ def test_worker_exports_backup_ages_and_notifies_a_stale_backup_once(tmp_path: P
 
 
 def test_status_shows_archive_coverage_hot_dropped_and_gaps(database: str, tmp_path: Path) -> None:
-    from archiver.policy import StorageConfig
+    from archiver.policy.schema import StorageConfig
     from archiver.tasks.archive import run_archive
     from archiver.tasks.retention import run_retention
     from archiver.tasks.status import policy_status

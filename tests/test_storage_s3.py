@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from archiver.errors import StoreError
-from archiver.policy import StorageConfig
+from archiver.policy.schema import StorageConfig
 from archiver.storage.backends import open_store
 from archiver.storage.s3 import S3Store
 from archiver.storage.s3_transfer import MAX_PARTS, MIN_PART_SIZE, MiB, choose_part_size, part_size_for

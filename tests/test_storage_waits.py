@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from archiver.errors import StoreError
-from archiver.policy import load, to_display
+from archiver.policy.files import load, to_display
 from archiver.storage.backends import open_store
 from archiver.storage.s3 import S3Store
 from archiver.storage.s3_transfer import MiB

@@ -10,7 +10,9 @@ import click
 
 from ..common import log
 from ..errors import PolicyError, UsageError
-from ..policy import LoadResult, Policy, PolicyIssue, get_policy, load, load_policies
+from ..policy.files import LoadResult, get_policy, load, load_policies
+from ..policy.issues import PolicyIssue
+from ..policy.schema import Policy
 
 # Tasks that only touch the store: their policy's database variables need not be set.
 # restore and verify read backups and write elsewhere (a target, a scratch instance).

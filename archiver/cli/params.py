@@ -16,7 +16,7 @@ from click.core import ParameterSource
 from ..backup.manifest import check_backup_id
 from ..common.timeutil import parse_timestamp
 from ..errors import UsageError
-from ..policy import TABLE_NAME, TABLE_NAME_HELP
+from ..policy.schema import TABLE_NAME, TABLE_NAME_HELP
 from ..tasks.restore import check_target_dsn
 
 _BIGINT = 2 ** 63

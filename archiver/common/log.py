@@ -15,6 +15,8 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
+REDACTED = "********"  # what a secret is replaced with, wherever it would appear
+
 LOGGER_NAME = "archiver"
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 _secrets: set[str] = set()
@@ -42,7 +44,7 @@ def scrub(text: str) -> str:
         secrets = sorted(_secrets, key=len, reverse=True)
     for secret in secrets:
         if secret in text:
-            text = text.replace(secret, "********")
+            text = text.replace(secret, REDACTED)
     return text
 
 

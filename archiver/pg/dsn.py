@@ -9,9 +9,9 @@ from __future__ import annotations
 import psycopg
 from psycopg import conninfo as pg_conninfo
 
+from ..common.log import REDACTED
 from ..errors import UsageError
 
-REDACTED = "********"
 _SECRET_KEYS = ("password", "sslpassword")
 
 

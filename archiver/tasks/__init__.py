@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ..policy import TASK_ORDER
+from ..policy.schema import TASK_ORDER
 
 TASK_NAMES = TASK_ORDER

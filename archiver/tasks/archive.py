@@ -38,7 +38,7 @@ from ..identity import Identity, bound_json
 from ..pg.arrow import READ_LOCK_TIMEOUT_MS
 from ..pg.catalog import current_database, relation_size
 from ..pg.connect import LockTimeout, Session, session
-from ..policy import ArchiveConfig, Policy, StorageConfig
+from ..policy.schema import ArchiveConfig, Policy, StorageConfig
 from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import FORMAT_VERSION, write_json

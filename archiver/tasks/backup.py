@@ -41,7 +41,7 @@ from ..pg.stats import (
     TableFilter,
     TableRef,
 )
-from ..policy import BackupConfig, PgDumpConfig, Policy
+from ..policy.schema import BackupConfig, PgDumpConfig, Policy
 from ..storage.backends import open_store
 from ..storage.base import PutResult, Store
 from ..storage.compress import SUFFIXES, CompressingWriter

@@ -19,7 +19,7 @@ from ..coldplan import EXPIRE, Decision
 from ..coldtier.manifest import LoadedManifest, list_archive_manifests
 from ..pg.catalog import relation_exists
 from ..pg.connect import Session
-from ..policy import ArchiveConfig
+from ..policy.schema import ArchiveConfig
 from ..storage.base import Store
 from .coldtier import record
 

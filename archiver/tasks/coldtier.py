@@ -16,7 +16,7 @@ from ..common import log, sysinfo
 from ..common.result import TaskResult
 from ..common.timeutil import isoformat, utcnow
 from ..errors import TaskFailed, UsageError
-from ..policy import ArchiveConfig, ArchiveTable, Policy
+from ..policy.schema import ArchiveConfig, ArchiveTable, Policy
 from ..storage.base import Store
 from ..storage.uploads import abort_dead_uploads
 

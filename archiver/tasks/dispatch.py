@@ -13,7 +13,7 @@ from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..errors import UsageError
 from ..metrics import Metrics
-from ..policy import Policy
+from ..policy.schema import Policy
 from ..runner import task_run
 from ..storage.base import Store
 from . import TASK_NAMES

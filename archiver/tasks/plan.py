@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..common.result import TaskResult
-from ..policy import Policy
+from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
 from .archive import run_archive

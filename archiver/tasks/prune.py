@@ -39,7 +39,7 @@ from ..common.result import TaskResult
 from ..common.timeutil import format_duration, isoformat, utcnow
 from ..errors import ArchiverError, TaskFailed, UsageError
 from ..locking import BACKUP_LEASE_PREFIX, LeaseRecord, read_leases
-from ..policy import Policy
+from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import IncompleteWrite, ObjectInfo, Store
 from ..storage.uploads import UploadVerdict, abort_uploads, judge_pending_uploads

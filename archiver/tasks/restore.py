@@ -81,7 +81,7 @@ from ..pg.target import (
     terminate_sessions,
     timescaledb_post_restore,
 )
-from ..policy import Policy
+from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import ManifestError, read_json

@@ -55,7 +55,7 @@ from ..pg.connect import DatabaseMissing, Session, session
 from ..pg.dsn import parse_dsn
 from ..pg.quote import qualified, quote_literal
 from ..pg.staging import range_condition
-from ..policy import Policy
+from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import ManifestError, read_json

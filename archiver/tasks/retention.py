@@ -37,7 +37,7 @@ from ..pg.catalog import (
     timescaledb_function_exists,
 )
 from ..pg.connect import LockTimeout, Session, session
-from ..policy import ArchiveConfig, Policy
+from ..policy.schema import ArchiveConfig, Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
 from .coldexpiry import Counts, expire_cold_files

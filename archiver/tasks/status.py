@@ -22,7 +22,7 @@ from ..common import log
 from ..common.cron import cron_interval
 from ..common.timeutil import format_duration, isoformat, parse_timestamp, utcnow
 from ..errors import ArchiverError
-from ..policy import Policy, task_schedules
+from ..policy.schema import Policy, task_schedules
 from ..runner import read_run_record
 from ..storage.backends import open_store
 from ..storage.base import Store

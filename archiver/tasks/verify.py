@@ -35,14 +35,14 @@ from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..common.timeutil import isoformat, utcnow
 from ..errors import ArchiverError, ExternalCommandFailed, TaskFailed, UsageError, set_outcome
-from ..expect import parse_expectation
 from ..pg import binaries
 from ..pg.connect import server_version_num
 from ..pg.dsn import dsn_env, dsn_with
 from ..pg.scratch import ContainerPostgres, LocalPostgres
 from ..pg.stats import CHECKSUM_METHOD
 from ..pg.target import content_stats, first_value, timescale_inventory
-from ..policy import Policy, ScratchConfig, VerifyConfig
+from ..policy.expect import parse_expectation
+from ..policy.schema import Policy, ScratchConfig, VerifyConfig
 from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import FORMAT_VERSION, write_json

@@ -1,4 +1,4 @@
-"""YAML loading that remembers where every key and value came from (file:line:col).
+"""Reading YAML (the only module that imports it): every key and value remembers where it came from.
 
 Policy files come from operators, but a policy directory is also a place where a mistake (or a
 hostile file) can make a worker hang or crash. So the loader is bounded, and refuses with a
@@ -278,3 +278,8 @@ def _with_merges_expanded(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.
             seen.add(key_node.value)
             inherited.append((key_node, value_node))
     return inherited + explicit
+
+
+def dump_yaml(document: Any) -> str:
+    """``document`` as block-style YAML, keys in their given order (policy show, the demo's policies)."""
+    return str(yaml.safe_dump(document, sort_keys=False, default_flow_style=False))
