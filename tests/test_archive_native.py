@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from archiver import typemap as tm
+from archiver.coldtier import typemap as tm
+from archiver.coldtier.archive import run_archive
+from archiver.coldtier.plan import run_plan
+from archiver.coldtier.retention import run_retention
 from archiver.policy.schema import StorageConfig
 from archiver.storage.backends import open_store
-from archiver.tasks.archive import run_archive
-from archiver.tasks.plan import run_plan
-from archiver.tasks.retention import run_retention
 from tests.coldtier import make_policy, manifests, parquet_keys, read_archive, relations, sql, storage, table  # noqa: F401  storage is a fixture
 
 SCHEMA = """

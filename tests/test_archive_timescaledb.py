@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from archiver.coldtier.archive import run_archive
+from archiver.coldtier.retention import run_retention
 from archiver.errors import UsageError
 from archiver.policy.schema import StorageConfig
 from archiver.storage.backends import open_store
-from archiver.tasks.archive import run_archive
-from archiver.tasks.retention import run_retention
 from tests.coldtier import make_policy, manifests, parquet_keys, read_archive, sql, table
 
 pytestmark = pytest.mark.timescaledb

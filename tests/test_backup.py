@@ -10,12 +10,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from archiver.backup.task import run_backup
 from archiver.pg.connect import connect, execute, query
 from archiver.pg.scratch import LocalPostgres
 from archiver.pg.stats import TableRef
 from archiver.pg.target import content_stats
 from archiver.storage.base import Store
-from archiver.tasks.backup import run_backup
 from tests.backup_helpers import (
     fetch_object,
     live_stats,

@@ -22,13 +22,13 @@ import psycopg
 import pytest
 
 from archiver.backup.manifest import BACKUPS_PREFIX, backup_prefix, list_backups
+from archiver.backup.prune import run_prune
+from archiver.backup.task import run_backup
 from archiver.common.timeutil import utcnow
 from archiver.errors import ExitCode, ExternalCommandFailed, StoreError
 from archiver.pg.connect import execute, query
 from archiver.pg.scratch import LocalPostgres
 from archiver.storage.s3 import S3Store
-from archiver.tasks.backup import run_backup
-from archiver.tasks.prune import run_prune
 from tests.backup_helpers import live_stats, load_policy, manifest_stats, read_manifest, restore_backup, write_policy
 from tests.helpers import PROJECT, run_cli
 from tests.netfault import StallingProxy, inject_s3_errors

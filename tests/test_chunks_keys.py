@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from archiver import chunks
-from archiver.chunks import Chunk, TableInfo
-from archiver.identity import SLICE_MAX, SLICE_MIN, SpaceSlice
+from archiver.coldtier import chunks
+from archiver.coldtier.chunks import Chunk, TableInfo
+from archiver.coldtier.identity import SLICE_MAX, SLICE_MIN, SpaceSlice
 from tests.coldtier import table
 
 UTC = timezone.utc

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from archiver.errors import ExitCode, UsageError
+from archiver.restore.restore import select_backup
 from archiver.storage.local import LocalStore
-from archiver.tasks.restore import select_backup
 from tests.helpers import run_cli
 
 POLICY = """\

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from archiver.coldtier import retention
+from archiver.coldtier.archive import run_archive
+from archiver.coldtier.retention import run_retention
 from archiver.errors import DatabaseError
 from archiver.pg.arrow import arrow_batches, shared_read_snapshot
 from archiver.pg.connect import session
 from archiver.pg.scratch import free_port
 from archiver.policy.schema import StorageConfig
-from archiver.tasks import retention
-from archiver.tasks.archive import run_archive
-from archiver.tasks.retention import run_retention
 from tests.coldtier import relations
 from tests.test_cold_safety import create_readings, policy_for
 

@@ -6,12 +6,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from archiver.coldtier.archive import run_archive
+from archiver.coldtier.retention import run_retention
 from archiver.common.timeutil import utcnow
 from archiver.policy.schema import StorageConfig
 from archiver.storage.backends import open_store
 from archiver.storage.local import LocalStore
-from archiver.tasks.archive import run_archive
-from archiver.tasks.retention import run_retention
 from tests.coldtier import make_policy, manifests, parquet_keys, sql, table
 from tests.test_cold_safety import create_readings
 

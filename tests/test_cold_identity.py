@@ -16,15 +16,15 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from archiver.coldtier.archive import run_archive
+from archiver.coldtier.retention import run_retention
 from archiver.common.progress import NULL_PROGRESS
 from archiver.policy.schema import StorageConfig
+from archiver.restore.archive import run_restore_archive
+from archiver.restore.drill import _archive_checks
 from archiver.storage.backends import open_store
 from archiver.storage.base import Store
 from archiver.storage.documents import read_json, write_json
-from archiver.tasks.archive import run_archive
-from archiver.tasks.restore_archive import run_restore_archive
-from archiver.tasks.retention import run_retention
-from archiver.tasks.verify import _archive_checks
 from tests.coldtier import make_policy, manifests, parquet_keys, relations, sql, table
 from tests.helpers import run_cli
 from tests.test_archive_native import create_device_metrics

@@ -13,20 +13,20 @@ from typing import Any
 
 import pytest
 
+from archiver.coldtier import retention
+from archiver.coldtier.archive import run_archive
+from archiver.coldtier.retention import run_retention
+from archiver.coldtier.steps import ColdTierFailed
 from archiver.errors import LockBusy, StoreError
-from archiver.locking import database_lock
 from archiver.pg.catalog import detach_and_drop_partition
 from archiver.pg.connect import Session
 from archiver.pg.quote import qualified
 from archiver.policy.schema import StorageConfig
+from archiver.runtime.dispatch import execute
+from archiver.runtime.locking import database_lock
 from archiver.storage.backends import open_store
 from archiver.storage.base import ObjectWriter
 from archiver.storage.local import LocalStore
-from archiver.tasks import retention
-from archiver.tasks.archive import run_archive
-from archiver.tasks.coldtier import ColdTierFailed
-from archiver.tasks.dispatch import execute
-from archiver.tasks.retention import run_retention
 from tests.coldtier import make_policy, manifests, parquet_keys, read_archive, relations, sql, storage, table  # noqa: F401  storage is a fixture
 
 AGES = (90, 80, 70, 60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from archiver import coldplan
+from archiver.coldtier import decisions
 
 NOW = datetime(2026, 11, 23, tzinfo=timezone.utc)
 
@@ -15,27 +15,27 @@ def document(end: str | None = "2024-01-02T00:00:00Z") -> dict[str, object]:
             "chunk": {"schema": "public", "name": "c"}, "table": "public.t"}
 
 
-def archived(version: int = 1, **facts: object) -> coldplan.RangeFacts:
-    return coldplan.RangeFacts(version=version, rows=10, key="archive/db/public.t/c.v1.parquet", **facts)  # type: ignore[arg-type]
+def archived(version: int = 1, **facts: object) -> decisions.RangeFacts:
+    return decisions.RangeFacts(version=version, rows=10, key="archive/db/public.t/c.v1.parquet", **facts)  # type: ignore[arg-type]
 
 
-def compared(new: int, missing: int, common: int, **facts: object) -> coldplan.RangeFacts:
+def compared(new: int, missing: int, common: int, **facts: object) -> decisions.RangeFacts:
     return archived(database_matches=False, database_only=new, archive_only=missing, common=common, **facts)
 
 
-def archive(facts: coldplan.RangeFacts, late_data_check: bool = True) -> tuple[str, str]:
-    return coldplan.archive_decision(facts, late_data_check=late_data_check, accept_command="archiver archive t --accept-deletes A/B")
+def archive(facts: decisions.RangeFacts, late_data_check: bool = True) -> tuple[str, str]:
+    return decisions.archive_decision(facts, late_data_check=late_data_check, accept_command="archiver archive t --accept-deletes A/B")
 
 
-def retention(facts: coldplan.RangeFacts) -> tuple[str, str]:
-    return coldplan.retention_decision(facts, require_archive=True, accept_command="archiver archive t --accept-deletes A/B")
+def retention(facts: decisions.RangeFacts) -> tuple[str, str]:
+    return decisions.retention_decision(facts, require_archive=True, accept_command="archiver archive t --accept-deletes A/B")
 
 
 def test_archive_exports_what_has_no_archive_and_skips_what_still_matches() -> None:
-    assert archive(coldplan.RangeFacts()) == ("export", "due, not archived yet")
+    assert archive(decisions.RangeFacts()) == ("export", "due, not archived yet")
     assert archive(archived(database_matches=True)) == ("skip", "verified archive v1 still matches (10 rows)")
     assert archive(archived(), late_data_check=False)[0] == "skip"
-    assert archive(coldplan.RangeFacts(blocked="an unreadable manifest"))[0] == "hold"
+    assert archive(decisions.RangeFacts(blocked="an unreadable manifest"))[0] == "hold"
 
 
 def test_a_damaged_archive_is_rebuilt_only_from_a_database_that_still_holds_exactly_its_rows() -> None:
@@ -80,7 +80,7 @@ def test_archives_of_one_range_written_under_chunk_names_are_merged() -> None:
 
 
 def test_retention_drops_only_ranges_whose_archive_holds_every_row() -> None:
-    assert retention(coldplan.RangeFacts())[0] == "hold"
+    assert retention(decisions.RangeFacts())[0] == "hold"
     assert retention(archived(object_problem="the object x is missing"))[0] == "hold"
     action, reason = retention(archived(database_matches=True))
     assert action == "drop" and reason == "verified archive v1 matches (10 rows, archive/db/public.t/c.v1.parquet)"
@@ -89,20 +89,20 @@ def test_retention_drops_only_ranges_whose_archive_holds_every_row() -> None:
     action, reason = retention(compared(new=0, missing=3, common=7, rehydrated=True))
     assert action == "drop" and "brought back by restore-archive" in reason
     assert retention(compared(new=0, missing=3, common=7, archived_only=3))[0] == "drop"
-    assert coldplan.retention_decision(coldplan.RangeFacts(), require_archive=False)[0] == "drop"
+    assert decisions.retention_decision(decisions.RangeFacts(), require_archive=False)[0] == "drop"
 
 
 def test_a_timescaledb_retention_job_is_refused_unless_allowed() -> None:
     jobs = [{"job_id": 1001, "scheduled": True, "drop_after_seconds": Decimal(30 * 86400), "drop_after_integer": None,
              "drop_after_text": "30 days"}]
-    action, reason = coldplan.retention_job_verdict(jobs, allowed=False, archive_after=timedelta(days=7),
+    action, reason = decisions.retention_job_verdict(jobs, allowed=False, archive_after=timedelta(days=7),
                                                     archive_after_units=None)
     assert action == "refuse" and "job 1001" in reason and "remove_retention_policy" in reason
-    action, reason = coldplan.retention_job_verdict(jobs, allowed=True, archive_after=timedelta(days=60),
+    action, reason = decisions.retention_job_verdict(jobs, allowed=True, archive_after=timedelta(days=60),
                                                     archive_after_units=None)
     assert action == "warn" and "even before archive_after" in reason
     paused = [{**jobs[0], "scheduled": False}]
-    assert coldplan.retention_job_verdict(paused, allowed=False, archive_after=timedelta(days=7),
+    assert decisions.retention_job_verdict(paused, allowed=False, archive_after=timedelta(days=7),
                                           archive_after_units=None) is None
 
 
@@ -116,7 +116,7 @@ def test_continuous_aggregates_refreshing_past_drop_after_are_named() -> None:
          "start_offset_integer": None, "start_offset_text": None},
         {"view_schema": "public", "view_name": "manual", "has_policy": False},
     ]
-    warnings = coldplan.cagg_warnings(caggs, drop_after=timedelta(days=90), drop_after_units=None)
+    warnings = decisions.cagg_warnings(caggs, drop_after=timedelta(days=90), drop_after_units=None)
     assert len(warnings) == 2
     assert "public.hourly refreshes with start_offset 120 days" in warnings[0]
     assert "public.forever refreshes with start_offset none (from the beginning)" in warnings[1]
@@ -126,24 +126,24 @@ def test_cold_files_expire_after_cold_retention_unless_their_chunk_is_still_hot(
     cutoff = NOW - timedelta(days=730)
     two_years = timedelta(days=730)
     def expiry(doc: dict[str, object], exists: bool) -> tuple[str, str] | None:
-        return coldplan.expiry_decision(doc, None, cutoff, chunk_exists=exists, cold_retention=two_years)
+        return decisions.expiry_decision(doc, None, cutoff, chunk_exists=exists, cold_retention=two_years)
 
     assert expiry(document(end="2026-01-01T00:00:00Z"), False) is None
     assert expiry(document(), False)[0] == "expire"  # type: ignore[index]
     assert expiry(document(), True)[0] == "keep"  # type: ignore[index]
     assert expiry(document(end=None), False)[0] == "keep"  # type: ignore[index]
-    assert coldplan.expiry_decision(None, "not JSON", cutoff, chunk_exists=False,
+    assert decisions.expiry_decision(None, "not JSON", cutoff, chunk_exists=False,
                                     cold_retention=two_years)[0] == "keep"  # type: ignore[index]
 
 
 def test_orphans_are_removed_unless_the_catalog_may_be_incomplete() -> None:
-    assert coldplan.orphan_verdict(2, 40, unreadable=0, limit=10) is None
-    assert coldplan.orphan_verdict(2, 40, unreadable=1, limit=10)[0] == "hold"  # type: ignore[index]
-    assert coldplan.orphan_verdict(2, 0, unreadable=0, limit=10)[0] == "hold"  # type: ignore[index]
-    assert coldplan.orphan_verdict(11, 40, unreadable=0, limit=10)[0] == "hold"  # type: ignore[index]
+    assert decisions.orphan_verdict(2, 40, unreadable=0, limit=10) is None
+    assert decisions.orphan_verdict(2, 40, unreadable=1, limit=10)[0] == "hold"  # type: ignore[index]
+    assert decisions.orphan_verdict(2, 0, unreadable=0, limit=10)[0] == "hold"  # type: ignore[index]
+    assert decisions.orphan_verdict(11, 40, unreadable=0, limit=10)[0] == "hold"  # type: ignore[index]
 
 
 def test_dry_run_lines_say_would() -> None:
-    decision = coldplan.Decision("retention", "public.t", "public.t_1", "drop", "verified")
+    decision = decisions.Decision("retention", "public.t", "public.t_1", "drop", "verified")
     assert decision.line(dry_run=True) == "would drop     public.t public.t_1: verified"
     assert decision.line() == "drop           public.t public.t_1: verified"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from archiver import dump
+from archiver.backup import dump
 from archiver.errors import ExternalCommandFailed, UsageError
 from archiver.pg import binaries
 from archiver.policy.schema import PgDumpConfig

@@ -10,9 +10,9 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from archiver import fingerprint as fp
-from archiver import typemap as tm
-from archiver.parquet import interval_struct
+from archiver.coldtier import fingerprint as fp
+from archiver.coldtier import typemap as tm
+from archiver.coldtier.parquet import interval_struct
 
 
 def plan(name: str, arrow_type: pa.DataType, kind: str, **extra: object) -> tm.ColumnPlan:

@@ -22,10 +22,10 @@ import pytest
 from archiver.backup.manifest import BACKUPS_PREFIX, list_backups
 from archiver.common.timeutil import isoformat, utcnow
 from archiver.errors import ExitCode, Interrupted
-from archiver.metrics import Metrics
 from archiver.pg.connect import execute, query
 from archiver.pg.scratch import LocalPostgres
-from archiver.runner import read_run_record, run_record_key, task_run
+from archiver.runtime.metrics import Metrics
+from archiver.runtime.runner import read_run_record, run_record_key, task_run
 from archiver.storage.documents import write_json
 from archiver.storage.local import LocalStore
 from archiver.storage.s3 import S3Store

@@ -16,10 +16,10 @@ import pytest
 from archiver.common.owner import ProcessIdentity, process_start
 from archiver.common.timeutil import isoformat, parse_timestamp, utcnow
 from archiver.errors import LockBusy
-from archiver.locking import StoreLease, database_lock, task_lock
 from archiver.pg.connect import query
 from archiver.policy.fields import Secret
 from archiver.policy.schema import DatabaseConfig, Policy, StorageConfig
+from archiver.runtime.locking import StoreLease, database_lock, task_lock
 from archiver.storage.base import Store
 from archiver.storage.documents import read_json, write_json
 

@@ -32,13 +32,13 @@ from typing import Any
 
 import pytest
 
+from archiver.backup.prune import run_prune
+from archiver.backup.task import run_backup
+from archiver.coldtier.archive import run_archive
+from archiver.coldtier.retention import run_retention
 from archiver.common.timeutil import isoformat
 from archiver.errors import ArchiverError, UsageError
-from archiver.tasks.archive import run_archive
-from archiver.tasks.backup import run_backup
-from archiver.tasks.prune import run_prune
-from archiver.tasks.restore_archive import run_restore_archive
-from archiver.tasks.retention import run_retention
+from archiver.restore.archive import run_restore_archive
 from tests.model_rig import COLD_RETENTION, DAY, DROP_AFTER, SPAN, TABLE, World, utc_day
 
 SEEDS = int(os.environ.get("ARCHIVER_MODEL_SEEDS", "3"))

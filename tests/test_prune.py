@@ -24,13 +24,13 @@ from archiver.backup.manifest import (
     new_id,
     verification_key,
 )
+from archiver.backup.prune import run_prune
 from archiver.common.timeutil import isoformat, utcnow
 from archiver.errors import TaskFailed
 from archiver.storage.base import Store
 from archiver.storage.documents import write_json
 from archiver.storage.local import TEMP_MARKER, LocalStore
 from archiver.storage.s3 import S3Store
-from archiver.tasks.prune import run_prune
 from tests.backup_helpers import load_policy, write_policy
 from tests.helpers import run_cli
 

@@ -21,16 +21,16 @@ import pytest
 
 from archiver.backup import manifest as backup_manifest
 from archiver.backup.manifest import backup_manifest_key, backup_prefix, dump_key, list_backups, new_id
+from archiver.backup.prune import run_prune
 from archiver.common.timeutil import isoformat, utcnow
 from archiver.errors import ExitCode, StoreError
-from archiver.locking import BACKUP_LEASE_PREFIX, LOCKS_PREFIX, StoreLease
 from archiver.pg.scratch import LocalPostgres
+from archiver.runtime.locking import BACKUP_LEASE_PREFIX, LOCKS_PREFIX, StoreLease
 from archiver.storage.base import IncompleteWrite
 from archiver.storage.documents import read_json, write_json
 from archiver.storage.local import LocalStore
 from archiver.storage.s3 import S3Store
 from archiver.storage.uploads import abort_dead_uploads
-from archiver.tasks.prune import run_prune
 from tests.backup_helpers import live_stats, load_policy, manifest_stats, write_policy
 from tests.helpers import PROJECT, run_cli
 from tests.netfault import PausingProxy, StallingProxy, inject_s3_errors

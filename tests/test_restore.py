@@ -11,12 +11,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from archiver.backup.task import run_backup
 from archiver.pg.connect import connect, execute, query
 from archiver.pg.locks import server_advisory_lock
 from archiver.pg.scratch import LocalPostgres
 from archiver.pg.target import content_stats
 from archiver.storage.base import Store
-from archiver.tasks.backup import run_backup
 from tests.backup_helpers import live_stats, load_policy, new_database, read_manifest, table_digest
 from tests.helpers import CliResult, run_cli
 from tests.restore_helpers import damage, database_exists, rewrite_manifest, role_exists, user_tables

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
+from archiver.coldtier.archive import run_archive
+from archiver.coldtier.retention import run_retention
 from archiver.errors import LockBusy
-from archiver.locking import database_lock
 from archiver.pg.connect import connect
 from archiver.pg.stats import PINNED_SETTINGS
 from archiver.policy.schema import StorageConfig
+from archiver.restore.archive import run_restore_archive
+from archiver.runtime.locking import database_lock
 from archiver.storage.backends import open_store
-from archiver.tasks.archive import run_archive
-from archiver.tasks.restore_archive import run_restore_archive
-from archiver.tasks.retention import run_retention
 from tests.coldtier import make_policy, manifests, relations, sql, storage, table  # noqa: F401  storage is a fixture
 from tests.helpers import run_cli
 from tests.test_archive_native import DROPPED, create_device_metrics

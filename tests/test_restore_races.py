@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from archiver.backup.task import run_backup
 from archiver.errors import ExitCode
 from archiver.pg.connect import query
 from archiver.pg.scratch import LocalPostgres
+from archiver.restore.restore import RestorePlan, RestoreRequest, TargetUnsuitable, run_restore
 from archiver.storage.base import Store
-from archiver.tasks.backup import run_backup
-from archiver.tasks.restore import RestorePlan, RestoreRequest, TargetUnsuitable, run_restore
 from tests.backup_helpers import live_stats, load_policy, new_database, read_manifest
 from tests.helpers import PROJECT, run_cli
 from tests.restore_helpers import database_exists, rewrite_manifest, role_exists, user_tables

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from archiver import dump
+from archiver.backup import dump
+from archiver.backup.globals import plan_roles, split_statements
 from archiver.backup.manifest import backup_manifest_key
 from archiver.errors import UsageError
-from archiver.globals_sql import plan_roles, split_statements
+from archiver.restore.restore import HOLD_BACK, _Withheld, select_backup
 from archiver.storage.compress import CompressingWriter
 from archiver.storage.documents import write_json
 from archiver.storage.integrity import CheckedObject, ObjectMismatch, precheck
 from archiver.storage.local import LocalStore
-from archiver.tasks.restore import HOLD_BACK, _Withheld, select_backup
 
 GLOBALS = r"""--
 -- PostgreSQL database cluster dump

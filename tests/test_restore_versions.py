@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from archiver.backup.manifest import BackupEntry, backup_manifest_key
+from archiver.backup.task import run_backup
 from archiver.errors import ExternalCommandFailed, TaskFailed
 from archiver.pg.connect import execute, query, server_version_num
 from archiver.pg.scratch import LocalPostgres
+from archiver.restore.restore import likely_cause, older_minor_release, plan_restore
 from archiver.storage.documents import read_json
 from archiver.storage.local import LocalStore
-from archiver.tasks.backup import run_backup
-from archiver.tasks.restore import likely_cause, older_minor_release, plan_restore
 from tests.backup_helpers import load_policy, new_database, write_policy
 from tests.helpers import run_cli
 from tests.restore_helpers import rewrite_manifest, user_tables

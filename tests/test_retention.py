@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from archiver.retention import Decision, Record, decide
+from archiver.backup.rotation import Decision, Record, decide
 
 
 def at(text: str) -> datetime:

@@ -21,8 +21,8 @@ import pytest
 from apscheduler.triggers.interval import IntervalTrigger
 
 from archiver.backup.manifest import list_backups
+from archiver.ops.worker import Worker, WorkerConfig, _relay_lines
 from archiver.pg.scratch import free_port
-from archiver.scheduler import Worker, WorkerConfig, _relay_lines
 from archiver.storage.local import LocalStore
 from archiver.storage.s3 import S3Store
 from tests.backup_helpers import write_policy

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from archiver.backup.task import run_backup
 from archiver.common.owner import process_start
 from archiver.pg.connect import query
 from archiver.pg.scratch import ContainerPostgres, LocalPostgres, sweep_dead_scratch
 from archiver.pg.scratch_sweep import OWNER_FILE, SCRATCH_PREFIX
 from archiver.storage.local import LocalStore
-from archiver.tasks.backup import run_backup
 from tests.backup_helpers import load_policy
 from tests.helpers import PROJECT, run_cli
 from tests.restore_helpers import add_verify_section

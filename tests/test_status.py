@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 
 from archiver.common.timeutil import isoformat, utcnow
-from archiver.runner import run_record_key
-from archiver.scheduler import Worker, WorkerConfig
+from archiver.ops.worker import Worker, WorkerConfig
+from archiver.runtime.runner import run_record_key
 from archiver.storage.documents import write_json
 from archiver.storage.local import LocalStore
 from tests.backup_helpers import write_policy
@@ -84,10 +84,10 @@ def test_worker_exports_backup_ages_and_notifies_a_stale_backup_once(tmp_path: P
 
 
 def test_status_shows_archive_coverage_hot_dropped_and_gaps(database: str, tmp_path: Path) -> None:
+    from archiver.coldtier.archive import run_archive
+    from archiver.coldtier.retention import run_retention
+    from archiver.ops.status import policy_status
     from archiver.policy.schema import StorageConfig
-    from archiver.tasks.archive import run_archive
-    from archiver.tasks.retention import run_retention
-    from archiver.tasks.status import policy_status
     from tests.test_cold_safety import AGES, create_readings, policy_for
 
     create_readings(database)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from archiver import typemap as tm
+from archiver.coldtier import typemap as tm
 from archiver.errors import UsageError
 
 

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from archiver.backup.manifest import verification_key
+from archiver.backup.task import run_backup
 from archiver.pg.connect import connect, execute
 from archiver.storage.base import Store
 from archiver.storage.documents import read_json
 from archiver.storage.local import LocalStore
-from archiver.tasks.backup import run_backup
 from tests.backup_helpers import load_policy, read_manifest
 from tests.coldtier import manifests
 from tests.helpers import CliResult, run_cli

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 import click
 
+from ..coldtier.plan import run_plan
+from ..coldtier.steps import ColdTierFailed, archive_section, select_tables
 from ..common.result import TaskResult
 from ..errors import UsageError
-from ..tasks.coldtier import ColdTierFailed, archive_section, select_tables
-from ..tasks.dispatch import execute
-from ..tasks.plan import run_plan
+from ..runtime.dispatch import execute
 from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal

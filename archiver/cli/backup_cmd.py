@@ -6,10 +6,10 @@ import json
 
 import click
 
+from ..backup.task import BackupListing, list_backups
 from ..common.timeutil import format_bytes
 from ..errors import ExitCode
-from ..tasks.backup import BackupListing, list_backups
-from ..tasks.dispatch import execute
+from ..runtime.dispatch import execute
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
 

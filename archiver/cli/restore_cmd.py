@@ -8,8 +8,8 @@ import click
 from click.core import ParameterSource
 
 from ..errors import UsageError
-from ..tasks.restore import Confirm, RestorePlan, RestoreRequest, parse_before, run_restore
-from ..tasks.restore_archive import run_restore_archive
+from ..restore.archive import run_restore_archive
+from ..restore.restore import Confirm, RestorePlan, RestoreRequest, parse_before, run_restore
 from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal

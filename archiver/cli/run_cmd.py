@@ -9,9 +9,9 @@ import click
 
 from ..common import log
 from ..errors import ArchiverError
-from ..metrics import Metrics
+from ..runtime.dispatch import execute
+from ..runtime.metrics import Metrics
 from ..tasks import TASK_NAMES
-from ..tasks.dispatch import execute
 from .context import AppContext, pass_app
 
 _log = log.get_logger("run")

@@ -9,7 +9,7 @@ import click
 
 from ..common.timeutil import format_duration
 from ..errors import ExitCode
-from ..tasks.status import PolicyStatus, all_status, broken_policy_status
+from ..ops.status import PolicyStatus, all_status, broken_policy_status
 from .context import AppContext, pass_app
 
 

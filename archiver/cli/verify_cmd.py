@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..tasks.dispatch import execute
+from ..runtime.dispatch import execute
 from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal

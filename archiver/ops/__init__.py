@@ -1,0 +1,1 @@
+"""Operating all policies over time: the worker (schedules), status overviews, the demo."""

@@ -1,0 +1,1 @@
+"""What every task run goes through: locks, the run record, metrics and notifications."""
