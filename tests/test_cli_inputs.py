@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from archiver.errors import ExitCode, UsageError
-from archiver.restore.restore import select_backup
+from archiver.restore.select import select_backup
 from archiver.storage.local import LocalStore
 from tests.helpers import run_cli
 

@@ -22,7 +22,9 @@ from archiver.backup.task import run_backup
 from archiver.errors import ExitCode
 from archiver.pg.connect import query
 from archiver.pg.scratch import LocalPostgres
-from archiver.restore.restore import RestorePlan, RestoreRequest, TargetUnsuitable, run_restore
+from archiver.restore.plan import RestorePlan
+from archiver.restore.props import TargetUnsuitable
+from archiver.restore.task import RestoreRequest, run_restore
 from archiver.storage.base import Store
 from tests.backup_helpers import live_stats, load_policy, new_database, read_manifest
 from tests.helpers import PROJECT, run_cli

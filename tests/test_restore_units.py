@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from archiver.backup import dump
+from archiver.backup.dump import pg_amcheck_argv, pg_restore_argv
 from archiver.backup.globals import plan_roles, split_statements
 from archiver.backup.manifest import backup_manifest_key
 from archiver.errors import UsageError
-from archiver.restore.restore import HOLD_BACK, _Withheld, select_backup
+from archiver.restore.select import select_backup
+from archiver.restore.stream import HOLD_BACK, _Withheld
 from archiver.storage.compress import CompressingWriter
 from archiver.storage.documents import write_json
 from archiver.storage.integrity import CheckedObject, ObjectMismatch, precheck
@@ -86,13 +87,13 @@ def test_without_superuser_privileged_attributes_are_left_out_and_reported() -> 
 
 def test_pg_restore_argv() -> None:
     tool = Path("/usr/lib/postgresql/15/bin/pg_restore")
-    assert dump.pg_restore_argv(tool, dbname="app") == [
+    assert pg_restore_argv(tool, dbname="app") == [
         str(tool), "--no-password", "--exit-on-error", "--verbose", "--dbname=dbname=app", "--single-transaction"]
-    assert dump.pg_restore_argv(tool, dbname="odd name", single_transaction=False, jobs=4, clean=True,
+    assert pg_restore_argv(tool, dbname="odd name", single_transaction=False, jobs=4, clean=True,
                                 no_tablespaces=True, archive=Path("/spool/dump.pgdump")) == [
         str(tool), "--no-password", "--exit-on-error", "--verbose", "--dbname=dbname='odd name'", "--jobs=4",
         "--clean", "--if-exists", "--no-tablespaces", "/spool/dump.pgdump"]
-    assert dump.pg_amcheck_argv(Path("/bin/pg_amcheck")) == ["/bin/pg_amcheck", "--no-password", "--install-missing"]
+    assert pg_amcheck_argv(Path("/bin/pg_amcheck")) == ["/bin/pg_amcheck", "--no-password", "--install-missing"]
 
 
 def test_the_withheld_tail_is_never_passed_on_before_the_end() -> None:

@@ -16,7 +16,8 @@ from archiver.backup.task import run_backup
 from archiver.errors import ExternalCommandFailed, TaskFailed
 from archiver.pg.connect import execute, query, server_version_num
 from archiver.pg.scratch import LocalPostgres
-from archiver.restore.restore import likely_cause, older_minor_release, plan_restore
+from archiver.restore.plan import plan_restore
+from archiver.restore.versions import likely_cause, older_minor_release
 from archiver.storage.documents import read_json
 from archiver.storage.local import LocalStore
 from tests.backup_helpers import load_policy, new_database, write_policy

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from archiver.backup.rotation import Decision, Record, decide
+from archiver.backup.rotation import Record, RotationDecision, decide
 
 
 def at(text: str) -> datetime:
@@ -18,11 +18,11 @@ def rec(text: str, *, verified: bool = False) -> Record:
     return Record(f"{moment:%Y%m%dT%H%M%SZ}-0000", moment, verified)
 
 
-def kept(decisions: list[Decision]) -> list[str]:
+def kept(decisions: list[RotationDecision]) -> list[str]:
     return [d.record.time.strftime("%Y-%m-%d %H:%M") for d in decisions if d.keep]
 
 
-def by_time(decisions: list[Decision]) -> dict[str, str]:
+def by_time(decisions: list[RotationDecision]) -> dict[str, str]:
     return {d.record.time.strftime("%Y-%m-%d %H:%M"): d.text for d in decisions}
 
 

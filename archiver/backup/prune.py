@@ -32,7 +32,6 @@ from ..runtime.locking import BACKUP_LEASE_PREFIX, LeaseRecord, read_leases
 from ..storage.backends import open_store
 from ..storage.base import IncompleteWrite, ObjectInfo, Store
 from ..storage.uploads import UploadVerdict, abort_uploads, judge_pending_uploads
-from . import rotation
 from .manifest import (
     BACKUPS_PREFIX,
     BackupEntry,
@@ -43,6 +42,7 @@ from .manifest import (
     scan_backups,
     verification_key,
 )
+from .rotation import Record, RotationDecision, decide
 from .task import backup_config
 
 logger = log.get_logger("prune")
@@ -168,8 +168,8 @@ def run_prune(policy: Policy, *, dry_run: bool = False, now: datetime | None = N
         raise TaskFailed(f"refusing to prune {policy.name}: no backups found under {where}",
                          hint="an empty listing can mean a wrong storage.url, prefix, bucket or credentials; "
                               "prune never acts on one. Nothing was deleted")
-    records = [rotation.Record(entry.id, entry.time, entry.verified == "yes") for entry in scan.backups]
-    decisions = rotation.decide(records, rules.rules(), now, min_keep=rules.min_keep)
+    records = [Record(entry.id, entry.time, entry.verified == "yes") for entry in scan.backups]
+    decisions = decide(records, rules.rules(), now, min_keep=rules.min_keep)
     _check_safe(decisions)
     entries = {entry.id: entry for entry in scan.backups}
 
@@ -202,7 +202,7 @@ def run_prune(policy: Policy, *, dry_run: bool = False, now: datetime | None = N
     return TaskResult(policy=policy.name or "", task="prune", summary=summary, lines=lines, data=data, metrics=metrics)
 
 
-def _check_safe(decisions: list[rotation.Decision]) -> None:
+def _check_safe(decisions: list[RotationDecision]) -> None:
     """Independent of the rules' arithmetic: something stays, and the newest verified backup stays."""
     if not any(d.keep for d in decisions):
         raise TaskFailed("refusing to prune: the retention rules would delete every backup (a bug; nothing deleted)")

@@ -69,7 +69,7 @@ class Record:
 
 
 @dataclass(frozen=True)
-class Decision:
+class RotationDecision:
     record: Record
     keep: bool
     reasons: tuple[str, ...]
@@ -113,7 +113,7 @@ def _apply_rule(rule: str, count: int, records: Sequence[Record]) -> _RuleOutcom
     return outcome
 
 
-def decide(records: Sequence[Record], rules: Mapping[str, int], now: datetime, *, min_keep: int = 1) -> list[Decision]:
+def decide(records: Sequence[Record], rules: Mapping[str, int], now: datetime, *, min_keep: int = 1) -> list[RotationDecision]:
     """One decision per record, newest first.
 
     ``rules`` maps ``keep_*`` names to counts; unknown names raise ValueError (a typo must not
@@ -124,7 +124,7 @@ def decide(records: Sequence[Record], rules: Mapping[str, int], now: datetime, *
         raise ValueError(f"unknown retention rule(s): {', '.join(sorted(unknown))} (allowed {', '.join(RULE_ORDER)})")
     ordered = sorted(records, key=lambda r: (r.time, r.id), reverse=True)
     if not rules:
-        return [Decision(r, True, ("no retention rule",)) for r in ordered]
+        return [RotationDecision(r, True, ("no retention rule",)) for r in ordered]
     active = [(rule, rules[rule]) for rule in RULE_ORDER if rules.get(rule, 0) > 0]
     outcomes = {rule: _apply_rule(rule, count, ordered) for rule, count in active}
     reasons: dict[str, list[str]] = {r.id: [] for r in ordered}
@@ -144,12 +144,12 @@ def decide(records: Sequence[Record], rules: Mapping[str, int], now: datetime, *
         if not reasons[record.id]:
             reasons[record.id].append(f"min_keep {min_keep}")
             kept += 1
-    decisions: list[Decision] = []
+    decisions: list[RotationDecision] = []
     for record in ordered:
         if reasons[record.id]:
-            decisions.append(Decision(record, True, tuple(reasons[record.id])))
+            decisions.append(RotationDecision(record, True, tuple(reasons[record.id])))
         else:
-            decisions.append(Decision(record, False, (_why_not_kept(record, ordered, active, outcomes),)))
+            decisions.append(RotationDecision(record, False, (_why_not_kept(record, ordered, active, outcomes),)))
     return decisions
 
 

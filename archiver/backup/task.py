@@ -22,10 +22,12 @@ from typing import Any
 
 from .. import __version__
 from ..common import log, sysinfo
+from ..common.process import StderrCapture, StreamingCommand
 from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..common.timeutil import format_bytes, isoformat, utcnow
 from ..errors import ArchiverError, TaskFailed, UsageError
+from ..pg.binaries import Tool, find_tool
 from ..pg.dsn import dsn_env, parse_dsn, redact_dsn
 from ..pg.snapshot import SnapshotSession, exported_snapshot
 from ..pg.stats import (
@@ -44,8 +46,16 @@ from ..storage.backends import open_store
 from ..storage.base import PutResult, Store
 from ..storage.compress import SUFFIXES, CompressingWriter
 from ..storage.documents import FORMAT_VERSION, write_json
-from . import dump
 from . import manifest as backup_manifest
+from .dump import (
+    child_env,
+    is_expected_warning,
+    lock_wait_timeout_ms,
+    parse_name_pattern,
+    pg_dump_argv,
+    pg_dumpall_globals_argv,
+    schema_pattern,
+)
 from .manifest import BackupEntry, backup_manifest_key, dump_key, globals_key, new_id
 
 logger = log.get_logger("backup")
@@ -63,9 +73,9 @@ def backup_config(policy: Policy) -> BackupConfig:
 def table_filter(options: PgDumpConfig) -> TableFilter:
     """pg_dump's exclusions as regexes, so the counts describe what the dump holds."""
     def tables(patterns: Iterable[str]) -> tuple[tuple[str | None, str], ...]:
-        parsed = [dump.parse_name_pattern(p) for p in patterns]
+        parsed = [parse_name_pattern(p) for p in patterns]
         return tuple((p.schema, p.name) for p in parsed)
-    return TableFilter(exclude_schemas=tuple(dump.schema_pattern(p) for p in options.exclude_schemas),
+    return TableFilter(exclude_schemas=tuple(schema_pattern(p) for p in options.exclude_schemas),
                           exclude_tables=tables(options.exclude_tables),
                           exclude_table_data=tables(options.exclude_table_data))
 
@@ -141,11 +151,11 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
     written: list[str] = []
     with backup_lease(store, backup_id, policy).held() as lease, \
             exported_snapshot(dsn, connect_timeout=policy.database.connect_timeout,
-                                 lock_timeout_ms=dump.lock_wait_timeout_ms(lock_timeout) if lock_timeout else None
+                                 lock_timeout_ms=lock_wait_timeout_ms(lock_timeout) if lock_timeout else None
                                  ) as session:
         facts = session.facts()
-        pg_dump = dump.find_tool("pg_dump", facts.server_version_num, policy.database.pg_bin_dir)
-        pg_dumpall = dump.find_tool("pg_dumpall", facts.server_version_num, policy.database.pg_bin_dir) \
+        pg_dump = find_tool("pg_dump", facts.server_version_num, policy.database.pg_bin_dir)
+        pg_dumpall = find_tool("pg_dumpall", facts.server_version_num, policy.database.pg_bin_dir) \
             if config.globals else None
         hypertables = session.hypertables()
         properties = session.database_properties()
@@ -158,7 +168,7 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
                 globals_object = _dump_globals(store, backup_id, dsn, facts, pg_dumpall, config)
                 written.append(globals_object.result.key)
             stats_job.start()
-            argv = dump.pg_dump_argv(pg_dump.path, config.pg_dump, session.snapshot_id)
+            argv = pg_dump_argv(pg_dump.path, config.pg_dump, session.snapshot_id)
             dump_object, stderr = _dump_database(store, backup_id, dsn, facts, argv, config, progress)
             written.append(dump_object.result.key)
             stats = stats_job.result()
@@ -182,15 +192,15 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
     return _result(policy, backup_id, document, manifest_result, dump_object, globals_object, stats, duration)
 
 
-def _dump_globals(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts, tool: dump.Tool,
+def _dump_globals(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts, tool: Tool,
                   config: BackupConfig) -> StoredObject:
     """pg_dumpall --globals-only, compressed like the dump (small: roles, memberships, tablespaces)."""
     codec = config.compression.codec
-    argv = dump.pg_dumpall_globals_argv(tool.path, database=facts.name,
+    argv = pg_dumpall_globals_argv(tool.path, database=facts.name,
                                         include_role_passwords=config.include_role_passwords)
-    env = dump.child_env(dsn_env(dsn), "archiver pg_dumpall")
+    env = child_env(dsn_env(dsn), "archiver pg_dumpall")
     key = globals_key(backup_id, SUFFIXES[codec])
-    with dump.StreamingCommand(argv, env, "pg_dumpall", what=f"dump of roles for backup {backup_id} failed") as child:
+    with StreamingCommand(argv, env, "pg_dumpall", what=f"dump of roles for backup {backup_id} failed") as child:
         with store.writer(key, if_absent=True, content_type="application/octet-stream") as out:
             compressor = CompressingWriter(out, codec, config.compression.effective_level(), threads=1)
             for chunk in child.chunks():
@@ -202,14 +212,14 @@ def _dump_globals(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts, 
 
 
 def _dump_database(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts, argv: list[str],
-                   config: BackupConfig, progress: Progress) -> tuple[StoredObject, dump.StderrCapture]:
+                   config: BackupConfig, progress: Progress) -> tuple[StoredObject, StderrCapture]:
     """pg_dump -> compressor -> store, streaming; the part size follows the database's size."""
     compression = config.compression
     key = dump_key(backup_id, SUFFIXES[compression.codec])
-    env = dump.child_env(dsn_env(dsn), f"archiver pg_dump {backup_id}")
+    env = child_env(dsn_env(dsn), f"archiver pg_dump {backup_id}")
     what = f"backup {backup_id} of database {facts.name!r} failed"
     progress.phase(f"dump {facts.name}", total=facts.size_bytes)
-    with dump.StreamingCommand(argv, env, "pg_dump", what=what) as child:
+    with StreamingCommand(argv, env, "pg_dump", what=what) as child:
         with store.writer(key, size_hint=facts.size_bytes, if_absent=True,
                           content_type="application/octet-stream") as out:
             compressor = CompressingWriter(out, compression.codec, compression.effective_level(), compression.threads)
@@ -244,10 +254,10 @@ def _remove(store: Store, keys: list[str]) -> None:
 
 
 def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: DatabaseFacts, started: datetime,
-                       finished: datetime, duration: float, pg_dump: dump.Tool, pg_dumpall: dump.Tool | None,
+                       finished: datetime, duration: float, pg_dump: Tool, pg_dumpall: Tool | None,
                        argv: list[str], config: BackupConfig, dump_object: StoredObject,
                        globals_object: StoredObject | None, stats: ContentStats,
-                       stderr: dump.StderrCapture, hypertables: list[HypertableStats],
+                       stderr: StderrCapture, hypertables: list[HypertableStats],
                        properties: dict[str, Any]) -> dict[str, Any]:
     objects: dict[str, Any] = {"dump": dump_object.to_json(format="custom")}
     if globals_object is not None:
@@ -256,7 +266,7 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: Datab
     tools: dict[str, Any] = {"archiver": __version__, "pg_dump": {"path": str(pg_dump.path), "version": pg_dump.version}}
     if pg_dumpall is not None:
         tools["pg_dumpall"] = {"path": str(pg_dumpall.path), "version": pg_dumpall.version}
-    warnings = [{"text": text, "expected": dump.is_expected_warning(text, facts.extensions)}
+    warnings = [{"text": text, "expected": is_expected_warning(text, facts.extensions)}
                 for text in stderr.warnings]
     content: dict[str, Any] = {
         "method": CHECKSUM_METHOD if config.table_checksums else None,

@@ -17,7 +17,7 @@ from ..backup.manifest import check_backup_id
 from ..common.timeutil import parse_timestamp
 from ..errors import UsageError
 from ..policy.schema import TABLE_NAME, TABLE_NAME_HELP
-from ..restore.restore import check_target_dsn
+from ..restore.task import check_target_dsn
 
 _BIGINT = 2 ** 63
 

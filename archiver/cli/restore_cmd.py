@@ -9,7 +9,9 @@ from click.core import ParameterSource
 
 from ..errors import UsageError
 from ..restore.archive import run_restore_archive
-from ..restore.restore import Confirm, RestorePlan, RestoreRequest, parse_before, run_restore
+from ..restore.plan import RestorePlan
+from ..restore.select import parse_before
+from ..restore.task import Confirm, RestoreRequest, run_restore
 from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal

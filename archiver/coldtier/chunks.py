@@ -30,7 +30,7 @@ from ..pg.connect import Session
 from ..pg.quote import qualified
 from ..policy.schema import ArchiveTable
 from . import typemap as tm
-from .identity import Identity, SpaceSlice, key_part, show_value, utc_date
+from .identity import Identity, SpaceSlice, key_part, utc_date
 
 HYPERTABLE = "hypertable"
 PARTITIONED = "partitioned"

@@ -25,9 +25,11 @@ from ..errors import ArchiverError, TaskFailed, VerificationFailed
 from ..pg.arrow import arrow_batches, shared_read_snapshot
 from ..pg.connect import Session
 from ..storage.base import PutResult, Store
-from . import fingerprint as fp
 from . import parquet
-from .chunks import Chunk, TableInfo, show_value
+from .chunks import Chunk, TableInfo
+from .fingerprint import Fingerprint, database_query, from_database_row, unrepresentable
+from .fingerprint_arrow import ArrowFingerprint
+from .identity import show_value
 from .typemap import ColumnPlan, arrow_schema, select_sql
 
 T = TypeVar("T")
@@ -49,25 +51,25 @@ class ExportResult:
     key: str
     put: PutResult
     summary: parquet.FileSummary
-    fingerprint: fp.Fingerprint
+    fingerprint: Fingerprint
     exported_at: datetime
     verified_at: datetime
     seconds: float
     # a merged version: the fingerprint of the rows that were in the database, and how many of its
     # rows were not (kept from earlier versions, their range dropped or only partly restored)
-    database_fingerprint: fp.Fingerprint | None = None
+    database_fingerprint: Fingerprint | None = None
     archived_only_rows: int = 0
 
 
 def database_fingerprint(current: Session, chunk: Chunk, plans: list[ColumnPlan],
-                         time_column: str) -> fp.Fingerprint:
-    query = fp.database_query(plans, chunk.relation, time_column)
-    return fp.from_database_row(query, current.query(query.sql)[0])
+                         time_column: str) -> Fingerprint:
+    query = database_query(plans, chunk.relation, time_column)
+    return from_database_row(query, current.query(query.sql)[0])
 
 
-def archive_fingerprint(store: Store, key: str, plans: list[ColumnPlan], time_column: str) -> fp.Fingerprint:
+def archive_fingerprint(store: Store, key: str, plans: list[ColumnPlan], time_column: str) -> Fingerprint:
     """The fingerprint of the object as the store returns it (ranged reads, page checksums verified)."""
-    accumulator = fp.ArrowFingerprint(plans, time_column)
+    accumulator = ArrowFingerprint(plans, time_column)
     try:
         with store.open_seekable(key) as source:
             for rows, columns in parquet.read_columns(source, [plan.name for plan in plans]):
@@ -108,7 +110,7 @@ def export_chunk(dsn: str, store: Store, *, database: str, info: TableInfo, chun
     schema = arrow_schema(plans, export_metadata(database, info, chunk, plans, version))
     sql = select_sql(plans, chunk.relation)
     with shared_read_snapshot(dsn) as (snapshot_id, snapshot_session), ThreadPoolExecutor(1) as pool:
-        counted: Future[fp.Fingerprint] = pool.submit(database_fingerprint, snapshot_session, chunk, plans,
+        counted: Future[Fingerprint] = pool.submit(database_fingerprint, snapshot_session, chunk, plans,
                                                       info.time_column)
         exported_at = now()
         put, summary = _stream(dsn, store, key, sql, snapshot_id, schema, settings, size_hint, counted, chunk, plans,
@@ -119,7 +121,7 @@ def export_chunk(dsn: str, store: Store, *, database: str, info: TableInfo, chun
     return ExportResult(chunk, key, put, summary, expected, exported_at, now(), time.monotonic() - started)
 
 
-def read_back(store: Store, key: str, plans: list[ColumnPlan], time_column: str, expected: fp.Fingerprint,
+def read_back(store: Store, key: str, plans: list[ColumnPlan], time_column: str, expected: Fingerprint,
               what: str) -> None:
     """The object as the store returns it must have ``expected``'s fingerprint; otherwise it is
     removed (a wrong object must not stay where readers look) and VerificationFailed raised."""
@@ -134,7 +136,7 @@ def read_back(store: Store, key: str, plans: list[ColumnPlan], time_column: str,
 
 
 def _stream(dsn: str, store: Store, key: str, sql: str, snapshot_id: str, schema: pa.Schema,
-            settings: parquet.WriterSettings, size_hint: int | None, counted: Future[fp.Fingerprint], chunk: Chunk,
+            settings: parquet.WriterSettings, size_hint: int | None, counted: Future[Fingerprint], chunk: Chunk,
             plans: list[ColumnPlan], on_rows: Callable[[int], None] | None) -> tuple[PutResult, parquet.FileSummary]:
     writer = store.writer(key, size_hint=size_hint, content_type="application/vnd.apache.parquet")
     batches = Prefetch(arrow_batches(dsn, sql, snapshot_id=snapshot_id, batch_bytes=ADBC_BATCH_BYTES))
@@ -142,7 +144,7 @@ def _stream(dsn: str, store: Store, key: str, sql: str, snapshot_id: str, schema
         summary = parquet.write_batches(batches, writer, schema, settings,
                                         on_batch=(lambda batch: on_rows(batch.num_rows)) if on_rows else None)
         expected = counted.result()
-        problems = fp.unrepresentable(expected, plans)
+        problems = unrepresentable(expected, plans)
         if problems:
             raise Unrepresentable(chunk.display, problems)
         if summary.rows != expected.rows:
@@ -151,7 +153,7 @@ def _stream(dsn: str, store: Store, key: str, sql: str, snapshot_id: str, schema
         return writer.commit(), summary
     except parquet.ConversionError as exc:
         writer.abort()
-        problems = fp.unrepresentable(counted.result(), plans)
+        problems = unrepresentable(counted.result(), plans)
         if problems:
             raise Unrepresentable(chunk.display, problems) from None
         raise TaskFailed(f"{chunk.display}: {exc}") from None

@@ -23,10 +23,10 @@ from ..errors import VerificationFailed
 from ..pg import staging as pg_staging
 from ..pg.staging import RowComparison
 from ..storage.base import Store
-from . import fingerprint as fp
 from . import parquet
 from .chunks import Chunk, TableInfo
 from .export import ADBC_BATCH_BYTES, ExportResult, Unrepresentable, export_metadata, read_back
+from .fingerprint import database_query, from_database_row, unrepresentable
 from .identity import Identity
 from .objects import downloaded, staging_reader
 from .typemap import arrow_schema, select_sql
@@ -84,13 +84,13 @@ def export_merged(dsn: str, store: Store, *, database: str, info: TableInfo, sou
             reader, staged = staging_reader([copy.path])
             staging.stage(reader, staged)
         merged = staging.merge(source.chunk.relation if source.chunk else None)
-        query = fp.database_query(plans, merged, info.time_column)
-        expected = fp.from_database_row(query, staging.row(query.sql))
+        query = database_query(plans, merged, info.time_column)
+        expected = from_database_row(query, staging.row(query.sql))
         in_database = None
         if source.chunk is not None:
-            query = fp.database_query(plans, source.chunk.relation, info.time_column)
-            in_database = fp.from_database_row(query, staging.row(query.sql))
-        problems = fp.unrepresentable(expected, plans)
+            query = database_query(plans, source.chunk.relation, info.time_column)
+            in_database = from_database_row(query, staging.row(query.sql))
+        problems = unrepresentable(expected, plans)
         if problems:
             raise Unrepresentable(chunk.display, problems)
         exported_at = now()

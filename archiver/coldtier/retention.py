@@ -42,6 +42,7 @@ from .catalog import TableCatalog, load_table_catalog
 from .chunks import Chunk, TableInfo
 from .decisions import DROP, HOLD, REFUSE, Decision, RangeFacts
 from .expiry import Counts, expire_cold_files
+from .identity import show_value
 from .rangefacts import accept_command, gather, with_rows
 from .steps import archive_section, clean_table, finish, record
 
@@ -120,7 +121,7 @@ def _retain_table(table: _Table, config: ArchiveConfig, now: datetime, dry_run: 
     if not candidates:
         record(decisions, Decision("retention", info.display, "", "keep",
                                    f"no chunk wholly older than drop_after ({format_duration(settings.drop_after)}, "
-                                   f"boundary {chunks.show_value(boundary)})"), "retention.table")
+                                   f"boundary {show_value(boundary)})"), "retention.table")
         return 0
     chosen = [candidate for chunk in candidates
               if (candidate := _precheck(table, chunk, dry_run)) is not None]
@@ -223,7 +224,7 @@ def _drop_all_at_once(table: _Table, chosen: list[_Candidate]) -> int | None:
     _forget_rehydrations(table, chosen)
     for candidate, reason in zip(chosen, reasons, strict=True):
         record(table.decisions, Decision("retention", info.display, candidate.chunk.display, "dropped",
-                                         f"{reason} (drop_chunks older_than {chunks.show_value(boundary)})"),
+                                         f"{reason} (drop_chunks older_than {show_value(boundary)})"),
                "retention.chunk.dropped")
     return len(chosen)
 

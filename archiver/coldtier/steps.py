@@ -16,8 +16,9 @@ from ..storage.base import Store
 from ..storage.uploads import abort_dead_uploads
 from . import decisions as coldplan
 from .catalog import TableCatalog, orphans
-from .chunks import TableInfo, data_prefix, key_part
+from .chunks import TableInfo, data_prefix
 from .decisions import Decision
+from .identity import key_part
 from .manifest import archive_catalog_prefix
 
 MiB = 1024 * 1024

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -109,3 +110,44 @@ def sharedir(bindir: Path) -> Path | None:
 def extension_available(bindir: Path, name: str) -> bool:
     share = sharedir(bindir)
     return bool(share and (share / "extension" / f"{name}.control").exists())
+
+
+# -- finding the programs ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tool:
+    path: Path
+    major: int
+    version: str  # the program's own --version line, e.g. "pg_dump (PostgreSQL) 15.20"
+
+
+def find_tool(program: str, server_version_num: int, configured: str | None) -> Tool:
+    """The ``program`` to use against a server, refusing one older than the server.
+
+    A client program cannot read a newer server's catalogs (pg_dump itself aborts with a
+    "server version mismatch"); saying so before anything starts is clearer.
+    """
+    server_major = server_version_num // 10000
+    copies = installed(program, configured)
+    usable = {major: path for major, path in copies.items() if major >= server_major}
+    if copies and not usable:
+        newest = max(copies)
+        raise UsageError(
+            f"{program} {newest} ({copies[newest]}) is older than the server (PostgreSQL {server_major}): "
+            f"{program} cannot dump a newer server; refusing to run it",
+            hint=f"install postgresql-client-{server_major} (Debian/Ubuntu) or postgresql{server_major} (RHEL)"
+                 + (f", or point database.pg_bin_dir at a PostgreSQL {server_major} bin directory" if configured
+                    else ", or set database.pg_bin_dir to its bin directory"))
+    path = find(program, server_major=server_major, configured=configured)
+    major = program_version(str(path))[0]
+    if major < server_major:  # pgbin.find never returns an older one; keep the promise explicit
+        raise UsageError(f"{program} {major} ({path}) is older than the server (PostgreSQL {server_major})")
+    return Tool(path, major, version_text(path))
+
+
+def version_text(path: Path) -> str:
+    try:
+        result = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise UsageError(f"cannot run {path} --version: {exc}") from None
+    return result.stdout.strip()

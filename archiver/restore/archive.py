@@ -27,18 +27,16 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from ..coldtier import chunks
 from ..coldtier import identity as ident
 from ..coldtier.catalog import record_rehydration, rehydration_key
-from ..coldtier.manifest import ARCHIVE_CATALOG_PREFIX, LoadedManifest, list_archive_manifests
+from ..coldtier.manifest import ARCHIVE_CATALOG_PREFIX
 from ..coldtier.objects import downloaded, staging_reader
 from ..common import log, sysinfo
 from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
-from ..common.timeutil import isoformat, parse_timestamp
 from ..errors import ObjectNotFound, UsageError
 from ..pg import staging as pg_staging
 from ..pg.catalog import (
@@ -52,7 +50,7 @@ from ..pg.catalog import (
 )
 from ..pg.connect import DatabaseMissing, Session, session
 from ..pg.dsn import parse_dsn
-from ..pg.quote import qualified, quote_literal
+from ..pg.quote import qualified
 from ..pg.staging import range_condition
 from ..policy.schema import Policy
 from ..runtime.locking import database_lock
@@ -60,31 +58,23 @@ from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import ManifestError, read_json
 from ..storage.integrity import ObjectMismatch
+from .archive_ranges import (
+    ArchivedRange,
+    Bound,
+    archived_ranges,
+    archived_tables,
+    clip,
+    overlaps,
+    parse_bound,
+    show_bound,
+    sql_bound,
+)
 
 logger = log.get_logger("restore-archive")
 
-Bound = datetime | int | None  # None: unbounded
-
 
 @dataclass
-class ArchivedRange:
-    """The archives of one time range (several when space partitions share it)."""
-
-    start: Bound
-    end: Bound
-    documents: list[dict[str, Any]]
-
-    @property
-    def rows(self) -> int:
-        return sum(int(document["rows"]) for document in self.documents)
-
-    @property
-    def names(self) -> str:
-        return ", ".join(str(document["chunk"]["name"]) for document in self.documents)
-
-
-@dataclass
-class Decision:
+class LoadDecision:
     action: str  # load, skip, hold, mismatch (and would-load in a dry run)
     range: str
     chunks: str
@@ -118,89 +108,6 @@ class _Target:
     @property
     def relation(self) -> str:
         return qualified(self.schema, self.name)
-
-
-# -- bounds -------------------------------------------------------------------------------------
-
-def parse_bound(text: str, time_type: str, flag: str) -> datetime | int:
-    """A ``--from``/``--to`` value in the table's time domain."""
-    if time_type == chunks.INTEGER:
-        try:
-            return int(text)
-        except ValueError:
-            raise UsageError(f"{flag} {text!r}: the table's time column is an integer; give an integer") from None
-    try:
-        return parse_timestamp(text)
-    except ValueError:
-        raise UsageError(f"{flag} {text!r} is not a timestamp (allowed: ISO 8601, e.g. 2026-01-01 or "
-                         "2026-01-01T06:00:00Z; UTC unless it says otherwise)") from None
-
-
-def _manifest_bound(value: Any) -> Bound:
-    if value is None or isinstance(value, int):
-        return value
-    return parse_timestamp(str(value))
-
-
-def _show(value: Bound) -> str:
-    if value is None:
-        return "unbounded"
-    return str(value) if isinstance(value, int) else isoformat(value)
-
-
-def _overlaps(archived: ArchivedRange, low: Bound, high: Bound) -> bool:
-    starts_before_high = archived.start is None or high is None or archived.start < high  # type: ignore[operator]
-    ends_after_low = archived.end is None or low is None or archived.end > low  # type: ignore[operator]
-    return starts_before_high and ends_after_low
-
-
-def _clip(archived: ArchivedRange, low: Bound, high: Bound) -> tuple[Bound, Bound]:
-    start = low if archived.start is None or (low is not None and low > archived.start) else archived.start  # type: ignore[operator]
-    end = high if archived.end is None or (high is not None and high < archived.end) else archived.end  # type: ignore[operator]
-    return start, end
-
-
-def _sql_bound(value: Bound, pg_type: str) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return str(value)
-    return f"CAST({quote_literal(isoformat(value))} AS {pg_type})"
-
-
-# -- choosing the archives ------------------------------------------------------------------------
-
-def archived_ranges(store: Store, table: str) -> tuple[list[ArchivedRange], list[str]]:
-    """Every archived time range of ``table`` (oldest first) with the manifests to load for it, and
-    the problems of unreadable manifests. Manifests superseded by a newer version are left out."""
-    found = list_archive_manifests(store, ARCHIVE_CATALOG_PREFIX)
-    segment = f"/{ident.key_part(table)}/"
-    readable: list[LoadedManifest] = []
-    problems = []
-    for key, loaded in sorted(found.items()):
-        if loaded.document is None:
-            if segment in key:
-                problems.append(f"{store.describe(key)}: {loaded.error}")
-        elif loaded.document.get("table") == table:
-            readable.append(loaded)
-    superseded = {str(entry.get("manifest")) for loaded in readable
-                  for entry in (loaded.document or {}).get("supersedes", [])}
-    by_range: dict[tuple[str, str], ArchivedRange] = {}
-    for loaded in readable:
-        if loaded.key in superseded:
-            continue
-        document = loaded.document or {}
-        span = document["range"]
-        group = by_range.setdefault((str(span.get("start")), str(span.get("end"))), ArchivedRange(
-            _manifest_bound(span.get("start")), _manifest_bound(span.get("end")), []))
-        group.documents.append(document)
-    ranges = sorted(by_range.values(), key=lambda r: (r.start is not None, r.start or 0, r.names))  # type: ignore[operator]
-    return ranges, problems
-
-
-def _archived_tables(store: Store) -> list[str]:
-    found = list_archive_manifests(store, ARCHIVE_CATALOG_PREFIX)
-    return sorted({str(loaded.document["table"]) for loaded in found.values() if loaded.document})
 
 
 # -- the target table -----------------------------------------------------------------------------
@@ -266,7 +173,7 @@ def _partition_for(current: Session, target: _Target, archived: ArchivedRange, t
         name = f"{name}_restored"
     pg_type = target.columns[target.time_column]
     statement = create_range_partition_sql(target.schema, target.name, schema, name,
-                                              _sql_bound(archived.start, pg_type), _sql_bound(archived.end, pg_type))
+                                              sql_bound(archived.start, pg_type), sql_bound(archived.end, pg_type))
     return statement, f"{schema}.{name}"
 
 
@@ -292,8 +199,8 @@ def _load(store: Store, current: Session, target: _Target, archived: ArchivedRan
           time_type: str, work_dir: str | None) -> tuple[int, int, str | None]:
     """(rows inserted, archived rows in the window, the partition recreated) in one transaction."""
     pg_type = target.columns[target.time_column]
-    condition = range_condition("t", target.time_column, _sql_bound(window[0], pg_type),
-                                   _sql_bound(window[1], pg_type))
+    condition = range_condition("t", target.time_column, sql_bound(window[0], pg_type),
+                                   sql_bound(window[1], pg_type))
     partition = _partition_for(current, target, archived, time_type)
     columns = list(target.columns.items())
     with downloaded(store, archived.documents, work_dir) as copies, \
@@ -310,26 +217,26 @@ def _load(store: Store, current: Session, target: _Target, archived: ArchivedRan
 
 
 def _dry_run(current: Session, target: _Target, archived: ArchivedRange, span: str, window: tuple[Bound, Bound],
-             whole: bool) -> Decision:
+             whole: bool) -> LoadDecision:
     """What a run would do, without downloading anything: the rows the table already holds in the
     window tell whether the range looks restored already (a real run compares row by row)."""
     present = 0
     if target.exists:
         pg_type = target.columns[target.time_column]
-        condition = range_condition("t", target.time_column, _sql_bound(window[0], pg_type),
-                                       _sql_bound(window[1], pg_type))
+        condition = range_condition("t", target.time_column, sql_bound(window[0], pg_type),
+                                       sql_bound(window[1], pg_type))
         present = int(current.scalar(f"SELECT count(*) FROM {target.relation} AS t WHERE {condition}"))
     if whole and present == archived.rows:
-        return Decision("skip", span, archived.names, f"{present:,} rows already present (as many as archived)")
-    return Decision("would load", span, archived.names,
+        return LoadDecision("skip", span, archived.names, f"{present:,} rows already present (as many as archived)")
+    return LoadDecision("would load", span, archived.names,
                     f"the archived rows the table lacks: the archive holds {archived.rows:,}"
                     + ("" if whole else " (some outside the window)") + f", the table {present:,} in this window")
 
 
 def _restore_range(store: Store, current: Session, target: _Target, archived: ArchivedRange, low: Bound,
-                   high: Bound, time_type: str, *, work_dir: str | None, dry_run: bool) -> Decision:
-    start, end = _clip(archived, low, high)
-    span = f"[{_show(start)}, {_show(end)})"
+                   high: Bound, time_type: str, *, work_dir: str | None, dry_run: bool) -> LoadDecision:
+    start, end = clip(archived, low, high)
+    span = f"[{show_bound(start)}, {show_bound(end)})"
     whole = (start, end) == (archived.start, archived.end)
     if dry_run:
         return _dry_run(current, target, archived, span, (start, end), whole)
@@ -337,14 +244,14 @@ def _restore_range(store: Store, current: Session, target: _Target, archived: Ar
     try:
         inserted, in_window, created = _load(store, current, target, archived, (start, end), time_type, work_dir)
     except ObjectMismatch as exc:
-        return Decision("mismatch", span, archived.names, f"{exc.message}; not loaded")
+        return LoadDecision("mismatch", span, archived.names, f"{exc.message}; not loaded")
     _record(store, target, archived, (start, end), "loaded", rows=inserted)
     prefix = f"recreated partition {created}; " if created else ""
     if inserted:
         present = in_window - inserted
-        return Decision("load", span, archived.names, f"{prefix}{inserted:,} rows loaded, checksums verified"
+        return LoadDecision("load", span, archived.names, f"{prefix}{inserted:,} rows loaded, checksums verified"
                         + (f" ({present:,} already present)" if present else ""), inserted)
-    return Decision("skip", span, archived.names, f"{in_window:,} rows already present (as archived)")
+    return LoadDecision("skip", span, archived.names, f"{in_window:,} rows already present (as archived)")
 
 
 @contextlib.contextmanager
@@ -368,18 +275,18 @@ def run_restore_archive(policy: Policy, *, table: str, start: str, end: str, tar
     store = store or open_store(policy.storage)
     ranges, problems = archived_ranges(store, qualified_name)
     if not ranges:
-        archived = ", ".join(_archived_tables(store)) or "none"
+        archived = ", ".join(archived_tables(store)) or "none"
         raise UsageError(f"no archives of {qualified_name} in {store.describe(ARCHIVE_CATALOG_PREFIX)} "
                          f"(archived tables: {archived})")
     time_type = str(ranges[0].documents[0]["time_type"])
     low, high = parse_bound(start, time_type, "--from"), parse_bound(end, time_type, "--to")
     if low >= high:  # type: ignore[operator]
         raise UsageError(f"--from {start} is not before --to {end}")
-    chosen = [archived for archived in ranges if _overlaps(archived, low, high)]
+    chosen = [archived for archived in ranges if overlaps(archived, low, high)]
     dsn = target or policy.database.resolved_dsn()
     log.register_secret(parse_dsn(dsn).get("password"))
     clock = time.monotonic()
-    decisions: list[Decision] = []
+    decisions: list[LoadDecision] = []
     lock = contextlib.nullcontext() if dry_run else database_lock(policy, "restore-archive",
                                                                     dsn=target if target else None)
     with lock, _target_session(dsn, target) as current:
@@ -400,16 +307,16 @@ def run_restore_archive(policy: Policy, *, table: str, start: str, end: str, tar
                    time.monotonic() - clock, dry_run)
 
 
-def _result(policy: Policy, table: str, decisions: list[Decision], destination: _Target | None, problems: list[str],
+def _result(policy: Policy, table: str, decisions: list[LoadDecision], destination: _Target | None, problems: list[str],
             low: Bound, high: Bound, ranges: list[ArchivedRange], seconds: float, dry_run: bool) -> TaskResult:
     count = {action: sum(1 for d in decisions if d.action == action) for action in ("load", "skip", "hold", "mismatch")}
     rows = sum(d.rows for d in decisions)
     lines = list(destination.notes if destination else [])
     lines += [f"unreadable archive manifest (not used): {problem}" for problem in problems]
     lines += [decision.line() for decision in decisions]
-    window = f"[{_show(low)}, {_show(high)})"
+    window = f"[{show_bound(low)}, {show_bound(high)})"
     if not decisions:
-        covered = f"{_show(ranges[0].start)} to {_show(ranges[-1].end)}"
+        covered = f"{show_bound(ranges[0].start)} to {show_bound(ranges[-1].end)}"
         summary = f"{table}: no archive overlaps {window} (the archives cover {covered}); nothing loaded"
     elif dry_run:
         summary = (f"dry run: {table} {window}: would load {sum(d.action == 'would load' for d in decisions)} "

@@ -23,11 +23,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 from .. import __version__
-from ..backup import dump
 from ..backup.manifest import BackupEntry, verification_key
 from ..coldtier import identity
 from ..coldtier.manifest import ARCHIVE_CATALOG_PREFIX, list_archive_manifests
@@ -36,21 +34,30 @@ from ..common import log, sysinfo
 from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..common.timeutil import isoformat, utcnow
-from ..errors import ArchiverError, ExternalCommandFailed, TaskFailed, UsageError, set_outcome
+from ..errors import ExternalCommandFailed, TaskFailed, UsageError, set_outcome
 from ..pg import binaries
 from ..pg.connect import server_version_num
-from ..pg.dsn import dsn_env, dsn_with
+from ..pg.dsn import dsn_with
 from ..pg.scratch import ContainerPostgres, LocalPostgres
-from ..pg.stats import CHECKSUM_METHOD
-from ..pg.target import content_stats, first_value, timescale_inventory
-from ..policy.expect import parse_expectation
 from ..policy.schema import Policy, ScratchConfig, VerifyConfig
 from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import FORMAT_VERSION, write_json
 from ..storage.integrity import ObjectMismatch
-from . import props
-from .restore import Source, TargetUnsuitable, compare_tables, execute_restore, plan_restore, select_backup
+from .checks import (
+    Check,
+    check_amcheck,
+    check_database_properties,
+    check_hypertables,
+    check_large_objects,
+    check_matviews,
+    check_sql,
+)
+from .compare import compare_tables
+from .execute import execute_restore
+from .plan import plan_restore
+from .props import TargetUnsuitable
+from .select import Source, select_backup
 
 logger = log.get_logger("verify")
 
@@ -60,58 +67,6 @@ ENVIRONMENT_FAILURES = ("No space left on device", "could not extend file", "out
                         "server closed the connection", "terminating connection", "Cannot allocate memory")
 # A scratch cluster that also lets a restore hold a lock per table, index and chunk in one transaction.
 SCRATCH_SETTINGS = {"max_locks_per_transaction": "1024"}
-AMCHECK_TIMEOUT = 6 * 3600
-
-Status = Literal["pass", "fail", "skip"]
-
-
-@dataclass
-class Check:
-    kind: str  # object, restore, table, large_objects, matview, database, hypertable, amcheck, sql, archive
-    name: str
-    status: Status
-    expected: Any = None
-    actual: Any = None
-    detail: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"kind": self.kind, "name": self.name, "status": self.status}
-        for key in ("expected", "actual"):
-            value = getattr(self, key)
-            if value is not None:
-                entry[key] = _jsonable(value)
-        if self.detail:
-            entry["detail"] = self.detail
-        return entry
-
-    def line(self) -> str:
-        text = f"{self.status.upper():4}  {self.kind:13} {self.name}"
-        if self.status == "fail" and (self.expected is not None or self.actual is not None):
-            text += f": expected {_show(self.expected)}, got {_show(self.actual)}"
-        elif self.actual is not None and self.status == "pass" and self.kind in ("sql", "hypertable", "large_objects",
-                                                                                  "matview"):
-            text += f": {_show(self.actual)}"
-        if self.detail:
-            text += f" ({self.detail})"
-        return text
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return isoformat(value)
-    return str(value)
-
-
-def _show(value: Any) -> str:
-    return "missing" if value is None else str(_jsonable(value))
 
 
 @dataclass
@@ -273,92 +228,18 @@ def _check_restored(drill: Drill, target: str, config: VerifyConfig, instance: L
                                   {k: v for k, v in expected.items() if v is not None},
                                   actual if actual is None else {k: v for k, v in actual.items() if v is not None}))
         progress.advance(1)
-    drill.checks.append(_large_objects(target, drill.source))
-    drill.checks += _matviews(target, drill.source)
-    drill.checks += _database_properties(target, drill.source)
-    drill.checks += _hypertables(target, drill.source)
+    drill.checks.append(check_large_objects(target, drill.source))
+    drill.checks += check_matviews(target, drill.source)
+    drill.checks += check_database_properties(target, drill.source)
+    drill.checks += check_hypertables(target, drill.source)
     if config.amcheck:
-        drill.checks.append(_amcheck(target, instance))
+        drill.checks.append(check_amcheck(target, instance))
     progress.advance(1)
     for check in config.checks:
-        drill.checks.append(_sql_check(target, check.name or check.sql, check.sql, check.expect))
+        drill.checks.append(check_sql(target, check.name or check.sql, check.sql, check.expect))
         progress.advance(1)
     progress.done()
     drill.durations["checks"] = time.monotonic() - clock
-
-
-def _large_objects(target: str, source: Source) -> Check:
-    recorded = source.document.get("content", {}).get("large_objects", {})
-    method = source.checksum_method  # None: a method this archiver cannot compute; counts only
-    checksums = "checksum" in recorded and method is not None
-    counted = content_stats(target, tables=[], checksums=checksums,
-                               method=method or CHECKSUM_METHOD).large_objects.to_json()
-    counted.pop("note", None)
-    expected = {key: value for key, value in recorded.items() if key == "count" or (key == "checksum" and checksums)}
-    actual = {key: value for key, value in counted.items() if key in expected}
-    return Check("large_objects", "pg_largeobject", "pass" if actual == expected else "fail", expected, actual)
-
-
-def _matviews(target: str, source: Source) -> list[Check]:
-    """Materialized views: present, and populated as in the backup. The restore re-computes their rows (pg_dump's
-    semantics), so another row count is a note, not a failure."""
-    checks = []
-    for view in props.compare_matviews(target, source):
-        status: Status = "fail" if view.missing or view.populated != view.recorded_populated else "pass"
-        expected = {"populated": view.recorded_populated, "rows": view.recorded_rows}
-        actual = None if view.missing else {"populated": view.populated, "rows": view.rows}
-        checks.append(Check("matview", view.name, status, expected, actual, detail=view.note() or (
-            "refreshed by the restore; row count as in the backup" if view.refreshed else "")))
-    return checks
-
-
-def _database_properties(target: str, source: Source) -> list[Check]:
-    """The restored database has the source's encoding, locale, owner, settings, comment and privileges."""
-    differences = props.property_differences(target, source)
-    if differences is None:
-        return []
-    name = str(source.database.get("name") or "database")
-    return [Check("database", name, "fail" if differences else "pass", detail="; ".join(differences) or
-                  "encoding, locale, owner, settings, comment and privileges as in the source")]
-
-
-def _hypertables(target: str, source: Source) -> list[Check]:
-    if not source.timescaledb:
-        return []
-    restored = {item.qualified_name: item for item in timescale_inventory(target)}
-    recorded = source.document.get("content", {}).get("hypertables")
-    if recorded is None:  # a manifest from before chunk counts were recorded: existence only
-        names = [f"{t['schema']}.{t['name']}" for t in source.tables if t.get("kind") == "hypertable"]
-        return [Check("hypertable", name, "pass" if name in restored else "fail", detail="chunk counts not recorded")
-                for name in names]
-    checks = []
-    for entry in recorded:
-        name = f"{entry['schema']}.{entry['name']}"
-        expected = {"chunks": entry["chunks"], "compressed_chunks": entry["compressed_chunks"]}
-        found = restored.get(name)
-        actual = None if found is None else {"chunks": found.chunks, "compressed_chunks": found.compressed_chunks}
-        checks.append(Check("hypertable", name, "pass" if actual == expected else "fail", expected, actual))
-    return checks
-
-
-def _amcheck(target: str, instance: LocalPostgres | ContainerPostgres) -> Check:
-    """pg_amcheck of every table and B-tree index; skipped (and said so) where the tool is missing."""
-    major = server_version_num(target) // 10000
-    try:
-        program = binaries.find("pg_amcheck", server_major=major,
-                             configured=str(instance.bindir) if isinstance(instance, LocalPostgres) else None)
-    except UsageError:
-        return Check("amcheck", "pg_amcheck", "skip", detail="pg_amcheck is not installed (PostgreSQL 14+ client)")
-    env = dump.child_env(dsn_env(target), "archiver verify pg_amcheck")
-    result = dump.run_captured(dump.pg_amcheck_argv(program), env, "pg_amcheck", timeout=AMCHECK_TIMEOUT)
-    output = (result.stdout + result.stderr).strip()
-    if result.returncode == 0 and not result.stdout.strip():
-        return Check("amcheck", "pg_amcheck", "pass", detail="heap and B-tree indexes")
-    if "amcheck" in output and ("extension" in output or "control file" in output) and result.returncode == 1:
-        return Check("amcheck", "pg_amcheck", "skip", detail="the scratch server lacks the amcheck extension: "
-                                                             + output.splitlines()[-1][:300])
-    tail = "\n".join(output.splitlines()[-20:])
-    return Check("amcheck", "pg_amcheck", "fail", detail=f"exit {result.returncode}: {tail}")
 
 
 def _archive_checks(store: Store, progress: Progress) -> list[Check]:
@@ -394,15 +275,6 @@ def _archive_checks(store: Store, progress: Progress) -> list[Check]:
                                 detail=f"{len(names)} archives claim this range ({', '.join(names)}): readers see its "
                                        "rows more than once; `archiver archive` merges them"))
     return checks
-
-
-def _sql_check(target: str, name: str, statement: str, expect: str) -> Check:
-    expectation = parse_expectation(expect)
-    try:
-        value = first_value(target, statement)
-    except ArchiverError as exc:
-        return Check("sql", name, "fail", expect, None, detail=f"query failed: {exc.message}")
-    return Check("sql", name, "pass" if expectation.holds(value) else "fail", expect, value)
 
 
 def _result(policy: Policy, drill: Drill, record: dict[str, Any]) -> TaskResult:
