@@ -14,19 +14,20 @@ from typing import Any
 import pytest
 
 from archiver.coldtier import retention
-from archiver.coldtier.archive import run_archive
-from archiver.coldtier.retention import run_retention
+from archiver.coldtier.archive import ArchiveOptions, run_archive
+from archiver.coldtier.retention import RetentionOptions, run_retention
 from archiver.coldtier.steps import ColdTierFailed
 from archiver.errors import LockBusy, StoreError
+from archiver.ops.locking import database_lock
+from archiver.ops.runner import run_task
 from archiver.pg.catalog import detach_and_drop_partition
 from archiver.pg.connect import Session
 from archiver.pg.quote import qualified
 from archiver.policy.schema import StorageConfig
-from archiver.runtime.dispatch import execute
-from archiver.runtime.locking import database_lock
 from archiver.storage.backends import open_store
 from archiver.storage.base import ObjectWriter
 from archiver.storage.local import LocalStore
+from archiver.tasks import ARCHIVE, RETENTION
 from tests.coldtier import make_policy, manifests, parquet_keys, read_archive, relations, sql, storage, table  # noqa: F401  storage is a fixture
 
 AGES = (90, 80, 70, 60)
@@ -253,8 +254,8 @@ def test_another_run_holding_the_lock_is_reported_at_once(database: str, local: 
         assert entered.wait(30)
         with pytest.raises(LockBusy, match="retention of policy 'telemetry' cannot start: the cold tier .* is busy: "
                                            "the database lock is held by archiver archive telemetry"):
-            execute(policy, "retention")  # ...keeps retention out
-        assert execute(policy, "archive", dry_run=True).status == "ok"  # a dry run reads only and takes no lock
+            run_task(RETENTION, policy, RetentionOptions())  # ...keeps retention out
+        assert run_task(ARCHIVE, policy, ArchiveOptions(dry_run=True)).status == "ok"  # a dry run reads only and takes no lock
     finally:
         release.set()
         holder.join()

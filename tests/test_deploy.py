@@ -64,8 +64,8 @@ def objects_of(kind: str) -> list[dict[str, Any]]:
 
 def shipped_schedules() -> dict[tuple[str, str], str]:
     """(policy, task) -> cron expression, exactly as the worker would schedule policies/*.yaml."""
-    from archiver.ops.worker import task_schedules
     from archiver.policy.files import load
+    from archiver.tasks import task_schedules
 
     result = load([PROJECT / "policies"], strict_env=False)
     assert not result.issues, result.issues

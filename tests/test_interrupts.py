@@ -22,10 +22,10 @@ import pytest
 from archiver.backup.manifest import BACKUPS_PREFIX, list_backups
 from archiver.common.timeutil import isoformat, utcnow
 from archiver.errors import ExitCode, Interrupted
+from archiver.ops.metrics import Metrics
+from archiver.ops.runner import read_run_record, run_record_key, task_run
 from archiver.pg.connect import execute, query
 from archiver.pg.scratch import LocalPostgres
-from archiver.runtime.metrics import Metrics
-from archiver.runtime.runner import read_run_record, run_record_key, task_run
 from archiver.storage.documents import write_json
 from archiver.storage.local import LocalStore
 from archiver.storage.s3 import S3Store
@@ -166,7 +166,7 @@ def test_an_interrupted_task_that_then_misses_its_schedule_is_a_problem(tmp_path
 
 ENDLESS_CLEANUP = """
 import sys, time
-from archiver import log, signals
+from archiver.common import log, signals
 log.setup("json", 0)
 signals.configure(float(sys.argv[1]))
 with signals.stop_on_signals():

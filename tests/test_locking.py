@@ -16,12 +16,13 @@ import pytest
 from archiver.common.owner import ProcessIdentity, process_start
 from archiver.common.timeutil import isoformat, parse_timestamp, utcnow
 from archiver.errors import LockBusy
+from archiver.ops.locking import database_lock, task_lock
 from archiver.pg.connect import query
 from archiver.policy.fields import Secret
 from archiver.policy.schema import DatabaseConfig, Policy, StorageConfig
-from archiver.runtime.locking import StoreLease, database_lock, task_lock
 from archiver.storage.base import Store
 from archiver.storage.documents import read_json, write_json
+from archiver.storage.leases import StoreLease
 
 
 def make_policy(dsn: str, url: str = "file:///srv/none", name: str = "app") -> Policy:
@@ -48,8 +49,8 @@ def test_second_database_lock_is_refused_naming_the_holder(database: str) -> Non
 def test_a_killed_holder_frees_the_database_lock(database: str) -> None:
     script = textwrap.dedent(f"""
         import sys, time
-        from archiver.locking import database_lock
-        from archiver.policy import DatabaseConfig, Policy, Secret, StorageConfig
+        from archiver.ops.locking import database_lock
+        from archiver.policy.schema import DatabaseConfig, Policy, Secret, StorageConfig
         policy = Policy(database=DatabaseConfig(dsn=Secret({database!r})), storage=StorageConfig(url="file:///srv/x"),
                         name="app", source="app.yaml")
         with database_lock(policy, "backup"):
@@ -125,8 +126,8 @@ def test_an_unexpired_lease_is_taken_over_at_once_when_its_holder_process_is_gon
     """A SIGKILLed drill must not block the next one for the lease's ten minutes; a live holder still does."""
     script = textwrap.dedent(f"""
         import os, signal
-        from archiver.locking import StoreLease
-        from archiver.storage import LocalStore
+        from archiver.storage.leases import StoreLease
+        from archiver.storage.local import LocalStore
         StoreLease(LocalStore({str(file_store.root)!r}), "verify", "archiver verify app (killed)").acquire()
         os.kill(os.getpid(), signal.SIGKILL)
     """)

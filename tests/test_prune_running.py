@@ -25,9 +25,9 @@ from archiver.backup.prune import run_prune
 from archiver.common.timeutil import isoformat, utcnow
 from archiver.errors import ExitCode, StoreError
 from archiver.pg.scratch import LocalPostgres
-from archiver.runtime.locking import BACKUP_LEASE_PREFIX, LOCKS_PREFIX, StoreLease
 from archiver.storage.base import IncompleteWrite
 from archiver.storage.documents import read_json, write_json
+from archiver.storage.leases import BACKUP_LEASE_PREFIX, LOCKS_PREFIX, StoreLease
 from archiver.storage.local import LocalStore
 from archiver.storage.s3 import S3Store
 from archiver.storage.uploads import abort_dead_uploads

@@ -12,11 +12,11 @@ import yaml
 from archiver.coldtier.archive import run_archive
 from archiver.coldtier.retention import run_retention
 from archiver.errors import LockBusy
+from archiver.ops.locking import database_lock
 from archiver.pg.connect import connect
 from archiver.pg.stats import PINNED_SETTINGS
 from archiver.policy.schema import StorageConfig
 from archiver.restore.archive import run_restore_archive
-from archiver.runtime.locking import database_lock
 from archiver.storage.backends import open_store
 from tests.coldtier import make_policy, manifests, relations, sql, storage, table  # noqa: F401  storage is a fixture
 from tests.helpers import run_cli

@@ -6,11 +6,11 @@ import pytest
 
 from archiver.common.result import TaskResult
 from archiver.errors import LockBusy, TaskFailed
+from archiver.ops.metrics import Metrics
+from archiver.ops.notify import send
+from archiver.ops.runner import read_run_record, task_run
 from archiver.policy.fields import Secret
 from archiver.policy.schema import DatabaseConfig, NotifyConfig, Policy, StorageConfig
-from archiver.runtime.metrics import Metrics
-from archiver.runtime.notify import send
-from archiver.runtime.runner import read_run_record, task_run
 from archiver.storage.local import LocalStore
 from tests.webhook import WebhookReceiver
 

@@ -97,7 +97,7 @@ def test_a_live_owner_and_a_directory_without_an_owner_record_are_never_touched(
         # another process's sweep: our flock tells it we are alive
         probe = textwrap.dedent(f"""
             from pathlib import Path
-            from archiver.scratch import sweep_dead_scratch
+            from archiver.pg.scratch import sweep_dead_scratch
             print(sweep_dead_scratch(Path({str(base)!r})))
         """)
         other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=PROJECT)
@@ -113,7 +113,7 @@ def test_a_sigkilled_owners_scratch_container_is_removed_by_the_next_start(
     settings = {"engine": engine, "engine_args": engine_args, "run_args": list(container_scratch["run_args"])}  # type: ignore[call-overload]
     script = textwrap.dedent(f"""
         import os, signal
-        from archiver.scratch import ContainerPostgres
+        from archiver.pg.scratch import ContainerPostgres
         scratch = ContainerPostgres({str(container_scratch["image"])!r}, owner="pytest-sweep", **{settings!r})
         scratch.start()
         print(scratch.name, flush=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 
 from archiver.common.timeutil import isoformat, utcnow
+from archiver.ops.runner import run_record_key
 from archiver.ops.worker import Worker, WorkerConfig
-from archiver.runtime.runner import run_record_key
 from archiver.storage.documents import write_json
 from archiver.storage.local import LocalStore
 from tests.backup_helpers import write_policy

@@ -132,8 +132,8 @@ def test_invalid_keys_are_refused(store: Store, key: str) -> None:
 
 CHILD = textwrap.dedent("""
     import hashlib, json, sys
-    from archiver.storage import open_store
-    from archiver.policy import StorageConfig
+    from archiver.storage.backends import open_store
+    from archiver.policy.schema import StorageConfig
     url, endpoint, total = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
     store = open_store(StorageConfig(url=url, endpoint_url=endpoint, region="us-east-1"))
     block = hashlib.sha256(b"seed").digest() * 32768            # 1 MiB

@@ -24,13 +24,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..common import log
+from ..common.progress import Progress
 from ..common.result import TaskResult
 from ..common.timeutil import format_duration, isoformat, utcnow
 from ..errors import ArchiverError, TaskFailed, UsageError
 from ..policy.schema import Policy
-from ..runtime.locking import BACKUP_LEASE_PREFIX, LeaseRecord, read_leases
 from ..storage.backends import open_store
 from ..storage.base import IncompleteWrite, ObjectInfo, Store
+from ..storage.leases import BACKUP_LEASE_PREFIX, LeaseRecord, read_leases
 from ..storage.uploads import UploadVerdict, abort_uploads, judge_pending_uploads
 from .manifest import (
     BACKUPS_PREFIX,
@@ -141,6 +142,16 @@ def _dead_leases(leases: _BackupLeases, judge: _Judge) -> list[Leftover]:
 def _leftover_line(item: Leftover, now: datetime) -> str:
     return f"orphan  {item.key}  ({item.what}, {_age(now, item.since)} old)  " \
            f"{'delete' if item.remove else 'keep'}: {item.reason}"
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    dry_run: bool = False  # print the decisions, change nothing
+
+
+def prune_task(policy: Policy, options: PruneOptions, store: Store, progress: Progress) -> TaskResult:
+    """The prune task (:data:`archiver.tasks.PRUNE`)."""
+    return run_prune(policy, dry_run=options.dry_run, store=store)
 
 
 def run_prune(policy: Policy, *, dry_run: bool = False, now: datetime | None = None,

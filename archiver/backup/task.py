@@ -41,11 +41,11 @@ from ..pg.stats import (
     TableRef,
 )
 from ..policy.schema import BackupConfig, PgDumpConfig, Policy
-from ..runtime.locking import StoreLease, backup_lease
 from ..storage.backends import open_store
 from ..storage.base import PutResult, Store
 from ..storage.compress import SUFFIXES, CompressingWriter
 from ..storage.documents import FORMAT_VERSION, write_json
+from ..storage.leases import StoreLease, backup_lease
 from . import manifest as backup_manifest
 from .dump import (
     child_env,
@@ -136,6 +136,20 @@ class _StatsJob:
         self._thread.join()
 
 
+@dataclass(frozen=True)
+class BackupOptions:
+    """``archiver backup`` takes a backup as the policy says: it has no options and no dry run."""
+
+    @property
+    def dry_run(self) -> bool:
+        return False
+
+
+def backup_task(policy: Policy, options: BackupOptions, store: Store, progress: Progress) -> TaskResult:
+    """The backup task (:data:`archiver.tasks.BACKUP`)."""
+    return run_backup(policy, progress=progress, store=store)
+
+
 def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Store | None = None) -> TaskResult:
     """Take one backup of the policy's database now."""
     config = backup_config(policy)
@@ -149,7 +163,7 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
     logger.info("backup.start", extra=log.fields(policy=policy.name, backup_id=backup_id, store=store.url,
                                                  database=redact_dsn(dsn)))
     written: list[str] = []
-    with backup_lease(store, backup_id, policy).held() as lease, \
+    with backup_lease(store, backup_id, policy.name or "").held() as lease, \
             exported_snapshot(dsn, connect_timeout=policy.database.connect_timeout,
                                  lock_timeout_ms=lock_wait_timeout_ms(lock_timeout) if lock_timeout else None
                                  ) as session:

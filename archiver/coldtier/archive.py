@@ -67,6 +67,23 @@ class ExportJob:
         return self.chunk.display if self.chunk else self.identity.describe()
 
 
+@dataclass(frozen=True)
+class ArchiveOptions:
+    dry_run: bool = False  # print the decisions, change nothing
+    table: str | None = None  # only this table (schema.table, as the policy lists it)
+    accept_deletes: tuple[str, ...] = ()  # ranges whose deleted rows are deleted on purpose (--accept-deletes)
+
+
+def archive_task(policy: Policy, options: ArchiveOptions, store: Store, progress: Progress) -> TaskResult:
+    """The archive task (:data:`archiver.tasks.ARCHIVE`).
+
+    The runner's store is not handed over: the archive opens its own, with the upload budget
+    shared by its parallel exports.
+    """
+    return run_archive(policy, dry_run=options.dry_run, table=options.table, progress=progress,
+                       accept_deletes=list(options.accept_deletes))
+
+
 def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = None, now: datetime | None = None,
                 store: Store | None = None, progress: Progress = NULL_PROGRESS,
                 accept_deletes: list[str] | None = None) -> TaskResult:

@@ -78,6 +78,16 @@ class _Table:
     decisions: list[Decision]
 
 
+@dataclass(frozen=True)
+class RetentionOptions:
+    dry_run: bool = False  # print the decisions, change nothing
+
+
+def retention_task(policy: Policy, options: RetentionOptions, store: Store, progress: Progress) -> TaskResult:
+    """The retention task (:data:`archiver.tasks.RETENTION`)."""
+    return run_retention(policy, dry_run=options.dry_run, store=store, progress=progress)
+
+
 def run_retention(policy: Policy, *, dry_run: bool = False, now: datetime | None = None, store: Store | None = None,
                   progress: Progress = NULL_PROGRESS) -> TaskResult:
     """Drop proven ranges past drop_after and expire cold files past cold_retention."""

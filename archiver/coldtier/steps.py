@@ -11,6 +11,7 @@ from ..common import log, sysinfo
 from ..common.result import TaskResult
 from ..common.timeutil import isoformat, utcnow
 from ..errors import TaskFailed, UsageError
+from ..pg.locks import DatabaseLock
 from ..policy.schema import ArchiveConfig, ArchiveTable, Policy
 from ..storage.base import Store
 from ..storage.uploads import abort_dead_uploads
@@ -20,6 +21,11 @@ from .chunks import TableInfo, data_prefix
 from .decisions import Decision
 from .identity import key_part
 from .manifest import archive_catalog_prefix
+
+# Archive, retention and restore-archive share one lock on the database: archive and retention decide
+# about the same ranges (a range being re-exported must not be dropped meanwhile), and restore-archive
+# writes rows into the ranges they look at.
+COLD_TIER_LOCK = DatabaseLock("cold-tier", shared="the cold tier (archive, retention, restore-archive)")
 
 MiB = 1024 * 1024
 

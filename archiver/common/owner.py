@@ -9,6 +9,7 @@ Anything that cannot be judged counts as alive: callers then wait for an expiry 
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 from dataclasses import dataclass
@@ -85,3 +86,12 @@ class ProcessIdentity:
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host}"
+
+
+def holder_description(task: str, policy: str) -> str:
+    """Who we are, as shown to a run that finds a lock busy (fits application_name)."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid())
+    return f"archiver {task} {policy} {user}@{socket.gethostname()} pid {os.getpid()}"[:63]

@@ -7,7 +7,7 @@ finished task ended. The CLI renders results; the runner and the worker turn the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from ..errors import ExitCode
 
@@ -28,3 +28,10 @@ class TaskResult:
     def exit_code(self) -> ExitCode:
         return {"ok": ExitCode.OK, "held_back": ExitCode.HELD_BACK,
                 "verification_failed": ExitCode.VERIFICATION_FAILED}[self.status]
+
+
+class TaskOptions(Protocol):
+    """What every task's options say: whether this is a dry run (no lock, no run record, nothing changed)."""
+
+    @property
+    def dry_run(self) -> bool: ...

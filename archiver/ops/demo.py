@@ -20,7 +20,8 @@ from ..pg.connect import execute_script, query
 from ..pg.scratch import LocalPostgres
 from ..policy.files import get_policy
 from ..policy.load import dump_yaml
-from ..runtime.dispatch import execute
+from ..tasks import ARCHIVE, BACKUP, RETENTION, VERIFY, Task
+from .runner import run_task
 from .status import PolicyStatus, all_status
 
 MARKER = ".archiver-demo"
@@ -187,11 +188,12 @@ def run_demo(directory: Path, say: Callable[[str], None]) -> DemoReport:
         for name, document in _policy_documents(instance, store_root).items():
             (policies_dir / f"{name}.yaml").write_text(dump_yaml(document))
         policies = {name: get_policy([policies_dir], name) for name in ("identity", "app", "telemetry")}
-        steps = [("identity", "backup"), ("app", "backup"), ("telemetry", "backup"), ("telemetry", "archive"),
-                 ("telemetry", "retention"), ("identity", "verify"), ("app", "verify"), ("telemetry", "verify")]
+        steps: list[tuple[str, Task[Any]]] = [
+            ("identity", BACKUP), ("app", BACKUP), ("telemetry", BACKUP), ("telemetry", ARCHIVE),
+            ("telemetry", RETENTION), ("identity", VERIFY), ("app", VERIFY), ("telemetry", VERIFY)]
         for name, task in steps:
-            say(f"{task} {name} ...")
-            result = execute(policies[name], task)
+            say(f"{task.name} {name} ...")
+            result = run_task(task, policies[name], task.options())
             report.results.append(result)
             say(f"  {result.summary}")
         report.statuses = all_status(list(policies.values()))

@@ -22,10 +22,11 @@ from ..common import log
 from ..common.cron import cron_interval
 from ..common.timeutil import format_duration, isoformat, parse_timestamp, utcnow
 from ..errors import ArchiverError
-from ..policy.schema import Policy, task_schedules
-from ..runtime.runner import read_run_record
+from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
+from ..tasks import task_schedules
+from .runner import read_run_record
 
 _log = log.get_logger("status")
 

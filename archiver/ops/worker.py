@@ -43,14 +43,17 @@ from ..common.result import TaskResult
 from ..common.timeutil import parse_timestamp
 from ..errors import ExitCode, UsageError
 from ..policy.files import load
-from ..policy.schema import Policy, task_schedules
-from ..runtime import notify
-from ..runtime.metrics import Metrics
+from ..policy.schema import Policy
+from ..tasks import TASKS, task_schedules
+from . import notify
+from .metrics import Metrics
 from .status import policy_status
 
 _log = log.get_logger("worker")
 
 TriggerFactory = Callable[[str], BaseTrigger]
+# Tasks after which backup ages (in /metrics) and staleness are read again.
+REFRESHING_TASKS = frozenset(task.name for task in TASKS if task.refreshes_status)
 
 
 @dataclass
@@ -231,7 +234,7 @@ class Worker:
                                                duration_seconds=round(duration, 3),
                                                summary=(outcome.result or {}).get("summary"),
                                                lines=(outcome.result or {}).get("lines") or None))
-        if outcome.task in ("backup", "prune", "verify"):
+        if outcome.task in REFRESHING_TASKS:
             self._safe_refresh([outcome.policy])
 
     def _safe_refresh(self, names: list[str] | None = None) -> None:

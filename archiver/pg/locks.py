@@ -6,13 +6,16 @@ import contextlib
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from ..errors import DatabaseError
+from ..common.owner import holder_description
+from ..common.timeutil import isoformat, utcnow
+from ..errors import DatabaseError, LockBusy
 from .connect import first_connection, maintenance_dsns, open_connection
-from .dsn import redact_dsn, scrub
+from .dsn import parse_dsn, redact_dsn, scrub
 
 # -- advisory locks ----------------------------------------------------------------------------
 
@@ -86,3 +89,62 @@ def _holding_advisory_lock(conn: psycopg.Connection[Any], dsn: str, name: str) -
         raise DatabaseError(f"advisory lock {name!r} on {redact_dsn(dsn)}: {scrub(str(exc), dsn).strip()}") from None
     finally:
         conn.close()  # ends the session, which releases the lock
+
+
+@dataclass(frozen=True)
+class DatabaseLock:
+    """A task's advisory lock on its policy's database.
+
+    ``name``: the lock within the policy (tasks that must not overlap share one); ``shared``: who
+    shares it, as the busy message names them (None: the task's own lock).
+    """
+
+    name: str
+    shared: str | None = None
+
+
+@contextlib.contextmanager
+def database_lock(dsn: str, lock: DatabaseLock, *, policy: str | None, task: str,
+                  target: str | None = None) -> Iterator[None]:
+    """Hold ``lock`` of ``policy`` for ``task`` on ``dsn`` (its database, or ``target``); LockBusy at once if taken."""
+    where = "the database lock" if target is None else f"the lock on {redact_dsn(target)}"
+    try:
+        with advisory_lock(dsn, f"{policy}:{lock.name}", holder=holder_description(task, policy or "")):
+            yield
+    except AdvisoryLockBusy as busy:
+        what = f"{task} of policy {policy!r}" + (
+            f" cannot start: {lock.shared} is busy" if lock.shared else " is already running")
+        raise lock_busy(what, where, busy.holder) from None
+
+
+@contextlib.contextmanager
+def restore_target_lock(dsn: str, *, policy: str) -> Iterator[None]:
+    """The lock of a restore target database, which may not exist yet.
+
+    Held in the server's maintenance database and keyed by the target's name, whatever the
+    policy: two restores into the same database exclude each other from before the database
+    is created until their result is checked.
+    """
+    target = parse_dsn(dsn).get("dbname", "")
+    holder = holder_description("restore", policy)
+    try:
+        with server_advisory_lock(dsn, f"restore-target:{target}", holder=holder):
+            yield
+    except AdvisoryLockBusy as busy:
+        raise lock_busy(f"restore into database {target!r} cannot start", f"the restore lock of {redact_dsn(dsn)}",
+                        busy.holder) from None
+
+
+def lock_busy(what: str, where: str, holder: LockHolder | None) -> LockBusy:
+    """The error for a lock another session holds, naming that session and since when."""
+    who = (f"{holder.application_name or 'an unnamed session'} (server pid {holder.pid}, from {holder.client}) "
+           f"{_describe_since(holder.since)}") if holder else "another session (it ended while we looked)"
+    return LockBusy(f"{what}: {where} is held by {who}",
+                    hint="wait for it to finish; the lock is freed when that process ends")
+
+
+def _describe_since(moment: Any) -> str:
+    if isinstance(moment, datetime):
+        age = utcnow() - moment
+        return f"since {isoformat(moment)} ({int(age.total_seconds())}s ago)"
+    return "since an unknown time"

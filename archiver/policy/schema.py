@@ -277,23 +277,3 @@ class Policy:
         if self.notify and self.notify.webhook_url and self.notify.webhook_url.reveal():
             values.append(self.notify.webhook_url.reveal())
         return values
-
-
-TASK_ORDER = ("backup", "prune", "archive", "retention", "verify")
-
-
-def task_schedules(policy: Policy) -> dict[str, str]:
-    """Cron expression per task. Prune follows the backup schedule unless it has its own (it
-    then waits for the backup: tasks of one policy run one after another); retention likewise
-    follows the archive schedule."""
-    schedules: dict[str, str] = {}
-    if policy.backup:
-        schedules["backup"] = policy.backup.schedule
-        if policy.backup.retention is not None:
-            schedules["prune"] = policy.backup.prune_schedule or policy.backup.schedule
-    if policy.archive:
-        schedules["archive"] = policy.archive.schedule
-        schedules["retention"] = policy.archive.retention_schedule or policy.archive.schedule
-    if policy.verify:
-        schedules["verify"] = policy.verify.schedule
-    return {task: schedules[task] for task in TASK_ORDER if task in schedules}

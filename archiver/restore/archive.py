@@ -34,6 +34,7 @@ from ..coldtier import identity as ident
 from ..coldtier.catalog import record_rehydration, rehydration_key
 from ..coldtier.manifest import ARCHIVE_CATALOG_PREFIX
 from ..coldtier.objects import downloaded, staging_reader
+from ..coldtier.steps import COLD_TIER_LOCK
 from ..common import log, sysinfo
 from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
@@ -50,10 +51,10 @@ from ..pg.catalog import (
 )
 from ..pg.connect import DatabaseMissing, Session, session
 from ..pg.dsn import parse_dsn
+from ..pg.locks import database_lock
 from ..pg.quote import qualified
 from ..pg.staging import range_condition
 from ..policy.schema import Policy
-from ..runtime.locking import database_lock
 from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import ManifestError, read_json
@@ -287,8 +288,8 @@ def run_restore_archive(policy: Policy, *, table: str, start: str, end: str, tar
     log.register_secret(parse_dsn(dsn).get("password"))
     clock = time.monotonic()
     decisions: list[LoadDecision] = []
-    lock = contextlib.nullcontext() if dry_run else database_lock(policy, "restore-archive",
-                                                                    dsn=target if target else None)
+    lock = contextlib.nullcontext() if dry_run else database_lock(
+        dsn, COLD_TIER_LOCK, policy=policy.name, task="restore-archive", target=target if target else None)
     with lock, _target_session(dsn, target) as current:
         destination = _prepare_target(current, dsn, qualified_name, chosen[0].documents[0],
                                       other_database=target is not None, dry_run=dry_run) if chosen else None

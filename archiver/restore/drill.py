@@ -141,6 +141,23 @@ def _scratch_facts(kind: str, config: ScratchConfig, instance: LocalPostgres | C
 
 # -- the drill -----------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class VerifyOptions:
+    backup_id: str | None = None  # the backup to drill (default: the newest)
+    scratch: str | None = None  # "local" or "container" (default: the policy's)
+    archives: bool | None = None  # also check every cold archive object (default: the policy's)
+
+    @property
+    def dry_run(self) -> bool:
+        return False  # a drill only reads the store and writes its verdict: it has no dry run
+
+
+def verify_task(policy: Policy, options: VerifyOptions, store: Store, progress: Progress) -> TaskResult:
+    """The verify task (:data:`archiver.tasks.VERIFY`): a restore drill."""
+    return run_verify(policy, store=store, progress=progress, backup_id=options.backup_id,
+                      scratch=options.scratch, archives=options.archives)
+
+
 def run_verify(policy: Policy, *, store: Store | None = None, progress: Progress = NULL_PROGRESS,
                backup_id: str | None = None, scratch: str | None = None, archives: bool | None = None) -> TaskResult:
     """Restore a backup (the newest by default) into a scratch instance, check it, record the verdict."""

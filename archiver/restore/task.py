@@ -23,7 +23,7 @@ The steps, and why they are in this order:
    created; in a database that existed before, nothing is dropped and the result says what
    was left there.
 
-Steps 3 and 4 run under the target's lock (:func:`archiver.locking.restore_target_lock`), taken
+Steps 3 and 4 run under the target's lock (:func:`archiver.pg.locks.restore_target_lock`), taken
 in the server's maintenance database before anything is created, so two restores into the same
 database never overlap; under it the target is inspected again, and a target that is no longer
 as the plan found it (created, filled or emptied meanwhile) is refused with nothing written.
@@ -50,9 +50,9 @@ from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..errors import ArchiverError, TaskFailed, UsageError
 from ..pg.dsn import dsn_has_password, parse_dsn, redact_dsn
+from ..pg.locks import restore_target_lock
 from ..pg.target import drop_database, drop_roles
 from ..policy.schema import Policy
-from ..runtime.locking import restore_target_lock
 from ..storage.backends import open_store
 from ..storage.base import Store
 from . import props
@@ -95,7 +95,7 @@ def run_restore(policy: Policy, request: RestoreRequest, *, confirm: Confirm, pr
         raise TaskFailed("restore not confirmed: nothing was changed")
     logger.info("restore.start", extra=log.fields(policy=policy.name, backup_id=entry.id,
                                                   target=redact_dsn(request.target), mode=plan.mode))
-    with restore_target_lock(policy, plan.target_dsn):
+    with restore_target_lock(plan.target_dsn, policy=policy.name or ""):
         recheck_target(plan)
         outcome = execute_restore(plan, store, progress=progress)
         clock = time.monotonic()

@@ -18,28 +18,20 @@ from datetime import datetime
 from typing import Any
 
 from ..common import log
+from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..common.timeutil import isoformat, parse_timestamp, utcnow
-from ..errors import ArchiverError, ExitCode, LockBusy, ObjectNotFound, outcome_of, set_outcome, signal_of
+from ..errors import ArchiverError, ExitCode, LockBusy, ObjectNotFound, UsageError, outcome_of, set_outcome, signal_of
 from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import ManifestError, read_json, write_json
+from ..tasks import OptionsT, Task, named
 from . import notify
 from .locking import task_lock
 from .metrics import Metrics
 
 RUNS_PREFIX = "runs/"
-# What an interrupted run leaves behind, per task, unless the task said more precisely.
-INTERRUPTED_OUTCOMES = {
-    "backup": "nothing was changed (no manifest was written; a backup without one is not a backup)",
-    "verify": "nothing was changed (no verdict was written; the scratch instance was removed)",
-    "prune": "nothing else was changed: backups deleted before the interruption stay deleted (see the log)",
-    "archive": "archives finished before the interruption are kept (see the log); the export in flight left "
-               "no manifest",
-    "retention": "chunks dropped and files expired before the interruption stay so (see the log); the step in "
-                 "flight was rolled back",
-}
 _log = log.get_logger("run")
 
 
@@ -70,9 +62,17 @@ def _write_run_record(store: Store, task: str, policy: str, outcome: str, entry:
     write_json(store, run_record_key(task), record)
 
 
+def _descriptor(task: str) -> Task[Any] | None:
+    try:
+        return named(task)
+    except UsageError:
+        return None
+
+
 def interrupted_outcome(task: str, exc: BaseException) -> str:
     """What the interrupted run left behind: the task's own account if it gave one, else the task's rule."""
-    return outcome_of(exc, INTERRUPTED_OUTCOMES.get(task, "work in flight was aborted"))
+    descriptor = _descriptor(task)
+    return outcome_of(exc, descriptor.interrupted if descriptor else "work in flight was aborted")
 
 
 def _safely(what: str, action: Any, *args: Any, **kwargs: Any) -> None:
@@ -137,9 +137,10 @@ def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: 
     _log.info("task.done", extra=log.fields(**fields, status=result.status, duration_seconds=round(duration, 3),
                                             summary=result.summary, metrics=result.metrics))
     metrics.record_success(name, task, result, duration)
-    if result.status == "ok" and task == "backup":
+    freshness = (descriptor := _descriptor(task)) and descriptor.newest_backup
+    if result.status == "ok" and freshness == "taken":
         metrics.set_newest_backup(name, utcnow())
-    if result.status == "ok" and task == "verify" and result.data.get("backup_time"):
+    if result.status == "ok" and freshness == "verified" and result.data.get("backup_time"):
         metrics.set_newest_backup(name, parse_timestamp(str(result.data["backup_time"])), verified=True)
     if record:
         entry = {"finished_at": isoformat(utcnow()), "started_at": isoformat(run.started_at),
@@ -151,3 +152,14 @@ def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: 
             _safely("notify", notify.send, policy, "held_back", result.summary, task=task)
         elif result.status == "verification_failed":
             _safely("notify", notify.send, policy, "drill_failed", result.summary, task=task)
+
+
+def run_task(task: Task[OptionsT], policy: Policy, options: OptionsT, *, progress: Progress = NULL_PROGRESS,
+             metrics: Metrics | None = None) -> TaskResult:
+    """Run ``task`` through :func:`task_run`: the one way every entry point (the CLI commands, ``archiver
+    run``, the worker's children) runs a task. A dry run changes nothing, so it takes no lock and leaves no
+    run record."""
+    task.configured(policy)
+    with task_run(policy, task.name, metrics=metrics, lock=not options.dry_run, record=not options.dry_run) as run:
+        run.result = task.run(policy, options, run.store, progress)
+    return run.result

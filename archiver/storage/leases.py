@@ -1,23 +1,15 @@
-"""Never run the same task on the same database twice at once (worker, CronJob and human alike).
+"""Leases in the store: work that touches only the store (prune, cold expiry, drills) locks with them.
 
-Two kinds of lock, both reported at once when busy (exit code 3, naming the holder and since when):
-
-- a PostgreSQL advisory lock on the source database, held on its own connection for the task's
-  duration; the server frees it when the process dies;
-- a lease object in the store for store-only work (prune, cold expiry, drills), created with a
-  create-only write and renewed while the task runs; a holder that died stops renewing, and its
-  lease is taken over once it has expired, or at once when the holder was a process on this
-  host that is gone (the lease records its owner: :mod:`archiver.owner`).
-
-A running backup also holds a lease on its backup id, which prune respects (``backup_lease``).
+A lease object ``locks/<name>.json`` is created with a create-only write and renewed while the
+task runs; a holder that died stops renewing, and its lease is taken over once it has expired, or
+at once when the holder was a process on this host that is gone (the lease records its owner:
+:mod:`archiver.common.owner`). A running backup also holds a lease on its backup id, which prune
+respects (:func:`backup_lease`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import getpass
-import os
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -26,91 +18,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..common import log
-from ..common.owner import ProcessIdentity
+from ..common.owner import ProcessIdentity, holder_description
 from ..common.timeutil import isoformat, parse_timestamp, utcnow
 from ..errors import LockBusy, ObjectExists, ObjectNotFound
-from ..pg.dsn import parse_dsn, redact_dsn
-from ..pg.locks import AdvisoryLockBusy, LockHolder, advisory_lock, server_advisory_lock
-from ..policy.schema import Policy
-from ..storage.base import Store
-from ..storage.documents import read_json, write_json
+from .base import Store
+from .documents import read_json, write_json
 
 LOCKS_PREFIX = "locks/"
 
-# Which locks each task takes. Store-only work must not depend on the database being up.
-TASK_LOCKS: dict[str, tuple[str, ...]] = {
-    "backup": ("database",),
-    "archive": ("database",),
-    "retention": ("database", "store"),
-    "prune": ("store",),
-    "verify": ("store",),
-    "restore-archive": ("database",),
-}
-
-# Tasks that must not overlap each other share a database lock: archive and retention both
-# decide about the same chunks (a chunk being re-exported must not be dropped meanwhile), and
-# restore-archive writes rows into the ranges they look at.
-DATABASE_LOCK_NAMES = {"archive": "cold-tier", "retention": "cold-tier", "restore-archive": "cold-tier"}
-LOCK_DESCRIPTIONS = {"cold-tier": "the cold tier (archive, retention, restore-archive)"}
-
 _log = log.get_logger("lock")
-
-
-def holder_description(task: str, policy: str) -> str:
-    """Who we are, as shown to a run that finds the lock busy (fits application_name)."""
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = str(os.getuid())
-    return f"archiver {task} {policy} {user}@{socket.gethostname()} pid {os.getpid()}"[:63]
-
-
-def _describe_since(moment: Any) -> str:
-    if isinstance(moment, datetime):
-        age = utcnow() - moment
-        return f"since {isoformat(moment)} ({int(age.total_seconds())}s ago)"
-    return "since an unknown time"
-
-
-@contextlib.contextmanager
-def database_lock(policy: Policy, task: str, *, dsn: str | None = None) -> Iterator[None]:
-    """The advisory lock of ``task`` on the policy's database, or on ``dsn`` (a restore target)."""
-    lock = DATABASE_LOCK_NAMES.get(task, task)
-    name = f"{policy.name}:{lock}"
-    where = "the database lock" if dsn is None else f"the lock on {redact_dsn(dsn)}"
-    try:
-        with advisory_lock(dsn or policy.database.resolved_dsn(), name,
-                              holder=holder_description(task, policy.name or "")):
-            yield
-    except AdvisoryLockBusy as busy:
-        what = f"{task} of policy {policy.name!r}" + (
-            f" cannot start: {LOCK_DESCRIPTIONS[lock]} is busy" if lock in LOCK_DESCRIPTIONS else " is already running")
-        raise _busy(what, where, busy.holder) from None
-
-
-@contextlib.contextmanager
-def restore_target_lock(policy: Policy, dsn: str) -> Iterator[None]:
-    """The lock of a restore target database, which may not exist yet.
-
-    Held in the server's maintenance database and keyed by the target's name, whatever the
-    policy: two restores into the same database exclude each other from before the database
-    is created until their result is checked.
-    """
-    target = parse_dsn(dsn).get("dbname", "")
-    holder = holder_description("restore", policy.name or "")
-    try:
-        with server_advisory_lock(dsn, f"restore-target:{target}", holder=holder):
-            yield
-    except AdvisoryLockBusy as busy:
-        raise _busy(f"restore into database {target!r} cannot start", f"the restore lock of {redact_dsn(dsn)}",
-                    busy.holder) from None
-
-
-def _busy(what: str, where: str, holder: LockHolder | None) -> LockBusy:
-    who = (f"{holder.application_name or 'an unnamed session'} (server pid {holder.pid}, from {holder.client}) "
-           f"{_describe_since(holder.since)}") if holder else "another session (it ended while we looked)"
-    return LockBusy(f"{what}: {where} is held by {who}",
-                    hint="wait for it to finish; the lock is freed when that process ends")
 
 
 class StoreLease:
@@ -211,9 +127,9 @@ BACKUP_LEASE_PREFIX = "backup-"
 NEVER = datetime.max.replace(tzinfo=timezone.utc)
 
 
-def backup_lease(store: Store, backup_id: str, policy: Policy) -> StoreLease:
+def backup_lease(store: Store, backup_id: str, policy: str) -> StoreLease:
     """The lease a backup holds for its whole run: prune leaves ``backups/<id>/`` alone while it is live."""
-    return StoreLease(store, f"{BACKUP_LEASE_PREFIX}{backup_id}", holder_description("backup", policy.name or ""))
+    return StoreLease(store, f"{BACKUP_LEASE_PREFIX}{backup_id}", holder_description("backup", policy))
 
 
 @dataclass(frozen=True)
@@ -253,16 +169,3 @@ def read_leases(store: Store, name_prefix: str = "") -> list[LeaseRecord]:
                                  str(document.get("renewed_at", "?")), expires,
                                  ProcessIdentity.from_json(document.get("owner"))))
     return found
-
-
-@contextlib.contextmanager
-def task_lock(policy: Policy, task: str, store: Store) -> Iterator[None]:
-    """Take every lock ``task`` needs for ``policy``; LockBusy (exit 3) at once if one is taken."""
-    kinds = TASK_LOCKS.get(task, ("database",))
-    with contextlib.ExitStack() as stack:
-        for kind in kinds:
-            if kind == "database":
-                stack.enter_context(database_lock(policy, task))
-            else:
-                stack.enter_context(StoreLease(store, task, holder_description(task, policy.name or "")).held())
-        yield

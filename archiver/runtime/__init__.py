@@ -1,1 +1,0 @@
-"""What every task run goes through: locks, the run record, metrics and notifications."""
