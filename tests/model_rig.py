@@ -32,7 +32,7 @@ from archiver.pg.quote import quote_ident
 from archiver.policy.fields import Secret
 from archiver.policy.schema import BackupConfig, DatabaseConfig, Policy, RetentionConfig, StorageConfig
 from archiver.storage.local import LocalStore
-from tests.coldtier import make_policy, table
+from tests.coldtier_helpers import make_policy, table
 from tests.helpers import PROJECT
 
 DAY = timedelta(days=1)

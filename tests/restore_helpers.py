@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from archiver.backup.manifest import backup_manifest_key
+from archiver.backup.task import run_backup
 from archiver.pg.connect import query
 from archiver.pg.scratch import LocalPostgres
 from archiver.storage.base import Store
 from archiver.storage.documents import write_json
-from tests.backup_helpers import read_manifest
+from tests.backup_helpers import backup_policy, load_policy, read_manifest
+from tests.helpers import CliResult, run_cli
 
 CORRUPTIONS = ["flipped byte", "truncated", "missing", "wrong object"]
 
@@ -77,3 +80,16 @@ def add_verify_section(policy_path: Path, **verify: Any) -> Path:
     document["verify"] = {"schedule": "0 5 * * 1", **verify}
     policy_path.write_text(yaml.safe_dump(document, sort_keys=False))
     return policy_path
+
+
+def fresh_name() -> str:
+    return f"restored_{uuid.uuid4().hex[:10]}"
+
+
+def restore(policy_path: Path, target: str, *args: str, env: dict[str, str] | None = None) -> CliResult:
+    return run_cli("--policies", str(policy_path.parent), "restore", "app", "--target", target, *args, env=env)
+
+
+def backed_up(tmp_path: Path, source: str, store: Store, s3: str | None, **backup: Any) -> tuple[Path, str]:
+    path = backup_policy(tmp_path, source, store, s3, **backup)
+    return path, str(run_backup(load_policy(path), store=store).data["id"])

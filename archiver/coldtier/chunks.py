@@ -31,6 +31,7 @@ from ..pg.quote import qualified
 from ..policy.schema import ArchiveTable
 from . import typemap as tm
 from .identity import Identity, SpaceSlice, key_part, utc_date
+from .identity import show_value as show_value  # re-exported: a range's bounds are shown as chunks show them
 
 HYPERTABLE = "hypertable"
 PARTITIONED = "partitioned"
