@@ -44,7 +44,7 @@ class UsageError(ArchiverError):
 class PolicyError(UsageError):
     """One or more problems in policy files; ``issues`` holds every one of them."""
 
-    def __init__(self, issues: list["PolicyIssue"]) -> None:  # noqa: F821 - defined in policy.py
+    def __init__(self, issues: list[PolicyIssue]) -> None:  # noqa: F821 - defined in policy.py
         self.issues = issues
         lines = [str(issue) for issue in issues]
         super().__init__("\n".join(lines) if lines else "invalid policy")

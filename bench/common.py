@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def create_sensor_database(instance: LocalPostgres, name: str, *, device_index: 
 def grow_to(dsn: str, target_bytes: int, batches_done: int) -> int:
     """Insert 10-day batches until the database is at least ``target_bytes``; returns batches done."""
     while database_size(dsn) < target_bytes:
-        start = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(days=10 * batches_done)
+        start = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=10 * batches_done)
         with connect(dsn) as conn:
             conn.execute(BATCH, {"start": start})
         batches_done += 1

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -58,7 +58,7 @@ class Model:
         self.rng = random.Random(seed)
         self.seed = seed
         self.kind = kind
-        self.base = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        self.base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         self.clock = self.base
         self.world = World(pg, kind, self.base)
         self.next_id = 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..common.timeutil import parse_timestamp, utcnow
@@ -62,7 +62,7 @@ def id_time(backup_id: str) -> datetime | None:
     if not _BACKUP_ID.match(backup_id):
         return None
     try:
-        return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     except ValueError:  # 20261399T...: the shape of an id, but no date
         return None
 

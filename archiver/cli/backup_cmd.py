@@ -45,7 +45,7 @@ def _render_table(listing: BackupListing) -> None:
                      f"{entry.duration_seconds:.1f}s", entry.verified))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
 
 
 @backups_group.command("list")

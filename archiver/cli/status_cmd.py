@@ -27,7 +27,7 @@ def render_status(statuses: list[PolicyStatus]) -> None:
                      f"{proven['id']} ({_age(proven['age_seconds'])})" if proven else "none", failing))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
     for status in statuses:
         for problem in status.problems:
             click.echo(f"{status.policy}: {problem}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ..errors import UsageError
@@ -39,7 +39,7 @@ INTEGER = "integer"
 TIME_TYPES = {"timestamptz": "timestamptz", "timestamp": "timestamp", "date": "date",
               "int2": INTEGER, "int4": INTEGER, "int8": INTEGER}
 UNIT_MICROS = {"us": 1, "ms": 1_000, "s": 1_000_000, "min": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 TimeValue = datetime | int
 
@@ -191,16 +191,16 @@ def parse_bound(text: str, time_type: str) -> TimeValue | None:
         return int(value)
     if time_type == "date":
         day = date.fromisoformat(value)
-        return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+        return datetime(day.year, day.month, day.day, tzinfo=UTC)
     moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _as_utc(value: Any) -> TimeValue | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     return int(value)
 
 

@@ -38,7 +38,7 @@ canonical decimal strings (floats as their shortest round-trip form).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal
 from typing import Any
 
@@ -47,7 +47,7 @@ from .typemap import ColumnPlan
 
 # PostgreSQL numerics carry up to 131072 digits before the point: never round a sum.
 EXACT = Context(prec=200_000, Emax=999_999, Emin=-999_999)
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def canonical(value: Any) -> str:
@@ -107,13 +107,13 @@ class Fingerprint:
         return {"rows": self.rows, "time": {"min": self.time_min, "max": self.time_max}, "columns": self.columns}
 
     @classmethod
-    def from_json(cls, document: dict[str, Any]) -> "Fingerprint":
+    def from_json(cls, document: dict[str, Any]) -> Fingerprint:
         time = document.get("time") or {}
         return cls(rows=int(document["rows"]), columns={name: {k: str(v) for k, v in measures.items()}
                                                           for name, measures in document.get("columns", {}).items()},
                    time_min=time_number(time.get("min")), time_max=time_number(time.get("max")))
 
-    def differences(self, other: "Fingerprint", *, mine: str = "database", theirs: str = "archive") -> list[str]:
+    def differences(self, other: Fingerprint, *, mine: str = "database", theirs: str = "archive") -> list[str]:
         """What differs, one line each; empty when the fingerprints match."""
         found: list[str] = []
         if self.rows != other.rows:
@@ -140,7 +140,7 @@ class Fingerprint:
                                  f"{right.get(measure)} ({theirs})")
         return found
 
-    def matches(self, other: "Fingerprint") -> bool:
+    def matches(self, other: Fingerprint) -> bool:
         return not self.differences(other)
 
 

@@ -14,7 +14,7 @@ hypertables the slices of the chunk of that name while it exists.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -37,7 +37,7 @@ class SpaceSlice:
         return {"column": self.column, "start": self.start, "end": self.end}
 
     @classmethod
-    def from_json(cls, entry: dict[str, Any]) -> "SpaceSlice":
+    def from_json(cls, entry: dict[str, Any]) -> SpaceSlice:
         return cls(str(entry["column"]), int(entry["start"]), int(entry["end"]))
 
 
@@ -79,7 +79,7 @@ def range_token(value: TimeValue | None, *, unbounded: str) -> str:
         return unbounded
     if isinstance(value, int):
         return str(value)
-    moment = value.astimezone(timezone.utc)
+    moment = value.astimezone(UTC)
     text = f"{moment:%Y%m%dT%H%M%S}"
     if moment.microsecond:
         text += f".{moment.microsecond:06d}"
@@ -112,7 +112,7 @@ def show_value(value: TimeValue | None) -> str:
         return "unbounded"
     if isinstance(value, int):
         return str(value)
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def of_manifest(document: dict[str, Any], chunk_slices: dict[str, tuple[SpaceSlice, ...]] | None = None,
@@ -148,4 +148,4 @@ def utc_date(value: TimeValue | None, to_datetime: Any) -> date:
         return date(1970, 1, 1)
     if isinstance(value, int):
         return to_datetime(value).date()
-    return value.astimezone(timezone.utc).date()
+    return value.astimezone(UTC).date()

@@ -148,7 +148,7 @@ def staging_reader(paths: list[Path]) -> tuple[pa.RecordBatchReader, list[Staged
         for path in paths:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS):
                 arrays: list[pa.Array] = []
-                for f, column in zip(batch.schema, batch.columns):
+                for f, column in zip(batch.schema, batch.columns, strict=False):
                     if f.name in intervals:
                         valid = column.is_valid()
                         arrays += [pc.if_else(valid, column.field(part), pa.scalar(None, column.type.field(part).type))

@@ -87,7 +87,7 @@ class CatalogColumn:
     not_null: bool = False
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "CatalogColumn":
+    def from_row(cls, row: dict[str, Any]) -> CatalogColumn:
         return cls(name=row["name"], pg_type=row["pg_type"], base_type=row["base_type"], typname=row["typname"],
                    typtype=row["typtype"], category=row["category"], typmod=int(row["typmod"]),
                    is_domain=bool(row["is_domain"]), elem_typname=row.get("elem_typname"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -53,7 +53,7 @@ def _weekday_field_for_apscheduler(field: str) -> str:
     return ",".join(_CRON_WEEKDAYS[day] for day in sorted(days))
 
 
-def cron_trigger(expression: str, tz: timezone = timezone.utc) -> CronTrigger:
+def cron_trigger(expression: str, tz: timezone = UTC) -> CronTrigger:
     """A 5-field cron expression (minute hour day-of-month month day-of-week) as a trigger.
 
     Cron runs a job when *either* a restricted day-of-month or a restricted day-of-week
@@ -82,7 +82,7 @@ def cron_interval(expression: str, *, now: datetime | None = None) -> timedelta:
     Used to decide when a backup is stale (older than two intervals).
     """
     trigger = cron_trigger(expression)
-    current = now or datetime.now(timezone.utc)
+    current = now or datetime.now(UTC)
     previous = trigger.get_next_fire_time(None, current)
     longest = timedelta(0)
     for _ in range(40):

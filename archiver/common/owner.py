@@ -47,7 +47,7 @@ class ProcessIdentity:
     start: str  # "" where /proc is not available
 
     @classmethod
-    def current(cls) -> "ProcessIdentity":
+    def current(cls) -> ProcessIdentity:
         pid = os.getpid()
         return cls(socket.gethostname(), _pid_namespace(), pid, process_start(pid) or "")
 
@@ -55,7 +55,7 @@ class ProcessIdentity:
         return {"host": self.host, "pid_namespace": self.pid_namespace, "pid": self.pid, "start": self.start}
 
     @classmethod
-    def from_json(cls, document: Any) -> "ProcessIdentity | None":
+    def from_json(cls, document: Any) -> ProcessIdentity | None:
         if not isinstance(document, dict):
             return None
         try:
@@ -69,7 +69,7 @@ class ProcessIdentity:
         return f"{self.host}/{self.pid_namespace}/{self.pid}/{self.start}"
 
     @classmethod
-    def from_label(cls, text: str) -> "ProcessIdentity | None":
+    def from_label(cls, text: str) -> ProcessIdentity | None:
         parts = text.rsplit("/", 3)
         if len(parts) != 4 or not parts[2].isdigit():
             return None

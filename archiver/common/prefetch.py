@@ -67,7 +67,7 @@ class Prefetch(Generic[T]):
                 self._queue.get(timeout=0.1)
         self._thread.join()
 
-    def __enter__(self) -> "Prefetch[T]":
+    def __enter__(self) -> Prefetch[T]:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+from pathlib import Path
 
 
 def peak_rss_bytes() -> int:
@@ -41,13 +42,13 @@ def available_cpus() -> int:
 
 def _cgroup_cpu_quota() -> float | None:
     try:  # cgroup v2: "max 100000" or "150000 100000"
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:  # cgroup v1
-        quota_us = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
-        period_us = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
         return None if quota_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 DURATION_UNITS: dict[str, timedelta] = {
     "s": timedelta(seconds=1),
@@ -80,20 +80,20 @@ def format_bytes(amount: float) -> str:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def isoformat(moment: datetime) -> str:
     """UTC ISO-8601 with a ``Z`` suffix."""
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_timestamp(text: str) -> datetime:
     """ISO-8601 date or timestamp; a naive value is taken as UTC."""
     value = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
-    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
     try:
-        value.astimezone(timezone.utc)
+        value.astimezone(UTC)
     except OverflowError:
         raise ValueError("out of range once converted to UTC") from None
     return value

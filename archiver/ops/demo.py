@@ -159,7 +159,8 @@ def _create_databases(instance: LocalPostgres, say: Callable[[str], None]) -> No
     for name, script in (("identity", IDENTITY_SQL), ("app", APP_SQL)):
         instance.create_database(name)
         execute_script(instance.dsn(name), script)
-        say(f"  {name}: {query(instance.dsn(name), 'SELECT count(*) FROM pg_tables WHERE schemaname = %s', ('public',))[0][0]} tables")
+        tables = query(instance.dsn(name), "SELECT count(*) FROM pg_tables WHERE schemaname = %s", ("public",))[0][0]
+        say(f"  {name}: {tables} tables")
     instance.create_database("telemetry")
     dsn = instance.dsn("telemetry")
     if instance.timescaledb:

@@ -29,7 +29,7 @@ RESULT_METRICS = {
 
 
 class _AgeCollector(Collector):
-    def __init__(self, metrics: "Metrics") -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

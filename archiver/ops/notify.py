@@ -7,7 +7,6 @@ task into a failed one.
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 from typing import Any
@@ -52,6 +51,6 @@ def send(policy: Policy, event: str, text: str, **fields: Any) -> bool:
             response.read()
         _log.info("notify.sent", extra=log.fields(policy=policy.name, notify_event=event))
         return True
-    except (urllib.error.URLError, socket.timeout, OSError) as exc:
+    except (TimeoutError, urllib.error.URLError, OSError) as exc:
         _log.warning("notify.failed", extra=log.fields(policy=policy.name, notify_event=event, error=log.scrub(str(exc))))
         return False

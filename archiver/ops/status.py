@@ -13,7 +13,7 @@ is set and it answers. A policy file that does not load is a failing row of its 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..backup.manifest import list_backups
@@ -153,7 +153,7 @@ def _merged(ranges: list[Range]) -> list[Range]:
 
 def _gaps(ranges: list[Range], limit: int = 10) -> list[dict[str, str]]:
     merged = _merged(ranges)
-    holes = [{"from": isoformat(a[1]), "to": isoformat(b[0])} for a, b in zip(merged, merged[1:])]
+    holes = [{"from": isoformat(a[1]), "to": isoformat(b[0])} for a, b in zip(merged, merged[1:], strict=False)]
     return holes[:limit]
 
 
@@ -207,7 +207,7 @@ def _utc(value: Any, unit: str | None) -> datetime:
 
     if isinstance(value, int):
         return integer_to_datetime(value, unit or "s")
-    return value if isinstance(value, datetime) else datetime.combine(value, datetime.min.time(), tzinfo=timezone.utc)
+    return value if isinstance(value, datetime) else datetime.combine(value, datetime.min.time(), tzinfo=UTC)
 
 
 def _archive_status(policy: Policy, store: Store, status: PolicyStatus, *, check_database: bool) -> None:

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -250,7 +250,7 @@ class Worker:
         worker = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
                     body, status, kind = worker.metrics.exposition(), 200, "text/plain; version=0.0.4; charset=utf-8"
                 elif self.path.split("?")[0] == "/healthz":
@@ -288,11 +288,11 @@ class Worker:
         self.load_policies(initial=True)
         self.serve_http()
         self.scheduler.add_job(self._safe_refresh, "interval", seconds=self.config.status_interval, id="status",
-                               next_run_time=datetime.now(timezone.utc))
+                               next_run_time=datetime.now(UTC))
         self.scheduler.start()
         for job in self.scheduler.get_jobs():
             if job.args and job.args[1] in self.config.run_at_start:
-                job.modify(next_run_time=datetime.now(timezone.utc))
+                job.modify(next_run_time=datetime.now(UTC))
         _log.info("worker.started", extra=log.fields(policies=sorted(self.policies),
                                                      jobs=[job.id for job in self.scheduler.get_jobs()]))
 

@@ -252,7 +252,7 @@ class Session:
             raise self._error(exc) from None
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator["Session"]:
+    def transaction(self) -> Iterator[Session]:
         """BEGIN ... COMMIT, or ROLLBACK when the block raises."""
         self.execute("BEGIN")
         try:

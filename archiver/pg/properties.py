@@ -83,7 +83,7 @@ class DatabaseProperties:
                                                        "grantable": g.grantable} for g in self.acl]}
 
     @classmethod
-    def from_json(cls, document: dict[str, Any]) -> "DatabaseProperties":
+    def from_json(cls, document: dict[str, Any]) -> DatabaseProperties:
         acl = document.get("acl")
         return cls(encoding=str(document["encoding"]), collate=str(document["collate"]), ctype=str(document["ctype"]),
                    provider=str(document.get("provider") or "libc"), locale=document.get("locale"),

@@ -112,7 +112,7 @@ class LocalPostgres:
         return f"host={host} port={self.port} user={SERVER_USER} dbname={dbname}"
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> "LocalPostgres":
+    def start(self) -> LocalPostgres:
         self.swept = sweep_dead_scratch(Path(self.base_dir or tempfile.gettempdir()))
         self.workdir = Path(tempfile.mkdtemp(prefix=scratch_sweep.SCRATCH_PREFIX, dir=self.base_dir))
         self._claim = scratch_sweep.claim(self.workdir, bindir=self.bindir)
@@ -215,7 +215,7 @@ class LocalPostgres:
         self.workdir = None
         self.started = False
 
-    def __enter__(self) -> "LocalPostgres":
+    def __enter__(self) -> LocalPostgres:
         return self.start() if not self.started else self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -344,7 +344,7 @@ class ContainerPostgres:
             self.swept.append(f"removed scratch container {container} of {whose}, which died")
             _log.warning("scratch.dead_owner_removed", extra=log.fields(container=container, owner=whose))
 
-    def start(self) -> "ContainerPostgres":
+    def start(self) -> ContainerPostgres:
         self._sweep_leftovers()
         self.port = free_port()
         self._engine(self.run_argv(self.port), f"start of scratch container from {self.image}", timeout=600)
@@ -378,7 +378,7 @@ class ContainerPostgres:
             self._engine(self.remove_argv(self.name), "removal of the scratch container", check=False)
             self.started = False
 
-    def __enter__(self) -> "ContainerPostgres":
+    def __enter__(self) -> ContainerPostgres:
         return self.start() if not self.started else self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

@@ -105,7 +105,7 @@ def _open_owner_record(directory: Path) -> int | None:
     except OSError:
         return None  # no owner record: being created, or made by an older archiver
     info = os.fstat(fd)
-    if info.st_uid != os.geteuid() or not (info.st_mode & 0o170000 == 0o100000):
+    if info.st_uid != os.geteuid() or info.st_mode & 61440 != 32768:
         os.close(fd)
         return None
     return fd

@@ -276,10 +276,7 @@ class SnapshotSession:
 
     def _row_hashes(self, table: TableRef, oid_hashed: bool) -> list[str]:
         """The row hashes to try, in order (see ROW_HASHES): the one a manifest recorded first."""
-        if self._conn.info.server_version < 140000 or oid_hashed:
-            candidates = ["text"]
-        else:
-            candidates = ["record", "text"]
+        candidates = ["text"] if self._conn.info.server_version < 140000 or oid_hashed else ["record", "text"]
         if table.row_hash in ROW_HASHES:
             return [table.row_hash] + [row_hash for row_hash in candidates if row_hash != table.row_hash]
         return candidates

@@ -107,7 +107,7 @@ class TableRef:
         return f"{self.schema}.{self.name}"
 
     @classmethod
-    def from_json(cls, entry: dict[str, Any]) -> "TableRef":
+    def from_json(cls, entry: dict[str, Any]) -> TableRef:
         """A table entry of a backup manifest (``content.tables[]``), to count it again elsewhere."""
         return cls(entry["schema"], entry["name"], entry["kind"], parent=entry.get("parent"), view=entry.get("view"),
                    data_excluded=bool(entry.get("data_excluded")), row_hash=entry.get("row_hash"))
@@ -217,7 +217,7 @@ class MatviewRef:
         return f"{self.schema}.{self.name}"
 
     @classmethod
-    def from_json(cls, entry: dict[str, Any]) -> "MatviewRef":
+    def from_json(cls, entry: dict[str, Any]) -> MatviewRef:
         return cls(entry["schema"], entry["name"], bool(entry.get("populated")),
                    data_excluded=bool(entry.get("data_excluded")))
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable
+from typing import Any
 
 EXPECT_HELP = ("a comparison such as '> 0', '>= 10', '== 42', '!= 0', \"== 'ok'\", "
                "'between 1 and 10', 'is null', 'is not null', 'is true', 'is false'")

@@ -7,9 +7,10 @@ built, not when this module is imported: the schema stays light for the pure mod
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from ..common.log import REDACTED
@@ -136,7 +137,8 @@ def _as_secret(value: Any) -> Secret:
 Cron = Annotated[str, Parse(_parse_cron, "5-field cron, e.g. '0 2 * * *' (02:00 daily) or '0 3 * * 0' (Sundays 03:00)")]
 Duration = Annotated[timedelta, duration_field()]
 Count = Annotated[int, int_range(0, MAX_COUNT)]
-Identifier = Annotated[str, text_pattern(r"[a-z0-9][a-z0-9_.-]{0,62}", "lowercase letters, digits, '_', '.', '-'; starting with a letter or digit")]
+Identifier = Annotated[str, text_pattern(r"[a-z0-9][a-z0-9_.-]{0,62}",
+                                         "lowercase letters, digits, '_', '.', '-'; starting with a letter or digit")]
 
 
 def _no_literal_password(raw: str) -> str | None:

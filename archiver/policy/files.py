@@ -36,7 +36,8 @@ class LoadResult:
     unresolved_env: dict[str, dict[str, list[str]]]  # file -> key -> variable names
 
 
-def _parse_one(path: Path, environ: typing.Mapping[str, str], strict_env: bool) -> tuple[Policy | None, list[PolicyIssue], Builder | None]:
+def _parse_one(path: Path, environ: typing.Mapping[str, str],
+               strict_env: bool) -> tuple[Policy | None, list[PolicyIssue], Builder | None]:
     source = str(path)
     try:
         text = _read_policy_text(path)
@@ -47,7 +48,8 @@ def _parse_one(path: Path, environ: typing.Mapping[str, str], strict_env: bool) 
         return None, [PolicyIssue(source, exc.mark.line, exc.mark.column, "", f"{exc.kind}: {exc}")], None
     builder = Builder(source, loaded, environ, strict_env)
     for key_path, mark in loaded.duplicate_keys:
-        builder.issues.append(PolicyIssue(source, mark.line, mark.column, dotted(key_path), "duplicate key (the later value would silently win)"))
+        builder.issues.append(PolicyIssue(source, mark.line, mark.column, dotted(key_path),
+                                          "duplicate key (the later value would silently win)"))
     if loaded.data is None:
         builder.issue((), "empty policy file (allowed: a mapping with database and storage sections)")
         return None, builder.issues, builder
@@ -155,7 +157,8 @@ def load(paths: typing.Iterable[str | os.PathLike[str]], *, environ: typing.Mapp
     return LoadResult(good, issues, unresolved)
 
 
-def load_policies(paths: typing.Iterable[str | os.PathLike[str]], *, environ: typing.Mapping[str, str] | None = None) -> dict[str, Policy]:
+def load_policies(paths: typing.Iterable[str | os.PathLike[str]], *,
+                  environ: typing.Mapping[str, str] | None = None) -> dict[str, Policy]:
     """All policies by name; raises PolicyError listing every problem if any file is invalid."""
     result = load(paths, environ=environ, strict_env=True)
     if result.issues:

@@ -43,7 +43,7 @@ class Mark:
     column: int  # 1-based
 
     @classmethod
-    def of(cls, mark: yaml.Mark | None) -> "Mark":
+    def of(cls, mark: yaml.Mark | None) -> Mark:
         return cls(mark.line + 1, mark.column + 1) if mark else cls(1, 1)
 
 

@@ -142,7 +142,8 @@ def check_set(parsed: list[tuple[Policy, Builder]]) -> None:
         assert policy.name is not None
         if policy.name in by_name:
             other, other_builder = by_name[policy.name]
-            builder.issue(_name_path(builder), f"duplicate policy name {policy.name!r} (also {other.source}); names must be unique")
+            builder.issue(_name_path(builder), f"duplicate policy name {policy.name!r} (also {other.source}); "
+                                               "names must be unique")
             other_builder.issue(_name_path(other_builder), f"duplicate policy name {policy.name!r} (also {policy.source}); "
                                                            "names must be unique")
         else:
@@ -153,7 +154,7 @@ def check_set(parsed: list[tuple[Policy, Builder]]) -> None:
             continue
         for other, other_builder, other_location in locations:
             if _overlapping(location, other_location):
-                for mine, theirs, b in ((policy, other, builder), (other, policy, other_builder)):
+                for _mine, theirs, b in ((policy, other, builder), (other, policy, other_builder)):
                     b.issue(("storage", "url"), f"overlaps policy {theirs.name!r} ({theirs.storage.url}): each would see, "
                                                 "and could prune, the other's backups (allowed: a distinct prefix per policy)")
                 break

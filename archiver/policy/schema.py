@@ -138,8 +138,9 @@ _FORBIDDEN_PG_DUMP_ARGS = ("-f", "--file", "-F", "--format", "-d", "--dbname", "
 def _check_extra_args(args: list[str]) -> str | None:
     for arg in args:
         name = arg.split("=", 1)[0]
+        short_flags = [flag for flag in _FORBIDDEN_PG_DUMP_ARGS if flag.startswith("-") and not flag.startswith("--")]
         if name in _FORBIDDEN_PG_DUMP_ARGS or any(name.startswith(flag) and len(flag) == 2 and len(name) > 2
-                                                   for flag in _FORBIDDEN_PG_DUMP_ARGS if flag.startswith("-") and not flag.startswith("--")):
+                                                   for flag in short_flags):
             return (f"argument {arg!r} is managed by archiver (got {arg!r}; allowed: options other than "
                     "connection, output, format, compression, jobs and snapshot flags)")
     return None

@@ -38,13 +38,13 @@ class TargetUnsuitable(UsageError):
     """The target cannot take this backup (version, extension, not empty, no room, locale): exit 2."""
 
 
-def recorded_properties(source: "Source") -> DatabaseProperties | None:
+def recorded_properties(source: Source) -> DatabaseProperties | None:
     """The source database's properties as the manifest records them (None in manifests from before)."""
     recorded = source.database.get("properties")
     return DatabaseProperties.from_json(recorded) if recorded else None
 
 
-def plan_properties(plan: "RestorePlan") -> None:
+def plan_properties(plan: RestorePlan) -> None:
     """Check that the target can hold the source's encoding and locale, and plan the rest (read-only)."""
     properties = recorded_properties(plan.source)
     if properties is None:
@@ -70,7 +70,7 @@ def plan_properties(plan: "RestorePlan") -> None:
     plan.notes += [f"not restored: {text}" for text in plan.properties_plan.skipped]
 
 
-def _check_existing(plan: "RestorePlan", properties: DatabaseProperties) -> None:
+def _check_existing(plan: RestorePlan, properties: DatabaseProperties) -> None:
     current = DatabaseProperties.from_json(database_properties(plan.target_dsn))
     differences = dbprops.locale_differences(properties, current)
     if differences:
@@ -84,7 +84,7 @@ def _check_existing(plan: "RestorePlan", properties: DatabaseProperties) -> None
                           f"not applied to it ({len(left.statements)} statement(s)); {NEW_DATABASE_HINT}")
 
 
-def create_database(plan: "RestorePlan") -> None:
+def create_database(plan: RestorePlan) -> None:
     """CREATE DATABASE with the source's encoding and locale; a refusal by the server is the target's fault."""
     try:
         pg_target.create_database(plan.target_dsn, plan.database_options)
@@ -97,7 +97,7 @@ def create_database(plan: "RestorePlan") -> None:
                                hint=LOCALE_HINT) from None
 
 
-def apply_properties(plan: "RestorePlan") -> list[tuple[str, str]]:
+def apply_properties(plan: RestorePlan) -> list[tuple[str, str]]:
     """Owner, settings, comment and privileges of the source, once pg_restore has committed: (statement, error)
     of each that failed (the others are applied; one failure does not undo the restore)."""
     if plan.properties_plan is None or not plan.properties_plan.statements:
@@ -105,7 +105,7 @@ def apply_properties(plan: "RestorePlan") -> list[tuple[str, str]]:
     return apply_statements(plan.target_dsn, plan.properties_plan.statements)
 
 
-def property_differences(dsn: str, source: "Source") -> list[str] | None:
+def property_differences(dsn: str, source: Source) -> list[str] | None:
     """How a restored database's properties differ from the manifest's (None: none recorded)."""
     properties = recorded_properties(source)
     if properties is None:
@@ -156,7 +156,7 @@ class MatviewCheck:
                 "rows": self.rows, "populated": self.populated}
 
 
-def compare_matviews(dsn: str, source: "Source") -> list[MatviewCheck]:
+def compare_matviews(dsn: str, source: Source) -> list[MatviewCheck]:
     """Each materialized view of the manifest, looked at in the restored database."""
     recorded = list(source.document.get("content", {}).get("materialized_views", []))
     if not recorded:

@@ -31,15 +31,6 @@ as the plan found it (created, filled or emptied meanwhile) is refused with noth
 
 from __future__ import annotations
 
-from ..common import log
-from .compare import TableCheck, compare_tables
-from .execute import Undo, execute_restore
-from .plan import RestorePlan, plan_restore, recheck_target
-from .select import select_backup
-from .stream import RestoreOutcome
-
-logger = log.get_logger("restore")
-
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +47,13 @@ from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
 from . import props
+from .compare import TableCheck, compare_tables
+from .execute import Undo, execute_restore
+from .plan import RestorePlan, plan_restore, recheck_target
+from .select import select_backup
+from .stream import RestoreOutcome
+
+logger = log.get_logger("restore")
 
 # -- archiver restore ----------------------------------------------------------------------------
 

@@ -117,7 +117,7 @@ class ObjectWriter(ABC):
     def tell(self) -> int:
         return self.size
 
-    def __enter__(self) -> "ObjectWriter":
+    def __enter__(self) -> ObjectWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

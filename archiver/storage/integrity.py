@@ -71,7 +71,7 @@ class CheckedObject:
         self._source: BinaryIO | None = None
         self._decoded: Iterator[bytes] | None = None
 
-    def __enter__(self) -> "CheckedObject":
+    def __enter__(self) -> CheckedObject:
         try:
             self._source = self.store.open(self.key)
         except ObjectNotFound:

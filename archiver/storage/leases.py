@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..common import log
@@ -113,7 +113,7 @@ class StoreLease:
             _log.warning("lock.lease.release_failed", extra=log.fields(lease=self.key, error=str(exc)))
 
     @contextlib.contextmanager
-    def held(self) -> Iterator["StoreLease"]:
+    def held(self) -> Iterator[StoreLease]:
         self.acquire()
         try:
             yield self
@@ -124,7 +124,7 @@ class StoreLease:
 # -- backup leases: what a running backup owns in the store ------------------------------------------
 
 BACKUP_LEASE_PREFIX = "backup-"
-NEVER = datetime.max.replace(tzinfo=timezone.utc)
+NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 def backup_lease(store: Store, backup_id: str, policy: str) -> StoreLease:

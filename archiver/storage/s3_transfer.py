@@ -96,7 +96,7 @@ def explain(exc: Exception, what: str) -> StoreError:
 
 
 class S3Writer(ObjectWriter):
-    def __init__(self, store: "S3Store", key: str, *, size_hint: int | None, if_absent: bool,
+    def __init__(self, store: S3Store, key: str, *, size_hint: int | None, if_absent: bool,
                  content_type: str | None) -> None:
         super().__init__(key)
         self._store = store
@@ -218,7 +218,7 @@ class S3Writer(ObjectWriter):
 class S3Reader(io.RawIOBase):
     """A GET body that survives a dropped connection by resuming at the current offset."""
 
-    def __init__(self, store: "S3Store", key: str) -> None:
+    def __init__(self, store: S3Store, key: str) -> None:
         super().__init__()
         self._store = store
         self._key = key

@@ -40,7 +40,7 @@ PAUSE_AFTER = 10 * MiB  # the globals object and the dump's first 8 MiB part go 
 
 
 @contextmanager
-def backup_held_mid_upload(tmp_path: Path, source: str, s3_store: S3Store,  # noqa: F811
+def backup_held_mid_upload(tmp_path: Path, source: str, s3_store: S3Store,
                            s3_endpoint: str) -> Iterator[tuple[subprocess.Popen[str], PausingProxy, str]]:
     """``archiver backup app`` through a proxy that holds it mid-upload; (process, proxy, its backup id)."""
     upstream = urlsplit(s3_endpoint)
@@ -62,7 +62,7 @@ def backup_held_mid_upload(tmp_path: Path, source: str, s3_store: S3Store,  # no
 
 
 def test_prune_leaves_a_running_backup_alone_however_old_and_its_manifest_then_holds(
-        tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str, previous: str,  # noqa: F811
+        tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str, previous: str,
         pg: LocalPostgres) -> None:
     policy = load_policy(policy_path(tmp_path, source, s3_store, s3_endpoint))
     with backup_held_mid_upload(tmp_path, source, s3_store, s3_endpoint) as (process, proxy, running):
@@ -96,7 +96,7 @@ def test_prune_leaves_a_running_backup_alone_however_old_and_its_manifest_then_h
 
 
 def test_a_backup_whose_object_vanished_before_its_manifest_writes_none(
-        tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str, previous: str) -> None:  # noqa: F811
+        tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str, previous: str) -> None:
     with backup_held_mid_upload(tmp_path, source, s3_store, s3_endpoint) as (process, proxy, running):
         (globals_key,) = [info.key for info in s3_store.list(backup_prefix(running))]
         s3_store.delete(globals_key)  # what an older archiver's prune (or an operator) did to a running backup
@@ -109,7 +109,7 @@ def test_a_backup_whose_object_vanished_before_its_manifest_writes_none(
     assert list(s3_store.list(backup_prefix(running))) == [] and s3_store.pending_uploads() == []
 
 
-def sigkilled_backup_upload(tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str) -> str:  # noqa: F811
+def sigkilled_backup_upload(tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str) -> str:
     """A backup SIGKILLed mid-upload, as a vanished pod leaves it; the key of its pending upload."""
     upstream = urlsplit(s3_endpoint)
     with StallingProxy(upstream.hostname or "127.0.0.1", upstream.port or 80,
@@ -127,7 +127,7 @@ def sigkilled_backup_upload(tmp_path: Path, source: str, s3_store: S3Store, s3_e
 
 
 def test_abort_dead_uploads_aborts_what_a_killed_run_left_and_keeps_what_is_protected(
-        tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str) -> None:  # noqa: F811
+        tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str) -> None:
     dead_key = sigkilled_backup_upload(tmp_path, source, s3_store, s3_endpoint)
     live = s3_store.writer("backups/live/dump.pgdump", size_hint=100 * MiB)
     live.write(os.urandom(9 * MiB))  # a multipart upload in progress in this process
@@ -136,7 +136,7 @@ def test_abort_dead_uploads_aborts_what_a_killed_run_left_and_keeps_what_is_prot
             sorted([dead_key.split("/")[1], "live"])
 
         def protect(write: object) -> str | None:
-            return "this test's own writer" if getattr(write, "key") == "backups/live/dump.pgdump" else None
+            return "this test's own writer" if write.key == "backups/live/dump.pgdump" else None
 
         failing = S3Store(s3_store.bucket, s3_store.prefix, endpoint_url=s3_endpoint, region="us-east-1",
                           max_attempts=1)

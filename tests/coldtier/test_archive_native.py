@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +146,8 @@ def test_parquet_files_carry_what_readers_and_auditors_need(database: str, tmp_p
     store = open_store(storage)
     document = manifests(store)["device_metrics_d100"]
     key = document["object"]["key"]
-    day = (datetime.now(timezone.utc).date().toordinal() - 100)
-    start = datetime.fromordinal(day).replace(tzinfo=timezone.utc)
+    day = (datetime.now(UTC).date().toordinal() - 100)
+    start = datetime.fromordinal(day).replace(tzinfo=UTC)
     assert key == (f"archive/{database.split('dbname=')[1]}/public.device_metrics/year={start:%Y}/month={start:%m}/"
                    f"day={start:%d}/{start:%Y%m%dT000000Z}_{datetime.fromordinal(day + 1):%Y%m%dT000000Z}.v1.parquet")
     parquet = pq.ParquetFile(store.path_of(key))  # type: ignore[attr-defined]

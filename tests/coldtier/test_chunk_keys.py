@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,7 +11,7 @@ from archiver.coldtier.chunks import Chunk, TableInfo
 from archiver.coldtier.identity import SLICE_MAX, SLICE_MIN, SpaceSlice
 from tests.coldtier_helpers import table
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def info(time_type: str = "timestamptz", unit: str | None = None) -> TableInfo:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pyarrow as pa
@@ -51,7 +51,7 @@ def batch_of(plans: list[tm.ColumnPlan], columns: list[pa.Array]) -> pa.RecordBa
 def test_arrow_fingerprint_is_independent_of_order_and_batching() -> None:
     plans = [plan("t", pa.timestamp("us", tz="UTC"), tm.TIMESTAMP), plan("v", pa.float64(), tm.FLOAT),
              plan("u", pa.uuid(), tm.UUID), plan("s", pa.string(), tm.TEXT), plan("d", pa.decimal128(10, 2), tm.DECIMAL)]
-    times = [datetime(2026, 1, 1, hour, tzinfo=timezone.utc) for hour in range(6)]
+    times = [datetime(2026, 1, 1, hour, tzinfo=UTC) for hour in range(6)]
     values = [1.5, math.nan, math.inf, -2.25, None, 3.0]
     uuids = [uuid.UUID(int=(n * 0x1234567890ABCDEF) << 64 | n) if n % 3 else None for n in range(6)]
     texts = ["a", "bb", None, "dddd", "é", ""]

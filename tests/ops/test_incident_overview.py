@@ -76,7 +76,7 @@ def test_a_failed_listing_never_says_no_backups(tmp_path: Path, s3_endpoint: str
         result = run_cli("--policies", str(policies), *args)
         assert result.code == 1, result.output
         assert "no backups" not in result.output and result.stdout == ""
-        assert f"error: app: cannot list s3://backups/app/backups/: cannot reach the S3 endpoint" in result.stderr
+        assert "error: app: cannot list s3://backups/app/backups/: cannot reach the S3 endpoint" in result.stderr
         assert unreachable in result.stderr
 
 

@@ -53,7 +53,7 @@ def finish(process: subprocess.Popen[str], bound: float) -> tuple[str, str]:
 
 
 def test_sigterm_during_an_upload_to_a_stalled_store_exits_130_within_the_grace_period(
-        tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str) -> None:  # noqa: F811
+        tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str) -> None:
     """The endpoint stops answering mid-upload: part uploads hang in worker threads and the abort
     cannot reach S3. SIGTERM still ends the run, interrupted, with nothing half-visible."""
     upstream = urlsplit(s3_endpoint)

@@ -27,8 +27,8 @@ def test_run_argv_publishes_on_loopback_and_keeps_the_password_out_of_argv(fake_
     argv = scratch.run_argv(54321)
     assert argv[:4] == ["docker", "run", "-d", "--rm"]
     assert argv[argv.index("--name") + 1] == scratch.name and scratch.name.startswith("archiver-scratch-telemetry-")
-    assert ["-p", "127.0.0.1:54321:54321"] == argv[argv.index("-p"):argv.index("-p") + 2]
-    assert ["-e", "POSTGRES_PASSWORD"] == argv[argv.index("POSTGRES_PASSWORD") - 1:argv.index("POSTGRES_PASSWORD") + 1]
+    assert argv[argv.index("-p"):argv.index("-p") + 2] == ["-p", "127.0.0.1:54321:54321"]
+    assert argv[argv.index("POSTGRES_PASSWORD") - 1:argv.index("POSTGRES_PASSWORD") + 1] == ["-e", "POSTGRES_PASSWORD"]
     assert scratch.password not in " ".join(argv)
     image_at = argv.index("timescale/timescaledb:2.17.2-pg16")
     assert argv[image_at - 2:image_at] == ["--memory", "2g"]

@@ -57,7 +57,7 @@ def ready_postmaster(parent: Path) -> int | None:
 
 
 def test_a_sigkilled_drill_leaves_its_postgres_running_and_the_next_drill_removes_it(
-        tmp_path: Path, rich_database: tuple[str, str], base: Path) -> None:  # noqa: F811
+        tmp_path: Path, rich_database: tuple[str, str], base: Path) -> None:
     source, _ = rich_database
     store = LocalStore(tmp_path / "store")
     path = add_verify_section(backup_policy(tmp_path, source, store, None), scratch={"work_dir": str(base)})

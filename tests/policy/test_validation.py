@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -208,7 +208,7 @@ def test_name_defaults_to_file_stem_and_merge_keys_work(tmp_path: Path) -> None:
 
 
 def test_crontab_weekdays_count_from_sunday() -> None:
-    monday = datetime(2026, 11, 23, tzinfo=timezone.utc)
+    monday = datetime(2026, 11, 23, tzinfo=UTC)
     sunday_run = cron_trigger("0 3 * * 0").get_next_fire_time(None, monday)
     assert sunday_run.strftime("%A %H:%M") == "Sunday 03:00"
     assert cron_trigger("0 3 * * 7").get_next_fire_time(None, monday).strftime("%A") == "Sunday"

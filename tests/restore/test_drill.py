@@ -43,7 +43,7 @@ def listed(policy_path: Path) -> dict[str, str]:
 
 
 def test_a_drill_restores_checks_and_records_a_passed_verdict(
-        tmp_path: Path, rich_database: tuple[str, str], store: Store, endpoint: str | None) -> None:  # noqa: F811
+        tmp_path: Path, rich_database: tuple[str, str], store: Store, endpoint: str | None) -> None:
     source, _ = rich_database
     path = drill_policy(tmp_path, source, store, endpoint)
     backup_id = str(run_backup(load_policy(path), store=store).data["id"])

@@ -72,7 +72,7 @@ def restored_rows(dsn: str) -> dict[str, int]:
 
 
 def test_a_second_restore_into_the_same_new_target_waits_for_nobody_and_harms_nothing(
-        tmp_path: Path, rich_database: tuple[str, str], file_store: Store,  # noqa: F811
+        tmp_path: Path, rich_database: tuple[str, str], file_store: Store,
         target_server: LocalPostgres) -> None:
     """Restore A holds the target's lock (paused there with SIGSTOP); B exits 3 naming A and writes
     nothing; A then finishes, and its database holds exactly the manifest's rows."""
@@ -100,7 +100,7 @@ def test_a_second_restore_into_the_same_new_target_waits_for_nobody_and_harms_no
 
 
 def test_a_target_created_and_filled_after_the_plan_is_refused_and_left_alone(
-        tmp_path: Path, rich_database: tuple[str, str], file_store: Store,  # noqa: F811
+        tmp_path: Path, rich_database: tuple[str, str], file_store: Store,
         target_server: LocalPostgres) -> None:
     """The original failure: B planned "does not exist", A then created and restored the database.
     B re-inspects the target under the lock, refuses (exit 2), and drops nothing of A's."""
@@ -135,7 +135,7 @@ def lie_about_devices(document: dict[str, Any]) -> None:
 
 
 def test_rows_that_differ_from_the_manifest_drop_the_database_the_restore_created(
-        tmp_path: Path, rich_database: tuple[str, str], file_store: Store,  # noqa: F811
+        tmp_path: Path, rich_database: tuple[str, str], file_store: Store,
         target_server: LocalPostgres) -> None:
     source, role = rich_database
     path, backup_id = backed_up(tmp_path, source, file_store)
@@ -151,7 +151,7 @@ def test_rows_that_differ_from_the_manifest_drop_the_database_the_restore_create
 
 
 def test_rows_that_differ_in_an_existing_database_leave_it_and_say_what_stays(
-        tmp_path: Path, rich_database: tuple[str, str], file_store: Store,  # noqa: F811
+        tmp_path: Path, rich_database: tuple[str, str], file_store: Store,
         target_server: LocalPostgres) -> None:
     source, _ = rich_database
     path, backup_id = backed_up(tmp_path, source, file_store)

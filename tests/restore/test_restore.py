@@ -37,7 +37,7 @@ from tests.restore_helpers import (
 
 
 def test_a_backup_restores_into_a_new_database_with_every_table_equal_to_the_source(
-        tmp_path: Path, rich_database: tuple[str, str], store: Store, endpoint: str | None,  # noqa: F811
+        tmp_path: Path, rich_database: tuple[str, str], store: Store, endpoint: str | None,
         target_server: LocalPostgres) -> None:
     source, role = rich_database
     path, backup_id = backed_up(tmp_path, source, store, endpoint)
@@ -114,7 +114,7 @@ def test_a_target_that_cannot_take_the_backup_is_refused_naming_what_to_install(
 
 @pytest.mark.parametrize("how", ["flipped byte", "flipped byte (zstd)", "truncated", "missing", "wrong object"])
 def test_a_damaged_backup_is_caught_before_anything_stays_in_the_target(
-        tmp_path: Path, rich_database: tuple[str, str], store: Store, endpoint: str | None,  # noqa: F811
+        tmp_path: Path, rich_database: tuple[str, str], store: Store, endpoint: str | None,
         target_server: LocalPostgres, how: str) -> None:
     source, role = rich_database
     codec = "zstd" if how == "flipped byte (zstd)" else "none"  # uncompressed: the dump's text can be altered

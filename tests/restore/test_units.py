@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -149,9 +149,9 @@ def test_choosing_a_backup(tmp_path: Path) -> None:
                              ("20260102T020000Z-bbbb", "2026-01-02T02:00:00Z")):
         write_json(store, backup_manifest_key(backup_id), {"id": backup_id, "snapshot_time": taken})
     assert select_backup(store).id == "20260102T020000Z-bbbb"
-    assert select_backup(store, before=datetime(2026, 1, 2, tzinfo=timezone.utc)).id == "20260101T020000Z-aaaa"
+    assert select_backup(store, before=datetime(2026, 1, 2, tzinfo=UTC)).id == "20260101T020000Z-aaaa"
     with pytest.raises(UsageError, match="no backup taken before 2026-01-01T00:00:00Z; the oldest is 20260101"):
-        select_backup(store, before=datetime(2026, 1, 1, tzinfo=timezone.utc))
+        select_backup(store, before=datetime(2026, 1, 1, tzinfo=UTC))
     with pytest.raises(UsageError, match="no backup '20250101T000000Z-0000'") as caught:
         select_backup(store, backup_id="20250101T000000Z-0000")
     assert "20260102T020000Z-bbbb, 20260101T020000Z-aaaa" in str(caught.value)
