@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from .backup.prune import PruneOptions, prune_task
 from .backup.task import BackupOptions, backup_task
@@ -125,10 +125,9 @@ VERIFY: Task[VerifyOptions] = Task(
 TASKS: tuple[Task[BackupOptions], Task[PruneOptions], Task[ArchiveOptions], Task[RetentionOptions],
              Task[VerifyOptions]] = (BACKUP, PRUNE, ARCHIVE, RETENTION, VERIFY)
 TASK_NAMES = tuple(task.name for task in TASKS)
-AnyTask = Task[BackupOptions] | Task[PruneOptions] | Task[ArchiveOptions] | Task[RetentionOptions] | Task[VerifyOptions]
 
 
-def named(name: str) -> AnyTask:
+def named(name: str) -> Task[Any]:
     """The task called ``name``; UsageError (exit 2) naming the tasks there are."""
     for task in TASKS:
         if task.name == name:

@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from ..common import log
-from ..errors import PolicyError, UsageError
+from ..errors import UsageError
 from ..policy.files import LoadResult, get_policy, load, load_policies
-from ..policy.issues import PolicyIssue
+from ..policy.issues import PolicyError, PolicyIssue
 from ..policy.schema import Policy
 
 

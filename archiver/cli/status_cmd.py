@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import click
 
@@ -51,8 +52,8 @@ def _coverage(entry: dict[str, object]) -> str:
         text += f", hot {span(entry['hot'])}, dropped {span(entry['dropped'])}"
         if entry.get("hot_not_archived"):
             text += f", {entry['hot_not_archived']} hot chunk(s) not archived yet"
-    gaps = entry.get("gaps") or []
-    text += f", gaps: {len(gaps)} (first {gaps[0]['from']} .. {gaps[0]['to']})" if gaps else ", no gaps"  # type: ignore[index]
+    gaps: Any = entry.get("gaps") or []
+    text += f", gaps: {len(gaps)} (first {gaps[0]['from']} .. {gaps[0]['to']})" if gaps else ", no gaps"
     return text
 
 

@@ -308,7 +308,7 @@ def _discover_partitioned(current: Session, config: ArchiveTable, schema: str, n
             raise UsageError(f"{display}: cannot read the bounds of partition {row['schema']}.{row['name']} "
                              f"({bound!r}): {exc}") from None
         chunks.append(Chunk(row["schema"], row["name"], start, end))
-    chunks.sort(key=lambda c: (c.start is not None, c.start or 0, c.name))  # type: ignore[arg-type]
+    chunks.sort(key=lambda c: (c.start is not None, c.start or 0, c.name))
     return TableInfo(schema, name, PARTITIONED, time_column, time_type, columns, chunks, config, notes=notes)
 
 

@@ -147,5 +147,6 @@ def utc_date(value: TimeValue | None, to_datetime: Any) -> date:
     if value is None:
         return date(1970, 1, 1)
     if isinstance(value, int):
-        return to_datetime(value).date()
+        moment: datetime = to_datetime(value)
+        return moment.date()
     return value.astimezone(UTC).date()

@@ -123,10 +123,10 @@ def clean_table(store: Store, catalog: TableCatalog, decisions: list[Decision], 
             record(decisions, Decision(task, catalog.table, key, "would remove" if dry_run else "removed",
                                        "no manifest references it (left by an interrupted run)"), f"{task}.orphan")
     started = utcnow()  # under the cold-tier lock nothing pending from before now has a live writer
-    for verdict in abort_dead_uploads(store, data_prefix(catalog.database, catalog.table), older_than=started,
-                                      dry_run=dry_run):
-        action = ("would remove" if dry_run else "removed") if verdict.abort else "keep"
-        record(decisions, Decision(task, catalog.table, verdict.key, action,
-                                   f"unfinished upload ({verdict.write.description}, started "
-                                   f"{isoformat(verdict.since)}): {verdict.reason}"), f"{task}.incomplete")
+    for upload in abort_dead_uploads(store, data_prefix(catalog.database, catalog.table), older_than=started,
+                                     dry_run=dry_run):
+        action = ("would remove" if dry_run else "removed") if upload.abort else "keep"
+        record(decisions, Decision(task, catalog.table, upload.key, action,
+                                   f"unfinished upload ({upload.write.description}, started "
+                                   f"{isoformat(upload.since)}): {upload.reason}"), f"{task}.incomplete")
     return removed

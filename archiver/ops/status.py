@@ -107,13 +107,13 @@ def _task_status(policy: Policy, store: Store, status: PolicyStatus) -> None:
                                  "last_interrupted": (interrupted or {}).get("finished_at")}
         failing = bool(failure) and (not success or _finished(failure) > _finished(success))
         entry["failing"] = failing
-        if failing:
+        if failing and failure:
             entry["error"] = failure.get("error") or failure.get("summary")
             status.problems.append(f"{task} is failing since {failure['finished_at']}: "
                                    f"{str(entry['error'])[:300]}")
         entry["interrupted"] = bool(interrupted) and _finished(interrupted) > max(_finished(success),
                                                                                  _finished(failure))
-        if entry["interrupted"]:
+        if entry["interrupted"] and interrupted:
             _interrupted_status(task, schedule, interrupted, success, status)
         last = record.get("last_run") or {}
         if task == "retention" and last.get("held_back"):

@@ -167,13 +167,13 @@ def server_version_num(dsn: str) -> int:
 def execute(dsn: str, sql: str, params: tuple[Any, ...] | None = None) -> None:
     """Run the operator's own SQL as psql would: with the role's search_path (no task calls this)."""
     with connect(dsn, safe_search_path=False) as conn:
-        conn.execute(sql, params)  # type: ignore[arg-type]
+        conn.execute(sql, params)
 
 
 def query(dsn: str, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
     """The rows of the operator's own SQL, run as psql would: with the role's search_path (no task calls this)."""
     with connect(dsn, safe_search_path=False) as conn:
-        return list(conn.execute(sql, params).fetchall())  # type: ignore[arg-type]
+        return list(conn.execute(sql, params).fetchall())
 
 
 def probe_server(dsn: str, *, timeout: int = 2) -> int:
@@ -226,14 +226,14 @@ class Session:
 
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         try:
-            cursor = self._conn.execute(sql, params)  # type: ignore[arg-type]
+            cursor = self._conn.execute(sql, params)
             return list(cursor.fetchall()) if cursor.description is not None else []
         except psycopg.Error as exc:
             raise self._error(exc) from None
 
     def query_dicts(self, sql: str, params: tuple[Any, ...] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
         try:
-            cursor = self._conn.execute(sql, params)  # type: ignore[arg-type]
+            cursor = self._conn.execute(sql, params)
             if cursor.description is None:
                 return []
             names = [column.name for column in cursor.description]
@@ -247,7 +247,7 @@ class Session:
 
     def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] | None = None) -> None:
         try:
-            self._conn.execute(sql, params)  # type: ignore[arg-type]
+            self._conn.execute(sql, params)
         except psycopg.Error as exc:
             raise self._error(exc) from None
 

@@ -42,7 +42,7 @@ def first_value(dsn: str, statement: str, *, application_name: str = "archiver c
     """
     with connect(dsn, autocommit=False, application_name=application_name, safe_search_path=False) as conn:
         conn.read_only = True
-        row = conn.execute(statement).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(statement).fetchone()
         conn.rollback()
     return None if row is None else row[0]
 
@@ -235,7 +235,7 @@ def apply_statements(dsn: str, statements: Sequence[str], *, application_name: s
         for statement in statements:
             conn.execute("SAVEPOINT archiver_step")
             try:
-                conn.execute(statement)  # type: ignore[arg-type]
+                conn.execute(statement)
             except psycopg.Error as exc:
                 conn.execute("ROLLBACK TO SAVEPOINT archiver_step")
                 failed.append((statement, scrub(str(exc), dsn).strip().splitlines()[0]))
@@ -256,7 +256,7 @@ def run_in_transaction(dsn: str, statements: Sequence[str], *, application_name:
     """Run ``statements`` (complete SQL, no parameters) in one transaction: all or nothing."""
     with connect(dsn, autocommit=False, application_name=application_name) as conn:
         for statement in statements:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
         conn.commit()
 
 

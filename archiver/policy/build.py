@@ -88,7 +88,7 @@ class Builder:
     def partial(cls: type, fields: list[dataclasses.Field[Any]], values: dict[str, Any]) -> Any:
         """An instance with invalid or missing fields set to None, so that rules spanning
         several keys can still check the parts that are valid (every error at once)."""
-        instance = object.__new__(cls)
+        instance: Any = object.__new__(cls)
         for f in fields:
             value = values.get(f.name, INVALID)
             if value is INVALID:
@@ -96,8 +96,8 @@ class Builder:
                     value = None
                 elif f.default is not dataclasses.MISSING:
                     value = f.default
-                else:
-                    value = f.default_factory()  # type: ignore[misc]
+                elif callable(f.default_factory):
+                    value = f.default_factory()
             object.__setattr__(instance, f.name, value)
         for f in dataclasses.fields(cls):
             if f.metadata.get("internal"):

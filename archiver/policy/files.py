@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ..common.timeutil import format_duration
-from ..errors import PolicyError, UsageError
+from ..errors import UsageError
 from ..pg.dsn import redact_dsn
 from .build import INVALID, Builder
 from .fields import Secret
-from .issues import PolicyIssue, dotted
+from .issues import PolicyError, PolicyIssue, dotted
 from .load import MAX_BYTES, YamlError, load_yaml
 from .rules import POLICY_RULES, check_set
 from .schema import Policy

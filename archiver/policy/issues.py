@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UsageError
+
 KeyPath = tuple[str | int, ...]
 
 # --------------------------------------------------------------------------------------------
@@ -42,3 +44,13 @@ def show(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     return repr(value)
+
+
+class PolicyError(UsageError):
+    """One or more problems in policy files; ``issues`` holds every one of them."""
+
+    def __init__(self, issues: list[PolicyIssue]) -> None:
+        self.issues = issues
+        lines = [str(issue) for issue in issues]
+        super().__init__("\n".join(lines) if lines else "invalid policy")
+

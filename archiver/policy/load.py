@@ -113,16 +113,17 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(text)
         self._depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self._depth >= MAX_DEPTH:
-            raise YamlRefused(f"nested deeper than {MAX_DEPTH} levels", Mark.of(self.peek_event().start_mark))
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML's stubs leave it untyped
+            raise YamlRefused(f"nested deeper than {MAX_DEPTH} levels", Mark.of(event.start_mark))
         self._depth += 1
         try:
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
-    def compose_scalar_node(self, anchor: str | None) -> yaml.ScalarNode:
+    def compose_scalar_node(self, anchor: Any) -> yaml.ScalarNode:  # an anchor name (PyYAML's stubs say otherwise)
         node = super().compose_scalar_node(anchor)
         if len(node.value) > MAX_SCALAR_CHARS:
             raise YamlRefused(f"a value longer than {MAX_SCALAR_CHARS // 1024} KiB ({len(node.value)} characters)",
@@ -246,6 +247,7 @@ def _construct(node: yaml.Node, path: Path_, out: LoadedYaml, scalar_loader: yam
         return mapping
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, path + (index,), out, scalar_loader) for index, item in enumerate(node.value)]
+    assert isinstance(node, yaml.ScalarNode)  # tags were checked: what is not a mapping or a list is a scalar
     return _construct_scalar(node, scalar_loader)
 
 

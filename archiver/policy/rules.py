@@ -9,7 +9,7 @@ from ..common.timeutil import format_duration
 from ..storage.url import StorageLocation, bucket_name_problem, parse_storage_url
 from .build import Builder
 from .issues import KeyPath, dotted, show
-from .schema import Policy
+from .schema import ArchiveTable, Policy
 
 # --------------------------------------------------------------------------------------------
 # Rules that span several keys
@@ -88,7 +88,8 @@ def _check_archive(policy: Policy, b: Builder) -> None:
     seen: dict[str, int] = {}
     if policy.archive.tables == []:
         b.issue(("archive", "tables"), "is empty (allowed: at least one {table, archive_after} entry)")
-    for index, table in enumerate(policy.archive.tables or []):
+    tables: list[ArchiveTable | None] = list(policy.archive.tables or [])  # a partly built policy may hold None
+    for index, table in enumerate(tables):
         path: KeyPath = ("archive", "tables", index)
         if table is None or table.table is None:
             continue

@@ -37,7 +37,7 @@ from ..coldtier.objects import downloaded, staging_reader
 from ..coldtier.steps import COLD_TIER_LOCK
 from ..common import log, sysinfo
 from ..common.progress import NULL_PROGRESS, Progress
-from ..common.result import TaskResult
+from ..common.result import Status, TaskResult
 from ..errors import ObjectNotFound, UsageError
 from ..pg import staging as pg_staging
 from ..pg.catalog import (
@@ -157,8 +157,10 @@ def _partition_covers(current: Session, target: _Target, archived: ArchivedRange
             continue
         start = chunks.parse_bound(match.group("start"), time_type)
         end = chunks.parse_bound(match.group("end"), time_type)
-        if (start is None or (archived.start is not None and start <= archived.start)) and \
-                (end is None or (archived.end is not None and end >= archived.end)):  # type: ignore[operator]
+        # bounds of one time column are all datetimes or all integers
+        starts_before = start is None or (archived.start is not None and start <= archived.start)  # type: ignore[operator]
+        ends_after = end is None or (archived.end is not None and end >= archived.end)  # type: ignore[operator]
+        if starts_before and ends_after:
             return True
     return False
 
@@ -276,9 +278,9 @@ def run_restore_archive(policy: Policy, *, table: str, start: str, end: str, tar
     store = store or open_store(policy.storage)
     ranges, problems = archived_ranges(store, qualified_name)
     if not ranges:
-        archived = ", ".join(archived_tables(store)) or "none"
+        tables = ", ".join(archived_tables(store)) or "none"
         raise UsageError(f"no archives of {qualified_name} in {store.describe(ARCHIVE_CATALOG_PREFIX)} "
-                         f"(archived tables: {archived})")
+                         f"(archived tables: {tables})")
     time_type = str(ranges[0].documents[0]["time_type"])
     low, high = parse_bound(start, time_type, "--from"), parse_bound(end, time_type, "--to")
     if low >= high:  # type: ignore[operator]
@@ -326,7 +328,7 @@ def _result(policy: Policy, table: str, decisions: list[LoadDecision], destinati
         summary = (f"{table} {window}: loaded {count['load']} range(s) ({rows:,} rows), skipped {count['skip']} "
                    f"already present, held back {count['hold']}" + (f", {count['mismatch']} archive(s) FAILED their "
                                                                        "checksum" if count["mismatch"] else ""))
-    status = "verification_failed" if count["mismatch"] else "held_back" if count["hold"] or problems else "ok"
+    status: Status = "verification_failed" if count["mismatch"] else "held_back" if count["hold"] or problems else "ok"
     metrics = {"rows": float(rows), "ranges_loaded": float(count["load"]), "ranges_skipped": float(count["skip"]),
                "ranges_held_back": float(count["hold"]), "ranges_mismatched": float(count["mismatch"]),
                "duration_seconds": round(seconds, 3), "peak_rss_bytes": float(sysinfo.peak_rss_bytes())}

@@ -108,7 +108,7 @@ def archived_ranges(store: Store, table: str) -> tuple[list[ArchivedRange], list
         group = by_range.setdefault((str(span.get("start")), str(span.get("end"))), ArchivedRange(
             manifest_bound(span.get("start")), manifest_bound(span.get("end")), []))
         group.documents.append(document)
-    ranges = sorted(by_range.values(), key=lambda r: (r.start is not None, r.start or 0, r.names))  # type: ignore[operator]
+    ranges = sorted(by_range.values(), key=lambda r: (r.start is not None, r.start or 0, r.names))
     return ranges, problems
 
 

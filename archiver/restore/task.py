@@ -38,7 +38,7 @@ from datetime import datetime
 
 from ..common import log, sysinfo
 from ..common.progress import NULL_PROGRESS, Progress
-from ..common.result import TaskResult
+from ..common.result import Status, TaskResult
 from ..errors import ArchiverError, TaskFailed, UsageError
 from ..pg.dsn import dsn_has_password, parse_dsn, redact_dsn
 from ..pg.locks import restore_target_lock
@@ -135,9 +135,9 @@ def _withdraw_unproven(plan: RestorePlan, outcome: RestoreOutcome, exc: BaseExce
         done, failed = undo.run_in_order()
         state = "; ".join(done + [f"could not undo: {text}" for text in failed])
     else:
-        roles = f"; roles it created stay too: {', '.join(outcome.roles_created)}" if outcome.roles_created else ""
+        kept = f"; roles it created stay too: {', '.join(outcome.roles_created)}" if outcome.roles_created else ""
         state = (f"the restored objects stay in database {name}, which existed before this restore, so archiver does "
-                 f"not drop it{roles}; drop them, or restore another backup with --clean")
+                 f"not drop it{kept}; drop them, or restore another backup with --clean")
     logger.error("restore.unproven", extra=log.fields(backup_id=plan.source.entry.id, target_state=state,
                                                       error=log.scrub(str(exc)) if exc else "rows differ"))
     if isinstance(exc, ArchiverError):
@@ -192,7 +192,7 @@ def _restore_result(policy: Policy, plan: RestorePlan, outcome: RestoreOutcome, 
                   f"{len(checks)} tables, {rows:,} rows, matching the manifest") + f", RTO {outcome.seconds:.1f}s")
     if outcome.properties_failed:
         summary += f"; {len(outcome.properties_failed)} of the source database's properties NOT applied (see above)"
-    status = "verification_failed" if bad else "held_back" if outcome.properties_failed else "ok"
+    status: Status = "verification_failed" if bad else "held_back" if outcome.properties_failed else "ok"
     return TaskResult(policy=policy.name or "", task="restore", status=status,
                       summary=summary, lines=lines, metrics=metrics,
                       data={"backup": plan.source.entry.id, "plan": plan.to_json(), "durations": outcome.durations(),

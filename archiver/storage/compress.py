@@ -48,7 +48,8 @@ class CompressingWriter:
             compressor = zstandard.ZstdCompressor(level=self.level, threads=self.threads, write_checksum=True)
             self._stream = compressor.stream_writer(sink, closefd=False)  # type: ignore[arg-type]
         elif codec == "gzip":
-            self._stream = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=self.level, mtime=0)  # type: ignore[arg-type]
+            self._stream = gzip.GzipFile(  # type: ignore[call-overload]  # a Sink has no flush(), which GzipFile needs only in flush()
+                fileobj=sink, mode="wb", compresslevel=self.level, mtime=0)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         size = len(data)
@@ -132,7 +133,7 @@ def open_decompressed(stream: BinaryIO, codec: str) -> BinaryIO:
     A truncated object raises (TruncatedStream for zstd, EOFError for gzip) at its end.
     """
     if codec == "zstd":
-        return io.BufferedReader(_ZstdReader(stream), buffer_size=READ_SIZE)  # type: ignore[return-value]
+        return io.BufferedReader(_ZstdReader(stream), buffer_size=READ_SIZE)
     if codec == "gzip":
         return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
     if codec == "none":

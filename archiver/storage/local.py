@@ -7,6 +7,7 @@ A create-only write uses ``link()``, which fails atomically when the name is tak
 
 from __future__ import annotations
 
+import builtins
 import os
 import uuid
 from collections.abc import Iterator
@@ -153,7 +154,7 @@ class LocalStore(Store):
         if self.root.is_dir():
             yield from (p for p in self.root.rglob(f"{TEMP_MARKER}*") if p.is_file())
 
-    def incomplete_writes(self, prefix: str = "") -> list[IncompleteWrite]:
+    def incomplete_writes(self, prefix: str = "") -> builtins.list[IncompleteWrite]:
         found: list[IncompleteWrite] = []
         for path in self.stale_temp_files():
             relative_dir = path.parent.relative_to(self.root).as_posix()

@@ -12,6 +12,7 @@ that aborting an upload cannot hang on a stalled endpoint.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 from collections.abc import Callable, Iterator
@@ -42,7 +43,7 @@ class S3Store(Store):
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.budget = WaitBudget(total=timeout, max_attempts=max_attempts)
-        self._connection = {"endpoint_url": endpoint_url, "region": region, "profile": profile,
+        self._connection: dict[str, Any] = {"endpoint_url": endpoint_url, "region": region, "profile": profile,
                             "addressing_style": addressing_style, "concurrency": concurrency}
         self._clients = waits.BoundedClients(self._new_client, self.budget, self.url, client=client)
         self.client = self._clients.client
@@ -88,7 +89,7 @@ class S3Store(Store):
         return S3Writer(self, key, size_hint=size_hint, if_absent=if_absent, content_type=content_type)
 
     def open(self, key: str) -> BinaryIO:
-        return io.BufferedReader(S3Reader(self, key), buffer_size=1024 * 1024)  # type: ignore[return-value]
+        return io.BufferedReader(S3Reader(self, key), buffer_size=1024 * 1024)
 
     def read_range(self, key: str, start: int, length: int, *, etag: str | None = None) -> bytes:
         if length <= 0:
@@ -143,7 +144,7 @@ class S3Store(Store):
         except Exception as exc:
             raise explain(exc, f"cannot delete {self.describe(key)}") from None
 
-    def incomplete_writes(self, prefix: str = "") -> list[IncompleteWrite]:
+    def incomplete_writes(self, prefix: str = "") -> builtins.list[IncompleteWrite]:
         """Multipart uploads never completed nor aborted (a SIGKILLed writer cannot abort its own)."""
         root = f"{self.prefix}/" if self.prefix else ""
         found: list[IncompleteWrite] = []
@@ -168,7 +169,7 @@ class S3Store(Store):
         except Exception as exc:
             raise explain(exc, f"cannot abort multipart upload {write.handle} of {self.describe(write.key)}") from None
 
-    def pending_uploads(self, prefix: str = "") -> list[dict[str, Any]]:
+    def pending_uploads(self, prefix: str = "") -> builtins.list[dict[str, Any]]:
         """Multipart uploads started under ``prefix`` and neither completed nor aborted."""
         root = f"{self.prefix}/" if self.prefix else ""
         try:

@@ -61,7 +61,7 @@ def part_size_for(part_number: int, base: int) -> int:
     if part_number <= GROWTH_AFTER:
         return base
     doublings = (part_number - GROWTH_AFTER - 1) // GROWTH_STEP + 1
-    return min(MAX_PART_SIZE, base * 2 ** doublings)
+    return min(MAX_PART_SIZE, base * (1 << doublings))
 
 
 def error_code(exc: botocore.exceptions.ClientError) -> str:
@@ -265,7 +265,8 @@ class S3Reader(io.RawIOBase):
             if self._body is None:
                 self._open_body()
             try:
-                return self._body.read(size)
+                data: bytes = self._body.read(size)
+                return data
             except TRANSIENT_READ_ERRORS:
                 self._body = None
                 raise

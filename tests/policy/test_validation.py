@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from archiver.common.cron import cron_trigger
-from archiver.errors import PolicyError, UsageError
+from archiver.errors import UsageError
 from archiver.policy.build import interpolate
 from archiver.policy.fields import Secret
 from archiver.policy.files import get_policy, load, load_policies
+from archiver.policy.issues import PolicyError
 from archiver.storage.url import bucket_name_problem
 from tests.helpers import PROJECT, run_cli
 
