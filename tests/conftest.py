@@ -1,6 +1,6 @@
 """The real test rig: a PostgreSQL server started with initdb/pg_ctl and moto's S3 server on HTTP.
 
-The PostgreSQL fixture is ``archiver.scratch.LocalPostgres``, the same code that
+The PostgreSQL fixture is ``archiver.pg.scratch.LocalPostgres``, the same code that
 ``archiver verify`` uses for its local scratch instance.
 """
 

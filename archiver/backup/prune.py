@@ -1,6 +1,6 @@
 """``archiver prune NAME``: backup retention, applied.
 
-The decisions come from :func:`archiver.retention.decide` (a pure function); this module lists,
+The decisions come from :func:`archiver.backup.rotation.decide` (a pure function); this module lists,
 refuses when unsure, prints every decision with its reason and deletes. A backup goes manifest
 first, so a crash midway leaves at worst data objects without a manifest (orphans, removed by a
 later run), never a manifest pointing at missing data.

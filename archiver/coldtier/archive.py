@@ -1,7 +1,7 @@
 """``archiver archive``: export every due range that has no archive holding its rows yet.
 
 For each table of the policy: discover chunks/partitions, read the table's cold catalog, clean up
-what killed runs left, decide per due range (coldplan.archive_decision), then export the chosen
+what killed runs left, decide per due range (decide.archive_decision), then export the chosen
 ones, ``parallel`` at a time. Each export is streamed, read back from the store and verified
 before its manifest is written, last. A range is identified by its time range and space
 partition, not by its chunk's name, so a chunk re-created for the same range (by a late row or
@@ -36,7 +36,7 @@ from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import FORMAT_VERSION, write_json
 from . import chunks, merge, parquet
-from . import decisions as coldplan
+from . import decisions as decide
 from .catalog import Archived, TableCatalog, load_table_catalog
 from .chunks import Chunk, TableInfo
 from .decisions import Decision
@@ -128,10 +128,10 @@ def _plan_table(current: Session, dsn: str, store: Store, database: str, info: T
         identity = info.identity(chunk)
         facts, archived = gather(current, dsn, store, info, chunk, catalog, check_rows=config.late_data_check,
                                  accept_deletes=accepts(accept_deletes, chunk, identity))
-        action, reason = coldplan.archive_decision(facts, late_data_check=config.late_data_check,
+        action, reason = decide.archive_decision(facts, late_data_check=config.late_data_check,
                                                    accept_command=accept_command(policy, info, identity))
         record(decisions, Decision("archive", info.display, chunk.display, action, reason), "archive.decision")
-        if action in (coldplan.EXPORT, coldplan.MERGE):
+        if action in (decide.EXPORT, decide.MERGE):
             jobs.append(_job(current, database, info, identity, chunk, archived, action, reason))
     present = {info.identity(chunk).stem for chunk in info.chunks}
     for archived in catalog.archived.values():
@@ -139,9 +139,9 @@ def _plan_table(current: Session, dsn: str, store: Store, database: str, info: T
             reason = (f"{len(archived.duplicates) + 1} archives claim this range, which is no longer in the database "
                       f"(written by an archiver that keyed archives by chunk name): merging them into "
                       f"v{archived.version + 1}, no row twice")
-            record(decisions, Decision("archive", info.display, archived.identity.describe(), coldplan.MERGE, reason),
+            record(decisions, Decision("archive", info.display, archived.identity.describe(), decide.MERGE, reason),
                    "archive.decision")
-            jobs.append(_job(current, database, info, archived.identity, None, archived, coldplan.MERGE, reason))
+            jobs.append(_job(current, database, info, archived.identity, None, archived, decide.MERGE, reason))
     waiting = len(info.chunks) - len(due)
     if waiting:
         reason = f"{waiting} chunk(s) not due yet (ranges ending after {chunks.show_value(boundary)})"
@@ -157,7 +157,7 @@ def _job(current: Session, database: str, info: TableInfo, identity: Identity, c
     size = relation_size(current, chunk.schema, chunk.name) if chunk else 0
     return ExportJob(info, identity, chunk, chunks.data_key(database, info, identity, version),
                      chunks.manifest_key(database, info, identity), version, replaces, reason, action,
-                     size_hint=size, merge_documents=documents if action == coldplan.MERGE else [])
+                     size_hint=size, merge_documents=documents if action == decide.MERGE else [])
 
 
 def _unused_acceptances(accept_deletes: list[str], decisions: list[Decision]) -> None:
@@ -196,23 +196,23 @@ def _collect(future: Future[ExportResult], job: ExportJob, results: list[ExportR
     try:
         outcome = future.result()
     except Unrepresentable as exc:
-        record(decisions, Decision("archive", *where, coldplan.HOLD, f"not archived: {'; '.join(exc.problems)} "
+        record(decisions, Decision("archive", *where, decide.HOLD, f"not archived: {'; '.join(exc.problems)} "
                                                                      f"({exc.hint})"), "archive.chunk.held_back")
         return
     except VerificationFailed as exc:
         record(decisions, Decision("archive", *where, "mismatch", exc.message), "archive.chunk.verification_failed")
         return
     except LockTimeout:
-        record(decisions, Decision("archive", *where, coldplan.HOLD,
+        record(decisions, Decision("archive", *where, decide.HOLD,
                                    f"busy: no lock on the chunk within {READ_LOCK_TIMEOUT_MS // 1000} s (another "
                                    "session, e.g. a TimescaleDB job, is waiting to change it); the next run tries "
                                    "again"), "archive.chunk.held_back")
         return
     except ArchiverError as exc:
-        record(decisions, Decision("archive", *where, coldplan.FAIL, str(exc)), "archive.chunk.failed")
+        record(decisions, Decision("archive", *where, decide.FAIL, str(exc)), "archive.chunk.failed")
         return
     results.append(outcome)
-    verb = "merged" if job.kind == coldplan.MERGE else "exported"
+    verb = "merged" if job.kind == decide.MERGE else "exported"
     record(decisions, Decision("archive", *where, verb,
                                f"v{job.version}: {outcome.fingerprint.rows} rows, {format_bytes(outcome.put.size)}, "
                                f"verified, {outcome.key}"), f"archive.chunk.{verb}")
@@ -220,7 +220,7 @@ def _collect(future: Future[ExportResult], job: ExportJob, results: list[ExportR
 
 def _export_one(dsn: str, store: Store, database: str, policy: Policy, job: ExportJob,
                 settings: parquet.WriterSettings) -> ExportResult:
-    if job.kind == coldplan.MERGE:
+    if job.kind == decide.MERGE:
         source = merge.MergeSource(job.identity, job.chunk, job.merge_documents)
         result = merge.export_merged(dsn, store, database=database, info=job.info, source=source, key=job.key,
                                      version=job.version, settings=settings, now=utcnow)

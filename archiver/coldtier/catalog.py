@@ -1,7 +1,7 @@
 """The cold tier's catalog of one table, read in one listing: which archive is current for each
 range, what a killed run left behind, and which ranges ``restore-archive`` brought back.
 
-- Each range (an :class:`~archiver.identity.Identity`) has at most one *current* manifest. A new
+- Each range (an :class:`~archiver.coldtier.identity.Identity`) has at most one *current* manifest. A new
   version's manifest lists what it ``supersedes``; a run killed before it removed those leaves
   them behind as *stale*, and the next run deletes them. Two manifests of one range where neither
   supersedes the other are *duplicates* (written by archiver before ranges had identities, when a

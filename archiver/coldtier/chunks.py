@@ -3,7 +3,7 @@
 A chunk (or partition) is *due* for an action when its whole range ends at or before the
 cutoff ``now - duration`` (ranges end exclusively, as in TimescaleDB's ``drop_chunks``).
 The default partition and unbounded ranges are never due. All catalog SQL lives in
-:mod:`archiver.db`; this module turns its rows into :class:`TableInfo` and :class:`Chunk`.
+:mod:`archiver.pg.catalog`; this module turns its rows into :class:`TableInfo` and :class:`Chunk`.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def due(chunks: list[Chunk], boundary: TimeValue) -> list[Chunk]:
 
 
 # --------------------------------------------------------------------------------------------
-# Storage keys: by the range's identity (archiver.identity), never by the chunk's name
+# Storage keys: by the range's identity (archiver.coldtier.identity), never by the chunk's name
 
 
 def partition_date(value: TimeValue | None, time_unit: str | None) -> date:
@@ -173,7 +173,7 @@ def manifest_key(database: str, table: TableInfo | str, identity: Identity) -> s
 
 
 # --------------------------------------------------------------------------------------------
-# Discovery (reads the catalog through archiver.db)
+# Discovery (reads the catalog through archiver.pg.catalog)
 
 _BOUND = re.compile(r"^FOR VALUES FROM \((?P<start>.*)\) TO \((?P<end>.*)\)$", re.S)
 

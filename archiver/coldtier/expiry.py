@@ -15,7 +15,7 @@ from ..pg.catalog import relation_exists
 from ..pg.connect import Session
 from ..policy.schema import ArchiveConfig
 from ..storage.base import Store
-from . import decisions as coldplan
+from . import decisions as decide
 from . import identity as ident
 from .catalog import catalog_prefix, rehydration_key
 from .chunks import TableInfo
@@ -49,7 +49,7 @@ def expire_cold_files(current: Session, store: Store, database: str, config: Arc
     cold_cutoff = now - config.cold_retention
     for key, loaded in sorted(list_archive_manifests(store, catalog_prefix(database)).items()):
         document = loaded.document
-        verdict = coldplan.expiry_decision(document, loaded.error, cold_cutoff,
+        verdict = decide.expiry_decision(document, loaded.error, cold_cutoff,
                                            chunk_exists=bool(document) and _in_database(current, loaded, present),
                                            cold_retention=config.cold_retention)
         if verdict is None:

@@ -3,7 +3,7 @@
 Files are written with zstd, page checksums, statistics and a page index; row groups close at
 ``row_group_rows`` rows or ``row_group_bytes`` of buffered Arrow data, whichever comes first,
 so memory stays bounded by one row group whatever the chunk's size. The schema comes from the
-catalog (:mod:`archiver.typemap`), so a batch of NULLs never changes it.
+catalog (:mod:`archiver.coldtier.typemap`), so a batch of NULLs never changes it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gathering the facts about one range that archive and retention decide on (coldplan.RangeFacts).
+"""Gathering the facts about one range that archive and retention decide on (decisions.RangeFacts).
 
 Cheap facts first: the catalog (current archive, duplicates, unreadable or unplaced manifests,
 rehydration), the stored object's check, the database fingerprint. Only when the fingerprint

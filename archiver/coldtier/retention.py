@@ -37,7 +37,7 @@ from ..policy.schema import ArchiveConfig, Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
 from . import chunks
-from . import decisions as coldplan
+from . import decisions as decide
 from .catalog import TableCatalog, load_table_catalog
 from .chunks import Chunk, TableInfo
 from .decisions import DROP, HOLD, REFUSE, Decision, RangeFacts
@@ -153,7 +153,7 @@ def _precheck(table: _Table, chunk: Chunk, dry_run: bool) -> _Candidate | None:
                              check_rows=dry_run and require, thorough=require)
     identity = info.identity(chunk)
     assumed = facts if dry_run or not require else dataclasses.replace(facts, database_matches=True)
-    action, reason = coldplan.retention_decision(assumed, require_archive=require,
+    action, reason = decide.retention_decision(assumed, require_archive=require,
                                                  accept_command=accept_command(table.policy, info, identity))
     if action == HOLD or dry_run:
         record(table.decisions, Decision("retention", info.display, chunk.display, action, reason),
@@ -172,7 +172,7 @@ def _verdict(table: _Table, candidate: _Candidate) -> str:
     facts = with_rows(table.current, table.dsn, table.store, table.info, candidate.chunk, candidate.document,
                       candidate.facts)
     identity = table.info.identity(candidate.chunk)
-    action, reason = coldplan.retention_decision(facts, require_archive=True,
+    action, reason = decide.retention_decision(facts, require_archive=True,
                                                  accept_command=accept_command(table.policy, table.info, identity))
     if action != DROP:
         raise _Changed(candidate.chunk, reason)
@@ -187,12 +187,12 @@ def _timescaledb_guards(current: Session, info: TableInfo, config: ArchiveConfig
     unit = table.time_unit
     archive_units = chunks.duration_in_units(table.archive_after, unit) if info.is_integer and unit else None
     drop_units = chunks.duration_in_units(table.drop_after, unit) if info.is_integer and unit else None
-    verdict = coldplan.retention_job_verdict(retention_jobs(current, info.schema, info.name),
+    verdict = decide.retention_job_verdict(retention_jobs(current, info.schema, info.name),
                                              allowed=config.allow_timescaledb_retention_policy,
                                              archive_after=table.archive_after, archive_after_units=archive_units)
     if verdict is not None:
         record(decisions, Decision("retention", info.display, "", verdict[0], verdict[1]), "retention.timescaledb_job")
-    for warning in coldplan.cagg_warnings(cagg_refresh_jobs(current, info.schema, info.name),
+    for warning in decide.cagg_warnings(cagg_refresh_jobs(current, info.schema, info.name),
                                           drop_after=table.drop_after, drop_after_units=drop_units):
         record(decisions, Decision("retention", info.display, "", "warn", warning), "retention.cagg")
     if verdict is not None and verdict[0] == REFUSE:
@@ -273,7 +273,7 @@ def _result(policy: Policy, decisions: list[Decision], counts: Counts, *, dry_ru
     held = sum(1 for d in decisions if d.action == HOLD)
     refused = any(d.action == REFUSE for d in decisions)
     would_drop = sum(1 for d in decisions if d.action == DROP)
-    would_expire = sum(1 for d in decisions if d.action == coldplan.EXPIRE)
+    would_expire = sum(1 for d in decisions if d.action == decide.EXPIRE)
     result = TaskResult(policy=policy.name or "", task="retention")
     if dry_run:
         result.summary = (f"dry run: would drop {would_drop} chunk(s), hold back {held}, expire {would_expire} cold "

@@ -1,6 +1,6 @@
 """What the cold-tier tasks (archive, retention, plan) share: table selection, results.
 
-Locking is the runner's: archive and retention share one database lock (see archiver.locking).
+Locking is the runner's: archive and retention share one database lock (see archiver.ops.locking).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..pg.locks import DatabaseLock
 from ..policy.schema import ArchiveConfig, ArchiveTable, Policy
 from ..storage.base import Store
 from ..storage.uploads import abort_dead_uploads
-from . import decisions as coldplan
+from . import decisions as decide
 from .catalog import TableCatalog, orphans
 from .chunks import TableInfo, data_prefix
 from .decisions import Decision
@@ -111,7 +111,7 @@ def clean_table(store: Store, catalog: TableCatalog, decisions: list[Decision], 
                                        f"manifest {stale.key} of version {(stale.document or {}).get('version')}, "
                                        "superseded by a newer version (left by an interrupted run)"), f"{task}.stale")
     leftovers = orphans(store, catalog)
-    verdict = coldplan.orphan_verdict(len(leftovers), len(catalog.referenced_objects()),
+    verdict = decide.orphan_verdict(len(leftovers), len(catalog.referenced_objects()),
                                       unreadable=len(catalog.unreadable), limit=ORPHAN_LIMIT) if leftovers else None
     if verdict is not None:
         record(decisions, Decision(task, catalog.table, "", *verdict), f"{task}.orphans")

@@ -2,7 +2,7 @@
 
 Each column gets a :class:`ColumnPlan`: the expression the export SELECT reads, the Arrow type the
 Parquet file holds, and the fingerprint *kind* that says how the column is summarised on both
-sides (see :mod:`archiver.fingerprint`). The mapping:
+sides (see :mod:`archiver.coldtier.fingerprint`). The mapping:
 
 ==============================  =====================================================
 PostgreSQL                      Arrow / Parquet
@@ -71,7 +71,7 @@ ENUM_TYPE = pa.dictionary(pa.int32(), pa.string())
 
 @dataclass(frozen=True)
 class CatalogColumn:
-    """What the catalog says about one column (see :func:`archiver.db.table_columns`)."""
+    """What the catalog says about one column (see :func:`archiver.pg.catalog.table_columns`)."""
 
     name: str
     pg_type: str  # as declared, e.g. "numeric(12,3)" or a domain's name

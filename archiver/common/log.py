@@ -1,7 +1,7 @@
 """Logging: readable lines on a terminal, JSON lines otherwise; one event per step.
 
 Call sites log events with structured fields: ``log.info("backup.done", extra=fields(...))``.
-Secrets never reach a log call: DSNs are logged only through :func:`archiver.db.redact_dsn`.
+Secrets never reach a log call: DSNs are logged only through :func:`archiver.pg.dsn.redact_dsn`.
 As a second line of defence, a filter replaces the exact text of every secret registered with
 :func:`register_secret` (a DSN's password, say) wherever it would appear in a record.
 """

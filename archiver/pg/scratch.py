@@ -6,7 +6,7 @@ TimescaleDB extension is installed for that PostgreSQL, it is preloaded.
 
 Its directory is ``<base_dir or $TMPDIR>/archiver-scratch-*``, with an ``owner.lock`` the
 process holds while it lives; each start first removes the instances there whose owner died
-(:mod:`archiver.scratch_sweep`). Containers carry their owner in a label and are swept the same way.
+(:mod:`archiver.pg.scratch_sweep`). Containers carry their owner in a label and are swept the same way.
 """
 
 from __future__ import annotations

@@ -163,7 +163,7 @@ class ContentStats:
 
 @dataclass(frozen=True)
 class TableFilter:
-    """Tables pg_dump leaves out, as anchored regexes (see ``dump.parse_name_pattern``).
+    """Tables pg_dump leaves out, as anchored regexes (see ``archiver.backup.dump.parse_name_pattern``).
 
     Each table pattern is ``(schema_regex or None, name_regex)``; without a schema part it
     matches tables visible on the search path, as pg_dump's own pattern expansion does.

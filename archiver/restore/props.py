@@ -1,6 +1,6 @@
 """What a restore brings back beyond pg_restore's own work, and what it says about it.
 
-- **The database's properties** (:mod:`archiver.dbprops`): a database archiver creates gets the
+- **The database's properties** (:mod:`archiver.pg.properties`): a database archiver creates gets the
   source's encoding and locale (a target server that cannot provide them is refused before
   anything is written), and after pg_restore has committed its owner, settings, comment and
   privileges. An existing database must already have the source's encoding and locale; its own

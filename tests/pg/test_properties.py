@@ -1,4 +1,4 @@
-"""The database-properties rules without a server: statements, quoting, comparisons (archiver.dbprops)."""
+"""The database-properties rules without a server: statements, quoting, comparisons (archiver.pg.properties)."""
 
 from __future__ import annotations
 
