@@ -50,7 +50,8 @@ def test_a_killed_holder_frees_the_database_lock(database: str) -> None:
     script = textwrap.dedent(f"""
         import sys, time
         from archiver.ops.locking import database_lock
-        from archiver.policy.schema import DatabaseConfig, Policy, Secret, StorageConfig
+        from archiver.policy.fields import Secret
+        from archiver.policy.schema import DatabaseConfig, Policy, StorageConfig
         policy = Policy(database=DatabaseConfig(dsn=Secret({database!r})), storage=StorageConfig(url="file:///srv/x"),
                         name="app", source="app.yaml")
         with database_lock(policy, "backup"):
