@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from ..errors import UsageError
 from ..restore.archive import run_restore_archive
-from ..restore.plan import RestorePlan
+from ..restore.planned import RestorePlan
 from ..restore.select import parse_before
 from ..restore.task import Confirm, RestoreRequest, run_restore
 from . import params

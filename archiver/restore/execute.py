@@ -31,7 +31,7 @@ from ..pg.target import (
 from ..storage.base import Store
 from ..storage.integrity import ObjectMismatch
 from . import props
-from .plan import RestorePlan
+from .planned import RestorePlan
 from .select import BACKUPS_HINT
 from .stream import RestoreOutcome, file_restore, spooled, stream_restore
 from .versions import likely_cause

@@ -25,7 +25,7 @@ from ..pg.stats import MatviewRef
 from ..pg.target import apply_statements, inspect_target, locale_problem, matview_stats
 
 if TYPE_CHECKING:
-    from .plan import RestorePlan
+    from .planned import RestorePlan
     from .select import Source
 
 LOCALE_HINT = ("restore to a server that provides this encoding and locale (`locale -a` lists a machine's locales; on "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .plan import RestorePlan
+    from .planned import RestorePlan
 
 
 import contextlib

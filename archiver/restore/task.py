@@ -49,7 +49,8 @@ from ..storage.base import Store
 from . import props
 from .compare import TableCheck, compare_tables
 from .execute import Undo, execute_restore
-from .plan import RestorePlan, plan_restore, recheck_target
+from .plan import plan_restore, recheck_target
+from .planned import RestorePlan
 from .select import select_backup
 from .stream import RestoreOutcome
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .plan import RestorePlan
+    from .planned import RestorePlan
 
 from ..errors import ExternalCommandFailed
 from ..pg.binaries import Tool, find_tool

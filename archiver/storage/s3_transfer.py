@@ -11,8 +11,9 @@ from __future__ import annotations
 import io
 import math
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import botocore.exceptions
 
@@ -21,8 +22,19 @@ from ..errors import ObjectExists, ObjectNotFound, StoreError
 from . import waits
 from .base import ObjectWriter
 
-if TYPE_CHECKING:
-    from .s3 import S3Store
+
+class S3Access(Protocol):
+    """What the transfers use of their store (:class:`archiver.storage.s3.S3Store`)."""
+
+    bucket: str
+    concurrency: int
+
+    @property
+    def api(self) -> Any: ...
+    def resuming(self, what: str, attempt: Callable[[], bytes]) -> bytes: ...
+    def object_key(self, key: str) -> str: ...
+    def put_arguments(self, content_type: str | None) -> dict[str, Any]: ...
+    def describe(self, key: str) -> str: ...
 
 
 MiB = 1024 * 1024
@@ -96,7 +108,7 @@ def explain(exc: Exception, what: str) -> StoreError:
 
 
 class S3Writer(ObjectWriter):
-    def __init__(self, store: S3Store, key: str, *, size_hint: int | None, if_absent: bool,
+    def __init__(self, store: S3Access, key: str, *, size_hint: int | None, if_absent: bool,
                  content_type: str | None) -> None:
         super().__init__(key)
         self._store = store
@@ -218,7 +230,7 @@ class S3Writer(ObjectWriter):
 class S3Reader(io.RawIOBase):
     """A GET body that survives a dropped connection by resuming at the current offset."""
 
-    def __init__(self, store: S3Store, key: str) -> None:
+    def __init__(self, store: S3Access, key: str) -> None:
         super().__init__()
         self._store = store
         self._key = key

@@ -22,7 +22,7 @@ from archiver.backup.task import run_backup
 from archiver.errors import ExitCode
 from archiver.pg.connect import query
 from archiver.pg.scratch import LocalPostgres
-from archiver.restore.plan import RestorePlan
+from archiver.restore.planned import RestorePlan
 from archiver.restore.props import TargetUnsuitable
 from archiver.restore.task import RestoreRequest, run_restore
 from archiver.storage.base import Store
