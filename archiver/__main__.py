@@ -1,3 +1,3 @@
-from archiver.cli import main
+from .cli import main
 
 main()

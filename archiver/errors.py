@@ -41,15 +41,6 @@ class UsageError(ArchiverError):
     exit_code = ExitCode.USAGE
 
 
-class PolicyError(UsageError):
-    """One or more problems in policy files; ``issues`` holds every one of them."""
-
-    def __init__(self, issues: list["PolicyIssue"]) -> None:  # noqa: F821 - defined in policy.py
-        self.issues = issues
-        lines = [str(issue) for issue in issues]
-        super().__init__("\n".join(lines) if lines else "invalid policy")
-
-
 class LockBusy(ArchiverError):
     exit_code = ExitCode.LOCK_BUSY
 

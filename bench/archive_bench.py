@@ -21,8 +21,11 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from archiver import db  # noqa: E402
-from archiver.scratch import LocalPostgres, free_port  # noqa: E402
+from archiver.pg.arrow import arrow_batches
+from archiver.pg.catalog import relation_size
+from archiver.pg.connect import session
+from archiver.pg.dsn import dsn_env
+from archiver.pg.scratch import LocalPostgres, free_port
 
 TABLE = "sensor_readings"
 SCHEMA = f"""
@@ -68,7 +71,7 @@ def load_average() -> float:
 
 
 def create_data(pg: LocalPostgres, dsn: str, rows: int, days: int) -> tuple[str, list[str], int]:
-    with db.session(dsn) as current:
+    with session(dsn) as current:
         timescale = pg.timescaledb
         if timescale:
             current.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
@@ -93,7 +96,7 @@ def create_data(pg: LocalPostgres, dsn: str, rows: int, days: int) -> tuple[str,
                 "ORDER BY range_start", (TABLE,))]
         else:
             chunks = [f"public.{TABLE}_{index}" for index in range(days)]
-        size = sum(db.relation_size(current, *chunk.split(".")) for chunk in chunks)
+        size = sum(relation_size(current, *chunk.split(".")) for chunk in chunks)
     return ("TimescaleDB hypertable" if timescale else "native range partitions"), chunks, size
 
 
@@ -104,7 +107,7 @@ def raw_copy(pg: LocalPostgres, dsn: str, chunks: list[str], rows: int) -> Measu
     load = load_average()
     started = time.monotonic()
     with open(os.devnull, "wb") as sink:
-        subprocess.run(argv, stdout=sink, check=True, env={**os.environ, **db.dsn_env(dsn)})
+        subprocess.run(argv, stdout=sink, check=True, env={**os.environ, **dsn_env(dsn)})
     return Measure("raw COPY binary -> /dev/null (psql)", rows, time.monotonic() - started, load=load)
 
 
@@ -132,7 +135,7 @@ def adbc_read(dsn: str, chunks: list[str]) -> Measure:
     load = load_average()
     started = time.monotonic()
     for chunk in chunks:
-        for batch in db.arrow_batches(dsn, f"SELECT * FROM {chunk}"):
+        for batch in arrow_batches(dsn, f"SELECT * FROM {chunk}"):
             rows += batch.num_rows
     return Measure("ADBC read alone (reference)", rows, time.monotonic() - started, load=load)
 

@@ -26,10 +26,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
-from common import GB, MiB, MotoServer, create_sensor_database, database_size, grow_to, run_archiver, use_moto_credentials
+from common import (
+    GB,
+    MiB,
+    MotoServer,
+    create_sensor_database,
+    database_size,
+    grow_to,
+    run_archiver,
+    use_moto_credentials,
+)
 
-from archiver import db
-from archiver.scratch import LocalPostgres
+from archiver.pg.dsn import dsn_env
+from archiver.pg.scratch import LocalPostgres
 
 
 @dataclass
@@ -46,7 +55,7 @@ class Measurement:
 
 def timed_pg_dump(instance: LocalPostgres, dbname: str, extra: list[str]) -> tuple[float, int]:
     """pg_dump -Fc [extra] to a byte counter (wc -c), the way a pipe to /dev/null would run."""
-    env = {**os.environ, **db.dsn_env(instance.dsn(dbname))}
+    env = {**os.environ, **dsn_env(instance.dsn(dbname))}
     started = time.monotonic()
     dump = subprocess.Popen([str(instance.bindir / "pg_dump"), "-Fc", "--no-password", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)

@@ -31,9 +31,9 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from archiver import db  # noqa: E402
-from archiver.scratch import LocalPostgres  # noqa: E402
-from bench.common import run_archiver  # noqa: E402
+from archiver.pg.connect import execute
+from archiver.pg.scratch import LocalPostgres
+from bench.common import run_archiver
 
 SCHEMA = """
 CREATE TABLE readings (time timestamptz NOT NULL, sensor_id uuid NOT NULL, temperature double precision,
@@ -59,13 +59,13 @@ def policy(directory: Path, dsn: str, store: Path) -> Path:
 
 
 def setup(dsn: str, days: int, rows: int) -> None:
-    db.execute(dsn, SCHEMA)
+    execute(dsn, SCHEMA)
     for index in range(days):
         age = 60 + index
-        db.execute(dsn, f"CREATE TABLE readings_d{age} PARTITION OF readings FOR VALUES FROM "
+        execute(dsn, f"CREATE TABLE readings_d{age} PARTITION OF readings FOR VALUES FROM "
                         f"((current_date - {age})::timestamptz) TO ((current_date - {age} + 1)::timestamptz)")
-        db.execute(dsn, DAY.format(age=age, rows=rows))
-    db.execute(dsn, "VACUUM ANALYZE readings")
+        execute(dsn, DAY.format(age=age, rows=rows))
+    execute(dsn, "VACUUM ANALYZE readings")
 
 
 def timed(label: str, policies: Path, *args: str, ok: tuple[int, ...] = (0,)) -> dict[str, float]:
@@ -111,7 +111,7 @@ def main() -> None:
         policies = policy(root, dsn, root / "store")
         first = timed("archive, first export", policies, "archive", "bench")
         for index in range(options.days):
-            db.execute(dsn, f"INSERT INTO readings SELECT time + interval '1 ms', sensor_id, temperature, humidity, "
+            execute(dsn, f"INSERT INTO readings SELECT time + interval '1 ms', sensor_id, temperature, humidity, "
                             f"energy_kwh, status, extra FROM readings_d{60 + index} LIMIT 1")
         late = timed("archive, 1 late row per partition", policies, "archive", "bench")
         objects = sorted(str(path) for path in (root / "store" / "archive").rglob("*.parquet"))
@@ -120,7 +120,7 @@ def main() -> None:
         export = root / "rows.bin"
         copy_rows(dsn, "COPY (SELECT * FROM readings) TO STDOUT (FORMAT binary)", export, out=True)
         retention = timed("retention, read back + prove + drop", policies, "retention", "bench")
-        db.execute(dsn, "CREATE TABLE copy_baseline (LIKE readings)")
+        execute(dsn, "CREATE TABLE copy_baseline (LIKE readings)")
         started = time.monotonic()
         copy_rows(dsn, "COPY copy_baseline FROM STDIN (FORMAT binary)", export, out=False)
         copy_in = time.monotonic() - started

@@ -10,14 +10,14 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 
-from archiver import db
-from archiver.scratch import LocalPostgres, free_port
+from archiver.pg.connect import connect, execute, query
+from archiver.pg.scratch import LocalPostgres, free_port
 
 PROJECT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -59,7 +59,7 @@ def use_moto_credentials() -> None:
 
 
 def database_size(dsn: str) -> int:
-    return int(db.query(dsn, "SELECT pg_database_size(current_database())")[0][0])
+    return int(query(dsn, "SELECT pg_database_size(current_database())")[0][0])
 
 
 def create_sensor_database(instance: LocalPostgres, name: str, *, device_index: bool = False) -> str:
@@ -68,24 +68,24 @@ def create_sensor_database(instance: LocalPostgres, name: str, *, device_index: 
     ``device_index`` adds an index on (device_id, time), so that a restore rebuilds two indexes per chunk.
     """
     dsn = instance.create_database(name)
-    db.execute(dsn, SCHEMA)
+    execute(dsn, SCHEMA)
     if instance.timescaledb:
-        db.execute(dsn, "CREATE EXTENSION timescaledb")
-        db.execute(dsn, "SELECT create_hypertable('sensor_readings', 'time', chunk_time_interval => interval '1 day')")
+        execute(dsn, "CREATE EXTENSION timescaledb")
+        execute(dsn, "SELECT create_hypertable('sensor_readings', 'time', chunk_time_interval => interval '1 day')")
     if device_index:
-        db.execute(dsn, "CREATE INDEX ON sensor_readings (device_id, time DESC)")
+        execute(dsn, "CREATE INDEX ON sensor_readings (device_id, time DESC)")
     return dsn
 
 
 def grow_to(dsn: str, target_bytes: int, batches_done: int) -> int:
     """Insert 10-day batches until the database is at least ``target_bytes``; returns batches done."""
     while database_size(dsn) < target_bytes:
-        start = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(days=10 * batches_done)
-        with db.connect(dsn) as conn:
+        start = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=10 * batches_done)
+        with connect(dsn) as conn:
             conn.execute(BATCH, {"start": start})
         batches_done += 1
         print(f"  generated batch {batches_done}: database {database_size(dsn) / GB:.2f} GB", flush=True)
-    db.execute(dsn, "VACUUM ANALYZE sensor_readings")
+    execute(dsn, "VACUUM ANALYZE sensor_readings")
     return batches_done
 
 

@@ -30,10 +30,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import GB, MiB, MotoServer, create_sensor_database, database_size, grow_to, run_archiver, use_moto_credentials
+from common import (
+    GB,
+    MiB,
+    MotoServer,
+    create_sensor_database,
+    database_size,
+    grow_to,
+    run_archiver,
+    use_moto_credentials,
+)
 
-from archiver import db
-from archiver.scratch import LocalPostgres
+from archiver.pg.connect import connect, execute, query
+from archiver.pg.dsn import dsn_env
+from archiver.pg.scratch import LocalPostgres
 
 
 @dataclass
@@ -60,7 +70,7 @@ def write_policies(directory: Path, dsn: str, file_root: Path, s3_url: str, scra
 
 
 def pg_dump_to_file(instance: LocalPostgres, dbname: str, path: Path) -> float:
-    env = {**os.environ, **db.dsn_env(instance.dsn(dbname))}
+    env = {**os.environ, **dsn_env(instance.dsn(dbname))}
     started = time.monotonic()
     subprocess.run([str(instance.bindir / "pg_dump"), "-Fc", "-Z0", "--no-password", "-f", str(path)], env=env,
                    check=True, stderr=subprocess.DEVNULL)
@@ -72,16 +82,16 @@ def raw_restore(instance: LocalPostgres, dbname: str, dump_file: Path, tsdb: str
     started = time.monotonic()
     dsn = instance.create_database(dbname)
     if tsdb:
-        with db.connect(dsn) as conn:
+        with connect(dsn) as conn:
             conn.execute(f"CREATE EXTENSION timescaledb VERSION '{tsdb}'")
             conn.execute("SELECT timescaledb_pre_restore()")
-    env = {**os.environ, **db.dsn_env(dsn)}
+    env = {**os.environ, **dsn_env(dsn)}
     pg_restore_started = time.monotonic()
     subprocess.run([str(instance.bindir / "pg_restore"), "--no-password", "--exit-on-error", "-d", dbname, *extra,
                     str(dump_file)], env=env, check=True, stderr=subprocess.DEVNULL)
     pg_restore_seconds = time.monotonic() - pg_restore_started
     if tsdb:
-        db.execute(dsn, "SELECT timescaledb_post_restore()")
+        execute(dsn, "SELECT timescaledb_post_restore()")
     seconds = time.monotonic() - started
     label = "raw pg_restore of a local file" + (" " + " ".join(extra) if extra else " (baseline)")
     return Measurement(label, seconds, seconds, {"pg_restore": round(pg_restore_seconds, 1)})
@@ -153,7 +163,7 @@ def main() -> None:
         settings = {"shared_buffers": "'256MB'", "max_locks_per_transaction": "1024"}
         with LocalPostgres(base_dir=str(work), settings=settings) as instance:
             dsn = create_sensor_database(instance, "telemetry", device_index=True)
-            tsdb = db.query(dsn, "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+            tsdb = query(dsn, "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
             version = tsdb[0][0] if tsdb else None
             print(f"PostgreSQL {instance.major}, TimescaleDB {version or 'no'}, {os.cpu_count()} CPUs, workdir {work}",
                   flush=True)

@@ -1,6 +1,6 @@
 """The real test rig: a PostgreSQL server started with initdb/pg_ctl and moto's S3 server on HTTP.
 
-The PostgreSQL fixture is ``archiver.scratch.LocalPostgres``, the same code that
+The PostgreSQL fixture is ``archiver.pg.scratch.LocalPostgres``, the same code that
 ``archiver verify`` uses for its local scratch instance.
 """
 
@@ -14,9 +14,15 @@ from pathlib import Path
 import boto3
 import pytest
 
-from archiver import pgbin
-from archiver.scratch import LocalPostgres, free_port
-from archiver.storage import LocalStore, S3Store, Store
+from archiver.backup.task import run_backup
+from archiver.pg import binaries
+from archiver.pg.connect import connect, execute
+from archiver.pg.scratch import LocalPostgres, free_port
+from archiver.policy.schema import StorageConfig
+from archiver.storage.base import Store
+from archiver.storage.local import LocalStore
+from archiver.storage.s3 import S3Store
+from tests.backup_helpers import RICH_SCHEMA, load_policy, policy_path
 
 TIMESCALEDB_REASON = ("TimescaleDB is not installed for the test PostgreSQL "
                       "(no timescaledb.control in its extension directory)")
@@ -24,7 +30,7 @@ TIMESCALEDB_REASON = ("TimescaleDB is not installed for the test PostgreSQL "
 
 def timescaledb_installed() -> bool:
     try:
-        return pgbin.extension_available(pgbin.find("initdb").parent, "timescaledb")
+        return binaries.extension_available(binaries.find("initdb").parent, "timescaledb")
     except Exception:
         return False
 
@@ -129,3 +135,56 @@ def container_scratch() -> dict[str, object]:
     if settings is None:
         pytest.skip(reason)
     return settings
+
+
+@pytest.fixture
+def rich_database(database: str) -> tuple[str, str]:
+    """A database with several schemas and types, two large objects and a role with grants; (dsn, role)."""
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with connect(database) as conn:
+        conn.execute(RICH_SCHEMA)
+        conn.execute(f"CREATE ROLE {role} NOLOGIN")
+        conn.execute(f"GRANT USAGE ON SCHEMA app TO {role}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA app TO {role}")
+    return database, role
+
+
+@pytest.fixture
+def endpoint(request: pytest.FixtureRequest, store: Store) -> str | None:
+    return request.getfixturevalue("s3_endpoint") if store.url.startswith("s3://") else None
+
+
+@pytest.fixture
+def source(database: str) -> str:
+    """About 30 MiB of dump data that compresses poorly (md5 text), in two tables."""
+    execute(database, """
+        CREATE TABLE readings (id bigint PRIMARY KEY, device text, payload text);
+        INSERT INTO readings SELECT i, 'dev-' || (i % 100), md5(i::text) || md5((i * 7)::text) || md5((i * 13)::text)
+        FROM generate_series(1, 250000) AS i;
+        CREATE TABLE devices (id int PRIMARY KEY, name text);
+        INSERT INTO devices SELECT i, 'device ' || i FROM generate_series(1, 100) AS i;
+    """)
+    return database
+
+
+@pytest.fixture
+def previous(tmp_path: Path, source: str, s3_store: S3Store, s3_endpoint: str) -> str:
+    """A good backup taken before the failing one."""
+    return str(run_backup(load_policy(policy_path(tmp_path, source, s3_store, s3_endpoint)), store=s3_store).data["id"])
+
+
+@pytest.fixture(scope="module")
+def target_server() -> Iterator[LocalPostgres]:
+    """Another PostgreSQL, without the source's roles: where restores land."""
+    with LocalPostgres() as instance:
+        yield instance
+
+
+@pytest.fixture(params=["file", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> StorageConfig:
+    """The cold-tier tests run against both stores: a file:// directory and moto's S3 (import it
+    into a test module to use it)."""
+    if request.param == "file":
+        return StorageConfig(url=f"file://{tmp_path}/store")
+    bucket, endpoint = request.getfixturevalue("bucket"), request.getfixturevalue("s3_endpoint")
+    return StorageConfig(url=f"s3://{bucket}/telemetry", endpoint_url=endpoint, region="us-east-1")

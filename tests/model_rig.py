@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
 
-from archiver import db, manifest
-from archiver.policy import BackupConfig, DatabaseConfig, Policy, RetentionConfig, Secret, StorageConfig
-from archiver.storage import LocalStore
-from tests.coldtier import make_policy, table
+from archiver.coldtier.manifest import ARCHIVE_CATALOG_PREFIX, list_archive_manifests
+from archiver.pg.connect import connect, session
+from archiver.pg.dsn import parse_dsn
+from archiver.pg.quote import quote_ident
+from archiver.policy.fields import Secret
+from archiver.policy.schema import BackupConfig, DatabaseConfig, Policy, RetentionConfig, StorageConfig
+from archiver.storage.local import LocalStore
+from tests.coldtier_helpers import make_policy, table
 from tests.helpers import PROJECT
 
 DAY = timedelta(days=1)
@@ -41,13 +45,13 @@ COLUMNS = """id bigint NOT NULL, version int NOT NULL, ts timestamptz NOT NULL, 
 
 
 def utc_day(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def create_table(dsn: str, kind: str, base: datetime) -> None:
     """``readings`` as native daily range partitions (from SPAN + 4 days back to 60 days ahead) or a TimescaleDB hypertable with 1-day chunks and two space partitions on ``device``.
     The database's time zone is not UTC, as on many production servers."""
-    statements = [f"ALTER DATABASE {db.quote_ident(db.parse_dsn(dsn)['dbname'])} SET timezone = 'Asia/Kolkata'"]
+    statements = [f"ALTER DATABASE {quote_ident(parse_dsn(dsn)['dbname'])} SET timezone = 'Asia/Kolkata'"]
     if kind == "native":
         statements.append(f"CREATE TABLE {TABLE} ({COLUMNS}) PARTITION BY RANGE (ts)")
         first = utc_day(base) - (SPAN + 4) * DAY
@@ -60,7 +64,7 @@ def create_table(dsn: str, kind: str, base: datetime) -> None:
                        f"CREATE TABLE {TABLE} ({COLUMNS})",
                        f"SELECT public.create_hypertable('{TABLE}', 'ts', chunk_time_interval => interval '1 day')",
                        f"SELECT public.add_dimension('{TABLE}', 'device', number_partitions => 2)"]
-    with db.connect(dsn, safe_search_path=False) as conn:  # the application's own DDL
+    with connect(dsn, safe_search_path=False) as conn:  # the application's own DDL
         for statement in statements:
             conn.execute(statement)  # type: ignore[arg-type]
 
@@ -110,7 +114,7 @@ class World:
     # -- the database ---------------------------------------------------------------------------
 
     def sql(self, statement: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
-        with db.session(self.dsn) as current:
+        with session(self.dsn) as current:
             return current.query(statement, params)
 
     def database_rows(self, start: datetime | None = None, end: datetime | None = None,
@@ -135,7 +139,7 @@ class World:
     # -- the lake -------------------------------------------------------------------------------
 
     def manifests(self) -> list[dict[str, Any]]:
-        found = manifest.list_archive_manifests(self.store, manifest.ARCHIVE_CATALOG_PREFIX)
+        found = list_archive_manifests(self.store, ARCHIVE_CATALOG_PREFIX)
         return [loaded.document for loaded in found.values() if loaded.document is not None]
 
     def current_objects(self) -> list[str]:
@@ -187,7 +191,7 @@ class World:
         first change it makes to the catalog (``catalog``: a partition or chunk created) or to the
         store (``store``: an object written or removed), or after ``delay`` if none came."""
         env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-        with db.connect(self.dsn) as conn:
+        with connect(self.dsn) as conn:
             def catalog() -> str:
                 return str(conn.execute(self.CATALOG_STATE).fetchone()[0])  # type: ignore[index]
             watch = {"catalog": catalog, "store": self._store_state}.get(trigger)

@@ -10,7 +10,7 @@ from typing import Any
 
 from botocore.awsrequest import AWSResponse
 
-from archiver.scratch import free_port
+from archiver.pg.scratch import free_port
 
 
 class _Proxy:
@@ -54,7 +54,7 @@ class _Proxy:
                 except OSError:
                     pass
 
-    def __enter__(self) -> "_Proxy":
+    def __enter__(self) -> _Proxy:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -180,7 +180,7 @@ class SilentServer:
             except OSError:
                 pass
 
-    def __enter__(self) -> "SilentServer":
+    def __enter__(self) -> SilentServer:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from archiver import db, manifest
-from archiver.scratch import LocalPostgres
-from archiver.storage import Store
-from tests.backup_helpers import read_manifest
+from archiver.backup.manifest import backup_manifest_key
+from archiver.backup.task import run_backup
+from archiver.pg.connect import query
+from archiver.pg.scratch import LocalPostgres
+from archiver.storage.base import Store
+from archiver.storage.documents import write_json
+from tests.backup_helpers import backup_policy, load_policy, read_manifest
+from tests.helpers import CliResult, run_cli
 
 CORRUPTIONS = ["flipped byte", "truncated", "missing", "wrong object"]
 
@@ -19,7 +24,7 @@ def rewrite_manifest(store: Store, backup_id: str, change: Any) -> dict[str, Any
     """Apply ``change(document)`` to a backup's manifest and store it again."""
     document = read_manifest(store, backup_id)
     change(document)
-    manifest.write_json(store, manifest.backup_manifest_key(backup_id), document)
+    write_json(store, backup_manifest_key(backup_id), document)
     return document
 
 
@@ -57,15 +62,15 @@ def damage(store: Store, backup_id: str, how: str, *, other_backup: str | None =
 
 
 def database_exists(instance: LocalPostgres, name: str) -> bool:
-    return bool(db.query(instance.dsn(), "SELECT 1 FROM pg_database WHERE datname = %s", (name,)))
+    return bool(query(instance.dsn(), "SELECT 1 FROM pg_database WHERE datname = %s", (name,)))
 
 
 def role_exists(instance: LocalPostgres, role: str) -> bool:
-    return bool(db.query(instance.dsn(), "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)))
+    return bool(query(instance.dsn(), "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)))
 
 
 def user_tables(dsn: str) -> list[str]:
-    return [f"{schema}.{name}" for schema, name in db.query(
+    return [f"{schema}.{name}" for schema, name in query(
         dsn, "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') "
              "AND schemaname NOT LIKE '\\_timescaledb%' ORDER BY 1, 2")]
 
@@ -75,3 +80,16 @@ def add_verify_section(policy_path: Path, **verify: Any) -> Path:
     document["verify"] = {"schedule": "0 5 * * 1", **verify}
     policy_path.write_text(yaml.safe_dump(document, sort_keys=False))
     return policy_path
+
+
+def fresh_name() -> str:
+    return f"restored_{uuid.uuid4().hex[:10]}"
+
+
+def restore(policy_path: Path, target: str, *args: str, env: dict[str, str] | None = None) -> CliResult:
+    return run_cli("--policies", str(policy_path.parent), "restore", "app", "--target", target, *args, env=env)
+
+
+def backed_up(tmp_path: Path, source: str, store: Store, s3: str | None, **backup: Any) -> tuple[Path, str]:
+    path = backup_policy(tmp_path, source, store, s3, **backup)
+    return path, str(run_backup(load_policy(path), store=store).data["id"])

@@ -64,8 +64,8 @@ def objects_of(kind: str) -> list[dict[str, Any]]:
 
 def shipped_schedules() -> dict[tuple[str, str], str]:
     """(policy, task) -> cron expression, exactly as the worker would schedule policies/*.yaml."""
-    from archiver.policy import load
-    from archiver.scheduler import task_schedules
+    from archiver.policy.files import load
+    from archiver.tasks import task_schedules
 
     result = load([PROJECT / "policies"], strict_env=False)
     assert not result.issues, result.issues
@@ -714,9 +714,9 @@ def test_compose_policies_validate_with_the_compose_environment() -> None:
 def test_compose_init_sql_builds_databases_the_trial_policies_can_work_on() -> None:
     """The trial's init SQL on a real PostgreSQL with TimescaleDB: then the trial policies' own
     verify checks hold, and there are chunks old enough to archive and to drop."""
-    from archiver.expect import parse_expectation
-    from archiver.policy import load
-    from archiver.scratch import LocalPostgres
+    from archiver.pg.scratch import LocalPostgres
+    from archiver.policy.expect import parse_expectation
+    from archiver.policy.files import load
 
     policies = {p.name: p for p in load([COMPOSE / "policies"], environ=compose_environment(), strict_env=True).policies}
     with LocalPostgres(timescaledb=True) as server:

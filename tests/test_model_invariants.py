@@ -27,18 +27,18 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from archiver.backup.prune import run_prune
+from archiver.backup.task import run_backup
+from archiver.coldtier.archive import run_archive
+from archiver.coldtier.retention import run_retention
+from archiver.common.timeutil import isoformat
 from archiver.errors import ArchiverError, UsageError
-from archiver.tasks.archive import run_archive
-from archiver.tasks.backup import run_backup
-from archiver.tasks.prune import run_prune
-from archiver.tasks.restore_archive import run_restore_archive
-from archiver.tasks.retention import run_retention
-from archiver.timeutil import isoformat
+from archiver.restore.archive import run_restore_archive
 from tests.model_rig import COLD_RETENTION, DAY, DROP_AFTER, SPAN, TABLE, World, utc_day
 
 SEEDS = int(os.environ.get("ARCHIVER_MODEL_SEEDS", "3"))
@@ -58,7 +58,7 @@ class Model:
         self.rng = random.Random(seed)
         self.seed = seed
         self.kind = kind
-        self.base = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        self.base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         self.clock = self.base
         self.world = World(pg, kind, self.base)
         self.next_id = 1

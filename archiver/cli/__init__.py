@@ -11,17 +11,17 @@ import traceback
 
 import click
 
-from .. import log, signals
+from ..common import log, signals
 from ..errors import ArchiverError, ExitCode, outcome_of
-from .backup_cmd import backup_command, backups_group, prune_command
 from .archive_cmd import archive_command, plan_command, retention_command
+from .backup_cmd import backup_command, backups_group, prune_command
 from .context import AppContext, default_policies_path
 from .demo_cmd import demo_command
 from .policy_cmd import policy_group
 from .restore_cmd import restore_archive_command, restore_command
 from .run_cmd import run_command
-from .verify_cmd import verify_command
 from .status_cmd import status_command
+from .verify_cmd import verify_command
 from .worker_cmd import worker
 
 

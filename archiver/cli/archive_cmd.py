@@ -6,11 +6,14 @@ from collections.abc import Callable
 
 import click
 
-from ..tasks import TaskResult
+from ..coldtier.archive import ArchiveOptions
+from ..coldtier.plan import run_plan
+from ..coldtier.retention import RetentionOptions
+from ..coldtier.steps import ColdTierFailed, archive_section, select_tables
+from ..common.result import TaskResult
 from ..errors import UsageError
-from ..tasks.coldtier import ColdTierFailed, archive_section, select_tables
-from ..tasks.dispatch import execute
-from ..tasks.plan import run_plan
+from ..ops.runner import run_task
+from ..tasks import ARCHIVE, RETENTION
 from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
@@ -52,8 +55,8 @@ def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None
         except UsageError as exc:
             raise UsageError(f"--table: {exc.message}", hint=exc.hint) from None
     progress = progress_for_terminal(quiet=app.verbosity < 0)
-    return _run(lambda: execute(policy, "archive", dry_run=dry_run, table=table, progress=progress,
-                                accept_deletes=list(accept_deletes)))
+    options = ArchiveOptions(dry_run=dry_run, table=table, accept_deletes=accept_deletes)
+    return _run(lambda: run_task(ARCHIVE, policy, options, progress=progress))
 
 
 @click.command("retention")
@@ -64,7 +67,7 @@ def retention_command(app: AppContext, name: str, dry_run: bool) -> int:
     """Drop chunks past drop_after whose archive is verified; expire cold files past cold_retention."""
     policy = app.policy(name)
     progress = progress_for_terminal(quiet=app.verbosity < 0)
-    return _run(lambda: execute(policy, "retention", dry_run=dry_run, progress=progress))
+    return _run(lambda: run_task(RETENTION, policy, RetentionOptions(dry_run=dry_run), progress=progress))
 
 
 @click.command("plan")

@@ -6,10 +6,12 @@ import json
 
 import click
 
+from ..backup.prune import PruneOptions
+from ..backup.task import BackupListing, BackupOptions, list_backups
+from ..common.timeutil import format_bytes
 from ..errors import ExitCode
-from ..tasks.backup import BackupListing, list_backups
-from ..tasks.dispatch import execute
-from ..timeutil import format_bytes
+from ..ops.runner import run_task
+from ..tasks import BACKUP, PRUNE
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
 
@@ -22,7 +24,7 @@ def backup_command(app: AppContext, name: str) -> int:
 
     Prints the backup id on stdout (for scripts); a summary goes to stderr.
     """
-    result = execute(app.policy(name), "backup", progress=progress_for_terminal(quiet=app.verbosity < 0))
+    result = run_task(BACKUP, app.policy(name), BackupOptions(), progress=progress_for_terminal(quiet=app.verbosity < 0))
     for line in result.lines:
         click.echo(line, err=True)
     click.echo(result.summary, err=True)
@@ -43,7 +45,7 @@ def _render_table(listing: BackupListing) -> None:
                      f"{entry.duration_seconds:.1f}s", entry.verified))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
 
 
 @backups_group.command("list")
@@ -87,7 +89,7 @@ def prune_command(app: AppContext, name: str, dry_run: bool) -> int:
 
     Every decision is printed with its reason; --dry-run changes nothing.
     """
-    result = execute(app.policy_for_task(name, "prune"), "prune", dry_run=dry_run)
+    result = run_task(PRUNE, app.policy_for(name, store_only=PRUNE.store_only), PruneOptions(dry_run=dry_run))
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary, err=True)

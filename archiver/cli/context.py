@@ -8,13 +8,11 @@ from pathlib import Path
 
 import click
 
-from .. import log
-from ..errors import PolicyError, UsageError
-from ..policy import LoadResult, Policy, PolicyIssue, get_policy, load, load_policies
-
-# Tasks that only touch the store: their policy's database variables need not be set.
-# restore and verify read backups and write elsewhere (a target, a scratch instance).
-STORE_ONLY_TASKS = ("prune", "restore", "verify")
+from ..common import log
+from ..errors import UsageError
+from ..policy.files import LoadResult, get_policy, load, load_policies
+from ..policy.issues import PolicyError, PolicyIssue
+from ..policy.schema import Policy
 
 
 def default_policies_path() -> str:
@@ -49,8 +47,10 @@ class AppContext:
             log.register_secret(secret)
         return policy
 
-    def policy_for_task(self, name: str, task: str) -> Policy:
-        if task in STORE_ONLY_TASKS:
+    def policy_for(self, name: str, *, store_only: bool) -> Policy:
+        """The policy for work that touches only the store (``store_only``: its database variables need
+        not be set; see :attr:`archiver.tasks.Task.store_only`), or for any other work."""
+        if store_only:
             (policy,) = self.policies_without_secrets(name)
             return policy
         return self.policy(name)

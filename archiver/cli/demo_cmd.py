@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..demo import clean, run_demo
 from ..errors import ExitCode
+from ..ops.demo import clean, run_demo
 from .context import AppContext, pass_app
 from .status_cmd import render_status
 

@@ -13,11 +13,11 @@ from collections.abc import Callable
 import click
 from click.core import ParameterSource
 
+from ..backup.manifest import check_backup_id
+from ..common.timeutil import parse_timestamp
 from ..errors import UsageError
-from ..manifest import check_backup_id
-from ..policy import TABLE_NAME, TABLE_NAME_HELP
-from ..tasks.restore import check_target_dsn
-from ..timeutil import parse_timestamp
+from ..policy.schema import TABLE_NAME, TABLE_NAME_HELP
+from ..restore.task import check_target_dsn
 
 _BIGINT = 2 ** 63
 

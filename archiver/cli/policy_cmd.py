@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import click
-import yaml
 
 from ..errors import ExitCode
-from ..policy import load, to_display
+from ..policy.files import load, to_display
+from ..policy.load import dump_yaml
 from .context import AppContext, pass_app
 
 
@@ -59,5 +59,5 @@ def show(app: AppContext, name: str, as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps(shown, indent=2, default=str))
     else:
-        click.echo(yaml.safe_dump(shown, sort_keys=False, default_flow_style=False).rstrip())
+        click.echo(dump_yaml(shown).rstrip())
     return ExitCode.OK

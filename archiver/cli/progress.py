@@ -6,8 +6,8 @@ import sys
 import time
 from typing import TextIO
 
-from ..progress import NULL_PROGRESS, Progress
-from ..timeutil import format_bytes
+from ..common.progress import NULL_PROGRESS, Progress
+from ..common.timeutil import format_bytes
 
 
 def _human(amount: float, unit: str) -> str:

@@ -8,8 +8,10 @@ import click
 from click.core import ParameterSource
 
 from ..errors import UsageError
-from ..tasks.restore import Confirm, RestorePlan, RestoreRequest, parse_before, run_restore
-from ..tasks.restore_archive import run_restore_archive
+from ..restore.archive import run_restore_archive
+from ..restore.planned import RestorePlan
+from ..restore.select import parse_before
+from ..restore.task import Confirm, RestoreRequest, run_restore
 from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
@@ -61,7 +63,8 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
     request = RestoreRequest(target=target, backup_id=backup_id, before=parse_before(before) if before else None,
                              clean=clean, jobs=jobs, work_dir=work_dir, dry_run=dry_run, checksums=checksums,
                              target_in_argv=ctx.get_parameter_source("target") != ParameterSource.ENVIRONMENT)
-    result = run_restore(app.policy_for_task(name, "restore"), request, confirm=_confirmation(yes),
+    # restore reads backups and writes to --target: the policy's database variables need not be set
+    result = run_restore(app.policy_for(name, store_only=True), request, confirm=_confirmation(yes),
                          progress=progress_for_terminal(quiet=app.verbosity < 0))
     for line in result.lines:
         click.echo(line)

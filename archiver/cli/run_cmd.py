@@ -7,11 +7,11 @@ import os
 
 import click
 
-from .. import log
+from ..common import log
 from ..errors import ArchiverError
-from ..metrics import Metrics
-from ..tasks import TASK_NAMES
-from ..tasks.dispatch import execute
+from ..ops.metrics import Metrics
+from ..ops.runner import run_task
+from ..tasks import TASK_NAMES, named
 from .context import AppContext, pass_app
 
 _log = log.get_logger("run")
@@ -29,11 +29,12 @@ def run_command(app: AppContext, name: str, task: str, as_json: bool) -> int:
     4 verification failed, 5 done but something was held back. With ARCHIVER_PUSHGATEWAY (or
     the policy's metrics.pushgateway) set, the run's metrics are pushed there at the end.
     """
-    policy = app.policy_for_task(name, task)
+    chosen = named(task)
+    policy = app.policy_for(name, store_only=chosen.store_only)
     metrics = Metrics()
     gateway = os.environ.get("ARCHIVER_PUSHGATEWAY") or (policy.metrics.pushgateway if policy.metrics else None)
     try:
-        result = execute(policy, task, metrics=metrics)
+        result = run_task(chosen, policy, chosen.options(), metrics=metrics)
     finally:
         if gateway:
             _push(metrics, gateway, name, task)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import click
 
+from ..common.timeutil import format_duration
 from ..errors import ExitCode
-from ..tasks.status import PolicyStatus, all_status, broken_policy_status
-from ..timeutil import format_duration
+from ..ops.status import PolicyStatus, all_status, broken_policy_status
 from .context import AppContext, pass_app
 
 
@@ -27,7 +28,7 @@ def render_status(statuses: list[PolicyStatus]) -> None:
                      f"{proven['id']} ({_age(proven['age_seconds'])})" if proven else "none", failing))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
     for status in statuses:
         for problem in status.problems:
             click.echo(f"{status.policy}: {problem}")
@@ -51,8 +52,8 @@ def _coverage(entry: dict[str, object]) -> str:
         text += f", hot {span(entry['hot'])}, dropped {span(entry['dropped'])}"
         if entry.get("hot_not_archived"):
             text += f", {entry['hot_not_archived']} hot chunk(s) not archived yet"
-    gaps = entry.get("gaps") or []
-    text += f", gaps: {len(gaps)} (first {gaps[0]['from']} .. {gaps[0]['to']})" if gaps else ", no gaps"  # type: ignore[index]
+    gaps: Any = entry.get("gaps") or []
+    text += f", gaps: {len(gaps)} (first {gaps[0]['from']} .. {gaps[0]['to']})" if gaps else ", no gaps"
     return text
 
 

@@ -6,7 +6,9 @@ import json
 
 import click
 
-from ..tasks.dispatch import execute
+from ..ops.runner import run_task
+from ..restore.drill import VerifyOptions
+from ..tasks import VERIFY
 from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
@@ -32,8 +34,9 @@ def verify_command(app: AppContext, name: str, backup_id: str | None, scratch: s
     (a check failed, an object is missing or altered, the dump does not restore), 1 the drill
     could not run, 3 another drill of this policy is running.
     """
-    result = execute(app.policy_for_task(name, "verify"), "verify", backup_id=backup_id, scratch=scratch,
-                     archives=archives, progress=progress_for_terminal(quiet=app.verbosity < 0))
+    result = run_task(VERIFY, app.policy_for(name, store_only=VERIFY.store_only),
+                      VerifyOptions(backup_id=backup_id, scratch=scratch, archives=archives),
+                      progress=progress_for_terminal(quiet=app.verbosity < 0))
     if as_json:
         click.echo(json.dumps(result.data, indent=2, sort_keys=True, default=str))
     else:

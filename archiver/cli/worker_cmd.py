@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..scheduler import WorkerConfig, run_worker
+from ..ops.worker import WorkerConfig, run_worker
 from ..tasks import TASK_NAMES
 from . import params
 from .context import AppContext, pass_app

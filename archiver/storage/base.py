@@ -7,6 +7,7 @@ a writer), open for reading, list by prefix, head, delete. Keys are relative to 
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 from abc import ABC, abstractmethod
@@ -117,7 +118,7 @@ class ObjectWriter(ABC):
     def tell(self) -> int:
         return self.size
 
-    def __enter__(self) -> "ObjectWriter":
+    def __enter__(self) -> ObjectWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -164,7 +165,7 @@ class Store(ABC):
     def delete(self, key: str) -> None:
         """Remove the object; removing a missing object is not an error."""
 
-    def incomplete_writes(self, prefix: str = "") -> list[IncompleteWrite]:
+    def incomplete_writes(self, prefix: str = "") -> builtins.list[IncompleteWrite]:
         """Writes under ``prefix`` left behind by a killed writer; backends without any return []."""
         return []
 
@@ -206,7 +207,7 @@ class Store(ABC):
 
         Reads become ranged requests; nothing is copied to local disk.
         """
-        return io.BufferedReader(RangeReader(self, key), buffer_size=READ_CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(RangeReader(self, key), buffer_size=READ_CHUNK)
 
 
 class RangeReader(io.RawIOBase):
@@ -253,7 +254,7 @@ class RangeReader(io.RawIOBase):
 def _chunks(stream: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
     read = getattr(stream, "read", None)
     if read is None:
-        yield from stream  # type: ignore[misc]
+        yield from stream
         return
     while chunk := read(READ_CHUNK):
         yield chunk

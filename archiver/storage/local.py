@@ -7,10 +7,11 @@ A create-only write uses ``link()``, which fails atomically when the name is tak
 
 from __future__ import annotations
 
+import builtins
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,7 +30,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalWriter(ObjectWriter):
-    def __init__(self, store: "LocalStore", key: str, if_absent: bool) -> None:
+    def __init__(self, store: LocalStore, key: str, if_absent: bool) -> None:
         super().__init__(key)
         self._store = store
         self._final = store.path_of(key)
@@ -37,7 +38,7 @@ class LocalWriter(ObjectWriter):
         try:
             self._final.parent.mkdir(parents=True, exist_ok=True)
             self._temp = self._final.parent / f"{TEMP_MARKER}{self._final.name}.{uuid.uuid4().hex}"
-            self._file = open(self._temp, "xb")
+            self._file = open(self._temp, "xb")  # noqa: SIM115 - the writer owns it until commit or abort
         except OSError as exc:
             raise StoreError(f"cannot write {store.describe(key)}: {exc.strerror}") from None
 
@@ -118,7 +119,7 @@ class LocalStore(Store):
                     except FileNotFoundError:
                         continue  # deleted while we walked
         for key, info in sorted(keys, key=lambda item: item[0]):
-            yield ObjectInfo(key, info.st_size, datetime.fromtimestamp(info.st_mtime, timezone.utc))
+            yield ObjectInfo(key, info.st_size, datetime.fromtimestamp(info.st_mtime, UTC))
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -127,7 +128,7 @@ class LocalStore(Store):
             return None
         if not self.path_of(key).is_file():
             return None
-        return ObjectInfo(key, info.st_size, datetime.fromtimestamp(info.st_mtime, timezone.utc))
+        return ObjectInfo(key, info.st_size, datetime.fromtimestamp(info.st_mtime, UTC))
 
     def delete(self, key: str) -> None:
         path = self.path_of(key)
@@ -153,7 +154,7 @@ class LocalStore(Store):
         if self.root.is_dir():
             yield from (p for p in self.root.rglob(f"{TEMP_MARKER}*") if p.is_file())
 
-    def incomplete_writes(self, prefix: str = "") -> list[IncompleteWrite]:
+    def incomplete_writes(self, prefix: str = "") -> builtins.list[IncompleteWrite]:
         found: list[IncompleteWrite] = []
         for path in self.stale_temp_files():
             relative_dir = path.parent.relative_to(self.root).as_posix()
@@ -163,7 +164,7 @@ class LocalStore(Store):
             if not key.startswith(prefix):
                 continue
             try:
-                started = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+                started = datetime.fromtimestamp(path.stat().st_mtime, UTC)
             except FileNotFoundError:
                 continue
             found.append(IncompleteWrite(key, started, f"temp file {path}", str(path)))

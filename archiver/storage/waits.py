@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import botocore.exceptions
 from botocore.retries import standard
 
-from .. import log, signals
+from ..common import log, signals
 from ..errors import StoreError
 
 MIN_ATTEMPT_SECONDS = 1.0  # an attempt shorter than this is no use: fewer attempts instead

@@ -1,0 +1,1 @@
+"""Backups: the dump pipeline, globals, backup manifests, rotation (prune) and the backup task."""

@@ -1,0 +1,1 @@
+"""The cold tier: ranges (chunks, partitions) exported to Parquet, verified, dropped, expired, rehydrated."""

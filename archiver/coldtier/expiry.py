@@ -1,0 +1,68 @@
+"""Cold files past ``cold_retention``: expired range by range, manifest first, then data.
+
+A range whose rows are still in the database (its chunk was held back, or re-created) keeps its
+archive whatever its age: the archive is what proves the rows may be dropped. Every manifest of
+the range goes (current, and any left by an interrupted run), then the objects, then the
+record of a restore-archive into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..pg.catalog import relation_exists
+from ..pg.connect import Session
+from ..policy.schema import ArchiveConfig
+from ..storage.base import Store
+from . import decisions as decide
+from . import identity as ident
+from .catalog import catalog_prefix, rehydration_key
+from .chunks import TableInfo
+from .decisions import EXPIRE, Decision
+from .manifest import LoadedManifest, list_archive_manifests
+from .steps import record
+
+
+@dataclass
+class Counts:
+    dropped: int = 0
+    expired: int = 0
+    orphans: int = 0
+
+
+def _in_database(current: Session, loaded: LoadedManifest, present: dict[str, set[str]]) -> bool:
+    """May the range's rows still be in the database? A chunk of the same range (the policy's
+    tables), or any relation of the archived chunk's name (kept rather than guessed)."""
+    document = loaded.document or {}
+    if ident.of_manifest(document).stem in present.get(str(document.get("table")), set()):
+        return True
+    chunk = document.get("chunk") or {}
+    return relation_exists(current, str(chunk.get("schema")), str(chunk.get("name")))
+
+
+def expire_cold_files(current: Session, store: Store, database: str, config: ArchiveConfig, infos: list[TableInfo],
+                      now: datetime, decisions: list[Decision], dry_run: bool, counts: Counts) -> None:
+    if config.cold_retention is None:
+        return
+    present = {info.display: {info.identity(chunk).stem for chunk in info.chunks} for info in infos}
+    cold_cutoff = now - config.cold_retention
+    for key, loaded in sorted(list_archive_manifests(store, catalog_prefix(database)).items()):
+        document = loaded.document
+        verdict = decide.expiry_decision(document, loaded.error, cold_cutoff,
+                                           chunk_exists=bool(document) and _in_database(current, loaded, present),
+                                           cold_retention=config.cold_retention)
+        if verdict is None:
+            continue
+        action, reason = verdict
+        table = document["table"] if document else "?"
+        subject = ident.of_manifest(document).describe() if document else key
+        if action == EXPIRE and not dry_run:
+            store.delete(key)  # manifest first: from here on the file is no archive
+            store.delete(document["object"]["key"])  # type: ignore[index]
+            found = ident.of_manifest(document)  # type: ignore[arg-type]
+            if found.space is not None and store.head(rehydration_key(database, found)) is not None:
+                store.delete(rehydration_key(database, found))
+            counts.expired += 1
+            action, reason = "expired", f"{reason}; removed {document['object']['key']}"  # type: ignore[index]
+        record(decisions, Decision("expiry", table, subject, action, reason), "retention.expiry")

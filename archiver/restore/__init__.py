@@ -1,0 +1,1 @@
+"""Restores: choose a backup, plan, restore with undo, compare; rehydrate archives; restore drills."""

@@ -1,0 +1,140 @@
+"""The tasks: one descriptor each, the one place that says what a task is.
+
+A :class:`Task` names the policy section it needs, the locks the runner takes for it, whether it
+only touches the store, its schedule in a policy, the metrics it reports, what an interrupted run
+leaves behind, and the function that does the work with its typed options. The CLI, the runner
+(:mod:`archiver.ops.runner`), the worker, ``archiver status`` and the deployment tests read these
+descriptors; nothing else keeps a list of tasks.
+
+A task function is ``run(policy, options, store, progress) -> TaskResult``; failures are raised as
+:class:`archiver.errors.ArchiverError` subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from .backup.prune import PruneOptions, prune_task
+from .backup.task import BackupOptions, backup_task
+from .coldtier.archive import ArchiveOptions, archive_task
+from .coldtier.retention import RetentionOptions, retention_task
+from .coldtier.steps import COLD_TIER_LOCK
+from .common.progress import Progress
+from .common.result import TaskOptions, TaskResult
+from .errors import UsageError
+from .pg.locks import DatabaseLock
+from .policy.schema import Policy
+from .restore.drill import VerifyOptions, verify_task
+from .storage.base import Store
+
+OptionsT = TypeVar("OptionsT", bound=TaskOptions)
+
+
+@dataclass(frozen=True)
+class Locks:
+    """What the runner holds while a task runs: an advisory lock on the policy's database (work that
+    must not overlap shares one), and/or a lease in the store (store-only work must not depend on the
+    database being up)."""
+
+    database: DatabaseLock | None = None
+    store: bool = False
+
+
+@dataclass(frozen=True)
+class Task(Generic[OptionsT]):
+    name: str
+    section: Literal["backup", "archive", "verify"]  # the policy section it needs
+    locks: Locks
+    store_only: bool  # touches only the store: the policy's database variables need not be set
+    schedule: Callable[[Policy], str | None]  # its cron expression in a policy (None: not scheduled there)
+    metrics: tuple[str, ...]  # result metrics it reports that are exported (archiver.ops.metrics.RESULT_METRICS)
+    interrupted: str  # what a run stopped by SIGINT/SIGTERM leaves behind, unless the task says more precisely
+    run: Callable[[Policy, OptionsT, Store, Progress], TaskResult]  # the runner's store, and progress reporting
+    options: Callable[[], OptionsT]  # the options of a scheduled run (archiver run, the worker)
+    newest_backup: Literal["taken", "verified"] | None = None  # a success moves this freshness gauge
+    refreshes_status: bool = False  # the worker re-reads the policy's status (backup ages) after a run
+
+    def configured(self, policy: Policy) -> None:
+        """Refuse (exit 2) a policy without the section this task needs, before any lock or connection."""
+        if getattr(policy, self.section) is None:
+            raise UsageError(f"policy {policy.name!r} has no {self.section} section ({policy.source}), so it has no "
+                             f"{self.name} task", hint=f"add {self.section}: {{schedule: ...}} to the policy")
+
+
+def _backup_schedule(policy: Policy) -> str | None:
+    return policy.backup.schedule if policy.backup else None
+
+
+def _prune_schedule(policy: Policy) -> str | None:
+    """Prune follows the backup schedule unless it has its own (it then waits for the backup: tasks of one
+    policy run one after another)."""
+    if policy.backup is None or policy.backup.retention is None:
+        return None
+    return policy.backup.prune_schedule or policy.backup.schedule
+
+
+def _archive_schedule(policy: Policy) -> str | None:
+    return policy.archive.schedule if policy.archive else None
+
+
+def _retention_schedule(policy: Policy) -> str | None:
+    """Retention follows the archive schedule unless it has its own."""
+    return (policy.archive.retention_schedule or policy.archive.schedule) if policy.archive else None
+
+
+def _verify_schedule(policy: Policy) -> str | None:
+    return policy.verify.schedule if policy.verify else None
+
+
+BACKUP: Task[BackupOptions] = Task(
+    name="backup", section="backup", locks=Locks(database=DatabaseLock("backup")), store_only=False,
+    schedule=_backup_schedule, metrics=("bytes", "rows", "peak_rss_bytes"),
+    interrupted="nothing was changed (no manifest was written; a backup without one is not a backup)",
+    run=backup_task, options=BackupOptions, newest_backup="taken", refreshes_status=True)
+
+PRUNE: Task[PruneOptions] = Task(
+    name="prune", section="backup", locks=Locks(store=True), store_only=True,
+    schedule=_prune_schedule, metrics=(),
+    interrupted="nothing else was changed: backups deleted before the interruption stay deleted (see the log)",
+    run=prune_task, options=PruneOptions, refreshes_status=True)
+
+ARCHIVE: Task[ArchiveOptions] = Task(
+    name="archive", section="archive", locks=Locks(database=COLD_TIER_LOCK), store_only=False,
+    schedule=_archive_schedule, metrics=("bytes", "rows", "chunks_archived", "chunks_held_back", "peak_rss_bytes"),
+    interrupted="archives finished before the interruption are kept (see the log); the export in flight left "
+                "no manifest",
+    run=archive_task, options=ArchiveOptions)
+
+RETENTION: Task[RetentionOptions] = Task(
+    name="retention", section="archive", locks=Locks(database=COLD_TIER_LOCK, store=True), store_only=False,
+    schedule=_retention_schedule,
+    metrics=("chunks_dropped", "chunks_held_back", "cold_files_expired", "peak_rss_bytes"),
+    interrupted="chunks dropped and files expired before the interruption stay so (see the log); the step in "
+                "flight was rolled back",
+    run=retention_task, options=RetentionOptions)
+
+VERIFY: Task[VerifyOptions] = Task(
+    name="verify", section="verify", locks=Locks(store=True), store_only=True,
+    schedule=_verify_schedule, metrics=("rows", "bytes"),
+    interrupted="nothing was changed (no verdict was written; the scratch instance was removed)",
+    run=verify_task, options=VerifyOptions, newest_backup="verified", refreshes_status=True)
+
+# In the order a policy's tasks are listed and scheduled.
+TASKS: tuple[Task[BackupOptions], Task[PruneOptions], Task[ArchiveOptions], Task[RetentionOptions],
+             Task[VerifyOptions]] = (BACKUP, PRUNE, ARCHIVE, RETENTION, VERIFY)
+TASK_NAMES = tuple(task.name for task in TASKS)
+
+
+def named(name: str) -> Task[Any]:
+    """The task called ``name``; UsageError (exit 2) naming the tasks there are."""
+    for task in TASKS:
+        if task.name == name:
+            return task
+    raise UsageError(f"unknown task {name!r} (allowed: {', '.join(TASK_NAMES)})")
+
+
+def task_schedules(policy: Policy) -> dict[str, str]:
+    """Cron expression per task of ``policy``, in task order (what the worker schedules)."""
+    return {task.name: schedule for task in TASKS if (schedule := task.schedule(policy)) is not None}
