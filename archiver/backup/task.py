@@ -304,6 +304,7 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: Datab
             "server_version": facts.server_version,
             "server_version_num": facts.server_version_num,
             "size_bytes": facts.size_bytes,
+            "relations": facts.relations,
             "extensions": facts.extensions,
             "extension_schemas": facts.extension_schemas,
             # encoding, locale, owner, settings, comment, privileges: a restore re-creates them
