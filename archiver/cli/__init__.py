@@ -11,6 +11,7 @@ import traceback
 
 import click
 
+from .. import __version__
 from ..common import log, signals
 from ..errors import ArchiverError, ExitCode, outcome_of
 from .archive_cmd import archive_command, plan_command, retention_command
@@ -35,7 +36,7 @@ from .worker_cmd import worker
 @click.option("--stop-grace", type=click.FloatRange(1, 3600), default=signals.DEFAULT_GRACE_SECONDS,
               envvar="ARCHIVER_STOP_GRACE", show_envvar=True, show_default=True, metavar="SECONDS",
               help="After SIGTERM/SIGINT, the longest the clean-up may take before the process exits anyway (130).")
-@click.version_option(package_name="archiver")
+@click.version_option(version=__version__, prog_name="archiver")
 @click.pass_context
 def cli(ctx: click.Context, policies_path: str, log_format: str, verbose: int, quiet: int, stop_grace: float) -> None:
     """Backups, cold-tier archives and restore drills for PostgreSQL / TimescaleDB databases."""

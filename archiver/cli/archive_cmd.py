@@ -6,13 +6,8 @@ from collections.abc import Callable
 
 import click
 
-from ..coldtier.archive import ArchiveOptions
-from ..coldtier.plan import run_plan
-from ..coldtier.retention import RetentionOptions
-from ..coldtier.steps import ColdTierFailed, archive_section, select_tables
 from ..common.result import TaskResult
 from ..errors import UsageError
-from ..ops.runner import run_task
 from ..tasks import ARCHIVE, RETENTION
 from . import params
 from .context import AppContext, pass_app
@@ -26,6 +21,8 @@ def _render(result: TaskResult) -> None:
 
 
 def _run(task: Callable[[], TaskResult]) -> int:
+    from ..coldtier.steps import ColdTierFailed
+
     try:
         result = task()
     except ColdTierFailed as exc:
@@ -48,6 +45,10 @@ def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None
 
     An archive is never replaced by a version with fewer rows: a range whose database rows were
     deleted is held back (exit 5) until --accept-deletes names it."""
+    from ..coldtier.archive import ArchiveOptions
+    from ..coldtier.steps import archive_section, select_tables
+    from ..ops.runner import run_task
+
     policy = app.policy(name)
     if table is not None:  # before the run takes its locks (on the database) and connects
         try:
@@ -65,6 +66,9 @@ def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None
 @pass_app
 def retention_command(app: AppContext, name: str, dry_run: bool) -> int:
     """Drop chunks past drop_after whose archive is verified; expire cold files past cold_retention."""
+    from ..coldtier.retention import RetentionOptions
+    from ..ops.runner import run_task
+
     policy = app.policy(name)
     progress = progress_for_terminal(quiet=app.verbosity < 0)
     return _run(lambda: run_task(RETENTION, policy, RetentionOptions(dry_run=dry_run), progress=progress))
@@ -75,5 +79,7 @@ def retention_command(app: AppContext, name: str, dry_run: bool) -> int:
 @pass_app
 def plan_command(app: AppContext, name: str) -> int:
     """What archive and retention would do now for policy NAME, per table, and why (changes nothing)."""
+    from ..coldtier.plan import run_plan
+
     policy = app.policy(name)
     return _run(lambda: run_plan(policy))

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
-from ..backup.prune import PruneOptions
-from ..backup.task import BackupListing, BackupOptions, list_backups
 from ..common.timeutil import format_bytes
 from ..errors import ExitCode
-from ..ops.runner import run_task
 from ..tasks import BACKUP, PRUNE
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
+
+if TYPE_CHECKING:
+    from ..backup.task import BackupListing
 
 
 @click.command("backup")
@@ -24,6 +25,9 @@ def backup_command(app: AppContext, name: str) -> int:
 
     Prints the backup id on stdout (for scripts); a summary goes to stderr.
     """
+    from ..backup.task import BackupOptions
+    from ..ops.runner import run_task
+
     result = run_task(BACKUP, app.policy(name), BackupOptions(), progress=progress_for_terminal(quiet=app.verbosity < 0))
     for line in result.lines:
         click.echo(line, err=True)
@@ -58,6 +62,8 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
     A store that cannot be listed, or (without NAME) a policy file that does not load, is reported
     on stderr and makes the exit code 1; the other policies' backups are listed all the same.
     """
+    from ..backup.task import list_backups
+
     errors: dict[str, str] = {}
     if name is not None:
         policies = app.policies_without_secrets(name)
@@ -89,6 +95,9 @@ def prune_command(app: AppContext, name: str, dry_run: bool) -> int:
 
     Every decision is printed with its reason; --dry-run changes nothing.
     """
+    from ..backup.prune import PruneOptions
+    from ..ops.runner import run_task
+
     result = run_task(PRUNE, app.policy_for(name, store_only=PRUNE.store_only), PruneOptions(dry_run=dry_run))
     for line in result.lines:
         click.echo(line)

@@ -13,11 +13,9 @@ from collections.abc import Callable
 import click
 from click.core import ParameterSource
 
-from ..backup.manifest import check_backup_id
 from ..common.timeutil import parse_timestamp
 from ..errors import UsageError
 from ..policy.schema import TABLE_NAME, TABLE_NAME_HELP
-from ..restore.task import check_target_dsn
 
 _BIGINT = 2 ** 63
 
@@ -30,10 +28,14 @@ def flag_of(ctx: click.Context, param: click.Parameter) -> str:
 
 
 def backup_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from ..backup.manifest import check_backup_id
+
     return None if value is None else check_backup_id(value, flag=flag_of(ctx, param))
 
 
 def target_dsn(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from ..restore.task import check_target_dsn
+
     if value is not None:
         from_env = ctx.get_parameter_source(param.name or "") == ParameterSource.ENVIRONMENT
         check_target_dsn(value, source=flag_of(ctx, param), typed=not from_env)

@@ -7,8 +7,6 @@ import json
 import click
 
 from ..errors import ExitCode
-from ..policy.files import load, to_display
-from ..policy.load import dump_yaml
 from .context import AppContext, pass_app
 
 
@@ -25,6 +23,8 @@ def policy_group() -> None:
 @pass_app
 def validate(app: AppContext, paths: tuple[str, ...], check_env: bool, as_json: bool) -> int:
     """Report every error in the policy files at once (exit 2 on any error)."""
+    from ..policy.files import load
+
     result = load(list(paths) or [app.policies_path], strict_env=check_env)
     if as_json:
         click.echo(json.dumps({
@@ -55,6 +55,9 @@ def validate(app: AppContext, paths: tuple[str, ...], check_env: bool, as_json: 
 @pass_app
 def show(app: AppContext, name: str, as_json: bool) -> int:
     """Print the resolved policy NAME with secrets redacted."""
+    from ..policy.files import to_display
+    from ..policy.load import dump_yaml
+
     shown = to_display(app.policy(name))
     if as_json:
         click.echo(json.dumps(shown, indent=2, default=str))

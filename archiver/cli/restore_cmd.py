@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from click.core import ParameterSource
 
 from ..errors import UsageError
-from ..restore.archive import run_restore_archive
-from ..restore.planned import RestorePlan
-from ..restore.select import parse_before
-from ..restore.task import Confirm, RestoreRequest, run_restore
 from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
+
+if TYPE_CHECKING:
+    from ..restore.planned import RestorePlan
+    from ..restore.task import Confirm
 
 
 def _confirmation(yes: bool) -> Confirm:
@@ -60,6 +61,9 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
     restored rows differ: a database the restore created is dropped again), 5 restored, but some of
     the source database's settings, comment or privileges could not be applied (each is listed).
     """
+    from ..restore.select import parse_before
+    from ..restore.task import RestoreRequest, run_restore
+
     request = RestoreRequest(target=target, backup_id=backup_id, before=parse_before(before) if before else None,
                              clean=clean, jobs=jobs, work_dir=work_dir, dry_run=dry_run, checksums=checksums,
                              target_in_argv=ctx.get_parameter_source("target") != ParameterSource.ENVIRONMENT)
@@ -94,6 +98,8 @@ def restore_archive_command(app: AppContext, name: str, table: str, start: str, 
     adds nothing. Exit codes: 0 done, 4 an archive object does not match its manifest, 5 a range
     holds other rows and was left alone.
     """
+    from ..restore.archive import run_restore_archive
+
     policy = app.policies_without_secrets(name, section="archive")[0] if target else app.policy(name)
     result = run_restore_archive(policy, table=table, start=start, end=end, target=target, work_dir=work_dir,
                                  dry_run=dry_run, progress=progress_for_terminal(quiet=app.verbosity < 0))

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..common.timeutil import format_duration
 from ..errors import ExitCode
-from ..ops.status import PolicyStatus, all_status, broken_policy_status
 from .context import AppContext, pass_app
+
+if TYPE_CHECKING:
+    from ..ops.status import PolicyStatus
 
 
 def _age(seconds: int | None) -> str:
@@ -65,6 +67,8 @@ def status_command(app: AppContext, as_json: bool, no_database: bool) -> int:
     """Per policy: newest backup and its age against the schedule, newest proven backup, failing
     tasks, held-back chunks. Exit 1 when anything is stale or failing (usable as a health check);
     a policy file that does not load is a failing row of its own, the others are reported as usual."""
+    from ..ops.status import all_status, broken_policy_status
+
     policies, broken = app.policies_for_overview(section="storage")
     statuses = all_status(policies, check_database=not no_database)
     statuses += [broken_policy_status(item.name, item.source, item.summary) for item in broken]

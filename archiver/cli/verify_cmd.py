@@ -6,8 +6,6 @@ import json
 
 import click
 
-from ..ops.runner import run_task
-from ..restore.drill import VerifyOptions
 from ..tasks import VERIFY
 from . import params
 from .context import AppContext, pass_app
@@ -34,6 +32,9 @@ def verify_command(app: AppContext, name: str, backup_id: str | None, scratch: s
     (a check failed, an object is missing or altered, the dump does not restore), 1 the drill
     could not run, 3 another drill of this policy is running.
     """
+    from ..ops.runner import run_task
+    from ..restore.drill import VerifyOptions
+
     result = run_task(VERIFY, app.policy_for(name, store_only=VERIFY.store_only),
                       VerifyOptions(backup_id=backup_id, scratch=scratch, archives=archives),
                       progress=progress_for_terminal(quiet=app.verbosity < 0))
