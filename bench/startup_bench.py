@@ -5,7 +5,7 @@
 
 Measured, each in a fresh process:
 - ``archiver --help`` (and ``archiver run --help``, which loads the task list): wall time (median of
-  ``--repeat`` runs) and peak RSS (``ru_maxrss`` of that process, from ``wait4``);
+  ``--repeat`` runs) and peak RSS (GNU time's maximum resident set size; Debian package ``time``);
 - the modules ``archiver --help`` imports (``-X importtime``): the heavy third-party ones by name;
 - ``archiver run NAME backup --json`` of a small database (one table, 200 000 rows) into a file store:
   wall time and the backup's own peak RSS (VmHWM, the ``peak_rss_bytes`` metric of its result).
@@ -38,18 +38,19 @@ HEAVY = ("pyarrow", "boto3", "botocore", "psycopg", "adbc_driver_manager", "adbc
 
 
 def measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS bytes and stdout of one run of ``argv``."""
-    started = time.monotonic()
-    with tempfile.TemporaryFile() as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
-        _, status, usage = os.wait4(process.pid, 0)
+    """Wall seconds, peak RSS bytes and stdout of one run of ``argv``.
+
+    The peak RSS comes from GNU time (``/usr/bin/time -f %M``): a child forked from this (larger) Python
+    process would count this process's pages in its own ``ru_maxrss``."""
+    with tempfile.NamedTemporaryFile("r") as usage, tempfile.TemporaryFile() as out:
+        started = time.monotonic()
+        code = subprocess.call(["/usr/bin/time", "-f", "%M", "-o", usage.name, *argv], stdout=out,
+                               stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
         seconds = time.monotonic() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise SystemExit(f"{' '.join(argv)} exited {code}")
         out.seek(0)
-        text = out.read().decode()
-    if process.returncode not in (0,):
-        raise SystemExit(f"{' '.join(argv)} exited {process.returncode}")
-    return seconds, usage.ru_maxrss * 1024, text
+        return seconds, int(usage.read().split()[-1]) * 1024, out.read().decode()
 
 
 def startup(archiver: str, args: list[str], repeat: int) -> dict[str, Any]:
@@ -62,11 +63,11 @@ def startup(archiver: str, args: list[str], repeat: int) -> dict[str, Any]:
 def heavy_imports(archiver: str) -> list[str]:
     """Which heavy packages ``archiver --help`` imports (its console script's interpreter, -X importtime)."""
     python = Path(archiver).with_name("python")
-    result = subprocess.run([str(python), "-X", "importtime", "-c",
+    result = subprocess.run([str(python), "-I", "-X", "importtime", "-c",
                              "import sys; sys.argv = ['archiver', '--help']\n"
                              "from archiver.cli import main\n"
                              "try:\n    main()\nexcept SystemExit:\n    pass"],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, cwd="/")
     loaded = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
     return sorted(name for name in HEAVY if name in loaded)
 
