@@ -192,7 +192,10 @@ def test_dockerfile_runs_as_a_fixed_numeric_non_root_user() -> None:
 def test_dockerfile_base_env_entrypoint_and_labels() -> None:
     stage = final_stage()
     assert stage[0] == ("FROM", "${PYTHON_IMAGE}")
-    assert dockerfile_args()["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
+    base, _, digest = dockerfile_args()["PYTHON_IMAGE"].partition("@")
+    assert base == "python:3.11-slim-bookworm" and re.fullmatch(r"sha256:[0-9a-f]{64}", digest), "pinned by digest"
+    assert f'org.opencontainers.image.base.digest="{digest}"' in " ".join(rest for keyword, rest in stage
+                                                                        if keyword == "LABEL")
     env = " ".join(rest for keyword, rest in stage if keyword == "ENV")
     assert "TMPDIR=/scratch" in env.split() and "ARCHIVER_POLICIES=/etc/archiver/policies" in env.split()
     entrypoints = [rest for keyword, rest in stage if keyword == "ENTRYPOINT"]
@@ -202,7 +205,9 @@ def test_dockerfile_base_env_entrypoint_and_labels() -> None:
     for label in ("title", "description", "version", "revision", "licenses", "base.name"):
         assert f"org.opencontainers.image.{label}=" in labels
     install = [rest for keyword, rest in stage if keyword == "RUN" and "pip install" in rest]
-    assert len(install) == 1 and "--no-index --find-links /tmp/wheels archiver" in install[0]
+    assert len(install) == 1 and "--no-index --find-links /tmp/wheels pg-archiver" in install[0]
+    wheels = " ".join(rest for keyword, rest in dockerfile_instructions() if keyword == "RUN" and "pip wheel" in rest)
+    assert "--require-hashes -r requirements.lock" in wheels and "--no-deps ." in wheels
 
 
 def test_dockerfile_installs_every_client_major_and_server_majors_from_pgdg() -> None:
