@@ -19,6 +19,7 @@ from .backup_cmd import backup_command, backups_group, prune_command
 from .context import AppContext, default_policies_path
 from .demo_cmd import demo_command
 from .policy_cmd import policy_group
+from .render_cmd import render_group
 from .restore_cmd import restore_archive_command, restore_command
 from .run_cmd import run_command
 from .status_cmd import status_command
@@ -46,6 +47,7 @@ def cli(ctx: click.Context, policies_path: str, log_format: str, verbose: int, q
 
 
 cli.add_command(policy_group)
+cli.add_command(render_group)
 cli.add_command(worker)
 
 for command in (
