@@ -32,8 +32,10 @@ from .worker_cmd import worker
               type=click.Path(), help="Policy file or directory of *.yaml policies.")
 @click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True,
               help="Log lines as text (terminal) or JSON lines (auto: text on a terminal).")
-@click.option("-v", "--verbose", count=True, help="More logging (debug).")
-@click.option("-q", "--quiet", count=True, help="Less logging (warnings and errors only).")
+@click.option("-v", "--verbose", count=True,
+              help="More logging. On a terminal only warnings show by default: -v adds info, -vv debug; elsewhere -v "
+                   "adds debug.")
+@click.option("-q", "--quiet", count=True, help="Less logging (on a terminal errors only, elsewhere warnings and errors).")
 @click.option("--stop-grace", type=click.FloatRange(1, 3600), default=signals.DEFAULT_GRACE_SECONDS,
               envvar="ARCHIVER_STOP_GRACE", show_envvar=True, show_default=True, metavar="SECONDS",
               help="After SIGTERM/SIGINT, the longest the clean-up may take before the process exits anyway (130).")

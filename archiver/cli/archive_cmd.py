@@ -33,7 +33,7 @@ def _run(task: Callable[[], TaskResult]) -> int:
 
 
 @click.command("archive")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.option("--dry-run", is_flag=True, help="Print the decisions, change nothing.")
 @click.option("--table", metavar="T", callback=params.table_name, help="Only this table (schema.table, as listed in the policy).")
 @click.option("--accept-deletes", "accept_deletes", multiple=True, metavar="RANGE",
@@ -61,7 +61,7 @@ def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None
 
 
 @click.command("retention")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.option("--dry-run", is_flag=True, help="Print the decisions, change nothing.")
 @pass_app
 def retention_command(app: AppContext, name: str, dry_run: bool) -> int:
@@ -75,7 +75,7 @@ def retention_command(app: AppContext, name: str, dry_run: bool) -> int:
 
 
 @click.command("plan")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @pass_app
 def plan_command(app: AppContext, name: str) -> int:
     """What archive and retention would do now for policy NAME, per table, and why (changes nothing)."""

@@ -10,6 +10,7 @@ import click
 from ..common.timeutil import format_bytes
 from ..errors import ExitCode
 from ..tasks import BACKUP, PRUNE
+from . import params
 from .context import AppContext, pass_app
 from .progress import progress_for_terminal
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 
 @click.command("backup")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @pass_app
 def backup_command(app: AppContext, name: str) -> int:
     """Take one backup of policy NAME now.
@@ -53,7 +54,7 @@ def _render_table(listing: BackupListing) -> None:
 
 
 @backups_group.command("list")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=params.complete_policy)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @pass_app
 def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
@@ -87,7 +88,7 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
 
 
 @click.command("prune")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.option("--dry-run", is_flag=True, help="Print the decisions, change nothing.")
 @pass_app
 def prune_command(app: AppContext, name: str, dry_run: bool) -> int:

@@ -81,3 +81,17 @@ def seconds(maximum: float) -> Callable[[click.Context, click.Parameter, float |
 
 def _shown(text: str) -> str:
     return repr(text) if len(text) <= 60 else repr(text[:57] + "...")
+
+
+def complete_policy(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of NAME: the policy files' names in --policies (or $ARCHIVER_POLICIES, ./policies).
+
+    A file's stem is its policy's name unless the file sets ``name:``; completion does not parse YAML (it
+    runs on every key press)."""
+    import os
+    from pathlib import Path
+
+    root = ctx.find_root().params.get("policies_path") or os.environ.get("ARCHIVER_POLICIES") or "./policies"
+    path = Path(root)
+    files = [path] if path.is_file() else sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+    return [file.stem for file in files if file.stem.startswith(incomplete)]

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import ExitCode, UsageError
+from . import params
 from .context import AppContext, pass_app
 
 
@@ -51,7 +52,7 @@ def validate(app: AppContext, paths: tuple[str, ...], check_env: bool, as_json: 
 
 
 @policy_group.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
 @pass_app
 def show(app: AppContext, name: str, as_json: bool) -> int:

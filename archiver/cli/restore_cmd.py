@@ -33,7 +33,7 @@ def _confirmation(yes: bool) -> Confirm:
 
 
 @click.command("restore")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.option("--target", required=True, envvar="ARCHIVER_RESTORE_TARGET", show_envvar=True, callback=params.target_dsn,
               help="libpq DSN of the database to restore into; created when it does not exist. No password here: "
                    "PGPASSWORD, ~/.pgpass, or the whole DSN in ARCHIVER_RESTORE_TARGET.")
@@ -77,7 +77,7 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
 
 
 @click.command("restore-archive")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.option("--table", required=True, callback=params.table_name,
               help="The archived table (schema.table; public. when omitted).")
 @click.option("--from", "start", required=True, metavar="TS", callback=params.time_bound,

@@ -8,11 +8,12 @@ import os
 import click
 
 from ..tasks import TASK_NAMES, named
+from . import params
 from .context import AppContext, pass_app
 
 
 @click.command("run")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.argument("task", type=click.Choice(TASK_NAMES))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line on stdout.")
 @pass_app

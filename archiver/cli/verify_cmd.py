@@ -13,7 +13,7 @@ from .progress import progress_for_terminal
 
 
 @click.command("verify")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.option("--backup", "backup_id", metavar="ID", callback=params.backup_id,
               help="The backup to drill (default: the newest).")
 @click.option("--scratch", type=click.Choice(["local", "container"]),
