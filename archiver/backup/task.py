@@ -226,8 +226,7 @@ def _dump_globals(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts, 
 
 
 def _dump_total(store: Store, facts: DatabaseFacts) -> tuple[int | None, str]:
-    """The dump's progress total: the previous backup's uncompressed dump, else the database's size on disk
-    (larger than a dump: indexes, free space). The progress line says which."""
+    """Progress total: the previous backup's uncompressed dump, else the database's size on disk (says which)."""
     try:
         newest = backup_manifest.list_backups(store)[:1]
         previous = sum(int(((e.manifest.get("objects") or {}).get("dump") or {}).get("uncompressed_size") or 0) for e in newest)
@@ -374,8 +373,9 @@ class ListedBackup:
     entry: BackupEntry
 
     def to_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "id": self.entry.id, "time": isoformat(self.entry.time),
-                "size": self.entry.size, "duration": self.entry.duration_seconds, "verified": self.entry.verified,
+        verdict = {"yes": "passed", "failed": "failed"}.get(self.entry.verified)  # the newest drill's, if any
+        return {"policy": self.policy, "id": self.entry.id, "time": isoformat(self.entry.time), "size": self.entry.size,
+                "duration_seconds": self.entry.duration_seconds, "verified": verdict == "passed", "verification": verdict,
                 "database": self.entry.manifest.get("database", {}).get("name")}
 
 

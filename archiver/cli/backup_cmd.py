@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import click
@@ -12,6 +11,7 @@ from ..errors import ExitCode
 from ..tasks import BACKUP, PRUNE
 from . import params
 from .context import AppContext, pass_app
+from .jsonout import emit, task_document
 from .progress import progress_for_terminal
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def _render_table(listing: BackupListing) -> None:
 
 @backups_group.command("list")
 @click.argument("name", required=False, shell_complete=params.complete_policy)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document: the backups, and the policies that failed.")
 @pass_app
 def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
     """List backups (those with a manifest), newest first: every policy's, or NAME's.
@@ -73,9 +73,8 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
         errors.update({item.name: f"the policy file does not load: {item.summary}" for item in broken})
     listing = list_backups(policies)
     errors.update(listing.errors)
-    if as_json:
-        if listing.backups or not errors:  # an empty list would claim there are no backups
-            click.echo(json.dumps([item.to_json() for item in listing.backups], indent=2))
+    if as_json:  # the errors travel inside the document: an empty list alone would claim there are no backups
+        emit("backups-list", {"backups": [item.to_json() for item in listing.backups], "errors": dict(sorted(errors.items()))})
     elif listing.backups:
         _render_table(listing)
     elif not errors:
@@ -90,8 +89,9 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
 @click.command("prune")
 @click.argument("name", shell_complete=params.complete_policy)
 @click.option("--dry-run", is_flag=True, help="Print the decisions, change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
 @pass_app
-def prune_command(app: AppContext, name: str, dry_run: bool) -> int:
+def prune_command(app: AppContext, name: str, dry_run: bool, as_json: bool) -> int:
     """Apply backup retention to policy NAME.
 
     Every decision is printed with its reason; --dry-run changes nothing.
@@ -100,6 +100,9 @@ def prune_command(app: AppContext, name: str, dry_run: bool) -> int:
     from ..ops.runner import run_task
 
     result = run_task(PRUNE, app.policy_for(name, store_only=PRUNE.store_only), PruneOptions(dry_run=dry_run))
+    if as_json:
+        emit("prune", task_document(result, dry_run=dry_run))
+        return result.exit_code
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary, err=True)

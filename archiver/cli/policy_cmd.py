@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -10,6 +9,7 @@ import click
 from ..errors import ExitCode, UsageError
 from . import params
 from .context import AppContext, pass_app
+from .jsonout import emit
 
 
 @click.group("policy")
@@ -29,12 +29,12 @@ def validate(app: AppContext, paths: tuple[str, ...], check_env: bool, as_json: 
 
     result = load(list(paths) or [app.policies_path], strict_env=check_env)
     if as_json:
-        click.echo(json.dumps({
+        emit("policy-validate", {
             "valid": not result.issues,
             "policies": [p.name for p in result.policies],
             "errors": [vars(issue) for issue in result.issues],
             "unset_env": result.unresolved_env,
-        }, indent=2))
+        })
     else:
         for issue in result.issues:
             click.echo(str(issue))
@@ -62,7 +62,7 @@ def show(app: AppContext, name: str, as_json: bool) -> int:
 
     shown = to_display(app.policy(name))
     if as_json:
-        click.echo(json.dumps(shown, indent=2, default=str))
+        emit("policy-show", {"policy": shown})
     else:
         click.echo(dump_yaml(shown).rstrip())
     return ExitCode.OK

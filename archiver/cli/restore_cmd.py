@@ -11,6 +11,7 @@ from click.core import ParameterSource
 from ..errors import UsageError
 from . import params
 from .context import AppContext, pass_app
+from .jsonout import emit, task_document
 from .progress import progress_for_terminal
 
 if TYPE_CHECKING:
@@ -47,11 +48,12 @@ def _confirmation(yes: bool) -> Confirm:
 @click.option("--checksums", is_flag=True, help="Also compare every table's content checksum with the manifest.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the checks of the target; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (with --dry-run: the plan) as one JSON document.")
 @click.pass_context
 @pass_app
 def restore_command(app: AppContext, ctx: click.Context, name: str, target: str, backup_id: str | None,
                     before: str | None, clean: bool, jobs: int, work_dir: str | None, checksums: bool, dry_run: bool,
-                    yes: bool) -> int:
+                    yes: bool, as_json: bool) -> int:
     """Restore a backup of policy NAME into the database --target.
 
     Prints the plan (backup, its age and size, source versions, target, what --clean drops) and asks
@@ -70,6 +72,9 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
     # restore reads backups and writes to --target: the policy's database variables need not be set
     result = run_restore(app.policy_for(name, store_only=True), request, confirm=_confirmation(yes),
                          progress=progress_for_terminal(quiet=app.verbosity < 0))
+    if as_json:
+        emit("restore", task_document(result, dry_run=dry_run))
+        return result.exit_code
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary, err=True)
@@ -88,9 +93,10 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
               help="Load into this database instead of the policy's (a plain table is created there if needed).")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Where Parquet files are checked (default TMPDIR).")
 @click.option("--dry-run", is_flag=True, help="Say which ranges would be loaded or skipped; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @pass_app
 def restore_archive_command(app: AppContext, name: str, table: str, start: str, end: str, target: str | None,
-                            work_dir: str | None, dry_run: bool) -> int:
+                            work_dir: str | None, dry_run: bool, as_json: bool) -> int:
     """Load archived rows of TABLE in [--from, --to) back from the cold tier.
 
     Every Parquet object is checked against its manifest before its rows are loaded (in bulk,
@@ -103,6 +109,9 @@ def restore_archive_command(app: AppContext, name: str, table: str, start: str, 
     policy = app.policies_without_secrets(name, section="archive")[0] if target else app.policy(name)
     result = run_restore_archive(policy, table=table, start=start, end=end, target=target, work_dir=work_dir,
                                  dry_run=dry_run, progress=progress_for_terminal(quiet=app.verbosity < 0))
+    if as_json:
+        emit("restore-archive", task_document(result, dry_run=dry_run))
+        return result.exit_code
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary, err=True)

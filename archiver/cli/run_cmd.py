@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
@@ -10,6 +9,7 @@ import click
 from ..tasks import TASK_NAMES, named
 from . import params
 from .context import AppContext, pass_app
+from .jsonout import emit, task_document
 
 
 @click.command("run")
@@ -38,9 +38,7 @@ def run_command(app: AppContext, name: str, task: str, as_json: bool) -> int:
         if gateway:
             push_run(metrics, gateway, policy, task)
     if as_json:  # one JSON document: the decision lines travel inside it, not as loose text on stderr
-        click.echo(json.dumps({"policy": result.policy, "task": result.task, "status": result.status,
-                               "exit_code": int(result.exit_code), "summary": result.summary,
-                               "lines": result.lines, "metrics": result.metrics, "data": result.data}, default=str))
+        emit("run", task_document(result, dry_run=False), indent=None)  # one line: the worker reads the last
     else:
         for line in result.lines:
             click.echo(line, err=True)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from ..tasks import VERIFY
 from . import params
 from .context import AppContext, pass_app
+from .jsonout import emit
 from .progress import progress_for_terminal
 
 
@@ -39,7 +38,7 @@ def verify_command(app: AppContext, name: str, backup_id: str | None, scratch: s
                       VerifyOptions(backup_id=backup_id, scratch=scratch, archives=archives),
                       progress=progress_for_terminal(quiet=app.verbosity < 0))
     if as_json:
-        click.echo(json.dumps(result.data, indent=2, sort_keys=True, default=str))
+        emit("verify", dict(sorted(result.data.items())))
     else:
         for line in result.lines:
             click.echo(line)

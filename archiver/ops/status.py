@@ -79,7 +79,7 @@ def _backup_status(policy: Policy, store: Store, now: datetime, status: PolicySt
     status.newest_backup = {"id": newest.id, "time": isoformat(newest.time), "age_seconds": int(age.total_seconds()),
                             "size": newest.size, "schedule": policy.backup.schedule,
                             "interval_seconds": int(interval.total_seconds()), "stale": stale,
-                            "verified": newest.verified}
+                            "verified": newest.verified == "yes"}
     if stale:
         status.problems.append(f"newest backup {newest.id} is {format_duration(age)} old; the schedule "
                                f"({policy.backup.schedule}) runs every {format_duration(interval)} "

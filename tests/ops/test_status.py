@@ -29,7 +29,7 @@ def test_status_after_a_real_backup_is_healthy(database: str, tmp_path: Path) ->
     assert run_cli("--policies", str(policy.parent), "backup", "identity", env={"IDENTITY_DSN": database}).code == 0
     result = run_cli("--policies", str(policy.parent), "status", "--json")  # no DSN needed: the store answers
     assert result.code == 0, result.output
-    (entry,) = json.loads(result.stdout)
+    (entry,) = json.loads(result.stdout)["policies"]
     assert entry["policy"] == "identity" and entry["healthy"] is True and entry["problems"] == []
     assert 0 <= entry["newest_backup"]["age_seconds"] < 600
     assert entry["newest_backup"]["interval_seconds"] == 86400 and entry["newest_backup"]["stale"] is False
@@ -48,7 +48,7 @@ def test_stale_backup_failed_drill_and_failing_task_make_status_exit_1(tmp_path:
         "last_failure": {"finished_at": isoformat(now - timedelta(hours=2)), "error": "pg_dump exited 1: disk full"}})
     result = run_cli("--policies", str(policy.parent), "status", "--json")
     assert result.code == 1
-    (entry,) = json.loads(result.stdout)
+    (entry,) = json.loads(result.stdout)["policies"]
     assert entry["healthy"] is False
     assert entry["newest_backup"]["id"] == newest and entry["newest_backup"]["stale"] is True
     assert 3 * 86400 - 60 <= entry["newest_backup"]["age_seconds"] <= 3 * 86400 + 600
