@@ -53,6 +53,7 @@ def test_a_drill_restores_checks_and_records_a_passed_verdict(
     result = verify(path, "--json")
     assert result.code == 0, result.output
     record = json.loads(result.stdout)
+    assert record.pop("schema") == "archiver.verify/1"
     assert record == read_json(store, verification_key(backup_id))
     assert record["result"] == "passed" and record["backup_id"] == backup_id and record["failed"] == []
     checks = {(check["kind"], check["name"]): check for check in record["checks"]}
