@@ -301,7 +301,7 @@ def _result(policy: Policy, decisions: list[Decision], results: list[ExportResul
         "chunks_archived": len(results), "chunks_skipped": count["skip"], "chunks_held_back": count["hold"],
         "chunks_failed": count["fail"], "chunks_mismatched": count["mismatch"], "rows": rows, "bytes": size,
         "source_bytes": sum(job.size_hint for job in jobs if any(r.chunk == job.chunk for r in results)),
-        "seconds": seconds, "rows_per_second": rows / seconds if seconds > 0 else 0.0,
+        "duration_seconds": seconds, "rows_per_second": rows / seconds if seconds > 0 else 0.0,
     }
     result = TaskResult(policy=policy.name or "", task="archive")
     if dry_run:

@@ -31,6 +31,7 @@ from .fields import (
     parse_expect,
     text_pattern,
 )
+from .kubernetes import KubernetesConfig
 
 # --------------------------------------------------------------------------------------------
 # The schema
@@ -258,6 +259,7 @@ class Policy:
     verify: VerifyConfig | None = None
     notify: NotifyConfig | None = None
     metrics: MetricsConfig | None = None
+    kubernetes: KubernetesConfig | None = None  # pod sizes for `archiver render kubernetes` only
     source: str = field(default="", metadata={"internal": True})
 
     def __post_init__(self) -> None:

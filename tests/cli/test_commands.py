@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.helpers import run_cli
 
-COMMANDS = ["policy", "backup", "backups", "prune", "archive", "retention", "plan", "restore", "restore-archive",
+COMMANDS = ["policy", "render", "backup", "backups", "prune", "archive", "retention", "plan", "restore", "restore-archive",
             "verify", "run", "worker", "status", "demo"]
 
 

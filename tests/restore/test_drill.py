@@ -39,7 +39,8 @@ def verify(policy_path: Path, *args: str) -> CliResult:
 def listed(policy_path: Path) -> dict[str, str]:
     result = run_cli("--policies", str(policy_path.parent), "backups", "list", "app", "--json")
     assert result.code == 0, result.output
-    return {item["id"]: item["verified"] for item in json.loads(result.stdout)}
+    verdicts = {"passed": "yes", "failed": "failed", None: "no"}
+    return {item["id"]: verdicts[item["verification"]] for item in json.loads(result.stdout)["backups"]}
 
 
 def test_a_drill_restores_checks_and_records_a_passed_verdict(
@@ -52,6 +53,7 @@ def test_a_drill_restores_checks_and_records_a_passed_verdict(
     result = verify(path, "--json")
     assert result.code == 0, result.output
     record = json.loads(result.stdout)
+    assert record.pop("schema") == "archiver.verify/1"
     assert record == read_json(store, verification_key(backup_id))
     assert record["result"] == "passed" and record["backup_id"] == backup_id and record["failed"] == []
     checks = {(check["kind"], check["name"]): check for check in record["checks"]}
