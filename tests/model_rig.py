@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
 
-from archiver.coldtier.manifest import ARCHIVE_CATALOG_PREFIX, list_archive_manifests
+from archiver.coldtier.manifest import ARCHIVE_CATALOG_PREFIX, list_archive_manifests, objects_of
 from archiver.pg.connect import connect, session
 from archiver.pg.dsn import parse_dsn
 from archiver.pg.quote import quote_ident
@@ -144,7 +144,7 @@ class World:
 
     def current_objects(self) -> list[str]:
         """Objects a manifest references: what archiver calls the current archive."""
-        return [document["object"]["key"] for document in self.manifests()]
+        return [entry["key"] for document in self.manifests() for entry in objects_of(document)]
 
     def object_rows(self, key: str) -> list[tuple[int, int, datetime]]:
         path = self.store.path_of(key)

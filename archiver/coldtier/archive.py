@@ -34,16 +34,16 @@ from ..pg.connect import LockTimeout, Session, session
 from ..policy.schema import ArchiveConfig, Policy, StorageConfig
 from ..storage.backends import open_store
 from ..storage.base import Store
-from ..storage.documents import FORMAT_VERSION, write_json
-from . import chunks, merge, parquet
+from ..storage.documents import FORMAT_VERSION
+from . import chunks, layout, merge, parquet
 from . import decisions as decide
 from .catalog import Archived, TableCatalog, load_table_catalog
 from .chunks import Chunk, TableInfo
 from .decisions import Decision
-from .export import ExportResult, Unrepresentable, export_chunk
+from .export import ExportResult, Target, Unrepresentable, export_chunk
 from .fingerprint import time_display
 from .identity import Identity, bound_json
-from .manifest import ARCHIVE_KIND, LoadedManifest
+from .manifest import ARCHIVE_KIND, LoadedManifest, supersedes_json, switch_version
 from .rangefacts import accept_command, accepts, gather
 from .steps import ColdTierFailed, MiB, archive_section, clean_table, finish, record, select_tables
 
@@ -53,7 +53,6 @@ class ExportJob:
     info: TableInfo
     identity: Identity
     chunk: Chunk | None  # None: a merge of archives whose range is no longer in the database
-    key: str
     manifest_key: str
     version: int
     replaces: list[LoadedManifest]
@@ -155,8 +154,8 @@ def _job(current: Session, database: str, info: TableInfo, identity: Identity, c
     replaces = archived.all_manifests if archived else []
     documents = [loaded.document for loaded in replaces if loaded.document is not None]
     size = relation_size(current, chunk.schema, chunk.name) if chunk else 0
-    return ExportJob(info, identity, chunk, chunks.data_key(database, info, identity, version),
-                     chunks.manifest_key(database, info, identity), version, replaces, reason, action,
+    return ExportJob(info, identity, chunk, chunks.manifest_key(database, info, identity), version, replaces, reason,
+                     action,
                      size_hint=size, merge_documents=documents if action == decide.MERGE else [])
 
 
@@ -214,27 +213,23 @@ def _collect(future: Future[ExportResult], job: ExportJob, results: list[ExportR
     results.append(outcome)
     verb = "merged" if job.kind == decide.MERGE else "exported"
     record(decisions, Decision("archive", *where, verb,
-                               f"v{job.version}: {outcome.fingerprint.rows} rows, {format_bytes(outcome.put.size)}, "
-                               f"verified, {outcome.key}"), f"archive.chunk.{verb}")
+                               f"v{job.version}: {outcome.fingerprint.rows} rows, {format_bytes(outcome.size)}, "
+                               f"verified, {outcome.describe()}"), f"archive.chunk.{verb}")
 
 
 def _export_one(dsn: str, store: Store, database: str, policy: Policy, job: ExportJob,
                 settings: parquet.WriterSettings) -> ExportResult:
     if job.kind == decide.MERGE:
         source = merge.MergeSource(job.identity, job.chunk, job.merge_documents)
-        result = merge.export_merged(dsn, store, database=database, info=job.info, source=source, key=job.key,
-                                     version=job.version, settings=settings, now=utcnow)
+        target = Target(database, job.info, source.as_chunk(job.info), job.version)
+        result = merge.export_merged(dsn, store, info=job.info, source=source, target=target, settings=settings,
+                                     now=utcnow)
     else:
         assert job.chunk is not None
-        result = export_chunk(dsn, store, database=database, info=job.info, chunk=job.chunk, key=job.key,
-                              version=job.version, settings=settings, size_hint=job.size_hint, now=utcnow)
-    write_json(store, job.manifest_key, archive_manifest(policy, database, job, result))  # the switch
-    for loaded in job.replaces:  # manifests first: from here on their objects are no archive
-        if loaded.key != job.manifest_key:
-            store.delete(loaded.key)
-    for loaded in job.replaces:
-        if loaded.data_key and loaded.data_key != job.key:
-            store.delete(loaded.data_key)
+        target = Target(database, job.info, job.chunk, job.version)
+        result = export_chunk(dsn, store, target=target, settings=settings, size_hint=job.size_hint, now=utcnow)
+    switch_version(store, job.manifest_key, archive_manifest(policy, database, job, result), job.replaces,
+                   result.keys)
     return result
 
 
@@ -268,14 +263,12 @@ def archive_manifest(policy: Policy, database: str, job: ExportJob, result: Expo
         # earlier versions): the database may lack that many without anything being deleted
         "archived_only_rows": result.archived_only_rows,
         **({"database_fingerprint": result.database_fingerprint.to_json()} if result.database_fingerprint else {}),
-        "object": {"key": result.key, "size": result.put.size, "sha256": result.put.sha256, "etag": result.put.etag},
-        "parquet": {**result.summary.to_json(),
-                    "columns": [{"name": plan.name, "pg_type": plan.pg_type, "arrow_type": str(plan.arrow_type),
-                                 "text_form": plan.text_form} for plan in plans]},
+        "layout": layout.layout_json(info.config.partition_key),
+        "objects": [piece.to_json() for piece in result.pieces],
+        "parquet": {**result.parquet_json(), "profile": info.config.profile,
+                    "columns": [plan.to_json() for plan in plans]},
         "change": {"kind": job.kind, "reason": job.reason},
-        "supersedes": [{"manifest": loaded.key, "object": loaded.data_key,
-                        "version": (loaded.document or {}).get("version"), "rows": (loaded.document or {}).get("rows")}
-                       for loaded in job.replaces],
+        "supersedes": supersedes_json(job.replaces),
         "exported_at": isoformat(result.exported_at),
         "verified_at": isoformat(result.verified_at),
         "seconds": round(result.seconds, 3),
@@ -296,7 +289,7 @@ def _result(policy: Policy, decisions: list[Decision], results: list[ExportResul
     count = {action: sum(1 for d in decisions if d.action == action)
              for action in ("skip", "hold", "fail", "mismatch", "export", "merge")}
     rows = sum(r.fingerprint.rows for r in results)
-    size = sum(r.put.size for r in results)
+    size = sum(r.size for r in results)
     metrics: dict[str, float] = {
         "chunks_archived": len(results), "chunks_skipped": count["skip"], "chunks_held_back": count["hold"],
         "chunks_failed": count["fail"], "chunks_mismatched": count["mismatch"], "rows": rows, "bytes": size,

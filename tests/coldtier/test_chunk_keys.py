@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from archiver.coldtier import chunks
+from archiver.coldtier import chunks, layout
 from archiver.coldtier.chunks import Chunk, TableInfo
 from archiver.coldtier.identity import SLICE_MAX, SLICE_MIN, SpaceSlice
 from tests.coldtier_helpers import table
@@ -53,8 +53,8 @@ def test_keys_name_the_range_not_the_chunk_and_manifests_live_outside_the_parque
                   datetime(2026, 11, 2, tzinfo=UTC))
     recreated = Chunk("_timescaledb_internal", "_hyper_1_93_chunk", chunk.start, chunk.end)
     assert info().identity(chunk) == info().identity(recreated), "a re-created chunk is the same range"
-    assert chunks.data_key("telemetry", info(), info().identity(chunk), 3) == (
-        "archive/telemetry/public.asset_metrics/year=2026/month=11/day=01/20261101T000000Z_20261102T000000Z.v3.parquet")
+    assert layout.data_key("telemetry", info(), info().identity(chunk), 3, date(2026, 11, 1)) == (
+        "archive/telemetry/public.asset_metrics/dt=2026-11-01/20261101T000000Z_20261102T000000Z.v3.parquet")
     assert chunks.manifest_key("telemetry", info(), info().identity(recreated)) == (
         "catalog/archive/telemetry/public.asset_metrics/20261101T000000Z_20261102T000000Z.json")
 
@@ -69,8 +69,9 @@ def test_space_partitions_are_part_of_a_range_identity() -> None:
 
 def test_integer_ranges_appear_as_integers_and_dates_come_from_the_unit() -> None:
     chunk = Chunk("_timescaledb_internal", "_hyper_2_1_chunk", 1_762_000_000, 1_762_086_400)
-    key = chunks.data_key("telemetry", info("integer", "s"), info("integer", "s").identity(chunk), 1)
-    assert key.endswith("/year=2025/month=11/day=01/1762000000_1762086400.v1.parquet")
+    day = layout.day_of(1_762_000_000, "integer", "s")
+    key = layout.data_key("telemetry", info("integer", "s"), info("integer", "s").identity(chunk), 1, day)
+    assert key.endswith("/dt=2025-11-01/1762000000_1762086400.v1.parquet")
 
 
 def test_odd_table_names_cannot_escape_their_key_segment() -> None:
