@@ -35,7 +35,7 @@ from ..policy.schema import ArchiveConfig, Policy, StorageConfig
 from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import FORMAT_VERSION
-from . import chunks, layout, merge, parquet
+from . import chunks, layout, merge, migrate, parquet
 from . import decisions as decide
 from .catalog import Archived, TableCatalog, load_table_catalog
 from .chunks import Chunk, TableInfo
@@ -71,6 +71,7 @@ class ArchiveOptions:
     dry_run: bool = False  # print the decisions, change nothing
     table: str | None = None  # only this table (schema.table, as the policy lists it)
     accept_deletes: tuple[str, ...] = ()  # ranges whose deleted rows are deleted on purpose (--accept-deletes)
+    migrate_layout: bool = False  # only move archives of an earlier layout to today's (--migrate-layout)
 
 
 def archive_task(policy: Policy, options: ArchiveOptions, store: Store, progress: Progress) -> TaskResult:
@@ -80,13 +81,14 @@ def archive_task(policy: Policy, options: ArchiveOptions, store: Store, progress
     shared by its parallel exports.
     """
     return run_archive(policy, dry_run=options.dry_run, table=options.table, progress=progress,
-                       accept_deletes=list(options.accept_deletes))
+                       accept_deletes=list(options.accept_deletes), migrate_only=options.migrate_layout)
 
 
 def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = None, now: datetime | None = None,
                 store: Store | None = None, progress: Progress = NULL_PROGRESS,
-                accept_deletes: list[str] | None = None) -> TaskResult:
-    """Export due ranges of the policy's tables (or only ``table``) to verified Parquet archives."""
+                accept_deletes: list[str] | None = None, migrate_only: bool = False) -> TaskResult:
+    """Export due ranges of the policy's tables (or only ``table``) to verified Parquet archives, and
+    move archives of an earlier layout to today's (``migrate_only``: only that)."""
     config = archive_section(policy)
     tables = select_tables(config, table)
     dsn = policy.database.resolved_dsn()
@@ -95,18 +97,23 @@ def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = No
     started = time.monotonic()
     decisions: list[Decision] = []
     jobs: list[ExportJob] = []
+    pending: list[migrate.Move] = []
     with session(dsn, connect_timeout=policy.database.connect_timeout) as current:
         database = current_database(current)
         for info in [chunks.discover(current, entry) for entry in tables]:
             catalog = load_table_catalog(store, database, info)
             clean_table(store, catalog, decisions, task="archive", dry_run=dry_run)
-            jobs += _plan_table(current, dsn, store, database, info, catalog, moment, config, decisions,
-                                accept_deletes or [], policy.name or "")
+            planned = [] if migrate_only else _plan_table(current, dsn, store, database, info, catalog, moment, config,
+                                                          decisions, accept_deletes or [], policy.name or "")
+            jobs += planned
+            pending += migrate.moves(info, catalog, decisions, skip={job.identity.stem for job in planned})
     _unused_acceptances(accept_deletes or [], decisions)
     results: list[ExportResult] = []
     if not dry_run and jobs:
         results = _run_exports(dsn, store, database, policy, config, jobs, decisions, progress)
-    return _result(policy, decisions, results, jobs, dry_run=dry_run, seconds=time.monotonic() - started)
+    moved = migrate.migrate(store, database, pending, decisions, dry_run=dry_run, settings=_writer_settings(config))
+    return _result(policy, decisions, results, jobs, dry_run=dry_run, seconds=time.monotonic() - started,
+                   moved=moved, migrate_only=migrate_only)
 
 
 def _shared_upload_budget(storage: StorageConfig, parallel: int) -> StorageConfig:
@@ -170,8 +177,7 @@ def _unused_acceptances(accept_deletes: list[str], decisions: list[Decision]) ->
 
 def _run_exports(dsn: str, store: Store, database: str, policy: Policy, config: ArchiveConfig, jobs: list[ExportJob],
                  decisions: list[Decision], progress: Progress) -> list[ExportResult]:
-    settings = parquet.WriterSettings(zstd_level=config.zstd_level, row_group_rows=config.row_group_rows,
-                                      row_group_bytes=config.row_group_mib * MiB // config.parallel)
+    settings = _writer_settings(config)
     results: list[ExportResult] = []
     progress.phase("archive", total=len(jobs), unit="chunks")
     with ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="archiver-export") as pool:
@@ -186,6 +192,11 @@ def _run_exports(dsn: str, store: Store, database: str, policy: Policy, config: 
             raise
     progress.done()
     return results
+
+
+def _writer_settings(config: ArchiveConfig) -> parquet.WriterSettings:
+    return parquet.WriterSettings(zstd_level=config.zstd_level, row_group_rows=config.row_group_rows,
+                                  row_group_bytes=config.row_group_mib * MiB // config.parallel)
 
 
 def _collect(future: Future[ExportResult], job: ExportJob, results: list[ExportResult],
@@ -285,24 +296,30 @@ def _range_utc(value: chunks.TimeValue | None, time_unit: str | None) -> str | N
 
 
 def _result(policy: Policy, decisions: list[Decision], results: list[ExportResult], jobs: list[ExportJob], *,
-            dry_run: bool, seconds: float) -> TaskResult:
+            dry_run: bool, seconds: float, moved: int = 0, migrate_only: bool = False) -> TaskResult:
     count = {action: sum(1 for d in decisions if d.action == action)
-             for action in ("skip", "hold", "fail", "mismatch", "export", "merge")}
+             for action in ("skip", "hold", "fail", "mismatch", "export", "merge", decide.MOVE)}
     rows = sum(r.fingerprint.rows for r in results)
     size = sum(r.size for r in results)
     metrics: dict[str, float] = {
         "chunks_archived": len(results), "chunks_skipped": count["skip"], "chunks_held_back": count["hold"],
         "chunks_failed": count["fail"], "chunks_mismatched": count["mismatch"], "rows": rows, "bytes": size,
         "source_bytes": sum(job.size_hint for job in jobs if any(r.chunk == job.chunk for r in results)),
-        "seconds": seconds, "rows_per_second": rows / seconds if seconds > 0 else 0.0,
+        "seconds": seconds, "rows_per_second": rows / seconds if seconds > 0 else 0.0, "archives_moved": moved,
     }
     result = TaskResult(policy=policy.name or "", task="archive")
-    if dry_run:
+    if migrate_only:
+        result.summary = (f"dry run: would move {count[decide.MOVE]} archive(s) to the current layout" if dry_run else
+                          f"moved {moved} archive(s) to the current layout") + f", held back {count['hold']}"
+    elif dry_run:
         result.summary = (f"dry run: would export {count['export']} chunk(s)"
-                          + (f", merge {count['merge']}" if count["merge"] else "") + f", skip {count['skip']}")
+                          + (f", merge {count['merge']}" if count["merge"] else "") + f", skip {count['skip']}"
+                          + (f", move {count[decide.MOVE]} archive(s) to the current layout" if count[decide.MOVE]
+                             else ""))
     else:
         result.summary = (f"archived {len(results)} chunk(s) ({rows:,} rows, {format_bytes(size)}), "
-                          f"skipped {count['skip']}, held back {count['hold']}")
+                          f"skipped {count['skip']}, held back {count['hold']}"
+                          + (f", moved {moved} archive(s) to the current layout" if moved else ""))
     if count["mismatch"]:
         result.status = "verification_failed"
         result.summary += f"; {count['mismatch']} failed verification"

@@ -298,3 +298,23 @@ def select_sql(plans: list[ColumnPlan], relation: str) -> str:
     """The export query: every column under its own name, typed as planned."""
     columns = ", ".join(f"{plan.select_sql} AS {quote_ident(plan.name)}" for plan in plans)
     return f"SELECT {columns} FROM {relation}"
+
+
+def plans_of_schema(schema: pa.Schema) -> list[ColumnPlan]:
+    """Plans for fingerprinting a file by its own Arrow schema alone (its rows compared with a copy
+    of themselves, as when an archive moves to a new layout): every string by its bytes."""
+    return [ColumnPlan(field.name, (field.metadata or {}).get(b"pg_type", b"").decode(), field.type, kind, "", "",
+                       elem_kind=elem)
+            for field in schema for kind, elem in [_kind_of(field.type)]]
+
+
+def _kind_of(arrow_type: pa.DataType) -> tuple[str, str | None]:
+    if isinstance(arrow_type, pa.BaseExtensionType):
+        return (UUID, None) if arrow_type.extension_name == "arrow.uuid" else _kind_of(arrow_type.storage_type)
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return LIST, _kind_of(arrow_type.value_type)[0]
+    checks = ((pa.types.is_boolean, BOOL), (pa.types.is_integer, INT), (pa.types.is_floating, FLOAT),
+              (pa.types.is_decimal, DECIMAL), (pa.types.is_timestamp, TIMESTAMP), (pa.types.is_date, DATE),
+              (pa.types.is_time, TIME), (pa.types.is_struct, INTERVAL), (pa.types.is_fixed_size_binary, UUID),
+              (pa.types.is_binary, BINARY), (pa.types.is_large_binary, BINARY))
+    return next((kind for check, kind in checks if check(arrow_type)), TEXT), None
