@@ -38,7 +38,7 @@ from . import chunks, layout, parquet
 from . import typemap as tm
 from .catalog import Archived, TableCatalog
 from .chunks import TableInfo
-from .decisions import HOLD, MOVE, Decision
+from .decisions import HOLD, MOVE, WARN, Decision
 from .export import Piece, read_back, remove_pieces
 from .fingerprint_arrow import ArrowFingerprint
 from .identity import Identity
@@ -78,10 +78,10 @@ def moves(info: TableInfo, catalog: TableCatalog, decisions: list[Decision], *, 
                                        f"not moved to the current layout: {reason}"), "archive.migrate.held_back")
             continue
         found.append(Move(info, archived))
-    for loaded in catalog.unplaced:
-        record(decisions, Decision("archive", info.display, loaded.key, HOLD,
+    for loaded in catalog.unplaced:  # readable by restore-archive; invisible to readers that skip '_' names
+        record(decisions, Decision("archive", info.display, loaded.key, WARN,
                                    "not moved to the current layout: a legacy archive that does not say which space "
-                                   "partition it holds, and its chunk is gone"), "archive.migrate.held_back")
+                                   "partition it holds, and its chunk is gone"), "archive.migrate.unplaced")
     return found
 
 
