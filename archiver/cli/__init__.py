@@ -16,6 +16,7 @@ from ..common import log, signals
 from ..errors import ArchiverError, ExitCode, outcome_of
 from .archive_cmd import archive_command, plan_command, retention_command
 from .backup_cmd import backup_command, backups_group, prune_command
+from .cold_cmd import cold_group
 from .context import AppContext, default_policies_path
 from .demo_cmd import demo_command
 from .policy_cmd import policy_group
@@ -51,6 +52,7 @@ def cli(ctx: click.Context, policies_path: str, log_format: str, verbose: int, q
 cli.add_command(policy_group)
 cli.add_command(render_group)
 cli.add_command(worker)
+cli.add_command(cold_group)
 
 for command in (
     backup_command,

@@ -44,10 +44,13 @@ def _run(task: Callable[[], TaskResult], command: str | None, dry_run: bool) -> 
 @click.option("--accept-deletes", "accept_deletes", multiple=True, metavar="RANGE",
               help="Rows were deleted from this archived range on purpose: replace its archive with the database's "
                    "rows (START/END as the hold line prints it, or the chunk's name; repeatable).")
+@click.option("--migrate-layout", "migrate_layout", is_flag=True,
+              help="Only move archives written in an earlier key layout to the current one (every archive run also "
+                   "does this); with --dry-run, print the moves.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
 @pass_app
 def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None, accept_deletes: tuple[str, ...],
-                    as_json: bool) -> int:
+                    migrate_layout: bool, as_json: bool) -> int:
     """Export aged chunks of policy NAME to Parquet, verify them, then write their manifests.
 
     An archive is never replaced by a version with fewer rows: a range whose database rows were
@@ -63,7 +66,9 @@ def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None
         except UsageError as exc:
             raise UsageError(f"--table: {exc.message}", hint=exc.hint) from None
     progress = progress_for_terminal(quiet=app.verbosity < 0)
-    options = ArchiveOptions(dry_run=dry_run, table=table, accept_deletes=accept_deletes)
+    if migrate_layout and accept_deletes:
+        raise UsageError("--migrate-layout moves archives only; --accept-deletes needs an archive run without it")
+    options = ArchiveOptions(dry_run=dry_run, table=table, accept_deletes=accept_deletes, migrate_layout=migrate_layout)
     return _run(lambda: run_task(ARCHIVE, policy, options, progress=progress), "archive" if as_json else None, dry_run)
 
 

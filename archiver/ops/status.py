@@ -162,20 +162,28 @@ def _span(ranges: list[Range]) -> dict[str, Any]:
             "to": isoformat(max(r[1] for r in ranges)) if ranges else None}
 
 
-def _archived_ranges(store: Store) -> dict[str, dict[str, tuple[Range, int, int]]]:
-    """table -> chunk -> (UTC range, rows, object bytes), from the archive manifests."""
-    found: dict[str, dict[str, tuple[Range, int, int]]] = {}
-    for loaded in list_archive_manifests(store, ARCHIVE_CATALOG_PREFIX).values():
+def _archived_ranges(store: Store) -> dict[str, dict[str, tuple[Range, int, int, int]]]:
+    """table -> range (its identity's stem) -> (UTC range, rows, object bytes, objects), from the
+    current archive manifests. Ranges, not chunk names: a chunk re-created for an archived range
+    (by a late row or restore-archive) has another name and is the same range."""
+    from ..coldtier.catalog import superseded_keys
+    from ..coldtier.identity import of_manifest
+    from ..coldtier.manifest import objects_of
+
+    found: dict[str, dict[str, tuple[Range, int, int, int]]] = {}
+    manifests = list_archive_manifests(store, ARCHIVE_CATALOG_PREFIX)
+    superseded = superseded_keys(manifests.values())
+    for key, loaded in manifests.items():
         document = loaded.document
-        if not document:
+        if not document or key in superseded:
             continue
         span = document.get("range", {})
         if not span.get("start_utc") or not span.get("end_utc"):
             continue
-        chunk = document.get("chunk", {})
-        found.setdefault(str(document["table"]), {})[f"{chunk.get('schema')}.{chunk.get('name')}"] = (
+        objects = objects_of(document)
+        found.setdefault(str(document["table"]), {})[of_manifest(document).stem] = (
             (parse_timestamp(span["start_utc"]), parse_timestamp(span["end_utc"])), int(document.get("rows", 0)),
-            int((document.get("object") or {}).get("size") or 0))
+            sum(int(entry.get("size") or 0) for entry in objects), len(objects))
     return found
 
 
@@ -196,7 +204,7 @@ def _hot_ranges(policy: Policy) -> tuple[dict[str, dict[str, Range]] | None, str
             for table in policy.archive.tables:
                 info = chunks.discover(current, table)
                 unit = table.time_unit
-                hot[info.display] = {chunk.display: (_utc(chunk.start, unit), _utc(chunk.end, unit))
+                hot[info.display] = {info.identity(chunk).stem: (_utc(chunk.start, unit), _utc(chunk.end, unit))
                                      for chunk in info.chunks if chunk.start is not None and chunk.end is not None}
         return hot, "checked"
     except ArchiverError as exc:
@@ -226,10 +234,11 @@ def _archive_status(policy: Policy, store: Store, status: PolicyStatus, *, check
     for table in policy.archive.tables:
         name = table.qualified_name
         cold = archived.get(name, {})
-        entry: dict[str, Any] = {"archived": {**_span([r for r, _, _ in cold.values()]),
-                                              "rows": sum(rows for _, rows, _ in cold.values()),
-                                              "bytes": sum(size for _, _, size in cold.values())}}
-        ranges = [r for r, _, _ in cold.values()]
+        entry: dict[str, Any] = {"archived": {**_span([r for r, _, _, _ in cold.values()]),
+                                              "rows": sum(rows for _, rows, _, _ in cold.values()),
+                                              "bytes": sum(size for _, _, size, _ in cold.values()),
+                                              "objects": sum(count for _, _, _, count in cold.values())}}
+        ranges = [r for r, _, _, _ in cold.values()]
         if hot is not None:
             in_db = hot.get(name, {})
             waiting = [in_db[c] for c in set(in_db) - set(cold)]

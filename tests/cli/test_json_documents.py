@@ -86,6 +86,8 @@ def test_every_json_document_matches_its_schema(database: str, pg, tmp_path: Pat
     assert run("archive", "archive", "app", "--dry-run", "--json")["dry_run"] is True
     archived = run("archive", "archive", "app", "--json")
     assert archived["metrics"]["chunks_archived"] > 0
+    files = run("cold-files", "cold", "app", "files", "--json")["files"]
+    assert sum(item["rows"] for item in files) == archived["metrics"]["rows"] and files[0]["day"]
     assert run("retention", "retention", "app", "--dry-run", "--json")["task"] == "retention"
     drill = run("verify", "verify", "app", "--json")
     assert drill["result"] == "passed" and drill["backup_id"] == backup["data"]["id"]

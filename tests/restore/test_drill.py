@@ -17,7 +17,7 @@ from archiver.storage.base import Store
 from archiver.storage.documents import read_json
 from archiver.storage.local import LocalStore
 from tests.backup_helpers import TELEMETRY_SCHEMA, backup_policy, load_policy, read_manifest
-from tests.coldtier_helpers import manifests
+from tests.coldtier_helpers import first_key, manifests
 from tests.helpers import CliResult, run_cli
 from tests.restore_helpers import CORRUPTIONS, add_verify_section, damage, rewrite_manifest
 
@@ -199,7 +199,7 @@ def test_a_drill_with_archives_checks_every_cold_object(tmp_path: Path, database
     assert archives["public.device_metrics device_metrics_d100"]["actual"] == {"rows": 150}
 
     store = LocalStore(tmp_path / "store")
-    key = manifests(store)["device_metrics_d80"]["object"]["key"]
+    key = first_key(manifests(store)["device_metrics_d80"])
     store.put_bytes(key, store.get_bytes(key)[:-50])
     damaged = verify(path)
     assert damaged.code == 4, damaged.output
