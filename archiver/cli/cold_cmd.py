@@ -38,7 +38,7 @@ def schema_command(ctx: click.Context, form: str, table: str | None) -> int:
     store = _store_of(ctx)
     tables, problems = lake_tables(store, table=table, with_schema=True)
     click.echo(render(tables, form))
-    for problem in problems if not as_json else ():
+    for problem in problems:
         click.echo(f"unreadable archive manifest (its files are not listed): {problem}", err=True)
     return 5 if problems else 0
 

@@ -31,8 +31,9 @@ def set_backups(metrics: Metrics, status: PolicyStatus) -> None:
 def set_archive(metrics: Metrics, status: PolicyStatus) -> None:
     for table, entry in ((status.archive or {}).get("tables") or {}).items():
         archived = entry.get("archived") or {}
+        objects = archived.get("objects", archived.get("count"))
         metrics.set_archive_table(status.policy, table, lag_seconds=entry.get("lag_seconds"),
-                                  cold_bytes=int(archived.get("bytes") or 0), cold_objects=int(archived.get("objects", archived.get("count")) or 0))
+                                  cold_bytes=int(archived.get("bytes") or 0), cold_objects=int(objects or 0))
 
 
 def set_all(metrics: Metrics, policy: Policy, status: PolicyStatus) -> None:
