@@ -91,6 +91,7 @@ def test_worker_exports_backup_ages_and_notifies_a_stale_backup_once(tmp_path: P
 
 def test_status_shows_archive_coverage_hot_dropped_and_gaps(database: str, tmp_path: Path) -> None:
     from archiver.coldtier.archive import run_archive
+    from archiver.coldtier.manifest import objects_of
     from archiver.coldtier.retention import run_retention
     from archiver.ops.status import policy_status
     from archiver.policy.schema import StorageConfig
@@ -114,8 +115,9 @@ def test_status_shows_archive_coverage_hot_dropped_and_gaps(database: str, tmp_p
     assert entry["hot"]["count"] == len(AGES) - dropped
     assert entry["hot_not_archived"] == len(AGES) - archived
     assert entry["lag_seconds"] == 0, "every partition past archive_after is archived"
-    sizes = [loaded.document["object"]["size"] for loaded in
-             list_archive_manifests(LocalStore(tmp_path / "store"), ARCHIVE_CATALOG_PREFIX).values() if loaded.document]
+    sizes = [entry["size"] for loaded in list_archive_manifests(LocalStore(tmp_path / "store"),
+                                                                ARCHIVE_CATALOG_PREFIX).values()
+             if loaded.document for entry in objects_of(loaded.document)]
     assert entry["archived"]["bytes"] == sum(sizes) > 0 and len(sizes) == archived
     metrics = Metrics()
     gauges.set_archive(metrics, policy_status(policy))
