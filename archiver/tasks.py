@@ -7,27 +7,31 @@ leaves behind, and the function that does the work with its typed options. The C
 descriptors; nothing else keeps a list of tasks.
 
 A task function is ``run(policy, options, store, progress) -> TaskResult``; failures are raised as
-:class:`archiver.errors.ArchiverError` subclasses.
+:class:`archiver.errors.ArchiverError` subclasses. The functions and their options classes are imported
+when a task runs, not when this module is: ``archiver --help`` reads the descriptors without loading
+pyarrow, boto3 or psycopg, and a backup never loads what only the archive task needs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from .backup.prune import PruneOptions, prune_task
-from .backup.task import BackupOptions, backup_task
-from .coldtier.archive import ArchiveOptions, archive_task
-from .coldtier.retention import RetentionOptions, retention_task
-from .coldtier.steps import COLD_TIER_LOCK
+from .coldtier.lock import COLD_TIER
 from .common.progress import Progress
 from .common.result import TaskOptions, TaskResult
 from .errors import UsageError
-from .pg.locks import DatabaseLock
+from .pg.lockspec import DatabaseLock
 from .policy.schema import Policy
-from .restore.drill import VerifyOptions, verify_task
 from .storage.base import Store
+
+if TYPE_CHECKING:
+    from .backup.prune import PruneOptions
+    from .backup.task import BackupOptions
+    from .coldtier.archive import ArchiveOptions
+    from .coldtier.retention import RetentionOptions
+    from .restore.drill import VerifyOptions
 
 OptionsT = TypeVar("OptionsT", bound=TaskOptions)
 
@@ -88,38 +92,90 @@ def _verify_schedule(policy: Policy) -> str | None:
     return policy.verify.schedule if policy.verify else None
 
 
+# The work of each task, imported when it runs (see the module's docstring).
+
+def _backup(policy: Policy, options: BackupOptions, store: Store, progress: Progress) -> TaskResult:
+    from .backup.task import backup_task
+    return backup_task(policy, options, store, progress)
+
+
+def _backup_options() -> BackupOptions:
+    from .backup.task import BackupOptions
+    return BackupOptions()
+
+
+def _prune(policy: Policy, options: PruneOptions, store: Store, progress: Progress) -> TaskResult:
+    from .backup.prune import prune_task
+    return prune_task(policy, options, store, progress)
+
+
+def _prune_options() -> PruneOptions:
+    from .backup.prune import PruneOptions
+    return PruneOptions()
+
+
+def _archive(policy: Policy, options: ArchiveOptions, store: Store, progress: Progress) -> TaskResult:
+    from .coldtier.archive import archive_task
+    return archive_task(policy, options, store, progress)
+
+
+def _archive_options() -> ArchiveOptions:
+    from .coldtier.archive import ArchiveOptions
+    return ArchiveOptions()
+
+
+def _retention(policy: Policy, options: RetentionOptions, store: Store, progress: Progress) -> TaskResult:
+    from .coldtier.retention import retention_task
+    return retention_task(policy, options, store, progress)
+
+
+def _retention_options() -> RetentionOptions:
+    from .coldtier.retention import RetentionOptions
+    return RetentionOptions()
+
+
+def _verify(policy: Policy, options: VerifyOptions, store: Store, progress: Progress) -> TaskResult:
+    from .restore.drill import verify_task
+    return verify_task(policy, options, store, progress)
+
+
+def _verify_options() -> VerifyOptions:
+    from .restore.drill import VerifyOptions
+    return VerifyOptions()
+
+
 BACKUP: Task[BackupOptions] = Task(
     name="backup", section="backup", locks=Locks(database=DatabaseLock("backup")), store_only=False,
     schedule=_backup_schedule, metrics=("bytes", "rows", "peak_rss_bytes"),
     interrupted="nothing was changed (no manifest was written; a backup without one is not a backup)",
-    run=backup_task, options=BackupOptions, newest_backup="taken", refreshes_status=True)
+    run=_backup, options=_backup_options, newest_backup="taken", refreshes_status=True)
 
 PRUNE: Task[PruneOptions] = Task(
     name="prune", section="backup", locks=Locks(store=True), store_only=True,
     schedule=_prune_schedule, metrics=(),
     interrupted="nothing else was changed: backups deleted before the interruption stay deleted (see the log)",
-    run=prune_task, options=PruneOptions, refreshes_status=True)
+    run=_prune, options=_prune_options, refreshes_status=True)
 
 ARCHIVE: Task[ArchiveOptions] = Task(
-    name="archive", section="archive", locks=Locks(database=COLD_TIER_LOCK), store_only=False,
+    name="archive", section="archive", locks=Locks(database=COLD_TIER), store_only=False,
     schedule=_archive_schedule, metrics=("bytes", "rows", "chunks_archived", "chunks_held_back", "peak_rss_bytes"),
     interrupted="archives finished before the interruption are kept (see the log); the export in flight left "
                 "no manifest",
-    run=archive_task, options=ArchiveOptions)
+    run=_archive, options=_archive_options)
 
 RETENTION: Task[RetentionOptions] = Task(
-    name="retention", section="archive", locks=Locks(database=COLD_TIER_LOCK, store=True), store_only=False,
+    name="retention", section="archive", locks=Locks(database=COLD_TIER, store=True), store_only=False,
     schedule=_retention_schedule,
     metrics=("chunks_dropped", "chunks_held_back", "cold_files_expired", "peak_rss_bytes"),
     interrupted="chunks dropped and files expired before the interruption stay so (see the log); the step in "
                 "flight was rolled back",
-    run=retention_task, options=RetentionOptions)
+    run=_retention, options=_retention_options)
 
 VERIFY: Task[VerifyOptions] = Task(
     name="verify", section="verify", locks=Locks(store=True), store_only=True,
     schedule=_verify_schedule, metrics=("rows", "bytes"),
     interrupted="nothing was changed (no verdict was written; the scratch instance was removed)",
-    run=verify_task, options=VerifyOptions, newest_backup="verified", refreshes_status=True)
+    run=_verify, options=_verify_options, newest_backup="verified", refreshes_status=True)
 
 # In the order a policy's tasks are listed and scheduled.
 TASKS: tuple[Task[BackupOptions], Task[PruneOptions], Task[ArchiveOptions], Task[RetentionOptions],

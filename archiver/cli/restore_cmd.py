@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from click.core import ParameterSource
 
 from ..errors import UsageError
-from ..restore.archive import run_restore_archive
-from ..restore.planned import RestorePlan
-from ..restore.select import parse_before
-from ..restore.task import Confirm, RestoreRequest, run_restore
 from . import params
 from .context import AppContext, pass_app
+from .jsonout import emit, task_document
 from .progress import progress_for_terminal
+
+if TYPE_CHECKING:
+    from ..restore.planned import RestorePlan
+    from ..restore.task import Confirm
 
 
 def _confirmation(yes: bool) -> Confirm:
@@ -32,7 +34,7 @@ def _confirmation(yes: bool) -> Confirm:
 
 
 @click.command("restore")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.option("--target", required=True, envvar="ARCHIVER_RESTORE_TARGET", show_envvar=True, callback=params.target_dsn,
               help="libpq DSN of the database to restore into; created when it does not exist. No password here: "
                    "PGPASSWORD, ~/.pgpass, or the whole DSN in ARCHIVER_RESTORE_TARGET.")
@@ -46,11 +48,12 @@ def _confirmation(yes: bool) -> Confirm:
 @click.option("--checksums", is_flag=True, help="Also compare every table's content checksum with the manifest.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the checks of the target; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (with --dry-run: the plan) as one JSON document.")
 @click.pass_context
 @pass_app
 def restore_command(app: AppContext, ctx: click.Context, name: str, target: str, backup_id: str | None,
                     before: str | None, clean: bool, jobs: int, work_dir: str | None, checksums: bool, dry_run: bool,
-                    yes: bool) -> int:
+                    yes: bool, as_json: bool) -> int:
     """Restore a backup of policy NAME into the database --target.
 
     Prints the plan (backup, its age and size, source versions, target, what --clean drops) and asks
@@ -60,12 +63,18 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
     restored rows differ: a database the restore created is dropped again), 5 restored, but some of
     the source database's settings, comment or privileges could not be applied (each is listed).
     """
+    from ..restore.select import parse_before
+    from ..restore.task import RestoreRequest, run_restore
+
     request = RestoreRequest(target=target, backup_id=backup_id, before=parse_before(before) if before else None,
                              clean=clean, jobs=jobs, work_dir=work_dir, dry_run=dry_run, checksums=checksums,
                              target_in_argv=ctx.get_parameter_source("target") != ParameterSource.ENVIRONMENT)
     # restore reads backups and writes to --target: the policy's database variables need not be set
     result = run_restore(app.policy_for(name, store_only=True), request, confirm=_confirmation(yes),
                          progress=progress_for_terminal(quiet=app.verbosity < 0))
+    if as_json:
+        emit("restore", task_document(result, dry_run=dry_run))
+        return result.exit_code
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary, err=True)
@@ -73,7 +82,7 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
 
 
 @click.command("restore-archive")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.option("--table", required=True, callback=params.table_name,
               help="The archived table (schema.table; public. when omitted).")
 @click.option("--from", "start", required=True, metavar="TS", callback=params.time_bound,
@@ -84,9 +93,10 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
               help="Load into this database instead of the policy's (a plain table is created there if needed).")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Where Parquet files are checked (default TMPDIR).")
 @click.option("--dry-run", is_flag=True, help="Say which ranges would be loaded or skipped; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @pass_app
 def restore_archive_command(app: AppContext, name: str, table: str, start: str, end: str, target: str | None,
-                            work_dir: str | None, dry_run: bool) -> int:
+                            work_dir: str | None, dry_run: bool, as_json: bool) -> int:
     """Load archived rows of TABLE in [--from, --to) back from the cold tier.
 
     Every Parquet object is checked against its manifest before its rows are loaded (in bulk,
@@ -94,9 +104,14 @@ def restore_archive_command(app: AppContext, name: str, table: str, start: str, 
     adds nothing. Exit codes: 0 done, 4 an archive object does not match its manifest, 5 a range
     holds other rows and was left alone.
     """
+    from ..restore.archive import run_restore_archive
+
     policy = app.policies_without_secrets(name, section="archive")[0] if target else app.policy(name)
     result = run_restore_archive(policy, table=table, start=start, end=end, target=target, work_dir=work_dir,
                                  dry_run=dry_run, progress=progress_for_terminal(quiet=app.verbosity < 0))
+    if as_json:
+        emit("restore-archive", task_document(result, dry_run=dry_run))
+        return result.exit_code
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary, err=True)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from ..ops.runner import run_task
-from ..restore.drill import VerifyOptions
 from ..tasks import VERIFY
 from . import params
 from .context import AppContext, pass_app
+from .jsonout import emit
 from .progress import progress_for_terminal
 
 
 @click.command("verify")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.option("--backup", "backup_id", metavar="ID", callback=params.backup_id,
               help="The backup to drill (default: the newest).")
 @click.option("--scratch", type=click.Choice(["local", "container"]),
@@ -34,11 +31,14 @@ def verify_command(app: AppContext, name: str, backup_id: str | None, scratch: s
     (a check failed, an object is missing or altered, the dump does not restore), 1 the drill
     could not run, 3 another drill of this policy is running.
     """
+    from ..ops.runner import run_task
+    from ..restore.drill import VerifyOptions
+
     result = run_task(VERIFY, app.policy_for(name, store_only=VERIFY.store_only),
                       VerifyOptions(backup_id=backup_id, scratch=scratch, archives=archives),
                       progress=progress_for_terminal(quiet=app.verbosity < 0))
     if as_json:
-        click.echo(json.dumps(result.data, indent=2, sort_keys=True, default=str))
+        emit("verify", dict(sorted(result.data.items())))
     else:
         for line in result.lines:
             click.echo(line)

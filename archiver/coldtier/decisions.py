@@ -12,8 +12,8 @@ from typing import Any
 
 from ..common.timeutil import format_duration, parse_timestamp
 
-EXPORT, MERGE, SKIP, HOLD, DROP, KEEP, EXPIRE, WARN, REFUSE, FAIL = (
-    "export", "merge", "skip", "hold", "drop", "keep", "expire", "warn", "refuse", "fail")
+EXPORT, MERGE, SKIP, HOLD, DROP, KEEP, EXPIRE, WARN, REFUSE, FAIL, MOVE = (
+    "export", "merge", "skip", "hold", "drop", "keep", "expire", "warn", "refuse", "fail", "move")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Decision:
     reason: str
 
     def line(self, *, dry_run: bool = False) -> str:
-        verb = f"would {self.action}" if dry_run and self.action in (EXPORT, MERGE, DROP, EXPIRE) else self.action
+        verb = f"would {self.action}" if dry_run and self.action in (EXPORT, MERGE, DROP, EXPIRE, MOVE) else self.action
         where = f"{self.table} {self.subject}".strip()
         return f"{verb:<14} {where}: {self.reason}"
 

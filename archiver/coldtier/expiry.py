@@ -20,7 +20,7 @@ from . import identity as ident
 from .catalog import catalog_prefix, rehydration_key
 from .chunks import TableInfo
 from .decisions import EXPIRE, Decision
-from .manifest import LoadedManifest, list_archive_manifests
+from .manifest import LoadedManifest, list_archive_manifests, objects_of
 from .steps import record
 
 
@@ -41,6 +41,10 @@ def _in_database(current: Session, loaded: LoadedManifest, present: dict[str, se
     return relation_exists(current, str(chunk.get("schema")), str(chunk.get("name")))
 
 
+def _files(keys: list[str]) -> str:
+    return keys[0] if len(keys) == 1 else f"{len(keys)} files ({keys[0]} ...)"
+
+
 def expire_cold_files(current: Session, store: Store, database: str, config: ArchiveConfig, infos: list[TableInfo],
                       now: datetime, decisions: list[Decision], dry_run: bool, counts: Counts) -> None:
     if config.cold_retention is None:
@@ -58,11 +62,14 @@ def expire_cold_files(current: Session, store: Store, database: str, config: Arc
         table = document["table"] if document else "?"
         subject = ident.of_manifest(document).describe() if document else key
         if action == EXPIRE and not dry_run:
-            store.delete(key)  # manifest first: from here on the file is no archive
-            store.delete(document["object"]["key"])  # type: ignore[index]
-            found = ident.of_manifest(document)  # type: ignore[arg-type]
+            assert document is not None
+            keys = [entry["key"] for entry in objects_of(document)]
+            store.delete(key)  # manifest first: from here on the files are no archive
+            for data_key in keys:
+                store.delete(data_key)
+            found = ident.of_manifest(document)
             if found.space is not None and store.head(rehydration_key(database, found)) is not None:
                 store.delete(rehydration_key(database, found))
             counts.expired += 1
-            action, reason = "expired", f"{reason}; removed {document['object']['key']}"  # type: ignore[index]
+            action, reason = "expired", f"{reason}; removed {_files(keys)}"
         record(decisions, Decision("expiry", table, subject, action, reason), "retention.expiry")

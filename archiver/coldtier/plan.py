@@ -36,7 +36,7 @@ def run_plan(policy: Policy, *, now: datetime | None = None, store: Store | None
         lines.append(table or "storage")
         for decision in mine:
             verb = decision["action"]
-            if verb in ("export", "drop", "expire"):
+            if verb in ("export", "drop", "expire", "move"):
                 verb = f"would {verb}"
             subject = f"{decision['subject']}: " if decision["subject"] else ""
             lines.append(f"  {_TASK_LABEL[decision['task']]:<10} {verb:<14} {subject}{decision['reason']}")

@@ -285,5 +285,5 @@ def _result(policy: Policy, decisions: list[Decision], counts: Counts, *, dry_ru
         result.status = "held_back"
     metrics: dict[str, float] = {"chunks_dropped": counts.dropped, "chunks_held_back": held,
                                  "cold_files_expired": counts.expired, "orphans_removed": counts.orphans,
-                                 "seconds": seconds}
+                                 "duration_seconds": seconds}
     return finish(result, decisions, dry_run=dry_run, metrics=metrics, event="retention.done")

@@ -11,7 +11,6 @@ from ..common import log, sysinfo
 from ..common.result import TaskResult
 from ..common.timeutil import isoformat, utcnow
 from ..errors import TaskFailed, UsageError
-from ..pg.locks import DatabaseLock
 from ..policy.schema import ArchiveConfig, ArchiveTable, Policy
 from ..storage.base import Store
 from ..storage.uploads import abort_dead_uploads
@@ -20,12 +19,13 @@ from .catalog import TableCatalog, orphans
 from .chunks import TableInfo, data_prefix
 from .decisions import Decision
 from .identity import key_part
+from .lock import COLD_TIER
 from .manifest import archive_catalog_prefix
 
 # Archive, retention and restore-archive share one lock on the database: archive and retention decide
 # about the same ranges (a range being re-exported must not be dropped meanwhile), and restore-archive
 # writes rows into the ranges they look at.
-COLD_TIER_LOCK = DatabaseLock("cold-tier", shared="the cold tier (archive, retention, restore-archive)")
+COLD_TIER_LOCK = COLD_TIER
 
 MiB = 1024 * 1024
 

@@ -128,7 +128,8 @@ def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: 
             entry = {"finished_at": isoformat(utcnow()), "started_at": isoformat(run.started_at),
                      "duration_seconds": round(duration, 3), "error": message[-4000:], "exit_code": int(exit_code)}
             _safely("run_record", _write_run_record, store, task, name, "failure", entry)
-            _safely("notify", notify.send, policy, "failure", f"{task} failed: {message[-1500:]}", task=task)
+            _safely("notify", notify.send, policy, "failure", f"{task} failed: {message[-1500:]}", task=task,
+                    metrics=metrics)
         raise
     result = run.result
     if result is None:
@@ -149,9 +150,9 @@ def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: 
         outcome = "failure" if result.status == "verification_failed" else "success"
         _safely("run_record", _write_run_record, store, task, name, outcome, entry)
         if result.status == "held_back":
-            _safely("notify", notify.send, policy, "held_back", result.summary, task=task)
+            _safely("notify", notify.send, policy, "held_back", result.summary, task=task, metrics=metrics)
         elif result.status == "verification_failed":
-            _safely("notify", notify.send, policy, "drill_failed", result.summary, task=task)
+            _safely("notify", notify.send, policy, "drill_failed", result.summary, task=task, metrics=metrics)
 
 
 def run_task(task: Task[OptionsT], policy: Policy, options: OptionsT, *, progress: Progress = NULL_PROGRESS,

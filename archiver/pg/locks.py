@@ -16,6 +16,7 @@ from ..common.timeutil import isoformat, utcnow
 from ..errors import DatabaseError, LockBusy
 from .connect import first_connection, maintenance_dsns, open_connection
 from .dsn import parse_dsn, redact_dsn, scrub
+from .lockspec import DatabaseLock
 
 # -- advisory locks ----------------------------------------------------------------------------
 
@@ -89,18 +90,6 @@ def _holding_advisory_lock(conn: psycopg.Connection[Any], dsn: str, name: str) -
         raise DatabaseError(f"advisory lock {name!r} on {redact_dsn(dsn)}: {scrub(str(exc), dsn).strip()}") from None
     finally:
         conn.close()  # ends the session, which releases the lock
-
-
-@dataclass(frozen=True)
-class DatabaseLock:
-    """A task's advisory lock on its policy's database.
-
-    ``name``: the lock within the policy (tasks that must not overlap share one); ``shared``: who
-    shares it, as the busy message names them (None: the task's own lock).
-    """
-
-    name: str
-    shared: str | None = None
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -347,11 +347,19 @@ def matview_stats(dsn: str, views: Sequence[MatviewRef], *, connect_timeout: int
 
 
 def content_stats(dsn: str, *, checksums: bool = True, connect_timeout: int = 10,
-                  tables: Sequence[TableRef] | None = None, method: str = CHECKSUM_METHOD) -> ContentStats:
-    """Row counts and checksums of a database (a restored one, say), computed as a backup does (by ``method``)."""
+                  tables: Sequence[TableRef] | None = None, method: str = CHECKSUM_METHOD,
+                  on_table: Callable[[], None] | None = None) -> ContentStats:
+    """Row counts and checksums of a database (a restored one, say), computed as a backup does (by ``method``).
+    ``on_table`` is called before each table is read (progress)."""
+
+    def tick() -> bool:
+        if on_table is not None:
+            on_table()
+        return False
+
     with reading_session(dsn, connect_timeout=connect_timeout, application_name="archiver checksums") as session:
         return session.content_stats(session.tables() if tables is None else tables, checksums=checksums,
-                                     method=method)
+                                     method=method, stop=tick)
 
 
 def timescale_inventory(dsn: str, *, connect_timeout: int = 10) -> list[HypertableStats]:
