@@ -59,6 +59,10 @@ class Task(Generic[OptionsT]):
     options: Callable[[], OptionsT]  # the options of a scheduled run (archiver run, the worker)
     newest_backup: Literal["taken", "verified"] | None = None  # a success moves this freshness gauge
     refreshes_status: bool = False  # the worker re-reads the policy's status (backup ages) after a run
+    locks_for: Callable[[OptionsT], Locks] | None = None  # locks that depend on the options (a shard's)
+
+    def locks_of(self, options: OptionsT) -> Locks:
+        return self.locks_for(options) if self.locks_for else self.locks
 
     def configured(self, policy: Policy) -> None:
         """Refuse (exit 2) a policy without the section this task needs, before any lock or connection."""
@@ -156,12 +160,20 @@ PRUNE: Task[PruneOptions] = Task(
     interrupted="nothing else was changed: backups deleted before the interruption stay deleted (see the log)",
     run=_prune, options=_prune_options, refreshes_status=True)
 
+def _archive_locks(options: ArchiveOptions) -> Locks:
+    """One shard of a run shares the cold-tier lock with the other shards (see DatabaseLock)."""
+    if options.shard is None:
+        return Locks(database=COLD_TIER)
+    index, count = options.shard
+    return Locks(database=COLD_TIER.for_part(f"shard {index}/{count}"))
+
+
 ARCHIVE: Task[ArchiveOptions] = Task(
     name="archive", section="archive", locks=Locks(database=COLD_TIER), store_only=False,
     schedule=_archive_schedule, metrics=("bytes", "rows", "chunks_archived", "chunks_held_back", "peak_rss_bytes"),
     interrupted="archives finished before the interruption are kept (see the log); the export in flight left "
                 "no manifest",
-    run=_archive, options=_archive_options)
+    run=_archive, options=_archive_options, locks_for=_archive_locks)
 
 RETENTION: Task[RetentionOptions] = Task(
     name="retention", section="archive", locks=Locks(database=COLD_TIER, store=True), store_only=False,

@@ -25,10 +25,10 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from archiver.pg.binaries import find  # noqa: E402
-from archiver.pg.connect import execute  # noqa: E402
-from archiver.pg.dsn import dsn_env  # noqa: E402
-from archiver.pg.scratch import LocalPostgres  # noqa: E402
+from archiver.pg.binaries import find
+from archiver.pg.connect import execute
+from archiver.pg.dsn import dsn_env
+from archiver.pg.scratch import LocalPostgres
 
 DUE = 500  # chunks archive exports in the per-chunk measurement
 

@@ -165,6 +165,32 @@ def test_render_kubernetes_takes_sizes_and_image_from_the_policy_and_the_flag(tm
     assert bad.code == 2 and "--image: 'not an image' is not an image reference" in bad.stderr
 
 
+def test_archive_shards_render_an_indexed_job_whose_pods_take_one_shard_each(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    text = (PROJECT / "policies" / "telemetry.yaml").read_text()
+    (policies / "telemetry.yaml").write_text(text.replace('archive:\n', 'archive:\n  shards: 4\n', 1))
+    out = tmp_path / "out"
+    assert run_cli("--policies", str(policies), "render", "kubernetes", "-o", str(out)).code == 0
+    (job,) = load_docs(out / "cronjobs" / "telemetry-archive.yaml")
+    spec = job["spec"]["jobTemplate"]["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 4)
+    assert spec["backoffLimitPerIndex"] == 1 and spec["backoffLimit"] == 4
+    assert container(job)["args"] == ["run", "telemetry", "archive", "--shard", "$(ARCHIVER_SHARD)/4"]
+    assert env_of(job)["ARCHIVER_SHARD"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    (retention,) = load_docs(out / "cronjobs" / "telemetry-retention.yaml")
+    assert "completionMode" not in retention["spec"]["jobTemplate"]["spec"], "only the archive is sharded"
+    assert container(retention)["args"] == ["run", "telemetry", "retention"]
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[test]' installs it")
+    for version in (MIN_KUBERNETES + ".0", kubernetes_validate.latest_version()):
+        kubernetes_validate.validate(job, version, strict=True)
+    too_many = policies / "telemetry.yaml"
+    too_many.write_text(text.replace('archive:\n', 'archive:\n  shards: 65\n', 1))
+    bad = run_cli("--policies", str(policies), "policy", "validate")
+    assert bad.code == 2 and "archive.shards" in bad.stderr + bad.stdout and "65" in bad.stderr + bad.stdout
+
+
 # -- Dockerfile -----------------------------------------------------------------------------
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

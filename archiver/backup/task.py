@@ -316,8 +316,7 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: Datab
             "connection": redact_dsn(dsn),
             "server_version": facts.server_version,
             "server_version_num": facts.server_version_num,
-            "size_bytes": facts.size_bytes,
-            "relations": facts.relations,
+            "size_bytes": facts.size_bytes, "relations": facts.relations,
             "extensions": facts.extensions,
             "extension_schemas": facts.extension_schemas,
             # encoding, locale, owner, settings, comment, privileges: a restore re-creates them

@@ -15,25 +15,26 @@ from .jsonout import emit, task_document
 from .progress import progress_for_terminal
 
 
-def _render(result: TaskResult, command: str | None, dry_run: bool) -> None:
-    """Text, or with --json (``command``) one JSON document."""
+def _render(result: TaskResult, command: str | None, dry_run: bool, every: bool = False) -> None:
+    """Text (runs of alike chunks as one line; ``every``: a line per chunk), or with --json
+    (``command``) one JSON document."""
     if command is not None:
         emit(command, task_document(result, dry_run=dry_run))
         return
-    for line in result.lines:
+    for line in result.lines if every else result.data.get("summary_lines", result.lines):
         click.echo(line)
     click.echo(result.summary)
 
 
-def _run(task: Callable[[], TaskResult], command: str | None, dry_run: bool) -> int:
+def _run(task: Callable[[], TaskResult], command: str | None, dry_run: bool, every: bool = False) -> int:
     from ..coldtier.steps import ColdTierFailed
 
     try:
         result = task()
     except ColdTierFailed as exc:
-        _render(exc.result, command, dry_run)  # every other chunk's outcome, then the error and its exit code
+        _render(exc.result, command, dry_run, every)  # every other chunk's outcome, then the error and its exit code
         raise
-    _render(result, command, dry_run)
+    _render(result, command, dry_run, every)
     return int(result.exit_code)
 
 
@@ -47,10 +48,13 @@ def _run(task: Callable[[], TaskResult], command: str | None, dry_run: bool) -> 
 @click.option("--migrate-layout", "migrate_layout", is_flag=True,
               help="Only move archives written in an earlier key layout to the current one (every archive run also "
                    "does this); with --dry-run, print the moves.")
+@click.option("--shard", metavar="K/N", callback=params.shard,
+              help="Only the ranges of shard K (from 0) of N: N runs with 0..N-1 split one run (Kubernetes Indexed "
+                   "Jobs); shards run side by side, retention waits for them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
 @pass_app
 def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None, accept_deletes: tuple[str, ...],
-                    migrate_layout: bool, as_json: bool) -> int:
+                    migrate_layout: bool, shard: tuple[int, int] | None, as_json: bool) -> int:
     """Export aged chunks of policy NAME to Parquet, verify them, then write their manifests.
 
     An archive is never replaced by a version with fewer rows: a range whose database rows were
@@ -68,8 +72,10 @@ def archive_command(app: AppContext, name: str, dry_run: bool, table: str | None
     progress = progress_for_terminal(quiet=app.verbosity < 0)
     if migrate_layout and accept_deletes:
         raise UsageError("--migrate-layout moves archives only; --accept-deletes needs an archive run without it")
-    options = ArchiveOptions(dry_run=dry_run, table=table, accept_deletes=accept_deletes, migrate_layout=migrate_layout)
-    return _run(lambda: run_task(ARCHIVE, policy, options, progress=progress), "archive" if as_json else None, dry_run)
+    options = ArchiveOptions(dry_run=dry_run, table=table, accept_deletes=accept_deletes, migrate_layout=migrate_layout,
+                             shard=shard)
+    return _run(lambda: run_task(ARCHIVE, policy, options, progress=progress), "archive" if as_json else None, dry_run,
+                app.verbosity > 0)
 
 
 @click.command("retention")
@@ -85,7 +91,7 @@ def retention_command(app: AppContext, name: str, dry_run: bool, as_json: bool) 
     policy = app.policy(name)
     progress = progress_for_terminal(quiet=app.verbosity < 0)
     return _run(lambda: run_task(RETENTION, policy, RetentionOptions(dry_run=dry_run), progress=progress),
-                "retention" if as_json else None, dry_run)
+                "retention" if as_json else None, dry_run, app.verbosity > 0)
 
 
 @click.command("plan")
@@ -97,4 +103,4 @@ def plan_command(app: AppContext, name: str, as_json: bool) -> int:
     from ..coldtier.plan import run_plan
 
     policy = app.policy(name)
-    return _run(lambda: run_plan(policy), "plan" if as_json else None, True)
+    return _run(lambda: run_plan(policy), "plan" if as_json else None, True, app.verbosity > 0)

@@ -50,6 +50,16 @@ def table_name(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return value
 
 
+def shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """``K/N``: shard K (from 0, as JOB_COMPLETION_INDEX counts) of N."""
+    if value is None:
+        return None
+    from ..coldtier.shard import Shard
+
+    parsed = Shard.parse(value, flag=flag_of(ctx, param))
+    return parsed.index, parsed.count
+
+
 def time_bound(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """An ISO 8601 timestamp, or an integer that fits a bigint (integer time columns)."""
     if value is None:

@@ -28,8 +28,8 @@ from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..common.timeutil import format_bytes, isoformat, utcnow
 from ..errors import ArchiverError, VerificationFailed
-from ..pg.arrow import READ_LOCK_TIMEOUT_MS
-from ..pg.catalog import current_database, relation_size
+from ..pg.arrow import READ_LOCK_TIMEOUT_MS, ArrowConnections
+from ..pg.catalog import current_database, relation_sizes
 from ..pg.connect import LockTimeout, Session, session
 from ..policy.schema import ArchiveConfig, Policy, StorageConfig
 from ..storage.backends import open_store
@@ -45,6 +45,7 @@ from .fingerprint import time_display
 from .identity import Identity, bound_json
 from .manifest import ARCHIVE_KIND, LoadedManifest, supersedes_json, switch_version
 from .rangefacts import accept_command, accepts, gather
+from .shard import Shard
 from .steps import ColdTierFailed, MiB, archive_section, clean_table, finish, record, select_tables
 
 
@@ -72,6 +73,7 @@ class ArchiveOptions:
     table: str | None = None  # only this table (schema.table, as the policy lists it)
     accept_deletes: tuple[str, ...] = ()  # ranges whose deleted rows are deleted on purpose (--accept-deletes)
     migrate_layout: bool = False  # only move archives of an earlier layout to today's (--migrate-layout)
+    shard: tuple[int, int] | None = None  # (K, N): only the ranges of shard K of N (--shard K/N)
 
 
 def archive_task(policy: Policy, options: ArchiveOptions, store: Store, progress: Progress) -> TaskResult:
@@ -81,14 +83,17 @@ def archive_task(policy: Policy, options: ArchiveOptions, store: Store, progress
     shared by its parallel exports.
     """
     return run_archive(policy, dry_run=options.dry_run, table=options.table, progress=progress,
-                       accept_deletes=list(options.accept_deletes), migrate_only=options.migrate_layout)
+                       accept_deletes=list(options.accept_deletes), migrate_only=options.migrate_layout,
+                       shard=Shard(*options.shard) if options.shard else None)
 
 
 def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = None, now: datetime | None = None,
                 store: Store | None = None, progress: Progress = NULL_PROGRESS,
-                accept_deletes: list[str] | None = None, migrate_only: bool = False) -> TaskResult:
+                accept_deletes: list[str] | None = None, migrate_only: bool = False,
+                shard: Shard | None = None) -> TaskResult:
     """Export due ranges of the policy's tables (or only ``table``) to verified Parquet archives, and
-    move archives of an earlier layout to today's (``migrate_only``: only that)."""
+    move archives of an earlier layout to today's (``migrate_only``: only that). With ``shard``,
+    only the ranges of that shard (see archiver.coldtier.shard)."""
     config = archive_section(policy)
     tables = select_tables(config, table)
     dsn = policy.database.resolved_dsn()
@@ -102,7 +107,9 @@ def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = No
         database = current_database(current)
         for info in [chunks.discover(current, entry) for entry in tables]:
             catalog = load_table_catalog(store, database, info)
-            clean_table(store, catalog, decisions, task="archive", dry_run=dry_run)
+            if shard is not None:
+                info, catalog = _shard_of(info, catalog, shard)
+            clean_table(store, catalog, decisions, task="archive", dry_run=dry_run, shard=shard)
             planned = [] if migrate_only else _plan_table(current, dsn, store, database, info, catalog, moment, config,
                                                           decisions, accept_deletes or [], policy.name or "")
             jobs += planned
@@ -114,6 +121,14 @@ def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = No
     moved = migrate.migrate(store, database, pending, decisions, dry_run=dry_run, settings=_writer_settings(config))
     return _result(policy, decisions, results, jobs, dry_run=dry_run, seconds=time.monotonic() - started,
                    moved=moved, migrate_only=migrate_only)
+
+
+def _shard_of(info: TableInfo, catalog: TableCatalog, shard: Shard) -> tuple[TableInfo, TableCatalog]:
+    """The table as one shard sees it: its chunks and archived ranges only."""
+    mine = dataclasses.replace(info, chunks=[chunk for chunk in info.chunks if shard.holds(info.identity(chunk).stem)])
+    catalog.archived = {stem: archived for stem, archived in catalog.archived.items() if shard.holds(stem)}
+    catalog.rehydrated = {stem: record for stem, record in catalog.rehydrated.items() if shard.holds(stem)}
+    return mine, catalog
 
 
 def _shared_upload_budget(storage: StorageConfig, parallel: int) -> StorageConfig:
@@ -136,7 +151,8 @@ def _plan_table(current: Session, dsn: str, store: Store, database: str, info: T
                                  accept_deletes=accepts(accept_deletes, chunk, identity))
         action, reason = decide.archive_decision(facts, late_data_check=config.late_data_check,
                                                    accept_command=accept_command(policy, info, identity))
-        record(decisions, Decision("archive", info.display, chunk.display, action, reason), "archive.decision")
+        record(decisions, Decision("archive", info.display, chunk.display, action, reason, *_span(chunk)),
+               "archive.decision")
         if action in (decide.EXPORT, decide.MERGE):
             jobs.append(_job(current, database, info, identity, chunk, archived, action, reason))
     present = {info.identity(chunk).stem for chunk in info.chunks}
@@ -152,6 +168,10 @@ def _plan_table(current: Session, dsn: str, store: Store, database: str, info: T
     if waiting:
         reason = f"{waiting} chunk(s) not due yet (ranges ending after {chunks.show_value(boundary)})"
         record(decisions, Decision("archive", info.display, "", "wait", reason), "archive.waiting")
+    sizes = relation_sizes(current, [(job.chunk.schema, job.chunk.name) for job in jobs if job.chunk])
+    for job in jobs:
+        if job.chunk:
+            job.size_hint = sizes.get((job.chunk.schema, job.chunk.name), 0)
     return jobs
 
 
@@ -160,10 +180,13 @@ def _job(current: Session, database: str, info: TableInfo, identity: Identity, c
     version = archived.version + 1 if archived else 1
     replaces = archived.all_manifests if archived else []
     documents = [loaded.document for loaded in replaces if loaded.document is not None]
-    size = relation_size(current, chunk.schema, chunk.name) if chunk else 0
     return ExportJob(info, identity, chunk, chunks.manifest_key(database, info, identity), version, replaces, reason,
-                     action,
-                     size_hint=size, merge_documents=documents if action == decide.MERGE else [])
+                     action, merge_documents=documents if action == decide.MERGE else [])
+
+
+def _span(chunk: Chunk) -> tuple[str, str]:
+    """A chunk's range for summary lines (integer time as its integer)."""
+    return chunks.show_value(chunk.start), chunks.show_value(chunk.end)
 
 
 def _unused_acceptances(accept_deletes: list[str], decisions: list[Decision]) -> None:
@@ -180,8 +203,10 @@ def _run_exports(dsn: str, store: Store, database: str, policy: Policy, config: 
     settings = _writer_settings(config)
     results: list[ExportResult] = []
     progress.phase("archive", total=len(jobs), unit="chunks")
-    with ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="archiver-export") as pool:
-        futures = {pool.submit(_export_one, dsn, store, database, policy, job, settings): job for job in jobs}
+    with ArrowConnections(dsn) as connections, \
+            ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="archiver-export") as pool:
+        futures = {pool.submit(_export_one, dsn, store, database, policy, job, settings, connections): job
+                   for job in jobs}
         try:
             for future in as_completed(futures):
                 _collect(future, futures[future], results, decisions)
@@ -229,7 +254,7 @@ def _collect(future: Future[ExportResult], job: ExportJob, results: list[ExportR
 
 
 def _export_one(dsn: str, store: Store, database: str, policy: Policy, job: ExportJob,
-                settings: parquet.WriterSettings) -> ExportResult:
+                settings: parquet.WriterSettings, connections: ArrowConnections) -> ExportResult:
     if job.kind == decide.MERGE:
         source = merge.MergeSource(job.identity, job.chunk, job.merge_documents)
         target = Target(database, job.info, source.as_chunk(job.info), job.version)
@@ -238,7 +263,8 @@ def _export_one(dsn: str, store: Store, database: str, policy: Policy, job: Expo
     else:
         assert job.chunk is not None
         target = Target(database, job.info, job.chunk, job.version)
-        result = export_chunk(dsn, store, target=target, settings=settings, size_hint=job.size_hint, now=utcnow)
+        result = export_chunk(dsn, store, target=target, settings=settings, size_hint=job.size_hint, now=utcnow,
+                              connections=connections)
     switch_version(store, job.manifest_key, archive_manifest(policy, database, job, result), job.replaces,
                    result.keys)
     return result

@@ -25,7 +25,7 @@ from .. import __version__
 from ..common.prefetch import Prefetch
 from ..common.sysinfo import release_free_memory
 from ..errors import ArchiverError, TaskFailed, VerificationFailed
-from ..pg.arrow import arrow_batches, shared_read_snapshot
+from ..pg.arrow import ArrowConnections, arrow_batches, shared_read_snapshot
 from ..pg.connect import Session
 from ..storage.base import PutResult, Store
 from . import layout, parquet
@@ -158,7 +158,7 @@ class Target:
 
 def export_chunk(dsn: str, store: Store, *, target: Target, settings: parquet.WriterSettings,
                  size_hint: int | None = None, on_rows: Callable[[int], None] | None = None,
-                 now: Callable[[], datetime]) -> ExportResult:
+                 now: Callable[[], datetime], connections: ArrowConnections | None = None) -> ExportResult:
     """Export one chunk, one file per UTC day, and verify the set; raises Unrepresentable,
     VerificationFailed or TaskFailed.
 
@@ -183,7 +183,7 @@ def export_chunk(dsn: str, store: Store, *, target: Target, settings: parquet.Wr
                 keep_empty = index == len(windows) - 1 and not pieces
                 piece = _stream(dsn, store, target.key(window.day), window.day, sql, snapshot_id,
                                 target.schema(plans, window.day), settings, (size_hint or 0) // len(windows) or None,
-                                counted, chunk, plans, on_rows, keep_empty=keep_empty)
+                                counted, chunk, plans, on_rows, keep_empty=keep_empty, connections=connections)
                 if piece is not None:
                     pieces.append(piece)
             expected = counted.result()
@@ -247,10 +247,12 @@ def _check_piece(piece: Piece, found: Fingerprint, time_kind: str, info: TableIn
 
 def _stream(dsn: str, store: Store, key: str, day: date, sql: str, snapshot_id: str, schema: pa.Schema,
             settings: parquet.WriterSettings, size_hint: int | None, counted: Future[Fingerprint], chunk: Chunk,
-            plans: list[ColumnPlan], on_rows: Callable[[int], None] | None, *, keep_empty: bool) -> Piece | None:
+            plans: list[ColumnPlan], on_rows: Callable[[int], None] | None, *, keep_empty: bool,
+            connections: ArrowConnections | None = None) -> Piece | None:
     """One day's rows into one object; None (nothing written) for a day without rows."""
     writer = store.writer(key, size_hint=size_hint, content_type="application/vnd.apache.parquet")
-    batches = Prefetch(arrow_batches(dsn, sql, snapshot_id=snapshot_id, batch_bytes=ADBC_BATCH_BYTES))
+    batches = Prefetch(arrow_batches(dsn, sql, snapshot_id=snapshot_id, batch_bytes=ADBC_BATCH_BYTES,
+                                     connections=connections))
     try:
         summary = parquet.write_batches(batches, writer, schema, settings,
                                         on_batch=(lambda batch: on_rows(batch.num_rows)) if on_rows else None)

@@ -41,12 +41,14 @@ def database_lock(policy: Policy, task: str, *, dsn: str | None = None) -> Itera
 
 
 @contextlib.contextmanager
-def task_lock(policy: Policy, task: str, store: Store) -> Iterator[None]:
-    """Take every lock ``task`` needs for ``policy``; LockBusy (exit 3) at once if one is taken."""
-    needed = task_locks(task)
+def task_lock(policy: Policy, task: str, store: Store, needed: Locks | None = None) -> Iterator[None]:
+    """Take every lock ``task`` needs for ``policy`` (``needed``, else its descriptor's); LockBusy
+    (exit 3) at once if one is taken."""
+    needed = needed or task_locks(task)
     with contextlib.ExitStack() as stack:
         if needed.database is not None:
-            stack.enter_context(database_lock(policy, task))
+            stack.enter_context(locks.database_lock(policy.database.resolved_dsn(), needed.database,
+                                                    policy=policy.name, task=task))
         if needed.store:
             stack.enter_context(StoreLease(store, task, holder_description(task, policy.name or "")).held())
         yield

@@ -205,7 +205,7 @@ class Metrics:
         return {sample.name for family in self.registry.collect() for sample in family.samples} | {
             family.name + ("_total" if family.type == "counter" else "") for family in self.registry.collect()}
 
-    def push(self, gateway: str, policy: str, task: str, *, timeout: float = 10,
+    def push(self, gateway: str, policy: str, task: str, *, shard: str | None = None, timeout: float = 10,
              attempts: int = 3, max_wait: float = 5.0) -> None:
         """Push this run's metrics into the group (job, policy, task), retried (tenacity, bounded).
 
@@ -214,7 +214,7 @@ class Metrics:
         """
         from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-        grouping = {"policy": policy, "task": task}
+        grouping = {"policy": policy, "task": task} | ({"shard": shard} if shard else {})
 
         @retry(stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.5, max=max_wait), reraise=True,
                retry=retry_if_exception_type(OSError))

@@ -18,8 +18,10 @@ _log = log.get_logger("run")
 STATUS_TASKS = ("archive", "retention")  # runs after which the tables' archive gauges are read again
 
 
-def push_run(metrics: Metrics, gateway: str, policy: Policy, task: str) -> bool:
-    """True when the push got through."""
+def push_run(metrics: Metrics, gateway: str, policy: Policy, task: str, *,
+             shard: tuple[int, int] | None = None) -> bool:
+    """True when the push got through. A shard pushes into its own group (``shard="K/N"``): shards
+    run side by side, and one group would lose counts and let one shard's success hide another's failure."""
     name = policy.name or ""
     try:
         gauges.set_schedules(metrics, policy)
@@ -28,7 +30,7 @@ def push_run(metrics: Metrics, gateway: str, policy: Policy, task: str) -> bool:
     except (ArchiverError, OSError, ValueError) as exc:  # advisory: the run's own metrics still go out
         _log.warning("metrics.status_failed", extra=log.fields(policy=name, error=log.scrub(str(exc))))
     try:
-        metrics.push(gateway, name, task)
+        metrics.push(gateway, name, task, shard=None if shard is None else f"{shard[0]}/{shard[1]}")
         return True
     except OSError as exc:
         _log.warning("metrics.push_failed", extra=log.fields(gateway=gateway, error=log.scrub(str(exc))))

@@ -144,6 +144,8 @@ def cronjob(policy: Policy, task: str, schedule: str, image: str) -> str:
     drill = task == "verify"
     why_backoff = text.why_backoff.replace("\n", "\n      # ")
     deadline = int(size.deadline.total_seconds())
+    shards = policy.archive.shards if task == "archive" and policy.archive is not None else 1
+    args = f'"run", "{name}", "{task}"' + (f', "--shard", "$(ARCHIVER_SHARD)/{shards}"' if shards > 1 else "")
     return f"""# archiver `run {name} {task}`: {text.summary}
 # Same schedule as {_shown_source(policy)} (`task_schedules`), in UTC. Part of the cronjobs alternative:
 # deploy with `kubectl apply -k deploy/kubernetes/cronjobs`, never together with deploy/kubernetes/worker.
@@ -165,8 +167,8 @@ metadata:
     metadata:
       labels:
         {labels.format(i="        ")}    spec:
-      # backoffLimit {text.backoff}: {why_backoff}
-      backoffLimit: {text.backoff}
+{_indexed(shards, text.backoff)}      # backoffLimit {text.backoff}{" per shard" if shards > 1 else ""}: {why_backoff}
+      backoffLimit: {text.backoff * shards}
       podFailurePolicy:
         rules:
           # 2 usage/policy error, 3 lock busy, 4 verification failed, 5 held back: retrying cannot help.
@@ -205,9 +207,9 @@ metadata:
             - name: archiver
               image: {image}
               imagePullPolicy: IfNotPresent
-              args: ["run", "{name}", "{task}"]
+              args: [{args}]
               env:
-{env}                - name: ARCHIVER_POLICIES
+{env}{_shard_env() if shards > 1 else ""}                - name: ARCHIVER_POLICIES
                   value: /etc/archiver/policies
                 - name: TMPDIR
                   value: /scratch
@@ -248,6 +250,23 @@ metadata:
               emptyDir:
                 sizeLimit: 256Mi
 {_shm_volume() if drill else ""}"""
+
+
+def _indexed(shards: int, backoff: int) -> str:
+    """An Indexed Job of ``shards`` pods, each archiving its own share of the ranges."""
+    if shards == 1:
+        return ""
+    return (f"      # archive.shards {shards}: pod K of this Indexed Job runs `archive --shard K/{shards}`; the shards\n"
+            "      # split the ranges between them (disjoint, covering) and run side by side; retention waits for all.\n"
+            f"      completionMode: Indexed\n      completions: {shards}\n      parallelism: {shards}\n"
+            "      # Each shard retries on its own; backoffLimit below is then the sum over the shards.\n"
+            f"      backoffLimitPerIndex: {backoff}\n")
+
+
+def _shard_env() -> str:
+    return ("                # This pod's index in the Indexed Job: the K of --shard K/N.\n"
+            "                - name: ARCHIVER_SHARD\n                  valueFrom:\n                    fieldRef:\n"
+            "                      fieldPath: metadata.annotations['batch.kubernetes.io/job-completion-index']\n")
 
 
 def _shown_source(policy: Policy) -> str:

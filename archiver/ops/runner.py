@@ -26,7 +26,7 @@ from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import ManifestError, read_json, write_json
-from ..tasks import OptionsT, Task, named
+from ..tasks import Locks, OptionsT, Task, named
 from . import notify
 from .locking import task_lock
 from .metrics import Metrics
@@ -85,7 +85,7 @@ def _safely(what: str, action: Any, *args: Any, **kwargs: Any) -> None:
 
 @contextlib.contextmanager
 def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: Metrics | None = None,
-             lock: bool = True, record: bool = True) -> Iterator[Run]:
+             lock: bool = True, record: bool = True, locks: Locks | None = None) -> Iterator[Run]:
     """Run ``task`` for ``policy`` inside the block; set ``run.result`` before leaving it."""
     for secret in policy.secret_values():
         log.register_secret(secret)
@@ -97,7 +97,7 @@ def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: 
     fields = {"policy": name, "task": task}
     _log.info("task.start", extra=log.fields(**fields))
     try:
-        with task_lock(policy, task, store) if lock else contextlib.nullcontext():
+        with task_lock(policy, task, store, locks) if lock else contextlib.nullcontext():
             yield run
     except LockBusy:
         metrics.record_failure(name, task, time.monotonic() - started, result="lock_busy")
@@ -161,6 +161,7 @@ def run_task(task: Task[OptionsT], policy: Policy, options: OptionsT, *, progres
     run``, the worker's children) runs a task. A dry run changes nothing, so it takes no lock and leaves no
     run record."""
     task.configured(policy)
-    with task_run(policy, task.name, metrics=metrics, lock=not options.dry_run, record=not options.dry_run) as run:
+    with task_run(policy, task.name, metrics=metrics, lock=not options.dry_run, record=not options.dry_run,
+                  locks=task.locks_of(options)) as run:
         run.result = task.run(policy, options, run.store, progress)
     return run.result

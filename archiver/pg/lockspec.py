@@ -19,3 +19,11 @@ class DatabaseLock:
 
     name: str
     shared: str | None = None
+    # A sharded run (archive --shard K/N) holds the lock in shared mode, so the other shards run
+    # beside it while anything that takes it exclusively (retention, an unsharded archive) waits;
+    # ``part`` is its own exclusive lock, so the same shard never runs twice at once.
+    share_mode: bool = False
+    part: str | None = None
+
+    def for_part(self, part: str) -> DatabaseLock:
+        return DatabaseLock(self.name, self.shared, share_mode=True, part=part)

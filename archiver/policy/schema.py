@@ -224,6 +224,9 @@ class ArchiveConfig:
     row_group_mib: Annotated[int, int_range(4, 1024)] = 48
     zstd_level: Annotated[int, int_range(1, 22)] = 3
     parallel: Annotated[int, int_range(1, 8)] = 1
+    # Kubernetes only: the archive CronJob becomes an Indexed Job of this many pods, pod K running
+    # `archive --shard K/N`; cron and the worker run every range in one process (see `parallel`)
+    shards: Annotated[int, int_range(1, 64)] = 1
     late_data_check: bool = True
     parquet: ParquetConfig = field(default_factory=ParquetConfig)  # tables without their own parquet: use this
 

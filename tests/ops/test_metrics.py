@@ -107,3 +107,17 @@ def test_a_push_to_a_gateway_that_is_down_is_retried_counted_and_not_raised(tmp_
     metrics.record_success("app", "backup", TaskResult("app", "backup"), 1.0)
     assert push_run(metrics, f"http://127.0.0.1:{free_port()}", policy(), "backup") is False
     assert metrics.registry.get_sample_value("archiver_push_failures_total") == 3, "three attempts, each counted"
+
+
+def test_each_shard_pushes_into_its_own_group_so_a_failed_shard_stays_visible(pushgateway: str) -> None:
+    done, failed = Metrics(), Metrics()
+    done.record_success("app", "archive", TaskResult("app", "archive"), 1.0)
+    failed.record_failure("app", "archive", 2.0)
+    assert push_run(failed, pushgateway, policy(), "archive", shard=(1, 2))
+    assert push_run(done, pushgateway, policy(), "archive", shard=(0, 2))  # pushed last: would win one shared group
+    results = gateway_samples(pushgateway, "archiver_task_last_result")
+    failing = [labels for labels, value in results.items() if value == 1 and 'result="failed"' in labels]
+    assert failing == ['instance="",job="archiver",policy="app",result="failed",shard="1/2",task="archive"']
+    with urllib.request.urlopen(f"{pushgateway}/api/v1/metrics", timeout=10) as response:
+        groups = json.loads(response.read())["data"]
+    assert sorted(group["labels"]["shard"] for group in groups) == ["0/2", "1/2"]
