@@ -168,7 +168,7 @@ def test_render_kubernetes_takes_sizes_and_image_from_the_policy_and_the_flag(tm
 def test_archive_shards_render_an_indexed_job_whose_pods_take_one_shard_each(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     policies.mkdir()
-    text = (PROJECT / "policies" / "telemetry.yaml").read_text()
+    text = re.sub(r"\n  shards: \d+[^\n]*", "", (PROJECT / "policies" / "telemetry.yaml").read_text())
     (policies / "telemetry.yaml").write_text(text.replace('archive:\n', 'archive:\n  shards: 4\n', 1))
     out = tmp_path / "out"
     assert run_cli("--policies", str(policies), "render", "kubernetes", "-o", str(out)).code == 0
@@ -400,7 +400,8 @@ def test_one_cronjob_per_policy_task_with_the_policy_schedule() -> None:
         assert job["metadata"]["name"] == f"archiver-{policy}-{task}"
         assert job["spec"]["schedule"] == schedule
         assert job["spec"]["timeZone"] == "Etc/UTC"
-        assert container(job)["args"] == ["run", policy, task]
+        sharded = ["--shard", "$(ARCHIVER_SHARD)/2"] if (policy, task) == ("telemetry", "archive") else []
+        assert container(job)["args"] == ["run", policy, task, *sharded]
         labels = {"app.kubernetes.io/name": "archiver", "app.kubernetes.io/component": task, "archiver/policy": policy}
         for metadata in (job["metadata"], job["spec"]["jobTemplate"]["metadata"],
                          job["spec"]["jobTemplate"]["spec"]["template"]["metadata"]):
@@ -416,7 +417,8 @@ def test_cronjobs_never_overlap_and_have_deadlines_sized_to_the_task() -> None:
         assert spec["concurrencyPolicy"] == "Forbid", where
         assert spec["startingDeadlineSeconds"] in (3600, 14400), where
         assert spec["successfulJobsHistoryLimit"] == 3 and spec["failedJobsHistoryLimit"] == 3, where
-        assert job_spec["backoffLimit"] == backoff[task], where
+        shards = job_spec.get("completions", 1)
+        assert job_spec["backoffLimit"] == backoff[task] * shards, where
         assert job_spec["ttlSecondsAfterFinished"] == 8 * 86400, where
         assert pod_spec(job)["restartPolicy"] == "Never", where
         fail_fast = job_spec["podFailurePolicy"]["rules"][0]
