@@ -22,7 +22,7 @@ from .identity import key_part
 from .lock import COLD_TIER
 from .manifest import archive_catalog_prefix
 from .shard import Shard
-from .summary import summarise
+from .summary import runs, summarise
 
 # Archive, retention and restore-archive share one lock on the database: archive and retention decide
 # about the same ranges (a range being re-exported must not be dropped meanwhile), and restore-archive
@@ -63,8 +63,12 @@ def catalog_prefix(database: str, info: TableInfo | None = None) -> str:
 
 
 def record(decisions: list[Decision], decision: Decision, event: str) -> Decision:
+    """Keep ``decision`` and log it; a chunk held back is logged at debug here and as one warning per
+    run of alike chunks when the task finishes (9,500 chunks without an archive are one line, not 9,500)."""
     decisions.append(decision)
-    if decision.action in ("hold", "refuse", "warn", "fail", "mismatch"):
+    if decision.action == decide.HOLD and decision.start:
+        level = "debug"
+    elif decision.action in ("hold", "refuse", "warn", "fail", "mismatch"):
         level = "warning"
     elif decision.action in ("exported", "merged", "dropped", "expired", "removed"):
         level = "info"
@@ -87,9 +91,19 @@ def finish(result: TaskResult, decisions: list[Decision], *, dry_run: bool, metr
     if "fail" in actions:
         failed = [d for d in decisions if d.action == "fail"]
         result.summary += f"; {len(failed)} failed"
+    _warn_held_chunks(decisions)
     log.get_logger(result.task).info(event, extra=log.fields(policy=result.policy, status=result.status,
                                                              summary=result.summary, **_rounded(metrics)))
     return result
+
+
+def _warn_held_chunks(decisions: list[Decision]) -> None:
+    """One warning per run of chunks held back for the same reason (see ``record``)."""
+    for run in runs(decision for decision in decisions if decision.action == decide.HOLD and decision.start):
+        first, last = run[0], run[-1]
+        log.get_logger(first.task).warning(f"{first.task}.held_back", extra=log.fields(
+            table=first.table, chunks=len(run), first=first.subject, last=last.subject, start=first.start,
+            end=last.end, reason=first.reason))
 
 
 def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:

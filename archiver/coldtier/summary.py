@@ -21,7 +21,8 @@ def _shape(decision: Decision) -> tuple[str, str, str, str]:
     return decision.task, decision.table, decision.action, _NUMBERS.sub("#", decision.reason)
 
 
-def _runs(decisions: Iterable[Decision]) -> Iterator[list[Decision]]:
+def runs(decisions: Iterable[Decision]) -> Iterator[list[Decision]]:
+    """Runs of alike decisions that follow each other (a decision without a range stands alone)."""
     run: list[Decision] = []
     for decision in decisions:
         if run and (not decision.start or not run[-1].start or _shape(decision) != _shape(run[-1])):
@@ -49,4 +50,4 @@ def summary_line(run: list[Decision], *, dry_run: bool, table: bool = True) -> s
 
 def summarise(decisions: Iterable[Decision], *, dry_run: bool, table: bool = True) -> list[str]:
     """One line per run of alike decisions (see the module's docstring)."""
-    return [summary_line(run, dry_run=dry_run, table=table) for run in _runs(decisions)]
+    return [summary_line(run, dry_run=dry_run, table=table) for run in runs(decisions)]

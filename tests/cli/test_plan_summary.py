@@ -61,3 +61,23 @@ def test_plan_prints_runs_of_alike_chunks_as_one_line_and_every_chunk_on_request
         [("archive", f"public.metrics_d{day}") for day in range(20, 60)]
         + [("retention", f"public.metrics_d{day}") for day in range(40, 60)])
     assert all(d["start"] and d["end"] for d in per_chunk)
+
+
+def test_chunks_held_back_for_one_reason_are_one_warning_not_one_per_chunk(tmp_path: Path, pg) -> None:  # type: ignore[no-untyped-def]
+    dsn = pg.create_database("held_summary")
+    one_row_partitions(dsn, "metrics", 30)
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    (directory / "telemetry.yaml").write_text(
+        f"database: {{dsn: '{dsn}'}}\nstorage: {{url: 'file://{tmp_path}/store'}}\n"
+        "archive:\n  schedule: '30 1 * * *'\n  tables:\n"
+        "    - {table: public.metrics, archive_after: 5d, drop_after: 10d}\n")
+    held = run_cli("--policies", str(directory), "--log-format", "json", "retention", "telemetry")
+    assert held.code == 5, held.stderr  # nothing archived yet: every chunk past drop_after is held back
+    events = [json.loads(line) for line in held.stderr.splitlines() if line.startswith("{")]
+    warnings = [event for event in events if event["level"] == "warning"]
+    assert [(event["event"], event["chunks"]) for event in warnings] == [("retention.held_back", 20)], warnings
+    assert (warnings[0]["first"], warnings[0]["last"]) == ("public.metrics_d29", "public.metrics_d10")
+    assert (warnings[0]["start"], warnings[0]["end"]) == (utc_bound(dsn, 30), utc_bound(dsn, 10))
+    assert "no archive" in warnings[0]["reason"]
+    assert int(query(dsn, "SELECT count(*) FROM public.metrics")[0][0]) == 30, "nothing dropped"
