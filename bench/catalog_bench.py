@@ -43,26 +43,31 @@ def measured(argv: list[str], env: dict[str, str] | None = None, ok: tuple[int, 
     """Run ``argv``; wall time and peak RSS (VmHWM polled every 10 ms, the last value before exit)."""
     started = time.monotonic()
     # stderr to a file, not a pipe: a pipe nobody reads until the end fills at 64 KiB and blocks the
-    # process (a plan over 10,000 chunks logs a line per held-back chunk)
-    errors = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, text=True, cwd=PROJECT,
-                               env={**os.environ, **(env or {})})
-    peak = 0
-    while process.poll() is None:
-        try:
-            with open(f"/proc/{process.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        peak = max(peak, int(line.split()[1]))
-        except OSError:
-            pass
-        time.sleep(0.01)
-    errors.seek(0)
-    stderr = errors.read()
-    errors.close()
+    # process (a run over 10,000 chunks can log that much)
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, text=True, cwd=PROJECT,
+                                   env={**os.environ, **(env or {})})
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, peak_kib(process.pid))
+            time.sleep(0.01)
+        errors.seek(0)
+        stderr = errors.read()
     if process.returncode not in ok:
         raise SystemExit(f"{' '.join(argv[:6])} failed (exit {process.returncode}):\n{stderr[-3000:]}")
     return Figure(time.monotonic() - started, peak / 1024)
+
+
+def peak_kib(pid: int) -> int:
+    """The process's VmHWM in KiB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def archiver(policies: Path, *args: str) -> Figure:
