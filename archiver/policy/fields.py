@@ -116,7 +116,7 @@ def duration_field(maximum: timedelta = DURATION_MAX) -> Parse:
             return parse_duration(value, maximum=maximum)
         except DurationError as exc:
             raise ValueError(str(exc)) from None
-    return Parse(parse, f"a number and a unit: s, min, h, d, w, mo, y (e.g. 90d, 12h, 2y), from 1s up to "
+    return Parse(parse, f"a number and a unit: s, min, h, d, w, mo (30 days), y (365 days) (e.g. 90d, 12h, 2y), from 1s up to "
                         f"{format_duration_limit(maximum)}")
 
 

@@ -128,8 +128,9 @@ def test_durations_out_of_range_name_file_line_and_the_allowed_range(tmp_path: P
     for index, (text, message) in enumerate(DURATIONS):
         line = 6 + index
         assert f"{path}:{line}:" in result.stdout and f"archive.tables[{index}].archive_after: {message}" in result.stdout
+        assert "expected a whole number" not in result.stdout, "what is allowed is said once, after 'allowed'"
         shown = text if len(text) <= 60 else text[:57] + "..."
-        assert f"(got {shown!r}; allowed a number and a unit: s, min, h, d, w, mo, y (e.g. 90d, 12h, 2y), " \
+        assert f"(got {shown!r}; allowed a number and a unit: s, min, h, d, w, mo (30 days), y (365 days) (e.g. 90d, 12h, 2y), " \
                "from 1s up to 100y)" in result.stdout, text
     assert f"{path}:14:" in result.stdout and "backup.pg_dump.lock_wait_timeout: too long: at most 24d" in result.stdout
     assert f"{path}:15:26  backup.retention.keep_last: out of range (got 99999999999999999999; allowed 0..1000000)" \
