@@ -33,7 +33,7 @@ from .stats import (
     combine_checksum,
     empty_checksum,
 )
-from .tablestats import table_stats
+from .tablestats import batchable, many_table_stats, table_stats
 
 _TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relispartition,
@@ -217,10 +217,17 @@ class SnapshotSession:
         if method not in CHECKSUM_METHODS:
             raise DatabaseError(f"unknown checksum method {method!r} (this archiver computes "
                                 f"{', '.join(CHECKSUM_METHODS)})")
+        plain = [table for table in tables if batchable(table)]
+        with self._errors(f"counting rows of {len(plain)} tables"):
+            counted = many_table_stats(self._conn, plain, checksums=checksums, method=method)
+        by_table = {id(plain[index]): stats for index, stats in counted.items()}
         results: list[TableStats] = []
         for table in tables:
             if stop is not None and stop():
                 raise DatabaseError("row counting stopped")
+            if id(table) in by_table:
+                results.append(by_table[id(table)])
+                continue
             with self._errors(f"counting rows of {table.qualified_name}"):
                 results.append(table_stats(self._conn, table, checksums=checksums, method=method))
         large_objects = self._large_object_stats(checksums, method)

@@ -131,3 +131,97 @@ def _hash_rows(conn: psycopg.Connection[Any], sources: Sequence[sql.Composable],
         return None
     conn.execute("RELEASE SAVEPOINT archiver_hash")
     return row
+
+
+# The columns of many tables at once, and whether each has a column hashed by OID (the recursive
+# walk of _OID_HASHED_COLUMNS_SQL, carried per relation). Tables not found are not returned.
+_BATCH_COLUMNS_SQL = """
+WITH RECURSIVE wanted AS (
+    SELECT x.i, c.oid AS rel
+    FROM ROWS FROM (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[])) WITH ORDINALITY AS x(s, r, i)
+    JOIN pg_catalog.pg_namespace n ON n.nspname = x.s
+    JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = x.r
+), types(rel, oid) AS (
+    SELECT w.rel, a.atttypid FROM wanted w JOIN pg_catalog.pg_attribute a
+      ON a.attrelid = w.rel AND a.attnum > 0 AND NOT a.attisdropped
+  UNION
+    SELECT t.rel, x.next FROM types t JOIN pg_catalog.pg_type ty ON ty.oid = t.oid
+    CROSS JOIN LATERAL (
+        SELECT ty.typbasetype WHERE ty.typtype = 'd'
+        UNION ALL SELECT ty.typelem WHERE ty.typelem <> 0 AND ty.typlen = -1
+        UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a
+                  WHERE ty.typtype = 'c' AND a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = ty.oid OR r.rngmultitypid = ty.oid
+    ) AS x(next)
+)
+SELECT w.i,
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = w.rel AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+       EXISTS (SELECT 1 FROM types t JOIN pg_catalog.pg_type ty ON ty.oid = t.oid WHERE t.rel = w.rel
+               AND (ty.typtype = 'e' OR (ty.typname LIKE 'reg%%' AND ty.typnamespace = 'pg_catalog'::regnamespace)))
+FROM wanted w
+"""
+
+
+def batchable(table: TableRef) -> bool:
+    """A plain table (a native partition among thousands): counted with many others per round trip."""
+    return table.kind not in ("hypertable", "continuous_aggregate") and not table.data_excluded
+
+
+def many_table_stats(conn: psycopg.Connection[Any], tables: Sequence[TableRef], *, checksums: bool,
+                     method: str) -> dict[int, TableStats]:
+    """Stats of plain ``tables`` (see ``batchable``), CHUNKS_PER_QUERY tables per round trip, by
+    position in ``tables``. The same counts and checksums as ``table_stats`` table by table (3,000
+    native partitions took 6.3 s that way, at five round trips each). Tables missing here, and a
+    batch whose row hash a column type cannot take, are left out: the caller counts those one by one
+    (and reports a missing table as before). A stop request cancels the query in flight (the
+    session's ``cancel``)."""
+    if not tables:
+        return {}
+    found = conn.execute(_BATCH_COLUMNS_SQL, ([t.schema for t in tables], [t.name for t in tables])).fetchall()
+    plans: list[tuple[int, str, str]] = []  # (position, row hash, aggregate)
+    for position, columns, oid_hashed in found:
+        index = int(position) - 1
+        row_hash = _row_hashes(conn, tables[index], bool(oid_hashed))[0]
+        aggregate = row_hash_sql(method, row_hash, list(columns)) if checksums else "NULL::numeric"
+        plans.append((index, row_hash, aggregate))
+    results: dict[int, TableStats] = {}
+    for start in range(0, len(plans), CHUNKS_PER_QUERY):
+        for (index, row_hash, _), (count, hash_sum) in _counted(conn, tables, plans[start:start + CHUNKS_PER_QUERY],
+                                                                checksums=checksums):
+            checksum = combine_checksum(int(count), int(hash_sum or 0), row_hash, method) if checksums else None
+            results[index] = TableStats(tables[index], int(count), checksum, row_hash if checksums else None)
+    return results
+
+
+def _counted(conn: psycopg.Connection[Any], tables: Sequence[TableRef], batch: Sequence[tuple[int, str, str]], *,
+             checksums: bool) -> list[tuple[tuple[int, str, str], tuple[Any, Any]]]:
+    """(plan, (count, hash sum)) for ``batch``; when a column type has no hash for the planned row
+    hash, the batch is halved until the table(s) concerned stand alone, and those are left out."""
+    rows = _batch_rows(conn, tables, batch, guarded=checksums and any(plan[1] == "record" for plan in batch))
+    if rows is not None:
+        return list(zip(batch, rows, strict=True))
+    if len(batch) == 1:
+        return []
+    middle = len(batch) // 2
+    return _counted(conn, tables, batch[:middle], checksums=checksums) + \
+        _counted(conn, tables, batch[middle:], checksums=checksums)
+
+
+def _batch_rows(conn: psycopg.Connection[Any], tables: Sequence[TableRef], batch: Sequence[tuple[int, str, str]],
+                *, guarded: bool) -> list[tuple[Any, Any]] | None:
+    """(count, hash sum) per table of ``batch``, in its order; None when a row hash is not available."""
+    parts = [sql.SQL("SELECT {i} AS i, pg_catalog.count(*) AS c, {h} AS h FROM ONLY {s}.{n} AS t").format(
+        i=sql.Literal(position), h=sql.SQL(aggregate), s=sql.Identifier(tables[index].schema),
+        n=sql.Identifier(tables[index].name)) for position, (index, _, aggregate) in enumerate(batch)]
+    query = sql.SQL("SELECT b.i, b.c, b.h FROM ({}) AS b ORDER BY b.i").format(sql.SQL(" UNION ALL ").join(parts))
+    if not guarded:
+        return [(row[1], row[2]) for row in conn.execute(query).fetchall()]
+    conn.execute("SAVEPOINT archiver_hash")
+    try:
+        rows = conn.execute(query).fetchall()
+    except psycopg.errors.UndefinedFunction:  # a column type without an extended hash: table by table
+        conn.execute("ROLLBACK TO SAVEPOINT archiver_hash")
+        return None
+    conn.execute("RELEASE SAVEPOINT archiver_hash")
+    return [(row[1], row[2]) for row in rows]
