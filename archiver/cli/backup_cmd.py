@@ -15,7 +15,7 @@ from .jsonout import emit, task_document
 from .progress import progress_for_terminal
 
 if TYPE_CHECKING:
-    from ..backup.task import BackupListing
+    from ..backup.listing import BackupListing
 
 
 @click.command("backup")
@@ -43,11 +43,13 @@ def backups_group() -> None:
 
 
 def _render_table(listing: BackupListing) -> None:
-    rows = [("POLICY", "ID", "TIME (UTC)", "SIZE", "DURATION", "VERIFIED")]
+    rows = [("POLICY", "ID", "TIME (UTC)", "SIZE", "DURATION", "VERIFIED", "ENCRYPTED")]
     for item in listing.backups:
-        entry = item.entry
+        entry, document = item.entry, item.to_json()
+        encrypted = ("no" if not document["encrypted"] else
+                     "yes, NO KEY: cannot decrypt with the configured identities" if item.decryptable is False else "yes")
         rows.append((item.policy, entry.id, entry.time.strftime("%Y-%m-%d %H:%M:%S"), format_bytes(entry.size),
-                     f"{entry.duration_seconds:.1f}s", entry.verified))
+                     f"{entry.duration_seconds:.1f}s", entry.verified, encrypted))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
@@ -63,7 +65,7 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
     A store that cannot be listed, or (without NAME) a policy file that does not load, is reported
     on stderr and makes the exit code 1; the other policies' backups are listed all the same.
     """
-    from ..backup.task import list_backups
+    from ..backup.listing import list_backups
 
     errors: dict[str, str] = {}
     if name is not None:

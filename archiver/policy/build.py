@@ -116,7 +116,9 @@ class Builder:
                 return None
             if isinstance(value, str) and ENV_REF.search(value) and not interpolate(value, self.environ)[0].strip():
                 return None  # `${VAR:-}` left empty means "not set" for an optional key
-            return self.convert(Annotated[options[0], *metadata] if metadata else options[0], value, path)
+            chosen = next((o for o in options if typing.get_origin(o) is list), options[0]) \
+                if isinstance(value, list) else options[0]  # `str | list[str]`: a list is taken as one
+            return self.convert(Annotated[chosen, *metadata] if metadata else chosen, value, path)
         if isinstance(value, str):
             for meta in metadata:
                 if isinstance(meta, RawCheck) and (problem := meta.function(value)):
