@@ -52,11 +52,16 @@ class Builder:
         self.environ = environ
         self.strict_env = strict_env
         self.issues: list[PolicyIssue] = []
+        self.warnings: list[PolicyIssue] = []  # valid, but probably not what was meant (policy validate prints them)
         self.unresolved: dict[str, list[str]] = {}
 
     def issue(self, path: KeyPath, message: str, *, key: bool = False) -> None:
         mark = self.loaded.mark(path, key=key)
         self.issues.append(PolicyIssue(self.source, mark.line, mark.column, dotted(path), message))
+
+    def warn(self, path: KeyPath, message: str) -> None:
+        mark = self.loaded.mark(path)
+        self.warnings.append(PolicyIssue(self.source, mark.line, mark.column, dotted(path), message))
 
     def build(self, cls: type, value: Any, path: KeyPath) -> Any:
         if not isinstance(value, dict):
