@@ -32,6 +32,7 @@ from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import IncompleteWrite, ObjectInfo, Store
 from ..storage.leases import BACKUP_LEASE_PREFIX, LeaseRecord, read_leases
+from ..storage.objectlock import locked_until
 from ..storage.uploads import UploadVerdict, abort_uploads, judge_pending_uploads
 from .manifest import (
     BACKUPS_PREFIX,
@@ -215,19 +216,12 @@ def run_prune(policy: Policy, *, dry_run: bool = False, now: datetime | None = N
     return TaskResult(policy=policy.name or "", task="prune", summary=summary, lines=lines, data=data, metrics=metrics)
 
 
-def _locked_until(store: Store, keys: list[str], now: datetime) -> datetime | None:
-    """The latest S3 Object Lock retain-until date among ``keys`` still in the future (None: none is locked)."""
-    dates = [info.locked_until for key in keys if (info := store.head(key)) is not None and info.locked_until]
-    latest = max(dates, default=None)
-    return latest if latest is not None and latest > now else None
-
-
 def _unless_locked(store: Store, decision: RotationDecision, entry: BackupEntry, now: datetime) -> RotationDecision:
     """A backup the rules would delete stays while any of its objects is locked: prune never tries early."""
-    if decision.keep or not store.locks_objects:
+    if decision.keep:
         return decision
     keys = {backup_manifest_key(entry.id), *entry.object_keys, *(info.key for info in entry.stored)}
-    until = _locked_until(store, sorted(keys), now)
+    until = locked_until(store, sorted(keys), now)
     if until is None:
         return decision
     return replace(decision, keep=True, reasons=(f"object locked until {isoformat(until)} (retention alone would "
@@ -235,9 +229,9 @@ def _unless_locked(store: Store, decision: RotationDecision, entry: BackupEntry,
 
 
 def _leftover_unless_locked(store: Store, item: Leftover, now: datetime) -> Leftover:
-    if not item.remove or item.write is not None or not store.locks_objects:
+    if not item.remove or item.write is not None:
         return item
-    until = _locked_until(store, [item.key], now)
+    until = locked_until(store, [item.key], now)
     return item if until is None else replace(item, remove=False, reason=f"object locked until {isoformat(until)}")
 
 

@@ -12,12 +12,14 @@ and never try; a lifecycle rule expiring noncurrent versions frees the space onc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from ..common.timeutil import format_duration, utcnow
 from ..errors import UsageError
+from .base import Store
 
 LOCKED_PREFIXES = ("backups/", "archive/", "catalog/archive/")
 MODES = ("GOVERNANCE", "COMPLIANCE")
@@ -39,6 +41,15 @@ class ObjectLock:
 
     def describe(self) -> str:
         return f"{self.mode.lower()}, {format_duration(self.retain)}"
+
+
+def locked_until(store: Store, keys: Iterable[str], now: datetime) -> datetime | None:
+    """The latest Object Lock retain-until date among ``keys`` still in the future (None: none is locked now)."""
+    if not store.locks_objects:
+        return None
+    dates = [info.locked_until for key in keys if (info := store.head(key)) is not None and info.locked_until]
+    latest = max(dates, default=None)
+    return latest if latest is not None and latest > now else None
 
 
 def check_bucket_lock(client: Any, bucket: str, url: str) -> None:

@@ -194,3 +194,39 @@ def test_verify_decrypts_in_the_stream_and_needs_the_identity(
     wrong = run_cli("--policies", str(path.parent), "verify", "app")
     assert wrong.code == 4, wrong.output
     assert f"recipients recorded: {fingerprint(keys['a'][1])}" in wrong.stderr
+
+
+def test_backups_show_commands_print_a_pipeline_that_restores_the_backup_without_archiver(
+        tmp_path: Path, rich_database: tuple[str, str], file_store: Store, keys: dict[str, tuple[Path, str]],
+        target_server: LocalPostgres) -> None:
+    source, _ = rich_database
+    path, backup_id = encrypted_backup(tmp_path, source, file_store, None, keys)
+    manifest = read_manifest(file_store, backup_id)
+    name = fresh_name()
+    shown = run_cli("--policies", str(path.parent), "backups", "show", "app", backup_id, "--commands",
+                    "--database", name)
+    assert shown.code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    dump = manifest["objects"]["dump"]
+    assert f"echo '{dump['sha256']}  dump.pgdump.zst.age' | sha256sum -c -" in lines
+    assert (f"age -d -i {keys['a'][0]} dump.pgdump.zst.age | zstd -d | pg_restore --exit-on-error --no-password "
+            f"--single-transaction -d {name}") in lines
+
+    work = tmp_path / "by-hand"
+    work.mkdir()
+    env = {"PATH": f"{target_server.bindir}:/usr/bin:/bin", **dsn_env(target_server.dsn("postgres"))}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", shown.stdout], cwd=work, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert "dump.pgdump.zst.age: OK" in done.stdout
+    assert live_stats(target_server.dsn(name)) == live_stats(source)
+
+    (work / "dump.pgdump.zst.age").write_bytes(b"age-encryption.org/v1\nnot what was stored")
+    fetch_and_check = [line for line in lines if line.startswith(("cp ", "echo "))]
+    fetch_and_check = [line for line in fetch_and_check if "dump" in line and not line.startswith("cp ")]
+    tampered = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(fetch_and_check)], cwd=work, env=env,
+                              capture_output=True, text=True)
+    assert tampered.returncode != 0 and "FAILED" in tampered.stdout  # the check catches a replaced object
+
+    summary = run_cli("--policies", str(path.parent), "backups", "show", "app", backup_id)
+    assert summary.code == 0 and f"age to {fingerprint(keys['a'][1])}" in summary.stdout
