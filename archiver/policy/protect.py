@@ -17,6 +17,7 @@ from .fields import Check, Duration
 
 if TYPE_CHECKING:
     from ..storage.agekeys import Keyring
+    from ..storage.base import Store
 
 IDENTITIES_SETTING = "encryption.identities"
 
@@ -63,6 +64,17 @@ def reading_keyring(encryption: EncryptionConfig | None, task: str) -> Keyring |
     """The identities of a task that reads stored objects back: None when the policy does not encrypt;
     exit 2 naming the setting when it does and no identity is configured (checked before any work)."""
     return encryption.keyring(task) if encryption is not None else None
+
+
+def cold_store(store: Store, encryption: EncryptionConfig | None, encrypt: bool, task: str) -> Store:
+    """The store the cold tier works through: with ``archive.encrypt``, one that encrypts the Parquet files
+    it writes and decrypts those it reads (the identities are needed then: exit 2 without)."""
+    if encryption is None or not (encrypt or encryption.identity_paths()):
+        return store
+    from ..storage.sealedstore import SealedStore
+
+    keyring = encryption.keyring(task) if encrypt or encryption.identity_paths() else None
+    return SealedStore(store, encryption.recipients if encrypt else [], keyring)
 
 
 def _retain_range(value: timedelta) -> str | None:

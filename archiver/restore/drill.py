@@ -40,7 +40,7 @@ from ..pg import binaries
 from ..pg.connect import server_version_num
 from ..pg.dsn import dsn_with
 from ..pg.scratch import ContainerPostgres, LocalPostgres
-from ..policy.protect import reading_keyring
+from ..policy.protect import cold_store, reading_keyring
 from ..policy.schema import Policy, ScratchConfig, VerifyConfig
 from ..storage.agekeys import Keyring
 from ..storage.backends import open_store
@@ -185,7 +185,8 @@ def run_verify(policy: Policy, *, store: Store | None = None, progress: Progress
         if _restore(drill, policy, store, target, config, progress, keyring):
             _check_restored(drill, target, config, instance, progress)
     if archives if archives is not None else config.archives:
-        drill.checks += _archive_checks(store, progress)
+        encrypt = bool(policy.archive and policy.archive.encrypt)
+        drill.checks += _archive_checks(cold_store(store, policy.encryption, encrypt, "verify"), progress)
     drill.durations["total"] = time.monotonic() - clock
     record = drill.record(policy.name or "")
     write_json(store, verification_key(entry.id), record)

@@ -50,6 +50,7 @@ class PutResult:
     size: int
     sha256: str
     etag: str | None = None
+    encryption: dict[str, Any] | None = None  # age: the format and the recipients' fingerprints
 
 
 def check_key(key: str) -> str:
