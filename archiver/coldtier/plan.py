@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..common.result import TaskResult
+from ..policy.protect import describe_protection, protection
 from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
@@ -40,6 +41,7 @@ def run_plan(policy: Policy, *, now: datetime | None = None, store: Store | None
                 verb = f"would {verb}"
             subject = f"{decision['subject']}: " if decision["subject"] else ""
             lines.append(f"  {_TASK_LABEL[decision['task']]:<10} {verb:<14} {subject}{decision['reason']}")
+    lines.append(f"protection: {describe_protection(protection(policy))}")
     result = TaskResult(policy=policy.name or "", task="plan", lines=lines,
                         summary=f"archive: {archive.summary.removeprefix('dry run: ')}; "
                                 f"retention: {retention.summary.removeprefix('dry run: ')}")

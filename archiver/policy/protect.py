@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from ..common.timeutil import format_duration
 from ..errors import UsageError
@@ -18,6 +18,7 @@ from .fields import Check, Duration
 if TYPE_CHECKING:
     from ..storage.agekeys import Keyring
     from ..storage.base import Store
+    from .schema import Policy
 
 IDENTITIES_SETTING = "encryption.identities"
 
@@ -75,6 +76,26 @@ def cold_store(store: Store, encryption: EncryptionConfig | None, encrypt: bool,
 
     keyring = encryption.keyring(task) if encrypt or encryption.identity_paths() else None
     return SealedStore(store, encryption.recipients if encrypt else [], keyring)
+
+
+def protection(policy: Policy) -> dict[str, Any]:
+    """Whether the policy encrypts its backups and archives, and locks its objects (status, plan, metrics)."""
+    from ..storage.agekeys import fingerprint
+
+    encryption, lock = policy.encryption, policy.storage.object_lock if policy.storage else None
+    return {"backups_encrypted": encryption is not None,
+            "archives_encrypted": bool(encryption is not None and policy.archive and policy.archive.encrypt),
+            "recipients": [fingerprint(r) for r in encryption.recipients] if encryption else [],
+            "object_lock": {"mode": lock.mode, "retain_seconds": int(lock.retain.total_seconds())} if lock else None}
+
+
+def describe_protection(found: dict[str, Any]) -> str:
+    parts = [f"backups {'encrypted (age)' if found['backups_encrypted'] else 'not encrypted'}",
+             f"archives {'encrypted (age)' if found['archives_encrypted'] else 'not encrypted'}"]
+    lock = found["object_lock"]
+    parts.append(f"object lock {lock['mode']} {format_duration(timedelta(seconds=lock['retain_seconds']))}" if lock
+                 else "no object lock")
+    return ", ".join(parts)
 
 
 def _retain_range(value: timedelta) -> str | None:

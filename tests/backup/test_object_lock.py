@@ -91,3 +91,38 @@ def test_object_lock_on_a_bucket_without_it_is_refused_before_anything_is_writte
     assert f"storage.object_lock is set but bucket '{bucket}' (s3://{bucket}/app) does not have Object Lock enabled" \
         in result.stderr
     assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_status_plan_and_metrics_say_whether_a_policy_encrypts_and_locks(
+        tmp_path: Path, small_database: str, locked_bucket: str, s3_endpoint: str) -> None:
+    import json
+
+    import pyrage
+
+    from archiver.ops.gauges import set_schedules
+    from archiver.ops.metrics import Metrics
+    from archiver.storage.agekeys import fingerprint
+
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    path = locked_policy(tmp_path, small_database, locked_bucket, s3_endpoint, retain="2d")
+    document = yaml.safe_load(path.read_text())
+    document["encryption"] = {"recipients": [recipient]}
+    document["backup"]["retention"] = {"keep_daily": 7}
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    policy = load_policy(path)
+    run_backup(policy, store=open_store(policy.storage))
+
+    status = run_cli("--policies", str(path.parent), "status", "--json", "--no-database")
+    (entry,) = json.loads(status.stdout)["policies"]
+    assert entry["protection"] == {"backups_encrypted": True, "archives_encrypted": False,
+                                   "recipients": [fingerprint(recipient)],
+                                   "object_lock": {"mode": "governance", "retain_seconds": 2 * 86400}}
+    text = run_cli("--policies", str(path.parent), "status", "--no-database")
+    assert "app: protection: backups encrypted (age), archives not encrypted, object lock governance 2d" in text.stdout
+
+    metrics = Metrics()
+    set_schedules(metrics, policy)
+    sample = metrics.registry.get_sample_value
+    assert sample("archiver_policy_protected", {"policy": "app", "protection": "backup_encryption"}) == 1
+    assert sample("archiver_policy_protected", {"policy": "app", "protection": "archive_encryption"}) == 0
+    assert sample("archiver_policy_protected", {"policy": "app", "protection": "object_lock"}) == 1

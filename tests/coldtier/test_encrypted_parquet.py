@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from archiver.coldtier.archive import run_archive
+from archiver.coldtier.plan import run_plan
 from archiver.coldtier.retention import run_retention
 from archiver.errors import ExitCode, UsageError
 from archiver.policy.protect import EncryptionConfig
@@ -52,6 +53,9 @@ def test_encrypted_archives_are_age_and_archive_retention_and_restore_archive_de
         subprocess.run(["age", "-d", "-i", str(key), "-o", str(opened), str(tmp_path / "store" / entry["key"])],
                        check=True)
         assert pq.ParquetFile(opened).metadata.num_rows == rows == 50
+
+    planned = run_plan(policy)
+    assert planned.lines[-1] == "protection: backups encrypted (age), archives encrypted (age), no object lock"
 
     without_key = dataclasses.replace(policy, encryption=EncryptionConfig(recipients=[public]))
     with pytest.raises(UsageError) as refused:
