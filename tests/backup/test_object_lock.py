@@ -126,3 +126,34 @@ def test_status_plan_and_metrics_say_whether_a_policy_encrypts_and_locks(
     assert sample("archiver_policy_protected", {"policy": "app", "protection": "backup_encryption"}) == 1
     assert sample("archiver_policy_protected", {"policy": "app", "protection": "archive_encryption"}) == 0
     assert sample("archiver_policy_protected", {"policy": "app", "protection": "object_lock"}) == 1
+
+
+def test_cold_file_expiry_keeps_locked_archives_and_expires_them_once_the_lock_ended(
+        database: str, locked_bucket: str, s3_endpoint: str, s3_client: Any) -> None:
+    from archiver.coldtier.archive import run_archive
+    from archiver.coldtier.retention import run_retention
+    from archiver.policy.protect import ObjectLockConfig
+    from archiver.policy.schema import StorageConfig
+    from tests.coldtier_helpers import create_readings, manifests, policy_for
+
+    create_readings(database)
+    storage = StorageConfig(url=f"s3://{locked_bucket}/telemetry", endpoint_url=s3_endpoint, region="us-east-1",
+                            object_lock=ObjectLockConfig(mode="governance", retain=timedelta(days=1)))
+    base = policy_for(database, storage)
+    policy = base.__class__(**{**base.__dict__, "archive": base.archive.__class__(
+        **{**base.archive.__dict__, "cold_retention": timedelta(days=55)})})
+    store = open_store(storage)
+    assert run_archive(policy).status == "ok"
+    documents = manifests(store)
+    key = documents["readings_d90"]["objects"][0]["key"]
+    assert s3_client.head_object(Bucket=locked_bucket, Key=f"telemetry/{key}")["ObjectLockMode"] == "GOVERNANCE"
+
+    assert run_retention(policy).metrics["chunks_dropped"] == 4  # expiry waits for the next run: the rows were there
+    kept = run_retention(policy)
+    locked = [line for line in kept.lines if "object locked until" in line]
+    assert len(locked) == 4, kept.lines  # every range is past cold_retention (55d), every object locked for a day
+    assert sorted(manifests(store)) == sorted(documents)
+
+    later = run_retention(policy, now=datetime.now(UTC) + timedelta(days=2))
+    assert not [line for line in later.lines if "object locked until" in line], later.lines
+    assert manifests(store) == {}
