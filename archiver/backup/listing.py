@@ -61,7 +61,9 @@ def decryptable(store: Store, entry: BackupEntry, keyring: Keyring | None) -> bo
 
 
 def _keyring(policy: Policy) -> Keyring | None:
-    if policy.encryption is None or not policy.encryption.identity_paths():
+    """The identities to judge with; None where none are configured here (``${VAR}`` unset: a writer's view)."""
+    paths = policy.encryption.identity_paths() if policy.encryption else []
+    if policy.encryption is None or not paths or any("${" in path for path in paths):
         return None
     return policy.encryption.keyring("backups list")
 
