@@ -112,8 +112,9 @@ def may_open(keyring: Keyring, recorded: Iterable[str]) -> bool | None:
     return None if keyring.opaque else False
 
 
-def cannot_decrypt(what: str, recorded: Iterable[str]) -> CannotDecrypt:
-    listed = ", ".join(recorded) or "none"
+def cannot_decrypt(what: str, recorded: Iterable[str] | None) -> CannotDecrypt:
+    """``recorded``: the fingerprints the manifest lists (None: not at hand here; the manifest has them)."""
+    listed = "in its manifest's encryption.recipients" if recorded is None else (", ".join(recorded) or "none")
     return CannotDecrypt(f"{what}: cannot decrypt with the configured identities (recipients recorded: {listed})",
                          hint="add the identity (private key) of one of these recipients to encryption.identities")
 

@@ -85,7 +85,7 @@ class SealedStore(Store):
                     spool.write(piece)
         except CannotDecrypt:
             spool.close()
-            raise cannot_decrypt(self.describe(key), []) from None
+            raise cannot_decrypt(self.describe(key), None) from None
         except DamagedCiphertext as exc:
             spool.close()
             raise ValueError(f"cannot be decrypted: {exc}") from None
