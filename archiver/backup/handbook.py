@@ -61,11 +61,11 @@ def restore_commands(manifest: dict[str, Any], urls: dict[str, str], *, identity
                   f"{decode_pipeline(objects['globals'], names['globals'], identity)} | psql -X -q -d postgres"]
     lines += ["# 3. the database", f"createdb -T template0 {dbname}"]
     restore = "pg_restore --exit-on-error --no-password"
-    if manifest.get("timescaledb_version"):
-        lines += [f"psql -X -d {dbname} -c 'CREATE EXTENSION IF NOT EXISTS timescaledb' "
-                  "-c 'SELECT timescaledb_pre_restore()'",
+    if version := manifest.get("timescaledb_version"):
+        create = shlex.quote(f"CREATE EXTENSION IF NOT EXISTS timescaledb VERSION '{version}'")  # the dump's own
+        lines += [f"psql -X -v ON_ERROR_STOP=1 -d {dbname} -c {create} -c 'SELECT timescaledb_pre_restore()'",
                   f"{decode_pipeline(objects['dump'], names['dump'], identity)} | {restore} -d {dbname}",
-                  f"psql -X -d {dbname} -c 'SELECT timescaledb_post_restore()'"]
+                  f"psql -X -v ON_ERROR_STOP=1 -d {dbname} -c 'SELECT timescaledb_post_restore()'"]
     else:
         lines.append(f"{decode_pipeline(objects['dump'], names['dump'], identity)} | {restore} --single-transaction "
                      f"-d {dbname}")

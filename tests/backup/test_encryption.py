@@ -230,3 +230,28 @@ def test_backups_show_commands_print_a_pipeline_that_restores_the_backup_without
 
     summary = run_cli("--policies", str(path.parent), "backups", "show", "app", backup_id)
     assert summary.code == 0 and f"age to {fingerprint(keys['a'][1])}" in summary.stdout
+
+
+@pytest.mark.timescaledb
+def test_the_printed_commands_restore_a_timescaledb_backup_with_pre_and_post_restore(
+        tmp_path: Path, database: str, file_store: Store, keys: dict[str, tuple[Path, str]],
+        target_server: LocalPostgres) -> None:
+    from archiver.pg.connect import connect
+    from tests.backup_helpers import TELEMETRY_SCHEMA, timescale_state
+
+    with connect(database, safe_search_path=False) as conn:
+        conn.execute(TELEMETRY_SCHEMA)
+        conn.execute("CALL refresh_continuous_aggregate('asset_metrics_hourly', NULL, NULL)")
+    path, backup_id = encrypted_backup(tmp_path, database, file_store, None, keys)
+    name = fresh_name()
+    shown = run_cli("--policies", str(path.parent), "backups", "show", "app", backup_id, "--commands", "--database", name)
+    assert shown.code == 0, shown.output
+    assert "SELECT timescaledb_pre_restore()" in shown.stdout and "SELECT timescaledb_post_restore()" in shown.stdout
+    work = tmp_path / "by-hand"
+    work.mkdir()
+    env = {"PATH": f"{target_server.bindir}:/usr/bin:/bin", **dsn_env(target_server.dsn("postgres"))}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", shown.stdout], cwd=work, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert timescale_state(target_server.dsn(name)) == timescale_state(database)
+    assert live_stats(target_server.dsn(name)) == live_stats(database)
