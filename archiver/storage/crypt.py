@@ -295,7 +295,3 @@ def opens(head: bytes, keyring: Keyring) -> bool:
     except DamagedCiphertext:
         return True  # the header opened; the stream only ends where ``head`` was cut
     return True
-
-
-def is_age(head: bytes) -> bool:
-    return head.startswith(AGE_HEADER)
