@@ -6,7 +6,9 @@ rows, grows it through the requested sizes and, at each size, times:
 - ``pg_dump -Fc`` (pg_dump's own gzip) into a byte counter: the baseline;
 - ``pg_dump -Fc -Z0`` likewise: the speed of the dump itself, for reference;
 - ``archiver backup`` into a file store and into an S3 store (moto_server in its own process),
-  each with table checksums on and off.
+  each with table checksums on and off, and each with age encryption (``encryption.recipients``,
+  checksums on): the encrypted backup's wall against the unencrypted one's (target <= 1.15x) and
+  its peak RSS (target: within 20 MiB). ``--encryption-only`` measures just those four.
 
 It prints wall time and output size as ratios to the baseline, and the archiver process's peak
 RSS (VmHWM, as reported in its ``backup.done`` log event). Nothing here is a test: it asserts
@@ -75,7 +77,15 @@ def timed_backup(policies: Path, name: str) -> tuple[float, int, int]:
 
 
 def write_policies(directory: Path, dsn: str, file_root: Path, s3_url: str) -> None:
+    import pyrage
+
     directory.mkdir(parents=True, exist_ok=True)
+    recipient = str(pyrage.x25519.Identity.generate().to_public())  # a writer needs only the public key
+    for kind, storage in (("file", {"url": f"file://{file_root}-age"}),
+                          ("s3", {"url": "s3://bench-backups/age", "endpoint_url": s3_url, "region": "us-east-1"})):
+        document = {"database": {"dsn": dsn}, "storage": storage, "encryption": {"recipients": [recipient]},
+                    "backup": {"schedule": "0 3 * * 0", "compression": {"codec": "zstd", "level": 3}}}
+        (directory / f"bench-{kind}-age.yaml").write_text(yaml.safe_dump(document))
     for checksums in (True, False):
         suffix = "" if checksums else "-nochecksums"
         for kind, storage in (("file", {"url": f"file://{file_root}{suffix}"}),
@@ -88,7 +98,7 @@ def write_policies(directory: Path, dsn: str, file_root: Path, s3_url: str) -> N
 
 
 def empty_stores(file_root: Path, moto: MotoServer) -> None:
-    for suffix in ("", "-nochecksums"):
+    for suffix in ("", "-nochecksums", "-age"):
         shutil.rmtree(f"{file_root}{suffix}", ignore_errors=True)
     client = moto.client()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench-backups"):
@@ -96,8 +106,19 @@ def empty_stores(file_root: Path, moto: MotoServer) -> None:
             client.delete_object(Bucket="bench-backups", Key=item["Key"])
 
 
+PLAIN_VARIANTS = (("bench-file", "archiver -> file, checksums"),
+                  ("bench-file-nochecksums", "archiver -> file, no checksums"),
+                  ("bench-s3", "archiver -> moto S3, checksums"),
+                  ("bench-s3-nochecksums", "archiver -> moto S3, no checksums"))
+AGE_VARIANTS = (("bench-file-age", "archiver -> file, checksums, age"),
+                ("bench-s3-age", "archiver -> moto S3, checksums, age"))
+# encrypted variant -> the unencrypted one it is compared with
+AGE_PAIRS = {"archiver -> file, checksums, age": "archiver -> file, checksums",
+             "archiver -> moto S3, checksums, age": "archiver -> moto S3, checksums"}
+
+
 def measure(instance: LocalPostgres, dbname: str, label: str, policies: Path, file_root: Path,
-            moto: MotoServer) -> list[Measurement]:
+            moto: MotoServer, *, encryption_only: bool = False) -> list[Measurement]:
     dsn = instance.dsn(dbname)
     size = database_size(dsn)
     results: list[Measurement] = []
@@ -105,13 +126,16 @@ def measure(instance: LocalPostgres, dbname: str, label: str, policies: Path, fi
     seconds, output = timed_pg_dump(instance, dbname, [])
     results.append(Measurement(label, size, "pg_dump -Fc (baseline)", seconds, output))
     print(f"  pg_dump -Fc: {seconds:.1f}s {output / MiB:.0f} MiB", flush=True)
-    seconds, output = timed_pg_dump(instance, dbname, ["-Z0"])
-    results.append(Measurement(label, size, "pg_dump -Fc -Z0 (reference)", seconds, output))
-    print(f"  pg_dump -Fc -Z0: {seconds:.1f}s {output / MiB:.0f} MiB", flush=True)
-    for name, variant in (("bench-file", "archiver -> file, checksums"),
-                          ("bench-file-nochecksums", "archiver -> file, no checksums"),
-                          ("bench-s3", "archiver -> moto S3, checksums"),
-                          ("bench-s3-nochecksums", "archiver -> moto S3, no checksums")):
+    if not encryption_only:
+        seconds, output = timed_pg_dump(instance, dbname, ["-Z0"])
+        results.append(Measurement(label, size, "pg_dump -Fc -Z0 (reference)", seconds, output))
+        print(f"  pg_dump -Fc -Z0: {seconds:.1f}s {output / MiB:.0f} MiB", flush=True)
+    # each encrypted variant right after its unencrypted pair, so that a change of load hits both alike
+    file_plain, file_bare, s3_plain, s3_bare = PLAIN_VARIANTS
+    order = [file_plain, AGE_VARIANTS[0], s3_plain, AGE_VARIANTS[1]]
+    if not encryption_only:
+        order += [file_bare, s3_bare]
+    for name, variant in order:
         seconds, output, rss = timed_backup(policies, name)
         results.append(Measurement(label, size, variant, seconds, output, rss))
         print(f"  {variant}: {seconds:.1f}s {output / MiB:.0f} MiB, peak RSS {rss / MiB:.0f} MiB", flush=True)
@@ -130,6 +154,13 @@ def render(results: list[Measurement]) -> str:
         rss = f"{item.peak_rss_bytes / MiB:.0f} MiB" if item.peak_rss_bytes else "-"
         lines.append(f"{item.database_bytes / GB:7.2f}G  {item.variant:34} {item.seconds:7.1f} {item.time_ratio:7.2f} "
                      f"{item.output_bytes / MiB:8.0f} {item.size_ratio:7.2f} {rss:>9}")
+    by_key = {(item.size_label, item.variant): item for item in results}
+    for item in results:
+        base = by_key.get((item.size_label, AGE_PAIRS.get(item.variant, "")))
+        if base is not None and item.peak_rss_bytes and base.peak_rss_bytes:
+            lines.append(f"{item.size_label}: {item.variant} vs without age: wall {item.seconds / base.seconds:.2f}x "
+                         f"(target <= 1.15x), peak RSS {(item.peak_rss_bytes - base.peak_rss_bytes) / MiB:+.1f} MiB "
+                         "(target within 20 MiB)")
     return "\n".join(lines)
 
 
@@ -139,6 +170,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="/var/tmp", help="where the scratch cluster and file store live "
                                                                "(must be traversable by the postgres user)")
     parser.add_argument("--json", dest="json_out", help="also write the measurements to this JSON file")
+    parser.add_argument("--encryption-only", action="store_true",
+                        help="only pg_dump -Fc and archiver with and without age encryption (checksums on)")
     args = parser.parse_args()
     sizes = sorted(float(s) for s in args.sizes.split(","))
     use_moto_credentials()
@@ -156,7 +189,8 @@ def main() -> None:
             batches = 0
             for size in sizes:
                 batches = grow_to(dsn, int(size * GB), batches)
-                results += measure(instance, "telemetry", f"{size:g} GB", work / "policies", work / "store", moto)
+                results += measure(instance, "telemetry", f"{size:g} GB", work / "policies", work / "store", moto,
+                                   encryption_only=args.encryption_only)
     finally:
         moto.stop()
         shutil.rmtree(work, ignore_errors=True)

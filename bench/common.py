@@ -39,7 +39,7 @@ CREATE TABLE sensor_readings (
 
 # One batch: 10 days of readings, one per device every 5 minutes (1000 devices -> 2.88 M rows).
 BATCH = """
-INSERT INTO sensor_readings
+INSERT INTO public.sensor_readings
 SELECT ts, md5(d::text)::uuid,
        20 + 10 * sin(extract(epoch FROM ts) / 3600 + d) + random(),
        40 + 20 * random(), 1013 + 5 * random(), 230 + random() * 4,
@@ -85,7 +85,7 @@ def grow_to(dsn: str, target_bytes: int, batches_done: int) -> int:
             conn.execute(BATCH, {"start": start})
         batches_done += 1
         print(f"  generated batch {batches_done}: database {database_size(dsn) / GB:.2f} GB", flush=True)
-    execute(dsn, "VACUUM ANALYZE sensor_readings")
+    execute(dsn, "VACUUM ANALYZE public.sensor_readings")
     return batches_done
 
 

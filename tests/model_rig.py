@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import pyrage
 import yaml
 
 from archiver.coldtier.manifest import ARCHIVE_CATALOG_PREFIX, list_archive_manifests, objects_of
@@ -30,6 +31,7 @@ from archiver.pg.connect import connect, session
 from archiver.pg.dsn import parse_dsn
 from archiver.pg.quote import quote_ident
 from archiver.policy.fields import Secret
+from archiver.policy.protect import EncryptionConfig
 from archiver.policy.schema import BackupConfig, DatabaseConfig, Policy, RetentionConfig, StorageConfig
 from archiver.storage.local import LocalStore
 from tests.coldtier_helpers import make_policy, table
@@ -89,6 +91,9 @@ class World:
         self.storage = StorageConfig(url=f"file://{self.root}/store")
         self.store = LocalStore(self.root / "store")
         create_table(self.dsn, kind, base)
+        # the native world's backups are age-encrypted (recipients only, as a writer holds them): backup, prune
+        # and killed backups run on encrypted objects
+        self.recipients = [str(pyrage.x25519.Identity.generate().to_public())] if kind == "native" else []
         self.policy = self._policy()
         self.policy_dir = self.root / "policies"
         self.policy_dir.mkdir()
@@ -99,10 +104,12 @@ class World:
                            cold_retention=timedelta(days=COLD_RETENTION))
         return Policy(database=DatabaseConfig(dsn=Secret(self.dsn)), storage=self.storage, name="telemetry",
                       archive=base.archive,
-                      backup=BackupConfig(schedule="0 3 * * *", retention=RetentionConfig(keep_last=2)))
+                      backup=BackupConfig(schedule="0 3 * * *", retention=RetentionConfig(keep_last=2)),
+                      encryption=EncryptionConfig(recipients=self.recipients) if self.recipients else None)
 
     def _policy_document(self) -> dict[str, Any]:
-        return {"database": {"dsn": self.dsn}, "storage": {"url": self.storage.url},
+        protect = {"encryption": {"recipients": self.recipients}} if self.recipients else {}
+        return {**protect, "database": {"dsn": self.dsn}, "storage": {"url": self.storage.url},
                 "backup": {"schedule": "0 3 * * *", "retention": {"keep_last": 2}},
                 "archive": {"schedule": "30 1 * * *", "cold_retention": f"{COLD_RETENTION}d",
                             "tables": [{"table": TABLE, "archive_after": f"{ARCHIVE_AFTER}d",

@@ -43,6 +43,7 @@ from archiver.coldtier.shard import Shard
 from archiver.common.timeutil import isoformat
 from archiver.errors import ArchiverError, UsageError
 from archiver.restore.archive import run_restore_archive
+from archiver.storage.documents import read_json
 from tests.model_rig import COLD_RETENTION, DAY, DROP_AFTER, SPAN, TABLE, World, utc_day
 
 SEEDS = int(os.environ.get("ARCHIVER_MODEL_SEEDS", "3"))
@@ -230,6 +231,10 @@ class Model:
 
     def backup_and_prune(self) -> str:
         backup = run_backup(self.world.policy, store=self.world.store)
+        if self.world.recipients:
+            manifest = read_json(self.world.store, str(backup.data["manifest"]))
+            if self.world.store.read_range(manifest["objects"]["dump"]["key"], 0, 22) != b"age-encryption.org/v1\n":
+                self.fail(f"backup {backup.data['id']} of an encrypting policy stored its dump unencrypted")
         return f"backup: {backup.summary}; prune: {run_prune(self.world.policy, store=self.world.store).summary}"
 
     def killed_run(self) -> str:

@@ -19,7 +19,7 @@ checks once more that its backup still has no manifest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +32,7 @@ from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import IncompleteWrite, ObjectInfo, Store
 from ..storage.leases import BACKUP_LEASE_PREFIX, LeaseRecord, read_leases
+from ..storage.objectlock import locked_until
 from ..storage.uploads import UploadVerdict, abort_uploads, judge_pending_uploads
 from .manifest import (
     BACKUPS_PREFIX,
@@ -183,6 +184,8 @@ def run_prune(policy: Policy, *, dry_run: bool = False, now: datetime | None = N
     decisions = decide(records, rules.rules(), now, min_keep=rules.min_keep)
     _check_safe(decisions)
     entries = {entry.id: entry for entry in scan.backups}
+    decisions = [_unless_locked(store, d, entries[d.record.id], now) for d in decisions]
+    leftovers = [_leftover_unless_locked(store, item, now) for item in leftovers]
 
     lines = [f"{d.record.id}  {d.record.time:%Y-%m-%d %H:%M:%S}  {d.text}" for d in decisions]
     lines += [_leftover_line(item, now) for item in leftovers]
@@ -211,6 +214,25 @@ def run_prune(policy: Policy, *, dry_run: bool = False, now: datetime | None = N
     metrics = {"kept": float(kept), "deleted": float(0 if dry_run else len(doomed)),
                "leftovers_deleted": float(0 if dry_run else len(removable)), "bytes_freed": float(0 if dry_run else freed)}
     return TaskResult(policy=policy.name or "", task="prune", summary=summary, lines=lines, data=data, metrics=metrics)
+
+
+def _unless_locked(store: Store, decision: RotationDecision, entry: BackupEntry, now: datetime) -> RotationDecision:
+    """A backup the rules would delete stays while any of its objects is locked: prune never tries early."""
+    if decision.keep:
+        return decision
+    keys = {backup_manifest_key(entry.id), *entry.object_keys, *(info.key for info in entry.stored)}
+    until = locked_until(store, sorted(keys), now)
+    if until is None:
+        return decision
+    return replace(decision, keep=True, reasons=(f"object locked until {isoformat(until)} (retention alone would "
+                                                 f"delete it: {', '.join(decision.reasons)})",))
+
+
+def _leftover_unless_locked(store: Store, item: Leftover, now: datetime) -> Leftover:
+    if not item.remove or item.write is not None:
+        return item
+    until = locked_until(store, [item.key], now)
+    return item if until is None else replace(item, remove=False, reason=f"object locked until {isoformat(until)}")
 
 
 def _check_safe(decisions: list[RotationDecision]) -> None:

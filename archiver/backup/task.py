@@ -44,6 +44,8 @@ from ..policy.schema import BackupConfig, PgDumpConfig, Policy
 from ..storage.backends import open_store
 from ..storage.base import PutResult, Store
 from ..storage.compress import SUFFIXES, CompressingWriter
+from ..storage.crypt import SUFFIX as AGE_SUFFIX
+from ..storage.crypt import sealed
 from ..storage.documents import FORMAT_VERSION, write_json
 from ..storage.leases import StoreLease, backup_lease
 from . import manifest as backup_manifest
@@ -56,7 +58,7 @@ from .dump import (
     pg_dumpall_globals_argv,
     schema_pattern,
 )
-from .manifest import BackupEntry, backup_manifest_key, dump_key, globals_key, new_id
+from .manifest import backup_manifest_key, dump_key, globals_key, new_id
 
 logger = log.get_logger("backup")
 
@@ -86,10 +88,13 @@ class StoredObject:
     codec: str
     level: int
     uncompressed_size: int
+    encryption: dict[str, Any] | None = None  # {"format": age, "recipients": fingerprints}
 
     def to_json(self, **extra: Any) -> dict[str, Any]:
         entry: dict[str, Any] = {"key": self.result.key, "size": self.result.size, "sha256": self.result.sha256,
                                  "codec": self.codec, "uncompressed_size": self.uncompressed_size, **extra}
+        if self.encryption:
+            entry["encryption"] = self.encryption
         if self.codec != "none":
             entry["level"] = self.level
         if self.result.etag:
@@ -159,6 +164,7 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
     started = utcnow()
     clock = time.monotonic()
     backup_id = new_id(started)
+    recipients = list(policy.encryption.recipients) if policy.encryption else []
     lock_timeout = config.pg_dump.lock_wait_timeout
     logger.info("backup.start", extra=log.fields(policy=policy.name, backup_id=backup_id, store=store.url,
                                                  database=redact_dsn(dsn)))
@@ -179,11 +185,11 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
         try:
             globals_object = None
             if pg_dumpall is not None:
-                globals_object = _dump_globals(store, backup_id, dsn, facts, pg_dumpall, config)
+                globals_object = _dump_globals(store, backup_id, dsn, facts, pg_dumpall, config, recipients)
                 written.append(globals_object.result.key)
             stats_job.start()
             argv = pg_dump_argv(pg_dump.path, config.pg_dump, session.snapshot_id)
-            dump_object, stderr = _dump_database(store, backup_id, dsn, facts, argv, config, progress)
+            dump_object, stderr = _dump_database(store, backup_id, dsn, facts, argv, config, progress, recipients)
             written.append(dump_object.result.key)
             stats = stats_job.result()
             finished = utcnow()
@@ -207,22 +213,24 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
 
 
 def _dump_globals(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts, tool: Tool,
-                  config: BackupConfig) -> StoredObject:
+                  config: BackupConfig, recipients: list[str]) -> StoredObject:
     """pg_dumpall --globals-only, compressed like the dump (small: roles, memberships, tablespaces)."""
     codec = config.compression.codec
     argv = pg_dumpall_globals_argv(tool.path, database=facts.name,
                                         include_role_passwords=config.include_role_passwords)
     env = child_env(dsn_env(dsn), "archiver pg_dumpall")
-    key = globals_key(backup_id, SUFFIXES[codec])
+    key = globals_key(backup_id, SUFFIXES[codec] + (AGE_SUFFIX if recipients else ""))
     with StreamingCommand(argv, env, "pg_dumpall", what=f"dump of roles for backup {backup_id} failed") as child:
-        with store.writer(key, if_absent=True, content_type="application/octet-stream") as out:
-            compressor = CompressingWriter(out, codec, config.compression.effective_level(), threads=1)
+        with store.writer(key, if_absent=True, content_type="application/octet-stream") as out, \
+                sealed(out, recipients) as sink:
+            compressor = CompressingWriter(sink, codec, config.compression.effective_level(), threads=1)
             for chunk in child.chunks():
                 compressor.write(chunk)
             child.finish()
             compressor.finish()
+            sink.finish()
     assert out.result is not None
-    return StoredObject(out.result, codec, compressor.level, compressor.bytes_in)
+    return StoredObject(out.result, codec, compressor.level, compressor.bytes_in, sink.describe())
 
 
 def _dump_total(store: Store, facts: DatabaseFacts) -> tuple[int | None, str]:
@@ -238,26 +246,28 @@ def _dump_total(store: Store, facts: DatabaseFacts) -> tuple[int | None, str]:
 
 
 def _dump_database(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts, argv: list[str],
-                   config: BackupConfig, progress: Progress) -> tuple[StoredObject, StderrCapture]:
+                   config: BackupConfig, progress: Progress, recipients: list[str]) -> tuple[StoredObject, StderrCapture]:
     """pg_dump -> compressor -> store, streaming; the part size follows the database's size."""
     compression = config.compression
-    key = dump_key(backup_id, SUFFIXES[compression.codec])
+    key = dump_key(backup_id, SUFFIXES[compression.codec] + (AGE_SUFFIX if recipients else ""))
     env = child_env(dsn_env(dsn), f"archiver pg_dump {backup_id}")
     what = f"backup {backup_id} of database {facts.name!r} failed"
     total, against = _dump_total(store, facts)
     progress.phase(f"dump {facts.name} (total: {against})", total=total)
     with StreamingCommand(argv, env, "pg_dump", what=what) as child:
         with store.writer(key, size_hint=facts.size_bytes, if_absent=True,
-                          content_type="application/octet-stream") as out:
-            compressor = CompressingWriter(out, compression.codec, compression.effective_level(), compression.threads)
+                          content_type="application/octet-stream") as out, sealed(out, recipients) as sink:
+            compressor = CompressingWriter(sink, compression.codec, compression.effective_level(), compression.threads)
             for chunk in child.chunks():
                 compressor.write(chunk)
                 progress.advance(len(chunk))
             child.finish()
             compressor.finish()
+            sink.finish()
     progress.done()
     assert out.result is not None
-    return StoredObject(out.result, compression.codec, compressor.level, compressor.bytes_in), child.stderr
+    return (StoredObject(out.result, compression.codec, compressor.level, compressor.bytes_in, sink.describe()),
+            child.stderr)
 
 
 def _check_stored(store: Store, objects: list[StoredObject], lease: StoreLease) -> None:
@@ -363,38 +373,3 @@ def _result(policy: Policy, backup_id: str, document: dict[str, Any], manifest_r
     logger.info("backup.done", extra=log.fields(policy=policy.name, backup_id=backup_id, metrics=metrics))
     return TaskResult(policy=policy.name or "", task="backup", summary=summary, lines=lines,
                       data={"id": backup_id, "manifest": manifest_result.key}, metrics=metrics)
-
-
-# -- backups list -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ListedBackup:
-    policy: str
-    entry: BackupEntry
-
-    def to_json(self) -> dict[str, Any]:
-        verdict = {"yes": "passed", "failed": "failed"}.get(self.entry.verified)  # the newest drill's, if any
-        return {"policy": self.policy, "id": self.entry.id, "time": isoformat(self.entry.time), "size": self.entry.size,
-                "duration_seconds": self.entry.duration_seconds, "verified": verdict == "passed", "verification": verdict,
-                "database": self.entry.manifest.get("database", {}).get("name")}
-
-
-@dataclass(frozen=True)
-class BackupListing:
-    backups: list[ListedBackup]  # newest first
-    errors: dict[str, str]  # policy -> why its backups could not be listed
-
-
-def list_backups(policies: Iterable[Policy], *, stores: dict[str, Store] | None = None) -> BackupListing:
-    """Backups of each policy from their manifests, newest first; a failing store is reported, not fatal."""
-    listed: list[ListedBackup] = []
-    errors: dict[str, str] = {}
-    for policy in policies:
-        name = policy.name or ""
-        try:
-            store = (stores or {}).get(name) or open_store(policy.storage)
-            listed += [ListedBackup(name, entry) for entry in backup_manifest.list_backups(store)]
-        except ArchiverError as exc:
-            errors[name] = str(exc)
-    listed.sort(key=lambda item: (item.entry.time, item.entry.id), reverse=True)
-    return BackupListing(listed, errors)

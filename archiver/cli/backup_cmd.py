@@ -15,7 +15,7 @@ from .jsonout import emit, task_document
 from .progress import progress_for_terminal
 
 if TYPE_CHECKING:
-    from ..backup.task import BackupListing
+    from ..backup.listing import BackupListing
 
 
 @click.command("backup")
@@ -43,11 +43,19 @@ def backups_group() -> None:
 
 
 def _render_table(listing: BackupListing) -> None:
-    rows = [("POLICY", "ID", "TIME (UTC)", "SIZE", "DURATION", "VERIFIED")]
-    for item in listing.backups:
+    rows: list[tuple[str, ...]] = [("POLICY", "ID", "TIME (UTC)", "SIZE", "DURATION", "VERIFIED")]
+    documents = [item.to_json() for item in listing.backups]
+    encryption = any(document["encrypted"] for document in documents)  # the column only where it says something
+    if encryption:
+        rows[0] += ("ENCRYPTED",)
+    for item, document in zip(listing.backups, documents, strict=True):
         entry = item.entry
-        rows.append((item.policy, entry.id, entry.time.strftime("%Y-%m-%d %H:%M:%S"), format_bytes(entry.size),
-                     f"{entry.duration_seconds:.1f}s", entry.verified))
+        row: tuple[str, ...] = (item.policy, entry.id, entry.time.strftime("%Y-%m-%d %H:%M:%S"),
+                                format_bytes(entry.size), f"{entry.duration_seconds:.1f}s", entry.verified)
+        if encryption:
+            row += ("no" if not document["encrypted"] else "yes, NO KEY: cannot decrypt with the configured identities"
+                    if item.decryptable is False else "yes",)
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
@@ -63,7 +71,7 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
     A store that cannot be listed, or (without NAME) a policy file that does not load, is reported
     on stderr and makes the exit code 1; the other policies' backups are listed all the same.
     """
-    from ..backup.task import list_backups
+    from ..backup.listing import list_backups
 
     errors: dict[str, str] = {}
     if name is not None:
@@ -84,6 +92,45 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
     for policy, error in sorted(errors.items()):
         click.echo(f"error: {policy}: {error}", err=True)
     return ExitCode.TASK_FAILED if errors else ExitCode.OK
+
+
+@backups_group.command("show")
+@click.argument("name", shell_complete=params.complete_policy)
+@click.argument("backup_id")
+@click.option("--commands", is_flag=True,
+              help="Print the shell commands that restore this backup with standard tools only (aws/cp, sha256sum, "
+                   "age, zstd, psql, pg_restore).")
+@click.option("--identity", metavar="PATH", help="The age identity file the commands use (default: the policy's "
+                                                 "first encryption.identities, else key.txt).")
+@click.option("--database", metavar="NAME", help="The database the commands create (default: the source's name).")
+@pass_app
+def show_command(app: AppContext, name: str, backup_id: str, commands: bool, identity: str | None,
+                 database: str | None) -> int:
+    """Show backup ID of policy NAME: its objects, checksums and encryption; --commands: how to restore it by hand."""
+    from ..backup.handbook import restore_commands
+    from ..restore.select import select_backup
+    from ..storage.backends import open_store
+
+    (policy,) = app.policies_without_secrets(name)
+    store = open_store(policy.storage)
+    entry = select_backup(store, backup_id=backup_id, policy=name)
+    objects = entry.manifest.get("objects") or {}
+    if commands:
+        paths = policy.encryption.identity_paths() if policy.encryption else []
+        urls = {role: store.describe(str(obj["key"])) for role, obj in objects.items()}
+        for line in restore_commands(entry.manifest, urls, identity=identity or (paths[0] if paths else "key.txt"),
+                                     endpoint_url=policy.storage.endpoint_url, database=database):
+            click.echo(line)
+        return ExitCode.OK
+    click.echo(f"backup    {entry.id}  {entry.time:%Y-%m-%d %H:%M:%S} UTC  database "
+               f"{(entry.manifest.get('database') or {}).get('name')}")
+    for role, obj in objects.items():
+        encryption = obj.get("encryption")
+        sealed = f", age to {', '.join(encryption.get('recipients') or [])}" if encryption else ""
+        click.echo(f"{role:<9} {store.describe(str(obj['key']))}  {format_bytes(int(obj['size']))}  "
+                   f"{obj.get('codec')}{sealed}  sha256 {obj['sha256']}")
+    click.echo(f"restore by hand: archiver backups show {name} {entry.id} --commands", err=True)
+    return ExitCode.OK
 
 
 @click.command("prune")

@@ -34,10 +34,14 @@ def validate(app: AppContext, paths: tuple[str, ...], check_env: bool, as_json: 
             "policies": [p.name for p in result.policies],
             "errors": [vars(issue) for issue in result.issues],
             "unset_env": result.unresolved_env,
+            "warnings": [vars(warning) for warning in result.warnings],
         })
     else:
         for issue in result.issues:
             click.echo(str(issue))
+        for warning in result.warnings:
+            where = f"{warning.file}:{warning.line}:{warning.column}"
+            click.echo(f"{where}  {warning.key}: warning: {warning.message}", err=True)
         if not check_env:
             for source, keys in sorted(result.unresolved_env.items()):
                 for key, names in sorted(keys.items()):

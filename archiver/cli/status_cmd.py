@@ -40,6 +40,11 @@ def render_status(statuses: list[PolicyStatus]) -> None:
             click.echo(f"{status.policy}: {table}: {_coverage(entry)}")
         if status.held_back:
             click.echo(f"{status.policy}: {len(status.held_back)} chunk(s) held back from drop by the last retention run")
+        found = status.protection
+        if found and (found["backups_encrypted"] or found["object_lock"]):  # plain policies: nothing to add
+            from ..policy.protect import describe_protection
+
+            click.echo(f"{status.policy}: protection: {describe_protection(found)}")
 
 
 def _coverage(entry: dict[str, object]) -> str:

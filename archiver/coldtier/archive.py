@@ -31,6 +31,7 @@ from ..errors import ArchiverError, VerificationFailed
 from ..pg.arrow import READ_LOCK_TIMEOUT_MS, ArrowConnections
 from ..pg.catalog import current_database, relation_sizes
 from ..pg.connect import LockTimeout, Session, session
+from ..policy.protect import cold_store
 from ..policy.schema import ArchiveConfig, Policy, StorageConfig
 from ..storage.backends import open_store
 from ..storage.base import Store
@@ -97,7 +98,8 @@ def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = No
     config = archive_section(policy)
     tables = select_tables(config, table)
     dsn = policy.database.resolved_dsn()
-    store = store or open_store(_shared_upload_budget(policy.storage, config.parallel))
+    store = cold_store(store or open_store(_shared_upload_budget(policy.storage, config.parallel)), policy.encryption,
+                       config.encrypt, "archive (it reads back what it exports)")
     moment = now or utcnow()
     started = time.monotonic()
     decisions: list[Decision] = []

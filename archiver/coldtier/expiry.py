@@ -12,15 +12,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..common.timeutil import isoformat
 from ..pg.catalog import existing_relations
 from ..pg.connect import Session
 from ..policy.schema import ArchiveConfig
 from ..storage.base import Store
+from ..storage.objectlock import locked_until
 from . import decisions as decide
 from . import identity as ident
 from .catalog import catalog_prefix, rehydration_key
 from .chunks import TableInfo
-from .decisions import EXPIRE, Decision
+from .decisions import EXPIRE, KEEP, Decision
 from .manifest import LoadedManifest, list_archive_manifests, objects_of
 from .steps import record
 
@@ -66,6 +68,9 @@ def expire_cold_files(current: Session, store: Store, database: str, config: Arc
         if verdict is None:
             continue
         action, reason = verdict
+        if action == EXPIRE and document is not None and \
+                (until := locked_until(store, [key, *(entry["key"] for entry in objects_of(document))], now)):
+            action, reason = KEEP, f"object locked until {isoformat(until)} ({reason})"
         table = document["table"] if document else "?"
         subject = ident.of_manifest(document).describe() if document else key
         if action == EXPIRE and not dry_run:

@@ -60,9 +60,12 @@ class Piece:
     time_max: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "day": self.day.isoformat(), "rows": self.summary.rows, "size": self.put.size,
-                "sha256": self.put.sha256, "etag": self.put.etag, "min_time": self.time_min,
-                "max_time": self.time_max, "row_group_rows": self.summary.row_group_rows}
+        entry = {"key": self.key, "day": self.day.isoformat(), "rows": self.summary.rows, "size": self.put.size,
+                 "sha256": self.put.sha256, "etag": self.put.etag, "min_time": self.time_min,
+                 "max_time": self.time_max, "row_group_rows": self.summary.row_group_rows}
+        if self.put.encryption:
+            entry["encryption"] = self.put.encryption
+        return entry
 
 
 @dataclass

@@ -139,7 +139,7 @@ def downloaded(store: Store, documents: list[dict[str, Any]], work_dir: str | No
 def _download(store: Store, document: dict[str, Any], recorded: dict[str, Any], path: Path) -> None:
     entry = {**recorded, "codec": "none"}
     what = f"the archive of {document['table']} {document.get('identity', {}).get('stem') or document['chunk']['name']}"
-    with CheckedObject(store, entry, what) as obj, open(path, "wb") as out:
+    with CheckedObject(store, entry, what, getattr(store, "keyring", None)) as obj, open(path, "wb") as out:
         for piece in obj.chunks():
             out.write(piece)
         obj.finish()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..common.result import TaskResult
+from ..policy.protect import describe_protection, protection
 from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
@@ -42,6 +43,9 @@ def run_plan(policy: Policy, *, now: datetime | None = None, store: Store | None
             of_task = [d for d in mine if d.task == task]
             lines += [f"  {_TASK_LABEL[task]:<10} {line}" for line in summarise(of_task, dry_run=True, table=False)]
             every += [f"  {_TASK_LABEL[task]:<10} {summary_line([d], dry_run=True, table=False)}" for d in of_task]
+    shield = f"protection: {describe_protection(protection(policy))}"
+    lines.append(shield)
+    every.append(shield)
     result = TaskResult(policy=policy.name or "", task="plan", lines=every,
                         summary=f"archive: {archive.summary.removeprefix('dry run: ')}; "
                                 f"retention: {retention.summary.removeprefix('dry run: ')}")

@@ -33,6 +33,7 @@ from ..pg.catalog import (
     timescaledb_function_exists,
 )
 from ..pg.connect import LockTimeout, Session, session
+from ..policy.protect import cold_store
 from ..policy.schema import ArchiveConfig, Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
@@ -100,7 +101,8 @@ def run_retention(policy: Policy, *, dry_run: bool = False, now: datetime | None
     """Drop proven ranges past drop_after and expire cold files past cold_retention."""
     config = archive_section(policy)
     dsn = policy.database.resolved_dsn()
-    store = store or open_store(policy.storage)
+    store = cold_store(store or open_store(policy.storage), policy.encryption, config.encrypt,
+                       "retention (it re-checks archives before drops)")
     moment = now or utcnow()
     started = time.monotonic()
     decisions: list[Decision] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..common.cron import cron_interval
 from ..common.timeutil import parse_timestamp, utcnow
+from ..policy.protect import protection
 from ..policy.schema import Policy
 from ..tasks import task_schedules
 from .metrics import Metrics
@@ -19,6 +20,10 @@ def set_schedules(metrics: Metrics, policy: Policy) -> None:
     now = utcnow()
     metrics.set_schedules(policy.name or "", {task: cron_interval(expression, now=now).total_seconds()
                                               for task, expression in task_schedules(policy).items()})
+    found = protection(policy)  # on every push and status check, beside the schedules
+    metrics.set_protection(policy.name or "", {"backup_encryption": found["backups_encrypted"],
+                                               "archive_encryption": found["archives_encrypted"],
+                                               "object_lock": found["object_lock"] is not None})
 
 
 def set_backups(metrics: Metrics, status: PolicyStatus) -> None:

@@ -118,6 +118,9 @@ class Metrics:
                                 ["policy", "table"], registry=r)
         self.cold_objects = Gauge("archiver_cold_tier_objects", "Number of the table's current archive objects",
                                   ["policy", "table"], registry=r)
+        self.protected = Gauge("archiver_policy_protected", "1 where the policy protects its objects: protection is "
+                               "backup_encryption, archive_encryption or object_lock", ["policy", "protection"],
+                               registry=r)
         self.notify_failures = Counter("archiver_notify_failures", "Webhook notifications not delivered after every retry",
                                        ["policy", "event"], registry=r)
         self.push_failures = Counter("archiver_push_failures",
@@ -189,6 +192,10 @@ class Metrics:
             self.archive_lag.labels(policy, table).set(lag_seconds)
         self.cold_bytes.labels(policy, table).set(cold_bytes)
         self.cold_objects.labels(policy, table).set(cold_objects)
+
+    def set_protection(self, policy: str, protections: dict[str, bool]) -> None:
+        for name, on in protections.items():
+            self.protected.labels(policy, name).set(1 if on else 0)
 
     # -- exposition ---------------------------------------------------------------------------
     def exposition(self, accept: str = "") -> tuple[bytes, str]:

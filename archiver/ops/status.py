@@ -22,6 +22,7 @@ from ..common import log
 from ..common.cron import cron_interval
 from ..common.timeutil import format_duration, isoformat, parse_timestamp, utcnow
 from ..errors import ArchiverError
+from ..policy.protect import protection
 from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
@@ -42,6 +43,7 @@ class PolicyStatus:
     archive: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # shown, but not a problem (an interrupted run)
+    protection: dict[str, Any] | None = None  # encryption and object lock, as the policy says
     source: str | None = None  # the policy file, for a file that did not load
     error: str | None = None  # why that file did not load: its first problem, file:line:col key: message
 
@@ -53,7 +55,7 @@ class PolicyStatus:
         document = {"policy": self.policy, "healthy": self.healthy, "checked_at": isoformat(self.checked_at),
                     "newest_backup": self.newest_backup, "newest_verified": self.newest_verified,
                     "tasks": self.tasks, "held_back": self.held_back, "archive": self.archive,
-                    "problems": self.problems, "notes": self.notes}
+                    "problems": self.problems, "notes": self.notes, "protection": self.protection}
         if self.error is not None:
             document.update(source=self.source, error=self.error)
         return document
@@ -256,7 +258,7 @@ def policy_status(policy: Policy, *, store: Store | None = None, now: datetime |
                   check_database: bool = True) -> PolicyStatus:
     """``check_database``: also look at the hot chunks (when the DSN is set and the server answers)."""
     now = now or utcnow()
-    status = PolicyStatus(policy.name or "", now)
+    status = PolicyStatus(policy.name or "", now, protection=protection(policy))
     try:
         store = store or open_store(policy.storage)
         _backup_status(policy, store, now, status)

@@ -52,11 +52,16 @@ class Builder:
         self.environ = environ
         self.strict_env = strict_env
         self.issues: list[PolicyIssue] = []
+        self.warnings: list[PolicyIssue] = []  # valid, but probably not what was meant (policy validate prints them)
         self.unresolved: dict[str, list[str]] = {}
 
     def issue(self, path: KeyPath, message: str, *, key: bool = False) -> None:
         mark = self.loaded.mark(path, key=key)
         self.issues.append(PolicyIssue(self.source, mark.line, mark.column, dotted(path), message))
+
+    def warn(self, path: KeyPath, message: str) -> None:
+        mark = self.loaded.mark(path)
+        self.warnings.append(PolicyIssue(self.source, mark.line, mark.column, dotted(path), message))
 
     def build(self, cls: type, value: Any, path: KeyPath) -> Any:
         if not isinstance(value, dict):
@@ -116,7 +121,9 @@ class Builder:
                 return None
             if isinstance(value, str) and ENV_REF.search(value) and not interpolate(value, self.environ)[0].strip():
                 return None  # `${VAR:-}` left empty means "not set" for an optional key
-            return self.convert(Annotated[options[0], *metadata] if metadata else options[0], value, path)
+            chosen = next((o for o in options if typing.get_origin(o) is list), options[0]) \
+                if isinstance(value, list) else options[0]  # `str | list[str]`: a list is taken as one
+            return self.convert(Annotated[chosen, *metadata] if metadata else chosen, value, path)
         if isinstance(value, str):
             for meta in metadata:
                 if isinstance(meta, RawCheck) and (problem := meta.function(value)):

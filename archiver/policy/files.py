@@ -34,6 +34,7 @@ class LoadResult:
     policies: list[Policy]
     issues: list[PolicyIssue]
     unresolved_env: dict[str, dict[str, list[str]]]  # file -> key -> variable names
+    warnings: list[PolicyIssue] = dataclasses.field(default_factory=list)
 
 
 def _parse_one(path: Path, environ: typing.Mapping[str, str],
@@ -140,6 +141,7 @@ def load(paths: typing.Iterable[str | os.PathLike[str]], *, environ: typing.Mapp
     files, issues = policy_files(paths)
     parsed: list[tuple[Policy, Builder]] = []
     unresolved: dict[str, dict[str, list[str]]] = {}
+    warnings: list[PolicyIssue] = []
     for path in files:
         policy, file_issues, builder = _parse_one(path, env, strict_env)
         issues.extend(file_issues)
@@ -147,6 +149,7 @@ def load(paths: typing.Iterable[str | os.PathLike[str]], *, environ: typing.Mapp
             unresolved[str(path)] = builder.unresolved
         if policy is not None and builder is not None:
             parsed.append((policy, builder))
+            warnings += builder.warnings
     before = {id(b): len(b.issues) for _, b in parsed}
     check_set(parsed)
     for _, builder in parsed:
@@ -154,7 +157,7 @@ def load(paths: typing.Iterable[str | os.PathLike[str]], *, environ: typing.Mapp
     bad_files = {issue.file for issue in issues}
     good = [policy for policy, _ in parsed if policy.source not in bad_files]
     issues.sort(key=lambda i: (i.file, i.line, i.column))
-    return LoadResult(good, issues, unresolved)
+    return LoadResult(good, issues, unresolved, warnings)
 
 
 def load_policies(paths: typing.Iterable[str | os.PathLike[str]], *,

@@ -9,6 +9,7 @@ from ..common.timeutil import format_duration
 from ..storage.url import StorageLocation, bucket_name_problem, parse_storage_url
 from .build import Builder
 from .issues import KeyPath, dotted, show
+from .protect_rules import check_protection
 from .schema import ArchiveTable, Policy
 
 # --------------------------------------------------------------------------------------------
@@ -136,7 +137,8 @@ def _check_name(policy: Policy, b: Builder) -> None:
                 "allowed lowercase letters, digits, '_', '.', '-' - set name: explicitly")
 
 
-POLICY_RULES = (_check_name, _check_database, _check_storage, _check_backup, _check_archive, _check_verify)
+POLICY_RULES = (_check_name, _check_database, _check_storage, _check_backup, _check_archive, _check_verify,
+                check_protection)
 
 
 def _overlapping(a: StorageLocation, b: StorageLocation) -> bool:

@@ -32,6 +32,7 @@ from .fields import (
     text_pattern,
 )
 from .kubernetes import KubernetesConfig
+from .protect import EncryptionConfig, ObjectLockConfig
 
 # --------------------------------------------------------------------------------------------
 # The schema
@@ -90,6 +91,7 @@ class StorageConfig:
     max_attempts: Annotated[int, int_range(1, 20)] = 5
     # the longest one storage operation may wait, all its attempts together (s3:// only)
     timeout: Annotated[Duration, Check(_storage_timeout_range)] = timedelta(minutes=2)
+    object_lock: ObjectLockConfig | None = None  # S3 Object Lock retention on every object put
 
 
 ORPHAN_GRACE_MIN = timedelta(hours=1)
@@ -229,6 +231,7 @@ class ArchiveConfig:
     shards: Annotated[int, int_range(1, 64)] = 1
     late_data_check: bool = True
     parquet: ParquetConfig = field(default_factory=ParquetConfig)  # tables without their own parquet: use this
+    encrypt: bool = False  # age-encrypt the Parquet files (needs encryption:); they are then not queryable in place
 
     def __post_init__(self) -> None:
         """A table without its own ``parquet`` section takes the archive's."""
@@ -292,6 +295,7 @@ class Policy:
     notify: NotifyConfig | None = None
     metrics: MetricsConfig | None = None
     kubernetes: KubernetesConfig | None = None  # pod sizes for `archiver render kubernetes` only
+    encryption: EncryptionConfig | None = None  # age recipients (and, where reading, identities)
     source: str = field(default="", metadata={"internal": True})
 
     def __post_init__(self) -> None:

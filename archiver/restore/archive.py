@@ -54,6 +54,7 @@ from ..pg.dsn import parse_dsn
 from ..pg.locks import database_lock
 from ..pg.quote import qualified
 from ..pg.staging import range_condition
+from ..policy.protect import cold_store
 from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
@@ -282,7 +283,8 @@ def run_restore_archive(policy: Policy, *, table: str, start: str, end: str, tar
                         progress: Progress = NULL_PROGRESS) -> TaskResult:
     """Load the archived rows of ``table`` in ``[start, end)`` back into it (or into ``target``)."""
     qualified_name = table if "." in table else f"public.{table}"
-    store = store or open_store(policy.storage)
+    encrypt = bool(policy.archive and policy.archive.encrypt)
+    store = cold_store(store or open_store(policy.storage), policy.encryption, encrypt, "restore-archive")
     ranges, problems = archived_ranges(store, qualified_name)
     if not ranges:
         tables = ", ".join(archived_tables(store)) or "none"

@@ -40,11 +40,13 @@ from ..pg import binaries
 from ..pg.connect import server_version_num
 from ..pg.dsn import dsn_with
 from ..pg.scratch import ContainerPostgres, LocalPostgres
+from ..policy.protect import cold_store, reading_keyring
 from ..policy.schema import Policy, ScratchConfig, VerifyConfig
+from ..storage.agekeys import Keyring
 from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import FORMAT_VERSION, write_json
-from ..storage.integrity import ObjectMismatch
+from ..storage.integrity import ObjectMismatch, check_decryptable
 from .checks import (
     Check,
     check_amcheck,
@@ -171,12 +173,14 @@ def run_verify(policy: Policy, *, store: Store | None = None, progress: Progress
                backup_id: str | None = None, scratch: str | None = None, archives: bool | None = None) -> TaskResult:
     """Restore a backup (the newest by default) into a scratch instance, check it, record the verdict."""
     config = verify_config(policy)
+    keyring = reading_keyring(policy.encryption, "verify")
     store = store or open_store(policy.storage)
     kind = scratch or config.scratch.kind
     if kind not in ("local", "container"):
         raise UsageError(f"--scratch {kind!r}: allowed local or container")
     entry = _backup_to_drill(store, backup_id, policy)
     source = Source(entry)
+    check_decryptable(store, source.dump, f"the dump object of backup {entry.id}", keyring)  # before a scratch starts
     started_at, clock = utcnow(), time.monotonic()
     logger.info("verify.start", extra=log.fields(policy=policy.name, backup_id=entry.id, scratch=kind))
     progress.phase(f"start {kind} scratch PostgreSQL", unit="steps")
@@ -186,10 +190,11 @@ def run_verify(policy: Policy, *, store: Store | None = None, progress: Progress
         drill = Drill(source, kind, started_at, [], {"scratch_start": time.monotonic() - clock},
                       _scratch_facts(kind, config.scratch, instance), {"archiver": __version__})
         target = dsn_with(instance.dsn(), dbname=str(source.database.get("name") or "restored"))
-        if _restore(drill, policy, store, target, config, progress):
+        if _restore(drill, policy, store, target, config, progress, keyring):
             _check_restored(drill, target, config, instance, progress)
     if archives if archives is not None else config.archives:
-        drill.checks += _archive_checks(store, progress)
+        encrypt = bool(policy.archive and policy.archive.encrypt)
+        drill.checks += _archive_checks(cold_store(store, policy.encryption, encrypt, "verify"), progress)
     drill.durations["total"] = time.monotonic() - clock
     record = drill.record(policy.name or "")
     write_json(store, verification_key(entry.id), record)
@@ -214,13 +219,13 @@ def verify_config(policy: Policy) -> VerifyConfig:
 
 
 def _restore(drill: Drill, policy: Policy, store: Store, target: str, config: VerifyConfig,
-             progress: Progress) -> bool:
+             progress: Progress, keyring: Keyring | None) -> bool:
     """Restore as ``archiver restore`` does; False (with a failed check) when the backup does not restore."""
     clock = time.monotonic()
     entry = drill.source.entry
     try:
         plan = plan_restore(store, entry, target, policy=policy.name or "",
-                            pg_bin_dir=config.scratch.pg_bin_dir or policy.database.pg_bin_dir)
+                            pg_bin_dir=config.scratch.pg_bin_dir or policy.database.pg_bin_dir, keyring=keyring)
         drill.versions.update(pg_restore=plan.pg_restore.version, timescaledb=drill.source.timescaledb)
         outcome = execute_restore(plan, store, progress=progress)
     except ObjectMismatch as exc:

@@ -22,8 +22,9 @@ from ..errors import UsageError
 from ..pg.connect import DatabaseMissing
 from ..pg.dsn import parse_dsn, redact_dsn
 from ..pg.target import inspect_server, inspect_target
+from ..storage.agekeys import Keyring
 from ..storage.base import Store
-from ..storage.integrity import ObjectMismatch, precheck, read_verified
+from ..storage.integrity import ObjectMismatch, check_decryptable, precheck, read_verified
 from . import props
 from .planned import RestorePlan
 from .props import TargetUnsuitable
@@ -35,7 +36,7 @@ SPOOL_MARGIN = 64 * 1024 * 1024
 
 def plan_restore(store: Store, entry: BackupEntry, target_dsn: str, *, policy: str = "", clean: bool = False,
                  jobs: int = 1, work_dir: str | None = None, pg_bin_dir: str | None = None,
-                 source_dsn: str | None = None) -> RestorePlan:
+                 source_dsn: str | None = None, keyring: Keyring | None = None) -> RestorePlan:
     """Everything a restore will do, checked against the store and the target; changes nothing."""
     source = Source(entry)
     if not parse_dsn(target_dsn).get("dbname"):
@@ -47,6 +48,7 @@ def plan_restore(store: Store, entry: BackupEntry, target_dsn: str, *, policy: s
         object_entry = source.dump if name == "dump" else source.globals
         if object_entry is not None:
             _precheck(store, object_entry, f"the {name} object of backup {entry.id}", policy)
+            check_decryptable(store, object_entry, f"the {name} object of backup {entry.id}", keyring)
     extensions = sorted(set(source.extensions) - {"plpgsql"})
     try:
         target = inspect_target(target_dsn, extensions)
@@ -56,7 +58,7 @@ def plan_restore(store: Store, entry: BackupEntry, target_dsn: str, *, policy: s
         create_database = True
     tool = pg_restore_tool(source, target, pg_bin_dir)
     plan = RestorePlan(policy, source, target_dsn, target, tool, create_database=create_database, jobs=jobs,
-                       clean_requested=clean)
+                       clean_requested=clean, keyring=keyring)
     check_versions(plan)
     _check_contents(plan, clean)
     _check_privileges(plan)
@@ -170,7 +172,7 @@ def _plan_roles(plan: RestorePlan, store: Store) -> None:
         plan.notes.append("the backup holds no roles (backup.globals: false): roles that own objects must exist "
                           "on the target")
         return
-    plan.globals_script = read_verified(store, entry, f"the globals object of backup {plan.source.entry.id}")
+    plan.globals_script = read_verified(store, entry, f"the globals object of backup {plan.source.entry.id}", plan.keyring)
     plan.roles = plan_roles(plan.globals_script.decode("utf-8", "replace"), plan.target.roles,
                             superuser=plan.target.superuser)
     if plan.roles.create and not (plan.target.superuser or plan.target.create_role):

@@ -16,6 +16,7 @@ from ..pg import properties as dbprops
 from ..pg.binaries import Tool
 from ..pg.dsn import parse_dsn, redact_dsn
 from ..pg.target import TargetFacts
+from ..storage.agekeys import Keyring
 from .select import Source
 
 # -- the plan ------------------------------------------------------------------------------------
@@ -47,6 +48,7 @@ class RestorePlan:
     properties: dbprops.DatabaseProperties | None = None  # the source database's, when the manifest records them
     database_options: str = ""  # CREATE DATABASE clauses: the source's encoding and locale
     properties_plan: dbprops.PropertiesPlan | None = None  # run once pg_restore has committed
+    keyring: Keyring | None = field(default=None, repr=False)  # identities for encrypted objects
 
     @property
     def target_name(self) -> str:

@@ -104,7 +104,7 @@ def stream_restore(plan: RestorePlan, store: Store, argv: list[str], env: dict[s
     what = f"restore of backup {plan.source.entry.id} into {plan.target_name} failed"
     steps = _StepCounter()
     progress.phase(f"restore {plan.target_name}: download and load", total=outcome.dump_bytes or None)
-    with CheckedObject(store, plan.source.dump, f"the dump object of backup {plan.source.entry.id}") as obj, \
+    with CheckedObject(store, plan.source.dump, f"the dump object of backup {plan.source.entry.id}", plan.keyring) as obj, \
             Prefetch(obj.chunks(), depth=4, close_source=False) as chunks, \
             FeedingCommand(argv, env, "pg_restore", what=what, on_line=steps) as child:
         withheld = _Withheld(HOLD_BACK)
@@ -161,7 +161,7 @@ def spooled(plan: RestorePlan, store: Store, progress: Progress, outcome: Restor
     try:
         path = directory / "dump.pgdump"
         progress.phase(f"download {plan.source.entry.id} to {directory}", total=outcome.dump_bytes or None)
-        with CheckedObject(store, plan.source.dump, f"the dump object of backup {plan.source.entry.id}") as obj, \
+        with CheckedObject(store, plan.source.dump, f"the dump object of backup {plan.source.entry.id}", plan.keyring) as obj, \
                 open(path, "wb") as out:
             for chunk in obj.chunks():
                 out.write(chunk)

@@ -43,6 +43,7 @@ from ..errors import ArchiverError, TaskFailed, UsageError
 from ..pg.dsn import dsn_has_password, parse_dsn, redact_dsn
 from ..pg.locks import restore_target_lock
 from ..pg.target import drop_database, drop_roles
+from ..policy.protect import reading_keyring
 from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
@@ -82,11 +83,12 @@ def run_restore(policy: Policy, request: RestoreRequest, *, confirm: Confirm, pr
     log.register_secret(parse_dsn(request.target, source="--target").get("password"))
     if request.target_in_argv:
         refuse_password_in_argv(request.target)
+    keyring = reading_keyring(policy.encryption, "restore")
     store = store or open_store(policy.storage)
     entry = select_backup(store, backup_id=request.backup_id, before=request.before, policy=policy.name or "")
     plan = plan_restore(store, entry, request.target, policy=policy.name or "", clean=request.clean,
                         jobs=request.jobs, work_dir=request.work_dir, pg_bin_dir=policy.database.pg_bin_dir,
-                        source_dsn=_source_dsn(policy))
+                        source_dsn=_source_dsn(policy), keyring=keyring)
     if request.dry_run:
         return TaskResult(policy=policy.name or "", task="restore", summary="dry run: nothing was changed",
                           lines=plan.lines(), data={"plan": plan.to_json(), "dry_run": True})

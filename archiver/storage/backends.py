@@ -12,6 +12,7 @@ from typing import Protocol
 from ..errors import UsageError
 from .base import Store
 from .local import LocalStore
+from .objectlock import ObjectLock
 from .url import parse_storage_url
 
 
@@ -40,6 +41,17 @@ class StoreSettings(Protocol):
     def max_attempts(self) -> int: ...
     @property
     def timeout(self) -> timedelta: ...
+    @property
+    def object_lock(self) -> LockSettings | None: ...
+
+
+class LockSettings(Protocol):
+    """A policy's ``storage.object_lock``: governance or compliance, and for how long."""
+
+    @property
+    def mode(self) -> str: ...
+    @property
+    def retain(self) -> timedelta: ...
 
 
 def open_store(config: StoreSettings | str) -> Store:
@@ -59,4 +71,11 @@ def open_store(config: StoreSettings | str) -> Store:
                    profile=config.profile, sse=config.sse, kms_key_id=config.kms_key_id,
                    storage_class=config.storage_class, addressing_style=config.addressing_style,
                    concurrency=config.upload_concurrency, max_attempts=config.max_attempts,
-                   timeout=config.timeout.total_seconds())
+                   timeout=config.timeout.total_seconds(), object_lock=_lock(config))
+
+
+def _lock(config: StoreSettings) -> ObjectLock | None:
+    lock = getattr(config, "object_lock", None)
+    if lock is None:
+        return None
+    return ObjectLock(str(lock.mode).upper(), lock.retain)

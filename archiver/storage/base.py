@@ -28,6 +28,7 @@ class ObjectInfo:
     size: int
     modified: datetime
     etag: str | None = None
+    locked_until: datetime | None = None  # S3 Object Lock: the object cannot be deleted before (head only)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class PutResult:
     size: int
     sha256: str
     etag: str | None = None
+    encryption: dict[str, Any] | None = None  # age: the format and the recipients' fingerprints
 
 
 def check_key(key: str) -> str:
@@ -143,6 +145,11 @@ class Store(ABC):
     """A place for objects: an S3 prefix or a local directory."""
 
     url: str
+
+    @property
+    def locks_objects(self) -> bool:
+        """Objects may carry a retention (S3 Object Lock): ``head`` reports ``locked_until``."""
+        return False
 
     @abstractmethod
     def writer(self, key: str, *, size_hint: int | None = None, if_absent: bool = False,

@@ -18,9 +18,11 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from ..errors import ObjectNotFound, VerificationFailed
+from ..errors import ObjectNotFound, UsageError, VerificationFailed
+from .agekeys import CannotDecrypt, Keyring, cannot_decrypt, may_open
 from .base import ObjectInfo, Store
 from .compress import TruncatedStream, iter_decompressed
+from .crypt import PROBE_BYTES, DamagedCiphertext, iter_decrypted, opens
 
 READ_SIZE = 1024 * 1024
 _DECOMPRESSION_ERRORS = (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, OSError, ValueError)
@@ -60,8 +62,9 @@ class CheckedObject:
     that stops early may call ``chunks`` again to go on where it stopped.
     """
 
-    def __init__(self, store: Store, entry: dict[str, Any], what: str) -> None:
+    def __init__(self, store: Store, entry: dict[str, Any], what: str, keyring: Keyring | None = None) -> None:
         self.store = store
+        self.keyring = keyring
         self.entry = entry
         self.what = what
         self.key = str(entry["key"])
@@ -91,11 +94,26 @@ class CheckedObject:
             self.stored_bytes += len(chunk)
             yield chunk
 
+    def _plain_chunks(self) -> Iterator[bytes]:
+        """The stored bytes, decrypted when the manifest says the object is encrypted."""
+        encryption = self.entry.get("encryption")
+        if not encryption:
+            return self._stored_chunks()
+        if self.keyring is None:
+            raise UsageError(f"{self.what} {self.store.describe(self.key)} is encrypted and encryption.identities "
+                             "is not set: cannot read it")
+        return iter_decrypted(self._stored_chunks(), self.keyring)
+
     def _decode(self) -> Iterator[bytes]:
         try:
-            for chunk in iter_decompressed(self._stored_chunks(), str(self.entry.get("codec", "none"))):
+            for chunk in iter_decompressed(self._plain_chunks(), str(self.entry.get("codec", "none"))):
                 self.decompressed_bytes += len(chunk)
                 yield chunk
+        except CannotDecrypt:
+            recorded = [str(r) for r in (self.entry.get("encryption") or {}).get("recipients") or []]
+            raise cannot_decrypt(f"{self.what} {self.store.describe(self.key)}", recorded) from None
+        except DamagedCiphertext as exc:
+            raise self._mismatch("corrupt", f"cannot be decrypted: {exc}") from None
         except TruncatedStream as exc:
             raise self._mismatch("truncated", f"ends in the middle of its compressed stream ({exc})") from None
         except _DECOMPRESSION_ERRORS as exc:
@@ -140,9 +158,27 @@ class CheckedObject:
         return ObjectMismatch(f"{self.what} {self.store.describe(self.key)} {detail}{at}", key=self.key, reason=reason)
 
 
-def read_verified(store: Store, entry: dict[str, Any], what: str) -> bytes:
+def check_decryptable(store: Store, entry: dict[str, Any], what: str, keyring: Keyring | None) -> None:
+    """Before anything is written: an encrypted object opens with the configured identities (its header
+    is enough); exit 2 without identities, exit 4 with none that fits."""
+    encryption = entry.get("encryption")
+    if not encryption:
+        return
+    key = str(entry["key"])
+    if keyring is None:
+        raise UsageError(f"{what} {store.describe(key)} is encrypted and encryption.identities is not set: "
+                         "cannot read it", hint="nothing was written; set encryption.identities (private key files)")
+    recorded = [str(r) for r in encryption.get("recipients") or []]
+    if may_open(keyring, recorded) or opens(store.read_range(key, 0, PROBE_BYTES), keyring):
+        return
+    error = cannot_decrypt(f"{what} {store.describe(key)}", recorded)
+    error.hint = f"nothing was written; {error.hint}"
+    raise error
+
+
+def read_verified(store: Store, entry: dict[str, Any], what: str, keyring: Keyring | None = None) -> bytes:
     """A small object's original bytes, checked completely before they are returned."""
-    with CheckedObject(store, entry, what) as obj:
+    with CheckedObject(store, entry, what, keyring) as obj:
         data = b"".join(obj.chunks())
         obj.finish()
     return data

@@ -25,6 +25,7 @@ from botocore.config import Config
 from ..errors import ObjectNotFound, StoreError
 from . import waits
 from .base import IncompleteWrite, ObjectInfo, ObjectWriter, Store, check_key
+from .objectlock import ObjectLock, check_bucket_lock
 from .s3_transfer import TRANSIENT_READ_ERRORS, S3Reader, S3Writer, error_code, explain
 from .waits import WaitBudget
 
@@ -33,13 +34,16 @@ class S3Store(Store):
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, region: str | None = None,
                  profile: str | None = None, sse: str | None = None, kms_key_id: str | None = None,
                  storage_class: str | None = None, addressing_style: str = "auto", concurrency: int = 4,
-                 max_attempts: int = 5, timeout: float = 120.0, client: Any = None) -> None:
+                 max_attempts: int = 5, timeout: float = 120.0, client: Any = None,
+                 object_lock: ObjectLock | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.sse = sse
         self.kms_key_id = kms_key_id
         self.storage_class = storage_class
+        self.object_lock = object_lock
+        self._lock_checked = False
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.budget = WaitBudget(total=timeout, max_attempts=max_attempts)
@@ -72,8 +76,14 @@ class S3Store(Store):
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def put_arguments(self, content_type: str | None) -> dict[str, Any]:
+    @property
+    def locks_objects(self) -> bool:
+        return True  # a bucket may hold locked objects even when this policy does not lock new ones
+
+    def put_arguments(self, content_type: str | None, key: str = "") -> dict[str, Any]:
         arguments: dict[str, Any] = {}
+        if self.object_lock is not None and self.object_lock.applies_to(key):
+            arguments.update(self.object_lock.put_arguments())
         if self.sse:
             arguments["ServerSideEncryption"] = self.sse
         if self.kms_key_id:
@@ -86,6 +96,9 @@ class S3Store(Store):
 
     def writer(self, key: str, *, size_hint: int | None = None, if_absent: bool = False,
                content_type: str | None = None) -> ObjectWriter:
+        if self.object_lock is not None and not self._lock_checked:
+            check_bucket_lock(self.api, self.bucket, self.url)
+            self._lock_checked = True
         return S3Writer(self, key, size_hint=size_hint, if_absent=if_absent, content_type=content_type)
 
     def open(self, key: str) -> BinaryIO:
@@ -136,7 +149,8 @@ class S3Store(Store):
         except Exception as exc:
             raise explain(exc, f"cannot stat {self.describe(key)}") from None
         return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"],
-                          str(response.get("ETag", "")).strip('"') or None)
+                          str(response.get("ETag", "")).strip('"') or None,
+                          locked_until=response.get("ObjectLockRetainUntilDate"))
 
     def delete(self, key: str) -> None:
         try:

@@ -113,7 +113,7 @@ def test_backups_list_every_policy_newest_first(tmp_path: Path, s3_store: S3Stor
     document = read_manifest(s3_store, middle)
     assert listed == [{"policy": "telemetry", "id": middle, "time": document["snapshot_time"],
                        "size": sum(o["size"] for o in document["objects"].values()), "duration_seconds": 42.0,
-                       "verified": False, "verification": "failed", "database": "app"}]
+                       "verified": False, "verification": "failed", "database": "app", "encrypted": False, "decryptable": None}]
     assert listed[0]["time"] == isoformat(now - timedelta(days=2))
 
 

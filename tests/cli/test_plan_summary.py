@@ -44,7 +44,8 @@ def test_plan_prints_runs_of_alike_chunks_as_one_line_and_every_chunk_on_request
     assert len(drops) == 1 and drops[0].startswith(
         f"retention would drop 20 chunks from {utc_bound(dsn, 60)} to {utc_bound(dsn, 40)}: verified archive v1 matches")
     assert drops[0].endswith("(and alike, with other numbers)"), "each reason names its own object"
-    assert len(lines) == 7, lines  # the table, five decision lines, the summary
+    assert lines[-2] == "protection: backups not encrypted, archives not encrypted, no object lock", lines
+    assert len(lines) == 8, lines  # the table, five decision lines, protection, the summary
 
     every = run_cli(*cli, "-v", "plan", "telemetry")
     assert every.code == 0
