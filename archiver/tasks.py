@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from .backup.prune import PruneOptions, prune_task
+from .backup.prune import PruneOptions
 from .backup.task import BackupOptions, backup_task
 from .coldtier.archive import ArchiveOptions, archive_task
 from .coldtier.retention import RetentionOptions, retention_task
@@ -25,6 +25,8 @@ from .common.progress import Progress
 from .common.result import TaskOptions, TaskResult
 from .errors import UsageError
 from .pg.locks import DatabaseLock
+from .pitr.basebackup import BaseBackupOptions, basebackup_task
+from .pitr.prune import prune_all_task
 from .policy.schema import Policy
 from .restore.drill import VerifyOptions, verify_task
 from .storage.base import Store
@@ -45,7 +47,7 @@ class Locks:
 @dataclass(frozen=True)
 class Task(Generic[OptionsT]):
     name: str
-    section: Literal["backup", "archive", "verify"]  # the policy section it needs
+    section: Literal["backup", "archive", "verify", "pitr"]  # the policy section it needs
     locks: Locks
     store_only: bool  # touches only the store: the policy's database variables need not be set
     schedule: Callable[[Policy], str | None]  # its cron expression in a policy (None: not scheduled there)
@@ -55,10 +57,11 @@ class Task(Generic[OptionsT]):
     options: Callable[[], OptionsT]  # the options of a scheduled run (archiver run, the worker)
     newest_backup: Literal["taken", "verified"] | None = None  # a success moves this freshness gauge
     refreshes_status: bool = False  # the worker re-reads the policy's status (backup ages) after a run
+    also_with: tuple[str, ...] = ()  # other sections that give the task something to do (prune: pitr)
 
     def configured(self, policy: Policy) -> None:
         """Refuse (exit 2) a policy without the section this task needs, before any lock or connection."""
-        if getattr(policy, self.section) is None:
+        if all(getattr(policy, section) is None for section in (self.section, *self.also_with)):
             raise UsageError(f"policy {policy.name!r} has no {self.section} section ({policy.source}), so it has no "
                              f"{self.name} task", hint=f"add {self.section}: {{schedule: ...}} to the policy")
 
@@ -67,10 +70,16 @@ def _backup_schedule(policy: Policy) -> str | None:
     return policy.backup.schedule if policy.backup else None
 
 
+def _basebackup_schedule(policy: Policy) -> str | None:
+    return policy.pitr.base_backup.schedule if policy.pitr else None
+
+
 def _prune_schedule(policy: Policy) -> str | None:
     """Prune follows the backup schedule unless it has its own (it then waits for the backup: tasks of one
-    policy run one after another)."""
+    policy run one after another); a policy with base backups only prunes after its base backups."""
     if policy.backup is None or policy.backup.retention is None:
+        if policy.pitr is not None and policy.pitr.base_backup.retention is not None:
+            return policy.pitr.base_backup.schedule
         return None
     return policy.backup.prune_schedule or policy.backup.schedule
 
@@ -94,11 +103,17 @@ BACKUP: Task[BackupOptions] = Task(
     interrupted="nothing was changed (no manifest was written; a backup without one is not a backup)",
     run=backup_task, options=BackupOptions, newest_backup="taken", refreshes_status=True)
 
+BASEBACKUP: Task[BaseBackupOptions] = Task(
+    name="basebackup", section="pitr", locks=Locks(database=DatabaseLock("basebackup")), store_only=False,
+    schedule=_basebackup_schedule, metrics=("bytes", "peak_rss_bytes"),
+    interrupted="nothing was changed (no manifest was written; a base backup without one is not a base backup)",
+    run=basebackup_task, options=BaseBackupOptions, refreshes_status=True)
+
 PRUNE: Task[PruneOptions] = Task(
     name="prune", section="backup", locks=Locks(store=True), store_only=True,
     schedule=_prune_schedule, metrics=(),
     interrupted="nothing else was changed: backups deleted before the interruption stay deleted (see the log)",
-    run=prune_task, options=PruneOptions, refreshes_status=True)
+    run=prune_all_task, options=PruneOptions, refreshes_status=True, also_with=("pitr",))
 
 ARCHIVE: Task[ArchiveOptions] = Task(
     name="archive", section="archive", locks=Locks(database=COLD_TIER_LOCK), store_only=False,
@@ -119,11 +134,11 @@ VERIFY: Task[VerifyOptions] = Task(
     name="verify", section="verify", locks=Locks(store=True), store_only=True,
     schedule=_verify_schedule, metrics=("rows", "bytes"),
     interrupted="nothing was changed (no verdict was written; the scratch instance was removed)",
-    run=verify_task, options=VerifyOptions, newest_backup="verified", refreshes_status=True)
+    run=verify_task, options=VerifyOptions, newest_backup="verified", refreshes_status=True, also_with=("pitr",))
 
 # In the order a policy's tasks are listed and scheduled.
-TASKS: tuple[Task[BackupOptions], Task[PruneOptions], Task[ArchiveOptions], Task[RetentionOptions],
-             Task[VerifyOptions]] = (BACKUP, PRUNE, ARCHIVE, RETENTION, VERIFY)
+TASKS: tuple[Task[BackupOptions], Task[BaseBackupOptions], Task[PruneOptions], Task[ArchiveOptions],
+             Task[RetentionOptions], Task[VerifyOptions]] = (BACKUP, BASEBACKUP, PRUNE, ARCHIVE, RETENTION, VERIFY)
 TASK_NAMES = tuple(task.name for task in TASKS)
 
 

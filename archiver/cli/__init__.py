@@ -17,6 +17,7 @@ from .archive_cmd import archive_command, plan_command, retention_command
 from .backup_cmd import backup_command, backups_group, prune_command
 from .context import AppContext, default_policies_path
 from .demo_cmd import demo_command
+from .pitr_cmd import basebackup_command, wal_fetch_command, wal_push_command, wal_receive_command
 from .policy_cmd import policy_group
 from .restore_cmd import restore_archive_command, restore_command
 from .run_cmd import run_command
@@ -60,6 +61,10 @@ for command in (
     run_command,
     status_command,
     demo_command,
+    basebackup_command,
+    wal_push_command,
+    wal_fetch_command,
+    wal_receive_command,
 ):
     cli.add_command(command)
 

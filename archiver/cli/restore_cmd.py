@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -14,6 +15,7 @@ from ..restore.select import parse_before
 from ..restore.task import Confirm, RestoreRequest, run_restore
 from . import params
 from .context import AppContext, pass_app
+from .pitr_cmd import pitr_options, pitr_requested, restore_pitr
 from .progress import progress_for_terminal
 
 
@@ -33,7 +35,7 @@ def _confirmation(yes: bool) -> Confirm:
 
 @click.command("restore")
 @click.argument("name")
-@click.option("--target", required=True, envvar="ARCHIVER_RESTORE_TARGET", show_envvar=True, callback=params.target_dsn,
+@click.option("--target", envvar="ARCHIVER_RESTORE_TARGET", show_envvar=True, callback=params.target_dsn,
               help="libpq DSN of the database to restore into; created when it does not exist. No password here: "
                    "PGPASSWORD, ~/.pgpass, or the whole DSN in ARCHIVER_RESTORE_TARGET.")
 @click.option("--backup", "backup_id", metavar="ID", callback=params.backup_id,
@@ -46,11 +48,13 @@ def _confirmation(yes: bool) -> Confirm:
 @click.option("--checksums", is_flag=True, help="Also compare every table's content checksum with the manifest.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the checks of the target; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
+@pitr_options
 @click.pass_context
 @pass_app
-def restore_command(app: AppContext, ctx: click.Context, name: str, target: str, backup_id: str | None,
+def restore_command(app: AppContext, ctx: click.Context, name: str, target: str | None, backup_id: str | None,
                     before: str | None, clean: bool, jobs: int, work_dir: str | None, checksums: bool, dry_run: bool,
-                    yes: bool) -> int:
+                    yes: bool, pitr: bool, to_time: str | None, to_lsn: str | None, to_latest: bool,
+                    data_dir: str | None, start: bool, port: int | None, keep_archiving: bool) -> int:
     """Restore a backup of policy NAME into the database --target.
 
     Prints the plan (backup, its age and size, source versions, target, what --clean drops) and asks
@@ -59,7 +63,19 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
     target is running, 4 the backup does not match its manifest (corrupt or missing object, or
     restored rows differ: a database the restore created is dropped again), 5 restored, but some of
     the source database's settings, comment or privileges could not be applied (each is listed).
+
+    With --pitr: a base backup and the WAL after it into the new data directory --data-dir, recovered to
+    --to-time, --to-lsn or --to-latest (see README, "Point-in-time recovery").
     """
+    logical = {"--backup": backup_id, "--before": before, "--clean": clean, "--jobs": jobs != 1,
+               "--work-dir": work_dir, "--checksums": checksums}
+    flags: dict[str, Any] = {"pitr": pitr, "to_time": to_time, "to_lsn": to_lsn, "to_latest": to_latest,
+                             "data_dir": data_dir, "start": start, "port": port, "keep_archiving": keep_archiving}
+    if pitr_requested(ctx, flags, target, logical):
+        return restore_pitr(app, name, dry_run=dry_run, yes=yes, **flags)
+    if target is None:
+        raise UsageError("--target is required (the database to restore into), or --pitr with --data-dir for a "
+                         "point-in-time recovery", hint="or set ARCHIVER_RESTORE_TARGET")
     request = RestoreRequest(target=target, backup_id=backup_id, before=parse_before(before) if before else None,
                              clean=clean, jobs=jobs, work_dir=work_dir, dry_run=dry_run, checksums=checksums,
                              target_in_argv=ctx.get_parameter_source("target") != ParameterSource.ENVIRONMENT)

@@ -23,7 +23,8 @@ from .base import ObjectInfo, Store
 from .compress import TruncatedStream, iter_decompressed
 
 READ_SIZE = 1024 * 1024
-_DECOMPRESSION_ERRORS = (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, OSError, ValueError)
+# what a decompressor raises on a damaged stream
+DECOMPRESSION_ERRORS = (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, OSError, ValueError)
 
 
 class ObjectMismatch(VerificationFailed):
@@ -98,7 +99,7 @@ class CheckedObject:
                 yield chunk
         except TruncatedStream as exc:
             raise self._mismatch("truncated", f"ends in the middle of its compressed stream ({exc})") from None
-        except _DECOMPRESSION_ERRORS as exc:
+        except DECOMPRESSION_ERRORS as exc:
             raise self._mismatch("corrupt", f"cannot be decompressed ({type(exc).__name__}: {exc})") from None
 
     def chunks(self) -> Iterator[bytes]:
