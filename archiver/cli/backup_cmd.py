@@ -13,6 +13,7 @@ from ..errors import ExitCode
 from ..ops.runner import run_task
 from ..tasks import BACKUP, PRUNE
 from .context import AppContext, pass_app
+from .pitr_cmd import list_base_backups, render_base_backups
 from .progress import progress_for_terminal
 
 
@@ -55,6 +56,8 @@ def _render_table(listing: BackupListing) -> None:
 def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
     """List backups (those with a manifest), newest first: every policy's, or NAME's.
 
+    Policies with a pitr section also get their base backups and the recoverable window (with its gaps).
+
     A store that cannot be listed, or (without NAME) a policy file that does not load, is reported
     on stderr and makes the exit code 1; the other policies' backups are listed all the same.
     """
@@ -66,11 +69,15 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
         errors.update({item.name: f"the policy file does not load: {item.summary}" for item in broken})
     listing = list_backups(policies)
     errors.update(listing.errors)
+    bases = list_base_backups(app, name)  # point-in-time recovery: base backups and the recoverable window
+    errors.update(bases.errors)
     if as_json:
-        if listing.backups or not errors:  # an empty list would claim there are no backups
-            click.echo(json.dumps([item.to_json() for item in listing.backups], indent=2))
-    elif listing.backups:
-        _render_table(listing)
+        if listing.backups or bases.entries or not errors:  # an empty list would claim there are no backups
+            click.echo(json.dumps([item.to_json() for item in listing.backups] + bases.entries, indent=2))
+    elif listing.backups or bases.entries:
+        if listing.backups:
+            _render_table(listing)
+        render_base_backups(bases)
     elif not errors:
         click.echo("no backups" + (f" for {name}" if name else ""), err=True)
     elif listed := [policy.name for policy in policies if policy.name not in errors]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,12 @@ import click
 from click.core import ParameterSource
 
 from ..common import log
-from ..common.timeutil import parse_timestamp
+from ..common.timeutil import format_bytes, isoformat, parse_timestamp, utcnow
 from ..errors import ArchiverError, ExitCode, UsageError
 from ..ops.runner import run_task
 from ..pitr.basebackup import BaseBackupOptions
 from ..pitr.hooks import RECOVERY_ABORT_EXIT, wal_fetch, wal_push, write_recovery_report
+from ..pitr.overview import PitrOverview, pitr_overview
 from ..pitr.plan import PitrPlan, PitrRequest
 from ..pitr.receive import run_receiver
 from ..pitr.restore import run_pitr_restore
@@ -204,3 +206,56 @@ def restore_pitr(app: AppContext, name: str, *, dry_run: bool, yes: bool, pitr: 
         click.echo(line)
     click.echo(result.summary, err=True)
     return result.exit_code
+
+
+# -- backups list: base backups and the recoverable window ---------------------------------------------
+
+@dataclass
+class BaseListing:
+    entries: list[dict[str, Any]] = field(default_factory=list)  # JSON entries, newest first per policy
+    overviews: list[PitrOverview] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def list_base_backups(app: AppContext, name: str | None) -> BaseListing:
+    policies = app.policies_without_secrets(name) if name else app.policies_for_overview(section="pitr")[0]
+    listing = BaseListing()
+    now = utcnow()
+    for policy in policies:
+        if policy.pitr is None:
+            continue
+        try:
+            overview = pitr_overview(policy, open_store(policy.storage), now)
+        except ArchiverError as exc:
+            listing.errors[policy.name or ""] = str(exc)
+            continue
+        listing.overviews.append(overview)
+        for base in overview.bases:
+            span = overview.restorable.get(base.id)
+            listing.entries.append({
+                "policy": policy.name, "kind": "base_backup", "id": base.id, "time": isoformat(base.stop_time),
+                "size": base.size, "duration": float(base.manifest.get("duration_seconds", 0.0)),
+                "verified": base.verified, "timeline": base.timeline, "start_lsn": base.manifest["start_lsn"],
+                "stop_lsn": base.manifest["stop_lsn"],
+                "restorable": {"from": isoformat(span[0]), "to": isoformat(span[1])} if span else None})
+    return listing
+
+
+def render_base_backups(listing: BaseListing) -> None:
+    rows = [("POLICY", "BASE BACKUP", "ENDED (UTC)", "SIZE", "TIMELINE", "LSN", "RESTORABLE", "VERIFIED")]
+    for overview in listing.overviews:
+        for base in overview.bases:
+            span = overview.restorable.get(base.id)
+            rows.append((overview.policy, base.id, f"{base.stop_time:%Y-%m-%d %H:%M:%S}", format_bytes(base.size),
+                         str(base.timeline), f"{base.manifest['start_lsn']}..{base.manifest['stop_lsn']}",
+                         f"to {span[1]:%Y-%m-%d %H:%M:%S}" if span else "no (WAL missing)", base.verified))
+    if len(rows) > 1:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
+    for overview in listing.overviews:
+        archived = (f"; newest WAL {overview.newest_wal} completed {isoformat(overview.last_archived)}"
+                    if overview.last_archived else "; no WAL archived yet")
+        click.echo(f"{overview.policy}: recoverable window {overview.describe_window()}{archived}")
+        for gap in overview.gaps:
+            click.echo(f"{overview.policy}: GAP {gap}")

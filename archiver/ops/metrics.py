@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..common.result import TaskResult
+from .pitr_metrics import PitrGauges
 
 RESULT_METRICS = {
     "bytes": "archiver_task_bytes",
@@ -67,6 +68,7 @@ class Metrics:
         self.newest_verified = Gauge("archiver_newest_verified_backup_timestamp_seconds",
                                      "End time of the newest backup that passed a restore drill", ["policy"],
                                      registry=self.registry)
+        self.pitr = PitrGauges(self.registry)  # WAL archive and recoverable window (ops/pitr_metrics.py)
         self.newest_backup_times: dict[str, float] = {}
         self.newest_verified_times: dict[str, float] = {}
         self.registry.register(_AgeCollector(self))

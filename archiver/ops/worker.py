@@ -40,13 +40,16 @@ from apscheduler.triggers.base import BaseTrigger
 from ..common import log, signals
 from ..common.cron import cron_trigger
 from ..common.result import TaskResult
-from ..common.timeutil import parse_timestamp
+from ..common.timeutil import parse_timestamp, utcnow
 from ..errors import ExitCode, UsageError
+from ..pitr.overview import pitr_overview
 from ..policy.files import load
 from ..policy.schema import Policy
+from ..storage.backends import open_store
 from ..tasks import TASKS, task_schedules
 from . import notify
 from .metrics import Metrics
+from .receivers import ReceiverSupervisor
 from .status import policy_status
 
 _log = log.get_logger("worker")
@@ -119,6 +122,7 @@ class Worker:
         self._http: http.server.ThreadingHTTPServer | None = None
         self._job_schedules: dict[str, str] = {}
         self._stale_notified: set[str] = set()
+        self.receivers = ReceiverSupervisor(self._archiver_base_argv(), self.metrics, config.abort_period)
 
     # -- policies and jobs ------------------------------------------------------------------
     def load_policies(self, *, initial: bool = False) -> None:
@@ -136,6 +140,8 @@ class Worker:
         self.policies = {**valid, **kept}
         self._sources = {policy.source: name for name, policy in self.policies.items()}
         self._sync_jobs()
+        if self.scheduler.running or initial:
+            self.receivers.sync(self.policies)
 
     def _sync_jobs(self) -> None:
         wanted: dict[str, tuple[str, str, str]] = {}
@@ -171,9 +177,12 @@ class Worker:
                     return None
                 return self._run_child(name, task)
 
+    def _archiver_base_argv(self) -> list[str]:
+        return [*self.config.archiver_argv, "--policies", self.config.policies_path, "--log-format",
+                self.config.log_format, "--stop-grace", f"{self.child_stop_grace():g}"]
+
     def _run_child(self, name: str, task: str) -> RunOutcome:
-        argv = [*self.config.archiver_argv, "--policies", self.config.policies_path, "--log-format",
-                self.config.log_format, "--stop-grace", f"{self.child_stop_grace():g}", "run", name, task, "--json"]
+        argv = [*self._archiver_base_argv(), "run", name, task, "--json"]
         started = time.time()
         _log.info("job.start", extra=log.fields(policy=name, task=task))
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -205,6 +214,10 @@ class Worker:
         """Backup ages for /metrics, and one `stale` notification per policy when it goes stale."""
         for name in names or sorted(self.policies):
             policy = self.policies.get(name)
+            if policy is not None and policy.pitr is not None:
+                overview = pitr_overview(policy, open_store(policy.storage), utcnow())
+                self.metrics.pitr.archived(name, overview.last_archived)
+                self.metrics.pitr.window(name, overview.window_start)
             if policy is None or policy.backup is None:
                 continue
             status = policy_status(policy)
@@ -315,6 +328,7 @@ class Worker:
         self._stopping.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        self.receivers.stop_all()
         deadline = time.monotonic() + self.config.grace_period
         while self.running_jobs() and time.monotonic() < deadline:
             time.sleep(0.2)
