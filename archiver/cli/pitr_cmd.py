@@ -69,14 +69,11 @@ def wal_push_command(app: AppContext, name: str, path: str) -> int:
 @click.argument("name")
 @click.argument("segment")
 @click.argument("dest", type=click.Path(dir_okay=False))
-@click.option("--cache", type=click.Path(file_okay=False), help="A directory of files fetched ahead (archiver restore "
-                                                                "--pitr --start sets it).")
 @click.option("--recovery-report", type=click.Path(dir_okay=False), metavar="FILE",
               help="For restore_command: any failure other than a missing file is written to FILE and exits 255, so "
                    "PostgreSQL stops recovery instead of taking it for the end of the archive.")
 @pass_app
-def wal_fetch_command(app: AppContext, name: str, segment: str, dest: str, cache: str | None,
-                      recovery_report: str | None) -> int:
+def wal_fetch_command(app: AppContext, name: str, segment: str, dest: str, recovery_report: str | None) -> int:
     """Write WAL file SEGMENT of policy NAME to DEST: for restore_command = 'archiver wal-fetch NAME %f %p'.
 
     The file's SHA-256 is checked before DEST is written (atomically: a rename). Exit codes: 0
@@ -84,8 +81,7 @@ def wal_fetch_command(app: AppContext, name: str, segment: str, dest: str, cache
     is damaged (nothing written).
     """
     try:
-        outcome = wal_fetch(app.policy_for(name, store_only=True), segment, Path(dest),
-                            cache=Path(cache) if cache else None)
+        outcome = wal_fetch(app.policy_for(name, store_only=True), segment, Path(dest))
     except ArchiverError as exc:
         if recovery_report is None:
             raise

@@ -21,7 +21,6 @@ from ..errors import ArchiverError
 from ..policy.schema import Policy
 from ..storage.backends import open_store
 from .catalog import pitr_config
-from .prefetch import take_cached
 from .walstore import Pushed, fetch_wal, push_wal, wal_file
 
 _log = log.get_logger("wal")
@@ -37,12 +36,10 @@ def wal_push(policy: Policy, path: Path) -> Pushed:
     return pushed
 
 
-def wal_fetch(policy: Policy, name: str, dest: Path, *, cache: Path | None = None) -> str:
-    """Deliver ``name`` to ``dest``: "cache" (prefetched), "store", or "missing" (nothing written)."""
+def wal_fetch(policy: Policy, name: str, dest: Path) -> str:
+    """Deliver ``name`` to ``dest``: "store", or "missing" (nothing written)."""
     pitr_config(policy)
     wal_file(name)
-    if cache is not None and take_cached(cache, name, dest):
-        return "cache"
     stored = fetch_wal(open_store(policy.storage), name, dest)
     return "missing" if stored is None else "store"
 

@@ -2,16 +2,14 @@
 
 PostgreSQL asks ``restore_command`` for one file at a time and waits for it. While a restore that
 archiver started replays, this thread downloads the next files of the span (checked, like every
-fetch) into ``pg_wal/.archiver-prefetch/<name>.<sha256>``, a few ahead; ``wal-fetch --cache``
-checks such a file's SHA-256 again and renames it into place. A file the thread could not fetch is
-simply not there: wal-fetch then reads the store itself, and says what is wrong.
+fetch) into ``pg_wal/.archiver-prefetch/<name>.<sha256>``, a few ahead; the restore_command checks
+such a file's SHA-256 again (``sha256sum``) and renames it into place
+(:func:`archiver.pitr.settings.restore_command`). A file the thread could not fetch is simply not
+there: ``archiver wal-fetch`` then reads the store itself, and says what is wrong.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
 import threading
 from pathlib import Path
 
@@ -22,7 +20,6 @@ from .walnames import StoredWal
 from .walstore import fetch_wal_version
 
 _log = log.get_logger("wal")
-READ_SIZE = 1024 * 1024
 
 
 def cached_name(name: str, sha256: str) -> str:
@@ -62,24 +59,3 @@ class Prefetcher(threading.Thread):
                 self.fetched += 1
         except Exception as exc:  # wal-fetch falls back to the store and reports the problem itself
             _log.warning("wal.prefetch_stopped", extra=log.fields(error=log.scrub(str(exc))[-500:]))
-
-
-def take_cached(cache: Path, name: str, dest: Path) -> bool:
-    """Move a prefetched file for ``name`` to ``dest`` once its SHA-256 matches its name; False when none."""
-    try:
-        candidates = [path for path in cache.iterdir() if path.name.startswith(f"{name}.")]
-    except OSError:
-        return False
-    for path in candidates:
-        expected = path.name[len(name) + 1:]
-        digest = hashlib.sha256()
-        with open(path, "rb") as source:
-            while chunk := source.read(READ_SIZE):
-                digest.update(chunk)
-        if digest.hexdigest() != expected:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            continue
-        os.replace(path, dest)
-        return True
-    return False

@@ -209,5 +209,6 @@ def _result(plan: PitrPlan, unpacked: int, unpack_seconds: float, recovered: Rec
     metrics.update(wal_bytes=float(max(0, end - start)), recovery_seconds=round(recovered.seconds, 3))
     summary = (f"restore of {plan.base.id} into {request.data_dir} to {request.target.describe()}: promoted on "
                f"timeline {report.timeline}, RTO {total:.1f}s")
-    logger.info("restore.pitr_done", extra=log.fields(policy=plan.policy, base_backup=plan.base.id, rto=round(total, 3)))
+    logger.info("restore.pitr_done", extra=log.fields(policy=plan.policy, base_backup=plan.base.id, rto=round(total, 3),
+                                                      metrics=metrics))
     return TaskResult(policy=plan.policy, task="restore", summary=summary, lines=lines, data=data, metrics=metrics)
