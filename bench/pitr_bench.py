@@ -40,7 +40,7 @@ import yaml
 from common import GB, MiB, create_sensor_database, database_size, grow_to, run_archiver
 
 from archiver.common.timeutil import parse_timestamp
-from archiver.pg.connect import execute, query
+from archiver.pg.connect import query
 from archiver.pg.dsn import dsn_env
 from archiver.pg.recovery import RecoveryServer, chown_tree
 from archiver.pg.scratch import LocalPostgres, free_port
@@ -94,13 +94,22 @@ def base_backup_baseline(instance: LocalPostgres, out: Path) -> float:
     return time.monotonic() - started
 
 
+def cli_start_up() -> float:
+    """Wall time of ``archiver --help``: the fixed cost of starting the CLI (interpreter, imports)."""
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "archiver", "--help"], capture_output=True, check=True)
+    return time.monotonic() - started
+
+
 def measure_base_backup(instance: LocalPostgres, policy: Path, work: Path) -> dict[str, Any]:
     baseline = base_backup_baseline(instance, work / "baseline.tar.zst")
     baseline_bytes = (work / "baseline.tar.zst").stat().st_size
     (work / "baseline.tar.zst").unlink()
     seconds, result, events = run_archiver(policy, "basebackup", "bench")
     done = events["basebackup.done"]["metrics"]
-    return {"baseline_s": baseline, "baseline_bytes": baseline_bytes, "archiver_s": seconds,
+    start_up = cli_start_up()
+    return {"baseline_s": baseline, "baseline_bytes": baseline_bytes, "archiver_s": seconds, "cli_start_up_s": start_up,
+            "ratio_without_start_up": (seconds - start_up) / baseline,
             "archiver_bytes": int(done["bytes"]), "ratio": seconds / baseline, "peak_rss": int(done["peak_rss_bytes"]),
             "base_id": result.stdout.strip()}
 
@@ -160,13 +169,15 @@ def raw_restore(instance: LocalPostgres, store: LocalStore, base_id: str, target
 def measure_restore(instance: LocalPostgres, policy: Path, store: LocalStore, base_id: str, target: str,
                     work: Path) -> dict[str, Any]:
     data = work / "pitr-restore"
-    seconds, _, events = run_archiver(policy, "restore", "bench", "--pitr", "--to-time", target, "--data-dir",
+    seconds, result, events = run_archiver(policy, "restore", "bench", "--pitr", "--to-time", target, "--data-dir",
                                       str(data), "--start", "--port", str(free_port()), "--yes")
     metrics = events["restore.pitr_done"]["metrics"]
     RecoveryServer(instance.bindir, data, data.with_name("pitr-restore.recovery.log")).stop("immediate")
     shutil.rmtree(data)
     raw = raw_restore(instance, store, base_id, target, work)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("rto", "wal "))]
     return {"archiver_s": seconds, "raw_s": raw, "ratio": seconds / raw, "peak_rss": int(metrics["peak_rss_bytes"]),
+            "detail": lines,
             "wal_bytes": int(metrics.get("wal_bytes", 0)), "recovery_s": float(metrics.get("recovery_seconds", 0))}
 
 
@@ -176,11 +187,12 @@ def measure_lag_and_push(instance: LocalPostgres, policy: Path, store: LocalStor
     started = time.monotonic()
     bench = pgbench(instance, seconds)
     elapsed = time.monotonic() - started
+    ended = query(instance.dsn("postgres"), "SELECT (pg_catalog.clock_timestamp() - interval '5 seconds')::text")[0][0]
     switch(instance, store)
     produced = [item for item in scan_wal(store) if item.file.kind == "segment" and item.name not in before]
     tps = next((line for line in bench.stdout.splitlines() if line.startswith("tps")), "")
     result = {"load_seconds": elapsed, "segments_produced": len(produced), "produced_per_s": len(produced) / elapsed,
-              "pgbench": tps}
+              "pgbench": tps, "target": ended}
     if not push:
         return result
     segments = work / "segments"
@@ -253,19 +265,18 @@ def main() -> None:
                 print(f"\n== cluster {total / GB:.2f} GB (load average {load:.2f})", flush=True)
                 base = measure_base_backup(instance, policy, work)
                 print(f"  base backup: archiver {base['archiver_s']:.1f}s vs pg_basebackup|zstd {base['baseline_s']:.1f}s "
-                      f"= {base['ratio']:.2f}x; peak RSS {base['peak_rss'] / MiB:.0f} MiB", flush=True)
+                      f"= {base['ratio']:.2f}x ({base['ratio_without_start_up']:.2f}x without the CLI's start-up of "
+                      f"{base['cli_start_up_s']:.1f}s); peak RSS {base['peak_rss'] / MiB:.0f} MiB", flush=True)
                 last = index == len(sizes) - 1
                 lag_since = time.time()
                 load_seconds = args.load_seconds if last else 15
                 push = measure_lag_and_push(instance, policy, store, load_seconds, work / f"push-{index}", push=last)
                 lags = receiver_lags(log_path, lag_since)
-                target = query(instance.dsn("postgres"), "SELECT (now() - interval '3 seconds')::text")[0][0]
-                execute(instance.dsn("pgbench"), "SELECT 1")
-                switch(instance, store)
-                restore = measure_restore(instance, policy, store, base["base_id"], target, work)
+                # 5 s before the end of the load: the WAL of the whole load after the base backup is replayed
+                restore = measure_restore(instance, policy, store, base["base_id"], push["target"], work)
                 print(f"  restore to a time: archiver {restore['archiver_s']:.1f}s vs untar + recovery "
                       f"{restore['raw_s']:.1f}s = {restore['ratio']:.2f}x; WAL {restore['wal_bytes'] / MiB:.0f} MiB; "
-                      f"peak RSS {restore['peak_rss'] / MiB:.0f} MiB", flush=True)
+                      f"peak RSS {restore['peak_rss'] / MiB:.0f} MiB; {'; '.join(restore['detail'])}", flush=True)
                 entry = {"cluster_bytes": total, "load_average": load, "base_backup": base, "restore": restore}
                 if last:
                     entry.update(push=push, lag_p50=percentile(lags, 0.5), lag_p99=percentile(lags, 0.99),

@@ -41,7 +41,7 @@ from ..common import log, signals
 from ..common.cron import cron_trigger
 from ..common.result import TaskResult
 from ..common.timeutil import parse_timestamp, utcnow
-from ..errors import ExitCode, UsageError
+from ..errors import ArchiverError, ExitCode, UsageError
 from ..pitr.overview import pitr_overview
 from ..policy.files import load
 from ..policy.schema import Policy
@@ -215,9 +215,7 @@ class Worker:
         for name in names or sorted(self.policies):
             policy = self.policies.get(name)
             if policy is not None and policy.pitr is not None:
-                overview = pitr_overview(policy, open_store(policy.storage), utcnow())
-                self.metrics.pitr.archived(name, overview.last_archived)
-                self.metrics.pitr.window(name, overview.window_start)
+                self._refresh_pitr(name, policy)
             if policy is None or policy.backup is None:
                 continue
             status = policy_status(policy)
@@ -230,6 +228,16 @@ class Worker:
                 self._stale_notified.add(name)
             elif not stale:
                 self._stale_notified.discard(name)
+
+    def _refresh_pitr(self, name: str, policy: Policy) -> None:
+        """The WAL archive's gauges from the store (the receivers move the last-archived one at once)."""
+        try:
+            overview = pitr_overview(policy, open_store(policy.storage), utcnow())
+        except ArchiverError as exc:
+            _log.warning("status.pitr_failed", extra=log.fields(policy=name, error=log.scrub(str(exc))))
+            return
+        self.metrics.pitr.archived(name, overview.last_archived)
+        self.metrics.pitr.window(name, overview.window_start)
 
     def _record(self, outcome: RunOutcome) -> None:
         self.history.append(outcome)
