@@ -23,14 +23,24 @@
 #                        TimescaleDB dumps: the restore needs exactly that version. The packages come
 #                        from Timescale's apt repository; its signing key is pinned by fingerprint.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The base image, pinned by digest: a rebuild gets the same Python and Debian until the pin is moved.
+# Moving it (monthly, and for Python or Debian security releases): look up the tag's current digest
+#   docker buildx imagetools inspect python:3.11-slim-bookworm      (the "Digest:" line), or
+#   skopeo inspect --format '{{.Digest}}' docker://docker.io/library/python:3.11-slim-bookworm
+# put it after the @, rebuild, run the tests in the image. This digest was copied from public Dockerfiles
+# that pin the same tag and has not been checked against the registry (none is reachable where it was
+# written): check it as above before the first release build.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 # ---- stage 1: wheels of archiver and all its dependencies (all ship binary wheels: no compiler)
+# requirements.lock pins every dependency, with hashes (pip-compile; README "Packaging" says how to
+# refresh it); only archiver's own wheel is built from source.
 FROM ${PYTHON_IMAGE} AS wheels
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY archiver ./archiver
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --require-hashes -r requirements.lock \
+ && pip wheel --no-cache-dir --wheel-dir /wheels --no-deps .
 
 # ---- stage 2: the runtime image
 FROM ${PYTHON_IMAGE}
@@ -47,7 +57,8 @@ LABEL org.opencontainers.image.title="archiver" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.11-slim-bookworm"
+      org.opencontainers.image.base.name="docker.io/library/python:3.11-slim-bookworm" \
+      org.opencontainers.image.base.digest="sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b"
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -117,10 +128,10 @@ RUN set -eux; \
     install -d -o root -g root -m 0755 /etc/archiver /etc/archiver/policies
 
 # Installed from the wheels of stage 1, bound in for this step only (they leave no layer behind);
-# --no-index: nothing else can be installed, so the wheels' versions are the pins.
+# --no-index: nothing else can be installed, so the wheels' versions are requirements.lock's.
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/tmp/wheels \
-    pip install --no-cache-dir --no-index --find-links /tmp/wheels archiver \
+    pip install --no-cache-dir --no-index --find-links /tmp/wheels pg-archiver \
  && archiver --version
 
 # No secrets here: DSNs, passwords and S3 credentials come from the environment at run time
@@ -134,7 +145,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /home/archiver
 USER 10001:10001
-EXPOSE 9187
+EXPOSE 10187
 
 # No HEALTHCHECK: most runs are one-shot `archiver run` tasks (cron, CronJobs), where a health
 # check means nothing. The worker's /healthz is probed by the Kubernetes Deployment and by the

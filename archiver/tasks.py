@@ -7,29 +7,32 @@ leaves behind, and the function that does the work with its typed options. The C
 descriptors; nothing else keeps a list of tasks.
 
 A task function is ``run(policy, options, store, progress) -> TaskResult``; failures are raised as
-:class:`archiver.errors.ArchiverError` subclasses.
+:class:`archiver.errors.ArchiverError` subclasses. The functions and their options classes are imported
+when a task runs, not when this module is: ``archiver --help`` reads the descriptors without loading
+pyarrow, boto3 or psycopg, and a backup never loads what only the archive task needs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from .backup.prune import PruneOptions
-from .backup.task import BackupOptions, backup_task
-from .coldtier.archive import ArchiveOptions, archive_task
-from .coldtier.retention import RetentionOptions, retention_task
-from .coldtier.steps import COLD_TIER_LOCK
+from .coldtier.lock import COLD_TIER
 from .common.progress import Progress
 from .common.result import TaskOptions, TaskResult
 from .errors import UsageError
-from .pg.locks import DatabaseLock
-from .pitr.basebackup import BaseBackupOptions, basebackup_task
-from .pitr.prune import prune_all_task
+from .pg.lockspec import DatabaseLock
 from .policy.schema import Policy
-from .restore.drill import VerifyOptions, verify_task
 from .storage.base import Store
+
+if TYPE_CHECKING:
+    from .backup.prune import PruneOptions
+    from .backup.task import BackupOptions
+    from .coldtier.archive import ArchiveOptions
+    from .coldtier.retention import RetentionOptions
+    from .pitr.basebackup import BaseBackupOptions
+    from .restore.drill import VerifyOptions
 
 OptionsT = TypeVar("OptionsT", bound=TaskOptions)
 
@@ -58,6 +61,10 @@ class Task(Generic[OptionsT]):
     newest_backup: Literal["taken", "verified"] | None = None  # a success moves this freshness gauge
     refreshes_status: bool = False  # the worker re-reads the policy's status (backup ages) after a run
     also_with: tuple[str, ...] = ()  # other sections that give the task something to do (prune: pitr)
+    locks_for: Callable[[OptionsT], Locks] | None = None  # locks that depend on the options (a shard's)
+
+    def locks_of(self, options: OptionsT) -> Locks:
+        return self.locks_for(options) if self.locks_for else self.locks
 
     def configured(self, policy: Policy) -> None:
         """Refuse (exit 2) a policy without the section this task needs, before any lock or connection."""
@@ -97,44 +104,115 @@ def _verify_schedule(policy: Policy) -> str | None:
     return policy.verify.schedule if policy.verify else None
 
 
+# The work of each task, imported when it runs (see the module's docstring).
+
+def _backup(policy: Policy, options: BackupOptions, store: Store, progress: Progress) -> TaskResult:
+    from .backup.task import backup_task
+    return backup_task(policy, options, store, progress)
+
+
+def _backup_options() -> BackupOptions:
+    from .backup.task import BackupOptions
+    return BackupOptions()
+
+
+def _prune_all(policy: Policy, options: PruneOptions, store: Store, progress: Progress) -> TaskResult:
+    """Logical backups and, with a pitr section, base backups and the WAL they no longer need."""
+    from .pitr.prune import prune_all_task
+    return prune_all_task(policy, options, store, progress)
+
+
+def _prune_options() -> PruneOptions:
+    from .backup.prune import PruneOptions
+    return PruneOptions()
+
+
+def _basebackup(policy: Policy, options: BaseBackupOptions, store: Store, progress: Progress) -> TaskResult:
+    from .pitr.basebackup import basebackup_task
+    return basebackup_task(policy, options, store, progress)
+
+
+def _basebackup_options() -> BaseBackupOptions:
+    from .pitr.basebackup import BaseBackupOptions
+    return BaseBackupOptions()
+
+
+def _archive(policy: Policy, options: ArchiveOptions, store: Store, progress: Progress) -> TaskResult:
+    from .coldtier.archive import archive_task
+    return archive_task(policy, options, store, progress)
+
+
+def _archive_options() -> ArchiveOptions:
+    from .coldtier.archive import ArchiveOptions
+    return ArchiveOptions()
+
+
+def _retention(policy: Policy, options: RetentionOptions, store: Store, progress: Progress) -> TaskResult:
+    from .coldtier.retention import retention_task
+    return retention_task(policy, options, store, progress)
+
+
+def _retention_options() -> RetentionOptions:
+    from .coldtier.retention import RetentionOptions
+    return RetentionOptions()
+
+
+def _verify(policy: Policy, options: VerifyOptions, store: Store, progress: Progress) -> TaskResult:
+    from .restore.drill import verify_task
+    return verify_task(policy, options, store, progress)
+
+
+def _verify_options() -> VerifyOptions:
+    from .restore.drill import VerifyOptions
+    return VerifyOptions()
+
+
 BACKUP: Task[BackupOptions] = Task(
     name="backup", section="backup", locks=Locks(database=DatabaseLock("backup")), store_only=False,
     schedule=_backup_schedule, metrics=("bytes", "rows", "peak_rss_bytes"),
     interrupted="nothing was changed (no manifest was written; a backup without one is not a backup)",
-    run=backup_task, options=BackupOptions, newest_backup="taken", refreshes_status=True)
+    run=_backup, options=_backup_options, newest_backup="taken", refreshes_status=True)
 
 BASEBACKUP: Task[BaseBackupOptions] = Task(
     name="basebackup", section="pitr", locks=Locks(database=DatabaseLock("basebackup")), store_only=False,
     schedule=_basebackup_schedule, metrics=("bytes", "peak_rss_bytes"),
     interrupted="nothing was changed (no manifest was written; a base backup without one is not a base backup)",
-    run=basebackup_task, options=BaseBackupOptions, refreshes_status=True)
+    run=_basebackup, options=_basebackup_options, refreshes_status=True)
 
 PRUNE: Task[PruneOptions] = Task(
     name="prune", section="backup", locks=Locks(store=True), store_only=True,
     schedule=_prune_schedule, metrics=(),
     interrupted="nothing else was changed: backups deleted before the interruption stay deleted (see the log)",
-    run=prune_all_task, options=PruneOptions, refreshes_status=True, also_with=("pitr",))
+    run=_prune_all, options=_prune_options, refreshes_status=True, also_with=("pitr",))
+
+def _archive_locks(options: ArchiveOptions) -> Locks:
+    """One shard of a run shares the cold-tier lock with the other shards (see DatabaseLock)."""
+    if options.shard is None:
+        return Locks(database=COLD_TIER)
+    index, count = options.shard
+    return Locks(database=COLD_TIER.for_part(f"shard {index}/{count}"))
+
 
 ARCHIVE: Task[ArchiveOptions] = Task(
-    name="archive", section="archive", locks=Locks(database=COLD_TIER_LOCK), store_only=False,
+    name="archive", section="archive", locks=Locks(database=COLD_TIER), store_only=False,
     schedule=_archive_schedule, metrics=("bytes", "rows", "chunks_archived", "chunks_held_back", "peak_rss_bytes"),
     interrupted="archives finished before the interruption are kept (see the log); the export in flight left "
                 "no manifest",
-    run=archive_task, options=ArchiveOptions)
+    run=_archive, options=_archive_options, locks_for=_archive_locks)
 
 RETENTION: Task[RetentionOptions] = Task(
-    name="retention", section="archive", locks=Locks(database=COLD_TIER_LOCK, store=True), store_only=False,
+    name="retention", section="archive", locks=Locks(database=COLD_TIER, store=True), store_only=False,
     schedule=_retention_schedule,
     metrics=("chunks_dropped", "chunks_held_back", "cold_files_expired", "peak_rss_bytes"),
     interrupted="chunks dropped and files expired before the interruption stay so (see the log); the step in "
                 "flight was rolled back",
-    run=retention_task, options=RetentionOptions)
+    run=_retention, options=_retention_options)
 
 VERIFY: Task[VerifyOptions] = Task(
     name="verify", section="verify", locks=Locks(store=True), store_only=True,
     schedule=_verify_schedule, metrics=("rows", "bytes"),
     interrupted="nothing was changed (no verdict was written; the scratch instance was removed)",
-    run=verify_task, options=VerifyOptions, newest_backup="verified", refreshes_status=True, also_with=("pitr",))
+    run=_verify, options=_verify_options, newest_backup="verified", refreshes_status=True, also_with=("pitr",))
 
 # In the order a policy's tasks are listed and scheduled.
 TASKS: tuple[Task[BackupOptions], Task[BaseBackupOptions], Task[PruneOptions], Task[ArchiveOptions],

@@ -188,8 +188,8 @@ def archive_run(workdir: Path, dsn: str, label: str, storage: str, parallel: int
     if proc.returncode != 0:
         raise RuntimeError(f"archive {label} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     done = next(json.loads(line) for line in proc.stderr.splitlines() if '"archive.done"' in line)
-    print(f"  {label}: task {done['seconds']:.1f} s, wall {wall:.1f} s, {done['chunks_archived']} chunks", flush=True)
-    return Measure(f"archiver archive -> {label}", int(done["rows"]), float(done["seconds"]),
+    print(f"  {label}: task {done['duration_seconds']:.1f} s, wall {wall:.1f} s, {done['chunks_archived']} chunks", flush=True)
+    return Measure(f"archiver archive -> {label}", int(done["rows"]), float(done["duration_seconds"]),
                    peak_rss_bytes=int(done["peak_rss_bytes"]), output_bytes=int(done["bytes"]), load=load)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from archiver.coldtier.manifest import list_archive_manifests
+from archiver.coldtier.manifest import list_archive_manifests, objects_of
 from archiver.pg.connect import session
 from archiver.policy.fields import Secret
 from archiver.policy.schema import ArchiveConfig, ArchiveTable, DatabaseConfig, Policy, StorageConfig
@@ -40,9 +40,22 @@ def manifests(store: Store, prefix: str = "catalog/archive/") -> dict[str, dict[
     return {loaded.document["chunk"]["name"]: loaded.document for loaded in found.values() if loaded.document}
 
 
+def object_keys(document: dict[str, Any]) -> list[str]:
+    """The keys of an archive's objects (one per UTC day, or the one of an older manifest)."""
+    return [entry["key"] for entry in objects_of(document)]
+
+
+def first_key(document: dict[str, Any]) -> str:
+    return object_keys(document)[0]
+
+
 def read_archive(store: Store, document: dict[str, Any]) -> pa.Table:
-    with store.open_seekable(document["object"]["key"]) as source:
-        return pq.ParquetFile(source).read()
+    """Every row of an archive's objects, in the order of its days."""
+    tables = []
+    for key in object_keys(document):
+        with store.open_seekable(key) as source:
+            tables.append(pq.ParquetFile(source).read())
+    return pa.concat_tables(tables)
 
 
 def parquet_keys(store: Store) -> list[str]:

@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
 
-from archiver.coldtier.manifest import ARCHIVE_CATALOG_PREFIX, list_archive_manifests
+from archiver.coldtier.manifest import ARCHIVE_CATALOG_PREFIX, list_archive_manifests, objects_of
 from archiver.pg.connect import connect, session
 from archiver.pg.dsn import parse_dsn
 from archiver.pg.quote import quote_ident
@@ -34,6 +34,7 @@ from archiver.policy.schema import BackupConfig, DatabaseConfig, Policy, Retenti
 from archiver.storage.local import LocalStore
 from tests.coldtier_helpers import make_policy, table
 from tests.helpers import PROJECT
+from tests.lake_helpers import downgrade
 
 DAY = timedelta(days=1)
 ARCHIVE_AFTER, DROP_AFTER, COLD_RETENTION = 4, 8, 16  # days
@@ -144,7 +145,7 @@ class World:
 
     def current_objects(self) -> list[str]:
         """Objects a manifest references: what archiver calls the current archive."""
-        return [document["object"]["key"] for document in self.manifests()]
+        return [entry["key"] for document in self.manifests() for entry in objects_of(document)]
 
     def object_rows(self, key: str) -> list[tuple[int, int, datetime]]:
         path = self.store.path_of(key)
@@ -165,16 +166,34 @@ class World:
         return rows
 
     def reader_rows(self) -> collections.Counter[tuple[int, int]]:
-        """What a user's reader sees: pyarrow.dataset over every Parquet file under archive/,
-        with its default rules (files whose names start with '_' or '.' are skipped)."""
+        """What a user's reader sees: pyarrow.dataset with Hive partitioning over every Parquet file
+        under archive/, with its default rules (files whose names start with '_' or '.' are
+        skipped). The table's own ``day`` column must come back with its own values."""
         directory = self.root / "store" / "archive"
         if not directory.exists():
             return collections.Counter()
-        dataset = ds.dataset(str(directory), format="parquet")
+        dataset = ds.dataset(str(directory), format="parquet", partitioning="hive")
         if not dataset.files:
             return collections.Counter()
-        data = dataset.to_table(columns=["id", "version"])
-        return collections.Counter(zip(data.column("id").to_pylist(), data.column("version").to_pylist()))
+        columns = ["id", "version", "day"]
+        hive = dataset.to_table(columns=columns)
+        plain = ds.dataset(str(directory), format="parquet").to_table(columns=columns)
+        seen = collections.Counter(zip(*(hive.column(name).to_pylist() for name in columns)))
+        if seen != collections.Counter(zip(*(plain.column(name).to_pylist() for name in columns))):
+            raise AssertionError("with Hive partitioning, readers see other values in column day than the files hold")
+        return collections.Counter((int(row_id), int(version)) for row_id, version, _ in seen.elements())
+
+    def downgrade(self, index: int, *, legacy: bool) -> str:
+        """Rewrite a current archive as an earlier archiver left it (layout 1, or format 1 keyed by
+        its chunk's name for native partitions, whose ranges need no space slice)."""
+        found = sorted((key, loaded.document) for key, loaded in
+                       list_archive_manifests(self.store, ARCHIVE_CATALOG_PREFIX).items()
+                       if loaded.document is not None and (loaded.document.get("layout") or {}).get("version") == 2)
+        if not found:
+            return "nothing in the current layout"
+        key, document = found[index % len(found)]
+        legacy_name = str(document["chunk"]["name"]) if legacy and self.kind == "native" else None
+        return downgrade(self.store, key, document, legacy_name=legacy_name)
 
     # -- a run killed at a random moment ---------------------------------------------------------
 

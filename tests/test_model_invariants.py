@@ -2,8 +2,10 @@
 
 A seeded random walk over what operators and applications do: insert rows (late rows into
 archived and dropped ranges too), delete and update rows, archive, retention, restore-archive of
-random (partial) windows, time passing (cold expiry with an injected clock), backup + prune, and
-a real subprocess run SIGKILLed at a random moment. After every step:
+random (partial) windows, time passing (cold expiry with an injected clock), backup + prune, an
+archive run split into shards (some shards only, in any order, N changing between runs), an
+archive rewritten as an earlier archiver left it (which the next archive run moves to today's
+layout), and a real subprocess run SIGKILLed at a random moment. After every step:
 
 (a) every row inserted and not deleted by the user is in the database or in a current archive
     object (rows whose range ended before now - cold_retention are exempt);
@@ -11,7 +13,8 @@ a real subprocess run SIGKILLed at a random moment. After every step:
 (c) once archive and retention have run with nothing in between, a range past drop_after holds
     no database rows, unless the user deleted or changed archived rows there (archiver must not
     hide that by re-exporting without being told), and a reader of the lake (pyarrow.dataset over
-    archive/, default options) sees exactly the rows of the current objects;
+    archive/ with Hive partitioning, default rules) sees exactly the rows of the current objects,
+    each with its own ``day`` column;
 (d) the lake holds no row that was never inserted.
 
 The database is read with SQL and the lake with pyarrow; archiver's manifests only say which
@@ -36,6 +39,7 @@ from archiver.backup.prune import run_prune
 from archiver.backup.task import run_backup
 from archiver.coldtier.archive import run_archive
 from archiver.coldtier.retention import run_retention
+from archiver.coldtier.shard import Shard
 from archiver.common.timeutil import isoformat
 from archiver.errors import ArchiverError, UsageError
 from archiver.restore.archive import run_restore_archive
@@ -71,7 +75,7 @@ class Model:
         self.rules: list[tuple[int, Callable[[], str]]] = [
             (6, self.insert), (2, self.delete), (2, self.update), (3, self.time_passes), (4, self.archive),
             (3, self.retention), (4, self.settle), (4, self.restore_archive), (1, self.backup_and_prune),
-            (2, self.killed_run), (1, self.accept_deletes),
+            (2, self.killed_run), (1, self.accept_deletes), (2, self.earlier_layout), (2, self.sharded_archive),
         ]
 
     # -- user activity ----------------------------------------------------------------------------
@@ -170,6 +174,18 @@ class Model:
     def archive(self) -> str:
         return f"archive: {self._remember(run_archive(self.world.policy, now=self.clock, store=self.world.store))}"
 
+    def sharded_archive(self) -> str:
+        """Some shards of a run split N ways (``--shard K/N``), in any order; the others failed or are
+        still to come, or a later run uses another N."""
+        count = self.rng.randint(2, 4)
+        said, lines = [], []
+        for index in self.rng.sample(range(count), self.rng.randint(1, count)):
+            result = run_archive(self.world.policy, now=self.clock, store=self.world.store, shard=Shard(index, count))
+            said.append(f"{index}/{count} {self._remember(result)}")
+            lines += self.last_lines
+        self.last_lines = lines
+        return "archive --shard " + " | ".join(said)
+
     def retention(self) -> str:
         return (f"retention: "
                 f"{self._remember(run_retention(self.world.policy, now=self.clock, store=self.world.store))}")
@@ -185,6 +201,12 @@ class Model:
         if self.world.lake_rows(day, day + DAY) == self.world.database_rows(day, day + DAY):
             self.dirty_days.discard(day)  # the archive now holds the day's rows as they are
         return f"archive --accept-deletes {text}: {summary}"
+
+    def earlier_layout(self) -> str:
+        """An archive as an earlier archiver left it (one file under year=/month=/day=, or named after
+        its chunk): every later archive run must move it to today's layout without losing a row."""
+        where = self.world.downgrade(self.rng.randrange(1000), legacy=self.rng.random() < 0.5)
+        return f"archive rewritten in an earlier layout: {where}"
 
     def settle(self) -> str:
         """archive then retention with nothing in between; then (c) must hold."""
@@ -212,8 +234,11 @@ class Model:
 
     def killed_run(self) -> str:
         """A real run (subprocess, with the wall clock as its now) SIGKILLed at a random moment."""
-        task = self.rng.choice(["archive", "retention", "restore-archive", "restore-archive", "backup", "prune"])
+        task = self.rng.choice(["archive", "archive", "retention", "restore-archive", "restore-archive", "backup", "prune"])
         args = [task, "telemetry"]
+        if task == "archive" and self.rng.random() < 0.5:
+            count = self.rng.randint(2, 4)
+            args += ["--shard", f"{self.rng.randrange(count)}/{count}"]
         if task == "restore-archive":
             low = utc_day(self.base) + self.rng.randint(-SPAN - 4, 0) * DAY
             args += ["--table", TABLE, "--from", isoformat(low),

@@ -10,7 +10,8 @@ from typing import Any
 
 
 class WebhookReceiver:
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, *, fail_first: int = 0) -> None:
+        """``status`` answers every post, except the first ``fail_first`` ones, which get a 503."""
         self.posts: list[dict[str, Any]] = []
         receiver = self
 
@@ -18,7 +19,7 @@ class WebhookReceiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 receiver.posts.append({"path": self.path, "body": json.loads(self.rfile.read(length))})
-                self.send_response(status)
+                self.send_response(503 if len(receiver.posts) <= fail_first else status)
                 self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:

@@ -225,6 +225,18 @@ def _dump_globals(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts, 
     return StoredObject(out.result, codec, compressor.level, compressor.bytes_in)
 
 
+def _dump_total(store: Store, facts: DatabaseFacts) -> tuple[int | None, str]:
+    """Progress total: the previous backup's uncompressed dump, else the database's size on disk (says which)."""
+    try:
+        newest = backup_manifest.list_backups(store)[:1]
+        previous = sum(int(((e.manifest.get("objects") or {}).get("dump") or {}).get("uncompressed_size") or 0) for e in newest)
+        if previous > 0:
+            return previous, f"the previous backup's {format_bytes(previous)}"
+    except ArchiverError as exc:  # progress is advisory: the backup goes on
+        logger.debug("backup.progress_total", extra=log.fields(error=str(exc)))
+    return (facts.size_bytes or None), "the database's size on disk, an estimate"
+
+
 def _dump_database(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts, argv: list[str],
                    config: BackupConfig, progress: Progress) -> tuple[StoredObject, StderrCapture]:
     """pg_dump -> compressor -> store, streaming; the part size follows the database's size."""
@@ -232,7 +244,8 @@ def _dump_database(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts,
     key = dump_key(backup_id, SUFFIXES[compression.codec])
     env = child_env(dsn_env(dsn), f"archiver pg_dump {backup_id}")
     what = f"backup {backup_id} of database {facts.name!r} failed"
-    progress.phase(f"dump {facts.name}", total=facts.size_bytes)
+    total, against = _dump_total(store, facts)
+    progress.phase(f"dump {facts.name} (total: {against})", total=total)
     with StreamingCommand(argv, env, "pg_dump", what=what) as child:
         with store.writer(key, size_hint=facts.size_bytes, if_absent=True,
                           content_type="application/octet-stream") as out:
@@ -303,7 +316,7 @@ def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: Datab
             "connection": redact_dsn(dsn),
             "server_version": facts.server_version,
             "server_version_num": facts.server_version_num,
-            "size_bytes": facts.size_bytes,
+            "size_bytes": facts.size_bytes, "relations": facts.relations,
             "extensions": facts.extensions,
             "extension_schemas": facts.extension_schemas,
             # encoding, locale, owner, settings, comment, privileges: a restore re-creates them
@@ -360,8 +373,9 @@ class ListedBackup:
     entry: BackupEntry
 
     def to_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "id": self.entry.id, "time": isoformat(self.entry.time),
-                "size": self.entry.size, "duration": self.entry.duration_seconds, "verified": self.entry.verified,
+        verdict = {"yes": "passed", "failed": "failed"}.get(self.entry.verified)  # the newest drill's, if any
+        return {"policy": self.policy, "id": self.entry.id, "time": isoformat(self.entry.time), "size": self.entry.size,
+                "duration_seconds": self.entry.duration_seconds, "verified": verdict == "passed", "verification": verdict,
                 "database": self.entry.manifest.get("database", {}).get("name")}
 
 

@@ -11,14 +11,17 @@ import traceback
 
 import click
 
+from .. import __version__
 from ..common import log, signals
 from ..errors import ArchiverError, ExitCode, outcome_of
 from .archive_cmd import archive_command, plan_command, retention_command
 from .backup_cmd import backup_command, backups_group, prune_command
+from .cold_cmd import cold_group
 from .context import AppContext, default_policies_path
 from .demo_cmd import demo_command
 from .pitr_cmd import basebackup_command, wal_fetch_command, wal_push_command, wal_receive_command
 from .policy_cmd import policy_group
+from .render_cmd import render_group
 from .restore_cmd import restore_archive_command, restore_command
 from .run_cmd import run_command
 from .status_cmd import status_command
@@ -31,12 +34,14 @@ from .worker_cmd import worker
               type=click.Path(), help="Policy file or directory of *.yaml policies.")
 @click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True,
               help="Log lines as text (terminal) or JSON lines (auto: text on a terminal).")
-@click.option("-v", "--verbose", count=True, help="More logging (debug).")
-@click.option("-q", "--quiet", count=True, help="Less logging (warnings and errors only).")
+@click.option("-v", "--verbose", count=True,
+              help="More logging. On a terminal only warnings show by default: -v adds info, -vv debug; elsewhere -v "
+                   "adds debug.")
+@click.option("-q", "--quiet", count=True, help="Less logging (on a terminal errors only, elsewhere warnings and errors).")
 @click.option("--stop-grace", type=click.FloatRange(1, 3600), default=signals.DEFAULT_GRACE_SECONDS,
               envvar="ARCHIVER_STOP_GRACE", show_envvar=True, show_default=True, metavar="SECONDS",
               help="After SIGTERM/SIGINT, the longest the clean-up may take before the process exits anyway (130).")
-@click.version_option(package_name="archiver")
+@click.version_option(version=__version__, prog_name="archiver")
 @click.pass_context
 def cli(ctx: click.Context, policies_path: str, log_format: str, verbose: int, quiet: int, stop_grace: float) -> None:
     """Backups, cold-tier archives and restore drills for PostgreSQL / TimescaleDB databases."""
@@ -46,7 +51,9 @@ def cli(ctx: click.Context, policies_path: str, log_format: str, verbose: int, q
 
 
 cli.add_command(policy_group)
+cli.add_command(render_group)
 cli.add_command(worker)
+cli.add_command(cold_group)
 
 for command in (
     backup_command,

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-import json
+from typing import TYPE_CHECKING
 
 import click
 
-from ..backup.prune import PruneOptions
-from ..backup.task import BackupListing, BackupOptions, list_backups
 from ..common.timeutil import format_bytes
 from ..errors import ExitCode
-from ..ops.runner import run_task
 from ..tasks import BACKUP, PRUNE
+from . import params
 from .context import AppContext, pass_app
+from .jsonout import emit, task_document
 from .pitr_cmd import list_base_backups, render_base_backups
 from .progress import progress_for_terminal
 
+if TYPE_CHECKING:
+    from ..backup.task import BackupListing
+
 
 @click.command("backup")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @pass_app
 def backup_command(app: AppContext, name: str) -> int:
     """Take one backup of policy NAME now.
 
     Prints the backup id on stdout (for scripts); a summary goes to stderr.
     """
+    from ..backup.task import BackupOptions
+    from ..ops.runner import run_task
+
     result = run_task(BACKUP, app.policy(name), BackupOptions(), progress=progress_for_terminal(quiet=app.verbosity < 0))
     for line in result.lines:
         click.echo(line, err=True)
@@ -50,8 +55,8 @@ def _render_table(listing: BackupListing) -> None:
 
 
 @backups_group.command("list")
-@click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.argument("name", required=False, shell_complete=params.complete_policy)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document: the backups, and the policies that failed.")
 @pass_app
 def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
     """List backups (those with a manifest), newest first: every policy's, or NAME's.
@@ -61,6 +66,8 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
     A store that cannot be listed, or (without NAME) a policy file that does not load, is reported
     on stderr and makes the exit code 1; the other policies' backups are listed all the same.
     """
+    from ..backup.task import list_backups
+
     errors: dict[str, str] = {}
     if name is not None:
         policies = app.policies_without_secrets(name)
@@ -71,9 +78,10 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
     errors.update(listing.errors)
     bases = list_base_backups(app, name)  # point-in-time recovery: base backups and the recoverable window
     errors.update(bases.errors)
-    if as_json:
-        if listing.backups or bases.entries or not errors:  # an empty list would claim there are no backups
-            click.echo(json.dumps([item.to_json() for item in listing.backups] + bases.entries, indent=2))
+    if as_json:  # the errors travel inside the document: an empty list alone would claim there are no backups
+        emit("backups-list", {"backups": [item.to_json() for item in listing.backups], "base_backups": bases.entries,
+                              "pitr": {overview.policy: overview.to_json() for overview in bases.overviews},
+                              "errors": dict(sorted(errors.items()))})
     elif listing.backups or bases.entries:
         if listing.backups:
             _render_table(listing)
@@ -88,15 +96,22 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
 
 
 @click.command("prune")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.option("--dry-run", is_flag=True, help="Print the decisions, change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
 @pass_app
-def prune_command(app: AppContext, name: str, dry_run: bool) -> int:
+def prune_command(app: AppContext, name: str, dry_run: bool, as_json: bool) -> int:
     """Apply backup retention to policy NAME.
 
     Every decision is printed with its reason; --dry-run changes nothing.
     """
+    from ..backup.prune import PruneOptions
+    from ..ops.runner import run_task
+
     result = run_task(PRUNE, app.policy_for(name, store_only=PRUNE.store_only), PruneOptions(dry_run=dry_run))
+    if as_json:
+        emit("prune", task_document(result, dry_run=dry_run))
+        return result.exit_code
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary, err=True)

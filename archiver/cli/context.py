@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..common import log
 from ..errors import UsageError
-from ..policy.files import LoadResult, get_policy, load, load_policies
-from ..policy.issues import PolicyError, PolicyIssue
-from ..policy.schema import Policy
+
+if TYPE_CHECKING:
+    from ..policy.files import LoadResult
+    from ..policy.issues import PolicyIssue
+    from ..policy.schema import Policy
+
+# The policy files are read (YAML, the DSN parser) when a command needs them, not when `--help` runs.
 
 
 def default_policies_path() -> str:
@@ -42,6 +47,8 @@ class AppContext:
     verbosity: int
 
     def policy(self, name: str) -> Policy:
+        from ..policy.files import get_policy
+
         policy = get_policy([self.policies_path], name)
         for secret in policy.secret_values():
             log.register_secret(secret)
@@ -60,6 +67,9 @@ class AppContext:
 
         Every other problem in those files is still an error; storage settings must resolve.
         """
+        from ..policy.files import load
+        from ..policy.issues import PolicyError
+
         result = load([self.policies_path], strict_env=False)
         if name is not None:
             chosen = [policy for policy in result.policies if policy.name == name]
@@ -85,6 +95,9 @@ class AppContext:
         A broken file does not hide the others: the caller reports it as its own failing row. Only a
         policies path that does not exist (or holds no policy file) is an error for the whole command.
         """
+        from ..policy.files import load
+        from ..policy.issues import PolicyError
+
         result = load([self.policies_path], strict_env=False)
         whole = [issue for issue in result.issues if not Path(issue.file).is_file()]
         if whole:
@@ -104,6 +117,8 @@ class AppContext:
         return chosen, sorted(broken, key=lambda item: (item.name, item.source))
 
     def all_policies(self) -> dict[str, Policy]:
+        from ..policy.files import load_policies
+
         return load_policies([self.policies_path])
 
     @property

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from ..errors import ExitCode
-from ..ops.demo import clean, run_demo
 from .context import AppContext, pass_app
 from .status_cmd import render_status
 
@@ -19,6 +18,8 @@ from .status_cmd import render_status
 @pass_app
 def demo_command(app: AppContext, directory: Path, clean_only: bool) -> int:
     """Back up, archive, prune and drill three sample databases on a local PostgreSQL, then show status."""
+    from ..ops.demo import clean, run_demo
+
     directory = directory.resolve()
     if clean_only:
         click.echo(f"removed {directory}" if clean(directory) else f"nothing to remove at {directory}")

@@ -13,11 +13,9 @@ from collections.abc import Callable
 import click
 from click.core import ParameterSource
 
-from ..backup.manifest import check_backup_id
 from ..common.timeutil import parse_timestamp
 from ..errors import UsageError
 from ..policy.schema import TABLE_NAME, TABLE_NAME_HELP
-from ..restore.task import check_target_dsn
 
 _BIGINT = 2 ** 63
 
@@ -30,10 +28,14 @@ def flag_of(ctx: click.Context, param: click.Parameter) -> str:
 
 
 def backup_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from ..backup.manifest import check_backup_id
+
     return None if value is None else check_backup_id(value, flag=flag_of(ctx, param))
 
 
 def target_dsn(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from ..restore.task import check_target_dsn
+
     if value is not None:
         from_env = ctx.get_parameter_source(param.name or "") == ParameterSource.ENVIRONMENT
         check_target_dsn(value, source=flag_of(ctx, param), typed=not from_env)
@@ -46,6 +48,16 @@ def table_name(ctx: click.Context, param: click.Parameter, value: str | None) ->
         raise UsageError(f"{flag_of(ctx, param)}: {_shown(value)} is not a table name (allowed {TABLE_NAME_HELP}, "
                          "e.g. public.metrics or metrics)")
     return value
+
+
+def shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """``K/N``: shard K (from 0, as JOB_COMPLETION_INDEX counts) of N."""
+    if value is None:
+        return None
+    from ..coldtier.shard import Shard
+
+    parsed = Shard.parse(value, flag=flag_of(ctx, param))
+    return parsed.index, parsed.count
 
 
 def time_bound(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -79,3 +91,17 @@ def seconds(maximum: float) -> Callable[[click.Context, click.Parameter, float |
 
 def _shown(text: str) -> str:
     return repr(text) if len(text) <= 60 else repr(text[:57] + "...")
+
+
+def complete_policy(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of NAME: the policy files' names in --policies (or $ARCHIVER_POLICIES, ./policies).
+
+    A file's stem is its policy's name unless the file sets ``name:``; completion does not parse YAML (it
+    runs on every key press)."""
+    import os
+    from pathlib import Path
+
+    root = ctx.find_root().params.get("policies_path") or os.environ.get("ARCHIVER_POLICIES") or "./policies"
+    path = Path(root)
+    files = [path] if path.is_file() else sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+    return [file.stem for file in files if file.stem.startswith(incomplete)]

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -15,23 +15,22 @@ from click.core import ParameterSource
 from ..common import log
 from ..common.timeutil import format_bytes, isoformat, parse_timestamp, utcnow
 from ..errors import ArchiverError, ExitCode, UsageError
-from ..ops.runner import run_task
-from ..pitr.basebackup import BaseBackupOptions
-from ..pitr.hooks import RECOVERY_ABORT_EXIT, wal_fetch, wal_push, write_recovery_report
-from ..pitr.overview import PitrOverview, pitr_overview
-from ..pitr.plan import PitrPlan, PitrRequest
-from ..pitr.receive import run_receiver
-from ..pitr.restore import run_pitr_restore
-from ..pitr.settings import Target
-from ..pitr.walnames import format_lsn, parse_lsn
-from ..storage.backends import open_store
 from ..tasks import BASEBACKUP
+from . import params
 from .context import AppContext, pass_app
+from .jsonout import emit, task_document
 from .progress import progress_for_terminal
+
+if TYPE_CHECKING:
+    from ..pitr.overview import PitrOverview
+    from ..pitr.plan import PitrPlan
+    from ..pitr.settings import Target
+
+# The work is imported inside each command: ``archiver --help`` loads no driver, SDK or pitr module.
 
 
 @click.command("basebackup")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @pass_app
 def basebackup_command(app: AppContext, name: str) -> int:
     """Take a base backup of policy NAME's server now (pg_basebackup -> store).
@@ -41,6 +40,9 @@ def basebackup_command(app: AppContext, name: str) -> int:
     the default, wal_level is minimal, the role may not replicate, or archive_command WAL is not on),
     3 another base backup of this database is running.
     """
+    from ..ops.runner import run_task
+    from ..pitr.basebackup import BaseBackupOptions
+
     result = run_task(BASEBACKUP, app.policy(name), BaseBackupOptions(),
                       progress=progress_for_terminal(quiet=app.verbosity < 0))
     for line in result.lines:
@@ -51,7 +53,7 @@ def basebackup_command(app: AppContext, name: str) -> int:
 
 
 @click.command("wal-push")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.argument("path", type=click.Path(dir_okay=False))
 @pass_app
 def wal_push_command(app: AppContext, name: str, path: str) -> int:
@@ -61,12 +63,14 @@ def wal_push_command(app: AppContext, name: str, path: str) -> int:
     already with the same content (PostgreSQL may archive a file twice). Exit 4: the store holds
     another file under that name (nothing is overwritten); 1: the store failed (PostgreSQL retries).
     """
+    from ..pitr.hooks import wal_push
+
     wal_push(app.policy_for(name, store_only=True), Path(path))
     return ExitCode.OK
 
 
 @click.command("wal-fetch")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.argument("segment")
 @click.argument("dest", type=click.Path(dir_okay=False))
 @click.option("--recovery-report", type=click.Path(dir_okay=False), metavar="FILE",
@@ -80,6 +84,8 @@ def wal_fetch_command(app: AppContext, name: str, segment: str, dest: str, recov
     written, 1 not in the archive (how PostgreSQL learns the archive has ended), 4 the stored copy
     is damaged (nothing written).
     """
+    from ..pitr.hooks import RECOVERY_ABORT_EXIT, wal_fetch, write_recovery_report
+
     try:
         outcome = wal_fetch(app.policy_for(name, store_only=True), segment, Path(dest))
     except ArchiverError as exc:
@@ -97,7 +103,7 @@ def wal_fetch_command(app: AppContext, name: str, segment: str, dest: str, recov
 
 
 @click.command("wal-receive")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @pass_app
 def wal_receive_command(app: AppContext, name: str) -> int:
     """Stream policy NAME's WAL into the store with pg_receivewal and a replication slot, until SIGTERM.
@@ -107,6 +113,9 @@ def wal_receive_command(app: AppContext, name: str) -> int:
     per stream policy. Exit codes: 130 stopped by a signal (the normal end), 2 policy error, 3 a
     receiver of this policy runs already, 1 failed.
     """
+    from ..pitr.receive import run_receiver
+    from ..storage.backends import open_store
+
     policy = app.policy(name)
     run_receiver(policy, open_store(policy.storage))
     return ExitCode.OK
@@ -156,6 +165,9 @@ def pitr_requested(ctx: click.Context, pitr: dict[str, Any], target: str | None,
 
 
 def _target(to_time: str | None, to_lsn: str | None, to_latest: bool) -> Target:
+    from ..pitr.settings import Target
+    from ..pitr.walnames import format_lsn, parse_lsn
+
     chosen = [flag for flag, value in (("--to-time", to_time), ("--to-lsn", to_lsn), ("--to-latest", to_latest)) if value]
     if len(chosen) != 1:
         raise UsageError(f"--pitr needs exactly one of --to-time, --to-lsn, --to-latest (got "
@@ -187,9 +199,12 @@ def _confirmation(yes: bool) -> Callable[[PitrPlan], bool]:
     return confirm
 
 
-def restore_pitr(app: AppContext, name: str, *, dry_run: bool, yes: bool, pitr: bool, to_time: str | None,
-                 to_lsn: str | None, to_latest: bool, data_dir: str | None, start: bool, port: int | None,
-                 keep_archiving: bool) -> int:
+def restore_pitr(app: AppContext, name: str, *, dry_run: bool, yes: bool, as_json: bool, pitr: bool,
+                 to_time: str | None, to_lsn: str | None, to_latest: bool, data_dir: str | None, start: bool,
+                 port: int | None, keep_archiving: bool) -> int:
+    from ..pitr.plan import PitrRequest
+    from ..pitr.restore import run_pitr_restore
+
     target = _target(to_time, to_lsn, to_latest)
     if not data_dir:
         raise UsageError("--pitr needs --data-dir: the new data directory to restore into")
@@ -198,6 +213,9 @@ def restore_pitr(app: AppContext, name: str, *, dry_run: bool, yes: bool, pitr: 
                           keep_archiving=keep_archiving, dry_run=dry_run)
     result = run_pitr_restore(app.policy_for(name, store_only=True), request, confirm=_confirmation(yes),
                               progress=progress_for_terminal(quiet=app.verbosity < 0))
+    if as_json:
+        emit("restore", task_document(result, dry_run=dry_run))
+        return result.exit_code
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary, err=True)
@@ -214,6 +232,9 @@ class BaseListing:
 
 
 def list_base_backups(app: AppContext, name: str | None) -> BaseListing:
+    from ..pitr.overview import pitr_overview
+    from ..storage.backends import open_store
+
     policies = app.policies_without_secrets(name) if name else app.policies_for_overview(section="pitr")[0]
     listing = BaseListing()
     now = utcnow()
@@ -229,9 +250,10 @@ def list_base_backups(app: AppContext, name: str | None) -> BaseListing:
         for base in overview.bases:
             span = overview.restorable.get(base.id)
             listing.entries.append({
-                "policy": policy.name, "kind": "base_backup", "id": base.id, "time": isoformat(base.stop_time),
-                "size": base.size, "duration": float(base.manifest.get("duration_seconds", 0.0)),
-                "verified": base.verified, "timeline": base.timeline, "start_lsn": base.manifest["start_lsn"],
+                "policy": policy.name, "id": base.id, "time": isoformat(base.stop_time),
+                "size": base.size, "duration_seconds": float(base.manifest.get("duration_seconds", 0.0)),
+                "verified": base.verified == "yes", "verification": base.verification_result,
+                "timeline": base.timeline, "start_lsn": base.manifest["start_lsn"],
                 "stop_lsn": base.manifest["stop_lsn"],
                 "restorable": {"from": isoformat(span[0]), "to": isoformat(span[1])} if span else None})
     return listing

@@ -38,6 +38,8 @@ class TerminalProgress:
 
     def done(self) -> None:
         if self.name:
+            if self.total and self.count:
+                self.total = self.count  # the step is finished: what it counted is its whole (100%)
             self._draw(force=True)
             self.stream.write("\n")
             self.stream.flush()

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..common.timeutil import format_duration
 from ..errors import ExitCode
-from ..ops.status import PolicyStatus, all_status, broken_policy_status
 from .context import AppContext, pass_app
+from .jsonout import emit
+
+if TYPE_CHECKING:
+    from ..ops.status import PolicyStatus
 
 
 def _age(seconds: int | None) -> str:
@@ -67,19 +69,22 @@ def _coverage(entry: dict[str, object]) -> str:
 
 
 @click.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one entry per policy.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document, an entry per policy.")
 @click.option("--no-database", is_flag=True, help="Answer from the store alone (skip the hot chunks).")
 @pass_app
 def status_command(app: AppContext, as_json: bool, no_database: bool) -> int:
     """Per policy: newest backup and its age against the schedule, newest proven backup, failing
     tasks, held-back chunks. Exit 1 when anything is stale or failing (usable as a health check);
     a policy file that does not load is a failing row of its own, the others are reported as usual."""
+    from ..ops.status import all_status, broken_policy_status
+
     policies, broken = app.policies_for_overview(section="storage")
     statuses = all_status(policies, check_database=not no_database)
     statuses += [broken_policy_status(item.name, item.source, item.summary) for item in broken]
     statuses.sort(key=lambda status: (status.policy, status.source or ""))
     if as_json:
-        click.echo(json.dumps([status.to_json() for status in statuses], indent=2, default=str))
+        emit("status", {"healthy": all(status.healthy for status in statuses),
+                        "policies": [status.to_json() for status in statuses]})
     else:
         render_status(statuses)
     return ExitCode.OK if all(status.healthy for status in statuses) else ExitCode.TASK_FAILED

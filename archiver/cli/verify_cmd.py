@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from ..common.timeutil import parse_timestamp
 from ..errors import UsageError
-from ..ops.runner import run_task
-from ..restore.drill import VerifyOptions
 from ..tasks import VERIFY
 from . import params
 from .context import AppContext, pass_app
+from .jsonout import emit
 from .progress import progress_for_terminal
 
 
 @click.command("verify")
-@click.argument("name")
+@click.argument("name", shell_complete=params.complete_policy)
 @click.option("--backup", "backup_id", metavar="ID", callback=params.backup_id,
               help="The backup to drill (default: the newest).")
 @click.option("--scratch", type=click.Choice(["local", "container"]),
@@ -44,6 +40,10 @@ def verify_command(app: AppContext, name: str, backup_id: str | None, scratch: s
     With --pitr: a base backup and its WAL are recovered to a point in time in a local scratch instance; the
     drill checks that recovery reached the point, then pg_amcheck and the policy's checks.
     """
+    from ..common.timeutil import parse_timestamp
+    from ..ops.runner import run_task
+    from ..restore.drill import VerifyOptions
+
     if to_time is not None and not pitr:
         raise UsageError("--to-time applies to verify --pitr only")
     if pitr and backup_id is not None:
@@ -57,7 +57,7 @@ def verify_command(app: AppContext, name: str, backup_id: str | None, scratch: s
                                     to_time=point),
                       progress=progress_for_terminal(quiet=app.verbosity < 0))
     if as_json:
-        click.echo(json.dumps(result.data, indent=2, sort_keys=True, default=str))
+        emit("verify", dict(sorted(result.data.items())))
     else:
         for line in result.lines:
             click.echo(line)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..ops.worker import WorkerConfig, run_worker
+from ..ops.defaults import METRICS_PORT
 from ..tasks import TASK_NAMES
 from . import params
 from .context import AppContext, pass_app
@@ -14,7 +14,7 @@ from .context import AppContext, pass_app
 @click.option("--max-parallel", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Tasks of different databases that may run at once.")
 @click.option("--listen", default="0.0.0.0", show_default=True, help="Address for /metrics and /healthz.")
-@click.option("--port", default=9187, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--port", default=METRICS_PORT, show_default=True, type=click.IntRange(0, 65535),
               help="Port for /metrics and /healthz (0: any free port).")
 @click.option("--grace-period", default=300.0, show_default=True, type=float, callback=params.seconds(86400),
               help="On SIGTERM, seconds running tasks may take to finish before they are aborted cleanly.")
@@ -26,6 +26,8 @@ from .context import AppContext, pass_app
 def worker(app: AppContext, max_parallel: int, listen: str, port: int, grace_period: float, misfire_grace: int,
            run_at_start: tuple[str, ...]) -> int:
     """Run every policy's tasks on their cron schedules until SIGTERM (SIGHUP reloads policies)."""
+    from ..ops.worker import WorkerConfig, run_worker
+
     log_format = "json" if app.log_format == "auto" else app.log_format
     return run_worker(WorkerConfig(policies_path=app.policies_path, max_parallel=max_parallel, listen=listen,
                                    port=port, grace_period=grace_period, misfire_grace=misfire_grace,

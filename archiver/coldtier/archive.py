@@ -28,23 +28,24 @@ from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..common.timeutil import format_bytes, isoformat, utcnow
 from ..errors import ArchiverError, VerificationFailed
-from ..pg.arrow import READ_LOCK_TIMEOUT_MS
-from ..pg.catalog import current_database, relation_size
+from ..pg.arrow import READ_LOCK_TIMEOUT_MS, ArrowConnections
+from ..pg.catalog import current_database, relation_sizes
 from ..pg.connect import LockTimeout, Session, session
 from ..policy.schema import ArchiveConfig, Policy, StorageConfig
 from ..storage.backends import open_store
 from ..storage.base import Store
-from ..storage.documents import FORMAT_VERSION, write_json
-from . import chunks, merge, parquet
+from ..storage.documents import FORMAT_VERSION
+from . import chunks, layout, merge, migrate, parquet
 from . import decisions as decide
 from .catalog import Archived, TableCatalog, load_table_catalog
 from .chunks import Chunk, TableInfo
 from .decisions import Decision
-from .export import ExportResult, Unrepresentable, export_chunk
+from .export import ExportResult, Target, Unrepresentable, export_chunk
 from .fingerprint import time_display
 from .identity import Identity, bound_json
-from .manifest import ARCHIVE_KIND, LoadedManifest
+from .manifest import ARCHIVE_KIND, LoadedManifest, supersedes_json, switch_version
 from .rangefacts import accept_command, accepts, gather
+from .shard import Shard
 from .steps import ColdTierFailed, MiB, archive_section, clean_table, finish, record, select_tables
 
 
@@ -53,7 +54,6 @@ class ExportJob:
     info: TableInfo
     identity: Identity
     chunk: Chunk | None  # None: a merge of archives whose range is no longer in the database
-    key: str
     manifest_key: str
     version: int
     replaces: list[LoadedManifest]
@@ -72,6 +72,8 @@ class ArchiveOptions:
     dry_run: bool = False  # print the decisions, change nothing
     table: str | None = None  # only this table (schema.table, as the policy lists it)
     accept_deletes: tuple[str, ...] = ()  # ranges whose deleted rows are deleted on purpose (--accept-deletes)
+    migrate_layout: bool = False  # only move archives of an earlier layout to today's (--migrate-layout)
+    shard: tuple[int, int] | None = None  # (K, N): only the ranges of shard K of N (--shard K/N)
 
 
 def archive_task(policy: Policy, options: ArchiveOptions, store: Store, progress: Progress) -> TaskResult:
@@ -81,13 +83,17 @@ def archive_task(policy: Policy, options: ArchiveOptions, store: Store, progress
     shared by its parallel exports.
     """
     return run_archive(policy, dry_run=options.dry_run, table=options.table, progress=progress,
-                       accept_deletes=list(options.accept_deletes))
+                       accept_deletes=list(options.accept_deletes), migrate_only=options.migrate_layout,
+                       shard=Shard(*options.shard) if options.shard else None)
 
 
 def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = None, now: datetime | None = None,
                 store: Store | None = None, progress: Progress = NULL_PROGRESS,
-                accept_deletes: list[str] | None = None) -> TaskResult:
-    """Export due ranges of the policy's tables (or only ``table``) to verified Parquet archives."""
+                accept_deletes: list[str] | None = None, migrate_only: bool = False,
+                shard: Shard | None = None) -> TaskResult:
+    """Export due ranges of the policy's tables (or only ``table``) to verified Parquet archives, and
+    move archives of an earlier layout to today's (``migrate_only``: only that). With ``shard``,
+    only the ranges of that shard (see archiver.coldtier.shard)."""
     config = archive_section(policy)
     tables = select_tables(config, table)
     dsn = policy.database.resolved_dsn()
@@ -96,18 +102,33 @@ def run_archive(policy: Policy, *, dry_run: bool = False, table: str | None = No
     started = time.monotonic()
     decisions: list[Decision] = []
     jobs: list[ExportJob] = []
+    pending: list[migrate.Move] = []
     with session(dsn, connect_timeout=policy.database.connect_timeout) as current:
         database = current_database(current)
         for info in [chunks.discover(current, entry) for entry in tables]:
             catalog = load_table_catalog(store, database, info)
-            clean_table(store, catalog, decisions, task="archive", dry_run=dry_run)
-            jobs += _plan_table(current, dsn, store, database, info, catalog, moment, config, decisions,
-                                accept_deletes or [], policy.name or "")
+            if shard is not None:
+                info, catalog = _shard_of(info, catalog, shard)
+            clean_table(store, catalog, decisions, task="archive", dry_run=dry_run, shard=shard)
+            planned = [] if migrate_only else _plan_table(current, dsn, store, database, info, catalog, moment, config,
+                                                          decisions, accept_deletes or [], policy.name or "")
+            jobs += planned
+            pending += migrate.moves(info, catalog, decisions, skip={job.identity.stem for job in planned})
     _unused_acceptances(accept_deletes or [], decisions)
     results: list[ExportResult] = []
     if not dry_run and jobs:
         results = _run_exports(dsn, store, database, policy, config, jobs, decisions, progress)
-    return _result(policy, decisions, results, jobs, dry_run=dry_run, seconds=time.monotonic() - started)
+    moved = migrate.migrate(store, database, pending, decisions, dry_run=dry_run, settings=_writer_settings(config))
+    return _result(policy, decisions, results, jobs, dry_run=dry_run, seconds=time.monotonic() - started,
+                   moved=moved, migrate_only=migrate_only)
+
+
+def _shard_of(info: TableInfo, catalog: TableCatalog, shard: Shard) -> tuple[TableInfo, TableCatalog]:
+    """The table as one shard sees it: its chunks and archived ranges only."""
+    mine = dataclasses.replace(info, chunks=[chunk for chunk in info.chunks if shard.holds(info.identity(chunk).stem)])
+    catalog.archived = {stem: archived for stem, archived in catalog.archived.items() if shard.holds(stem)}
+    catalog.rehydrated = {stem: record for stem, record in catalog.rehydrated.items() if shard.holds(stem)}
+    return mine, catalog
 
 
 def _shared_upload_budget(storage: StorageConfig, parallel: int) -> StorageConfig:
@@ -130,7 +151,8 @@ def _plan_table(current: Session, dsn: str, store: Store, database: str, info: T
                                  accept_deletes=accepts(accept_deletes, chunk, identity))
         action, reason = decide.archive_decision(facts, late_data_check=config.late_data_check,
                                                    accept_command=accept_command(policy, info, identity))
-        record(decisions, Decision("archive", info.display, chunk.display, action, reason), "archive.decision")
+        record(decisions, Decision("archive", info.display, chunk.display, action, reason, *_span(chunk)),
+               "archive.decision")
         if action in (decide.EXPORT, decide.MERGE):
             jobs.append(_job(current, database, info, identity, chunk, archived, action, reason))
     present = {info.identity(chunk).stem for chunk in info.chunks}
@@ -146,6 +168,10 @@ def _plan_table(current: Session, dsn: str, store: Store, database: str, info: T
     if waiting:
         reason = f"{waiting} chunk(s) not due yet (ranges ending after {chunks.show_value(boundary)})"
         record(decisions, Decision("archive", info.display, "", "wait", reason), "archive.waiting")
+    sizes = relation_sizes(current, [(job.chunk.schema, job.chunk.name) for job in jobs if job.chunk])
+    for job in jobs:
+        if job.chunk:
+            job.size_hint = sizes.get((job.chunk.schema, job.chunk.name), 0)
     return jobs
 
 
@@ -154,10 +180,13 @@ def _job(current: Session, database: str, info: TableInfo, identity: Identity, c
     version = archived.version + 1 if archived else 1
     replaces = archived.all_manifests if archived else []
     documents = [loaded.document for loaded in replaces if loaded.document is not None]
-    size = relation_size(current, chunk.schema, chunk.name) if chunk else 0
-    return ExportJob(info, identity, chunk, chunks.data_key(database, info, identity, version),
-                     chunks.manifest_key(database, info, identity), version, replaces, reason, action,
-                     size_hint=size, merge_documents=documents if action == decide.MERGE else [])
+    return ExportJob(info, identity, chunk, chunks.manifest_key(database, info, identity), version, replaces, reason,
+                     action, merge_documents=documents if action == decide.MERGE else [])
+
+
+def _span(chunk: Chunk) -> tuple[str, str]:
+    """A chunk's range for summary lines (integer time as its integer)."""
+    return chunks.show_value(chunk.start), chunks.show_value(chunk.end)
 
 
 def _unused_acceptances(accept_deletes: list[str], decisions: list[Decision]) -> None:
@@ -171,12 +200,13 @@ def _unused_acceptances(accept_deletes: list[str], decisions: list[Decision]) ->
 
 def _run_exports(dsn: str, store: Store, database: str, policy: Policy, config: ArchiveConfig, jobs: list[ExportJob],
                  decisions: list[Decision], progress: Progress) -> list[ExportResult]:
-    settings = parquet.WriterSettings(zstd_level=config.zstd_level, row_group_rows=config.row_group_rows,
-                                      row_group_bytes=config.row_group_mib * MiB // config.parallel)
+    settings = _writer_settings(config)
     results: list[ExportResult] = []
     progress.phase("archive", total=len(jobs), unit="chunks")
-    with ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="archiver-export") as pool:
-        futures = {pool.submit(_export_one, dsn, store, database, policy, job, settings): job for job in jobs}
+    with ArrowConnections(dsn) as connections, \
+            ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="archiver-export") as pool:
+        futures = {pool.submit(_export_one, dsn, store, database, policy, job, settings, connections): job
+                   for job in jobs}
         try:
             for future in as_completed(futures):
                 _collect(future, futures[future], results, decisions)
@@ -187,6 +217,11 @@ def _run_exports(dsn: str, store: Store, database: str, policy: Policy, config: 
             raise
     progress.done()
     return results
+
+
+def _writer_settings(config: ArchiveConfig) -> parquet.WriterSettings:
+    return parquet.WriterSettings(zstd_level=config.zstd_level, row_group_rows=config.row_group_rows,
+                                  row_group_bytes=config.row_group_mib * MiB // config.parallel)
 
 
 def _collect(future: Future[ExportResult], job: ExportJob, results: list[ExportResult],
@@ -214,27 +249,24 @@ def _collect(future: Future[ExportResult], job: ExportJob, results: list[ExportR
     results.append(outcome)
     verb = "merged" if job.kind == decide.MERGE else "exported"
     record(decisions, Decision("archive", *where, verb,
-                               f"v{job.version}: {outcome.fingerprint.rows} rows, {format_bytes(outcome.put.size)}, "
-                               f"verified, {outcome.key}"), f"archive.chunk.{verb}")
+                               f"v{job.version}: {outcome.fingerprint.rows} rows, {format_bytes(outcome.size)}, "
+                               f"verified, {outcome.describe()}"), f"archive.chunk.{verb}")
 
 
 def _export_one(dsn: str, store: Store, database: str, policy: Policy, job: ExportJob,
-                settings: parquet.WriterSettings) -> ExportResult:
+                settings: parquet.WriterSettings, connections: ArrowConnections) -> ExportResult:
     if job.kind == decide.MERGE:
         source = merge.MergeSource(job.identity, job.chunk, job.merge_documents)
-        result = merge.export_merged(dsn, store, database=database, info=job.info, source=source, key=job.key,
-                                     version=job.version, settings=settings, now=utcnow)
+        target = Target(database, job.info, source.as_chunk(job.info), job.version)
+        result = merge.export_merged(dsn, store, info=job.info, source=source, target=target, settings=settings,
+                                     now=utcnow)
     else:
         assert job.chunk is not None
-        result = export_chunk(dsn, store, database=database, info=job.info, chunk=job.chunk, key=job.key,
-                              version=job.version, settings=settings, size_hint=job.size_hint, now=utcnow)
-    write_json(store, job.manifest_key, archive_manifest(policy, database, job, result))  # the switch
-    for loaded in job.replaces:  # manifests first: from here on their objects are no archive
-        if loaded.key != job.manifest_key:
-            store.delete(loaded.key)
-    for loaded in job.replaces:
-        if loaded.data_key and loaded.data_key != job.key:
-            store.delete(loaded.data_key)
+        target = Target(database, job.info, job.chunk, job.version)
+        result = export_chunk(dsn, store, target=target, settings=settings, size_hint=job.size_hint, now=utcnow,
+                              connections=connections)
+    switch_version(store, job.manifest_key, archive_manifest(policy, database, job, result), job.replaces,
+                   result.keys)
     return result
 
 
@@ -268,14 +300,12 @@ def archive_manifest(policy: Policy, database: str, job: ExportJob, result: Expo
         # earlier versions): the database may lack that many without anything being deleted
         "archived_only_rows": result.archived_only_rows,
         **({"database_fingerprint": result.database_fingerprint.to_json()} if result.database_fingerprint else {}),
-        "object": {"key": result.key, "size": result.put.size, "sha256": result.put.sha256, "etag": result.put.etag},
-        "parquet": {**result.summary.to_json(),
-                    "columns": [{"name": plan.name, "pg_type": plan.pg_type, "arrow_type": str(plan.arrow_type),
-                                 "text_form": plan.text_form} for plan in plans]},
+        "layout": layout.layout_json(info.config.partition_key),
+        "objects": [piece.to_json() for piece in result.pieces],
+        "parquet": {**result.parquet_json(), "profile": info.config.profile,
+                    "columns": [plan.to_json() for plan in plans]},
         "change": {"kind": job.kind, "reason": job.reason},
-        "supersedes": [{"manifest": loaded.key, "object": loaded.data_key,
-                        "version": (loaded.document or {}).get("version"), "rows": (loaded.document or {}).get("rows")}
-                       for loaded in job.replaces],
+        "supersedes": supersedes_json(job.replaces),
         "exported_at": isoformat(result.exported_at),
         "verified_at": isoformat(result.verified_at),
         "seconds": round(result.seconds, 3),
@@ -292,24 +322,30 @@ def _range_utc(value: chunks.TimeValue | None, time_unit: str | None) -> str | N
 
 
 def _result(policy: Policy, decisions: list[Decision], results: list[ExportResult], jobs: list[ExportJob], *,
-            dry_run: bool, seconds: float) -> TaskResult:
+            dry_run: bool, seconds: float, moved: int = 0, migrate_only: bool = False) -> TaskResult:
     count = {action: sum(1 for d in decisions if d.action == action)
-             for action in ("skip", "hold", "fail", "mismatch", "export", "merge")}
+             for action in ("skip", "hold", "fail", "mismatch", "export", "merge", decide.MOVE)}
     rows = sum(r.fingerprint.rows for r in results)
-    size = sum(r.put.size for r in results)
+    size = sum(r.size for r in results)
     metrics: dict[str, float] = {
         "chunks_archived": len(results), "chunks_skipped": count["skip"], "chunks_held_back": count["hold"],
         "chunks_failed": count["fail"], "chunks_mismatched": count["mismatch"], "rows": rows, "bytes": size,
         "source_bytes": sum(job.size_hint for job in jobs if any(r.chunk == job.chunk for r in results)),
-        "seconds": seconds, "rows_per_second": rows / seconds if seconds > 0 else 0.0,
+        "duration_seconds": seconds, "rows_per_second": rows / seconds if seconds > 0 else 0.0, "archives_moved": moved,
     }
     result = TaskResult(policy=policy.name or "", task="archive")
-    if dry_run:
+    if migrate_only:
+        result.summary = (f"dry run: would move {count[decide.MOVE]} archive(s) to the current layout" if dry_run else
+                          f"moved {moved} archive(s) to the current layout") + f", held back {count['hold']}"
+    elif dry_run:
         result.summary = (f"dry run: would export {count['export']} chunk(s)"
-                          + (f", merge {count['merge']}" if count["merge"] else "") + f", skip {count['skip']}")
+                          + (f", merge {count['merge']}" if count["merge"] else "") + f", skip {count['skip']}"
+                          + (f", move {count[decide.MOVE]} archive(s) to the current layout" if count[decide.MOVE]
+                             else ""))
     else:
         result.summary = (f"archived {len(results)} chunk(s) ({rows:,} rows, {format_bytes(size)}), "
-                          f"skipped {count['skip']}, held back {count['hold']}")
+                          f"skipped {count['skip']}, held back {count['hold']}"
+                          + (f", moved {moved} archive(s) to the current layout" if moved else ""))
     if count["mismatch"]:
         result.status = "verification_failed"
         result.summary += f"; {count['mismatch']} failed verification"

@@ -24,11 +24,11 @@ from ..common.timeutil import isoformat, utcnow
 from ..errors import ObjectNotFound
 from ..storage.base import Store
 from ..storage.documents import FORMAT_VERSION, ManifestError, read_json, write_json
-from . import chunks
 from . import identity as ident
+from . import layout
 from .chunks import TableInfo
 from .identity import Identity, TimeValue
-from .manifest import LoadedManifest, archive_catalog_prefix, list_archive_manifests
+from .manifest import LoadedManifest, archive_catalog_prefix, list_archive_manifests, objects_of
 
 REHYDRATED_PREFIX = "catalog/rehydrated/"
 
@@ -97,9 +97,10 @@ class TableCatalog:
                 if ident.of_manifest(loaded.document or {}).time_range == identity.time_range]
 
     def referenced_objects(self) -> set[str]:
-        keys = {loaded.data_key for archived in self.archived.values() for loaded in archived.all_manifests}
-        keys |= {loaded.data_key for loaded in self.unplaced}
-        return {key for key in keys if key}
+        keys = {key for archived in self.archived.values() for loaded in archived.all_manifests
+                for key in loaded.data_keys}
+        keys |= {key for loaded in self.unplaced for key in loaded.data_keys}
+        return keys
 
 
 def _time_tokens(identity: Identity) -> tuple[str, str]:
@@ -131,7 +132,9 @@ def superseded_keys(manifests: Iterable[LoadedManifest]) -> set[str]:
 
 def _group(identity: Identity, manifests: list[LoadedManifest]) -> Archived:
     """One range's manifests: the newest is current; those it supersedes are stale, the rest duplicates."""
-    ordered = sorted(manifests, key=lambda loaded: (int((loaded.document or {}).get("version", 1)), loaded.key),
+    replaced = superseded_keys(manifests)  # one that another manifest of the range replaced is never current
+    ordered = sorted(manifests, key=lambda loaded: (loaded.key not in replaced,
+                                                    int((loaded.document or {}).get("version", 1)), loaded.key),
                      reverse=True)
     current, others = ordered[0], ordered[1:]
     superseded = _supersedes(current)
@@ -166,10 +169,11 @@ def load_table_catalog(store: Store, database: str, info: TableInfo) -> TableCat
 
 
 def orphans(store: Store, catalog: TableCatalog) -> list[str]:
-    """Parquet objects under the table's ``archive/`` prefix that no manifest references."""
+    """Parquet objects under the table's ``archive/`` prefix (of this layout or the one before) that
+    no manifest references."""
     referenced = catalog.referenced_objects()
-    return sorted(info.key for info in store.list(chunks.data_prefix(catalog.database, catalog.table))
-                  if info.key.endswith(".parquet") and info.key not in referenced)
+    return sorted(info.key for prefix in layout.data_prefixes(catalog.database, catalog.table)
+                  for info in store.list(prefix) if info.key.endswith(".parquet") and info.key not in referenced)
 
 
 # -- rehydration records -------------------------------------------------------------------------
@@ -185,7 +189,7 @@ def record_rehydration(store: Store, database: str, target: Identity, archived: 
         windows.append(pair)
     document.update({
         "kind": "rehydration", "format_version": FORMAT_VERSION, "identity": target.to_json(),
-        "archive": {"version": archived.get("version"), "key": (archived.get("object") or {}).get("key"),
+        "archive": {"version": archived.get("version"), "keys": [entry["key"] for entry in objects_of(archived)],
                     "rows": archived.get("rows")},
         "windows": windows, "state": state, "updated_at": isoformat(utcnow()),
     })

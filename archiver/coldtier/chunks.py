@@ -30,7 +30,7 @@ from ..pg.connect import Session
 from ..pg.quote import qualified
 from ..policy.schema import ArchiveTable
 from . import typemap as tm
-from .identity import Identity, SpaceSlice, key_part, utc_date
+from .identity import Identity, SpaceSlice, key_part
 from .identity import show_value as show_value  # re-exported: a range's bounds are shown as chunks show them
 
 HYPERTABLE = "hypertable"
@@ -100,7 +100,7 @@ class TableInfo:
 
     def plans(self) -> list[tm.ColumnPlan]:
         return tm.plan_columns(self.columns, time_column=self.time_column, text_columns=self.config.text_columns,
-                               table=self.display)
+                               table=self.display, profile=self.config.profile)
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,29 +142,14 @@ def due(chunks: list[Chunk], boundary: TimeValue) -> list[Chunk]:
 # Storage keys: by the range's identity (archiver.coldtier.identity), never by the chunk's name
 
 
-def partition_date(value: TimeValue | None, time_unit: str | None) -> date:
-    """The UTC date of a range's start, for Hive-style paths."""
-    return utc_date(value, lambda number: integer_to_datetime(number, time_unit or "s"))
-
-
 def table_prefix(database: str, table: TableInfo | str) -> str:
     name = table.display if isinstance(table, TableInfo) else table
     return f"{key_part(database)}/{key_part(name)}"
 
 
 def data_prefix(database: str, table: TableInfo | str) -> str:
+    """Where layout 1 put the table's data objects (``archiver.coldtier.layout`` has today's keys)."""
     return f"archive/{table_prefix(database, table)}/"
-
-
-def data_key(database: str, table: TableInfo, identity: Identity, version: int) -> str:
-    """``archive/<database>/<schema>.<table>/year=YYYY/month=MM/day=DD/<stem>.v<version>.parquet``
-
-    Each version has its own key: the manifest, written last, is what switches readers from one
-    version to the next, and the superseded object is deleted right after it.
-    """
-    day = partition_date(identity.start if identity.start is not None else identity.end, table.config.time_unit)
-    return (f"{data_prefix(database, table)}year={day.year:04d}/month={day.month:02d}/day={day.day:02d}/"
-            f"{identity.stem}.v{version}.parquet")
 
 
 def manifest_key(database: str, table: TableInfo | str, identity: Identity) -> str:
@@ -245,7 +230,18 @@ def discover(current: Session, config: ArchiveTable) -> TableInfo:
         raise UsageError(f"{display}: the time column {info.time_column!r} is an integer; set "
                          "archive.tables[].time_unit (ns, us, ms, s, min, h or d) so durations can be converted")
     info.plans()  # refuse bad text_columns now, before anything runs
+    _check_partition_key(info)
     return info
+
+
+def _check_partition_key(info: TableInfo) -> None:
+    """A Hive partition key named like a column makes readers replace the column's values with the key's."""
+    key = info.config.partition_key
+    if any(column.name == key for column in info.columns):
+        raise UsageError(f"{info.display}: column {key!r} has the name of the cold tier's partition key: readers with "
+                         "Hive partitioning on would return the partition's value in place of the column's",
+                         hint=f"set archive.tables[].partition_key of {info.display} to a name no column has "
+                              f"(e.g. {'archive_day' if key == 'dt' else 'dt'})")
 
 
 def _discover_hypertable(current: Session, config: ArchiveTable, schema: str, name: str,

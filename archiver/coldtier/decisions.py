@@ -12,8 +12,8 @@ from typing import Any
 
 from ..common.timeutil import format_duration, parse_timestamp
 
-EXPORT, MERGE, SKIP, HOLD, DROP, KEEP, EXPIRE, WARN, REFUSE, FAIL = (
-    "export", "merge", "skip", "hold", "drop", "keep", "expire", "warn", "refuse", "fail")
+EXPORT, MERGE, SKIP, HOLD, DROP, KEEP, EXPIRE, WARN, REFUSE, FAIL, MOVE = (
+    "export", "merge", "skip", "hold", "drop", "keep", "expire", "warn", "refuse", "fail", "move")
 
 
 @dataclass(frozen=True)
@@ -23,15 +23,22 @@ class Decision:
     subject: str  # a chunk, an object key, or "" for the table itself
     action: str
     reason: str
+    start: str = ""  # a chunk's range, as people read it (for summaries of many chunks)
+    end: str = ""
+
+    def verb(self, *, dry_run: bool = False) -> str:
+        return f"would {self.action}" if dry_run and self.action in (EXPORT, MERGE, DROP, EXPIRE, MOVE) else self.action
 
     def line(self, *, dry_run: bool = False) -> str:
-        verb = f"would {self.action}" if dry_run and self.action in (EXPORT, MERGE, DROP, EXPIRE) else self.action
         where = f"{self.table} {self.subject}".strip()
-        return f"{verb:<14} {where}: {self.reason}"
+        return f"{self.verb(dry_run=dry_run):<14} {where}: {self.reason}"
 
     def to_json(self) -> dict[str, str]:
-        return {"task": self.task, "table": self.table, "subject": self.subject, "action": self.action,
-                "reason": self.reason}
+        entry = {"task": self.task, "table": self.table, "subject": self.subject, "action": self.action,
+                 "reason": self.reason}
+        if self.start or self.end:
+            entry.update(start=self.start, end=self.end)
+        return entry
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,18 @@ class ArrowFingerprint:
     def add_rows(self, count: int) -> None:
         self.rows += count
 
+    def merge(self, other: ArrowFingerprint) -> None:
+        """Add another accumulator's rows (of the same plans): the fingerprint of a set of files."""
+        self.rows += other.rows
+        for name, measures in other.totals.items():
+            for measure, amount in measures.items():
+                self.totals[name][measure] = _add(self.totals[name][measure], amount)
+        for value in (other.time_min, other.time_max):
+            if value is not None:
+                self.time_min = value if self.time_min is None else min(self.time_min, value)
+                self.time_max = value if self.time_max is None else max(self.time_max, value)
+        self._time_kind = self._time_kind or other._time_kind
+
     def add_column(self, name: str, values: pa.Array | pa.ChunkedArray) -> None:
         """Part of one column (rows are counted separately, with :meth:`add_rows`)."""
         plan = self._by_name[name]
@@ -154,8 +166,9 @@ class ArrowFingerprint:
             found.append(("sum", Decimal(exact_sum(_as_micros(plain))).scaleb(-6, EXACT)))
         elif kind == tm.DATE:
             found += [("sum", exact_sum(plain.cast(pa.int32()))), ("infinite", 0)]
-        elif kind == tm.TIME:
-            found.append(("sum", Decimal(exact_sum(_as_micros(plain))).scaleb(-6, EXACT)))
+        elif kind == tm.TIME:  # time64, or (portable profile) int64 microseconds since midnight
+            micros = plain if pa.types.is_integer(plain.type) else _as_micros(plain)
+            found.append(("sum", Decimal(exact_sum(micros)).scaleb(-6, EXACT)))
         elif kind == tm.INTERVAL:
             fields = {name: pc.struct_field(plain, name) for name in ("months", "days", "nanoseconds")}
             valid = {name: _valid_only(field, plain) for name, field in fields.items()}

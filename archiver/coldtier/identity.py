@@ -14,7 +14,7 @@ hypertables the slices of the chunk of that name while it exists.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -140,13 +140,3 @@ def covers(window: tuple[TimeValue | None, TimeValue | None], identity: Identity
     starts = low is None or (identity.start is not None and low <= identity.start)  # type: ignore[operator]
     ends = high is None or (identity.end is not None and high >= identity.end)  # type: ignore[operator]
     return starts and ends
-
-
-def utc_date(value: TimeValue | None, to_datetime: Any) -> date:
-    """The UTC date of a bound (integers through ``to_datetime``), for Hive-style paths."""
-    if value is None:
-        return date(1970, 1, 1)
-    if isinstance(value, int):
-        moment: datetime = to_datetime(value)
-        return moment.date()
-    return value.astimezone(UTC).date()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from ..common.sysinfo import release_free_memory
@@ -23,13 +23,13 @@ from ..errors import VerificationFailed
 from ..pg import staging as pg_staging
 from ..pg.staging import RowComparison
 from ..storage.base import Store
-from . import parquet
+from . import layout, parquet
 from .chunks import Chunk, TableInfo
-from .export import ADBC_BATCH_BYTES, ExportResult, Unrepresentable, export_metadata, read_back
+from .export import ADBC_BATCH_BYTES, ExportResult, Piece, Target, Unrepresentable, read_back, remove_pieces
 from .fingerprint import database_query, from_database_row, unrepresentable
 from .identity import Identity
 from .objects import downloaded, staging_reader
-from .typemap import arrow_schema, select_sql
+from .typemap import ColumnPlan, select_sql
 
 
 def table_columns(info: TableInfo) -> list[tuple[str, str]]:
@@ -48,7 +48,7 @@ def compare(dsn: str, store: Store, info: TableInfo, chunk: Chunk, document: dic
     """How the chunk's rows and its archive's rows differ (the object checked while it downloads)."""
     with downloaded(store, [document], work_dir) as copies, \
             pg_staging.staging(dsn, table_columns(info), what="archive (compare)") as staging:
-        reader, staged = staging_reader([copies[0].path])
+        reader, staged = staging_reader(copies[0].paths)
         staging.stage(reader, staged)
         return staging.compare(chunk.relation)
 
@@ -70,18 +70,18 @@ class MergeSource:
                      space=tuple(self.identity.space or ()))
 
 
-def export_merged(dsn: str, store: Store, *, database: str, info: TableInfo, source: MergeSource, key: str,
-                  version: int, settings: parquet.WriterSettings, now: Callable[[], datetime],
+def export_merged(dsn: str, store: Store, *, info: TableInfo, source: MergeSource, target: Target,
+                  settings: parquet.WriterSettings, now: Callable[[], datetime],
                   work_dir: str | None = None) -> ExportResult:
-    """Write the merged rows as version ``version`` at ``key``, read it back, verify it."""
+    """Write the merged rows as ``target``'s version (one file per UTC day), read them back, verify them."""
     started = time.monotonic()
-    chunk = source.as_chunk(info)
+    chunk = target.chunk
     plans = info.plans()
-    schema = arrow_schema(plans, export_metadata(database, info, chunk, plans, version))
+    pieces: list[Piece] = []
     with downloaded(store, source.documents, work_dir) as copies, \
             pg_staging.staging(dsn, table_columns(info), what="archive (merge)") as staging:
         for copy in copies:
-            reader, staged = staging_reader([copy.path])
+            reader, staged = staging_reader(copy.paths)
             staging.stage(reader, staged)
         merged = staging.merge(source.chunk.relation if source.chunk else None)
         query = database_query(plans, merged, info.time_column)
@@ -94,19 +94,41 @@ def export_merged(dsn: str, store: Store, *, database: str, info: TableInfo, sou
         if problems:
             raise Unrepresentable(chunk.display, problems)
         exported_at = now()
-        writer = store.writer(key, content_type="application/vnd.apache.parquet")
+        windows = layout.windows_for(info, chunk.start, chunk.end,
+                                     lambda: staging.row(layout.bounds_sql(info, merged)))
         try:
-            summary = parquet.write_batches(staging.batches(select_sql(plans, merged), batch_bytes=ADBC_BATCH_BYTES),
-                                            writer, schema, settings)
-            if summary.rows != expected.rows:
-                raise VerificationFailed(f"{chunk.display}: {summary.rows} merged rows were written but "
+            for index, window in enumerate(windows):
+                sql = select_sql(plans, merged) + (f" WHERE {layout.condition_sql(info, window)}"
+                                                   if len(windows) > 1 else "")
+                piece = _write_day(store, staging, sql, target, plans, window.day, settings,
+                                   keep_empty=index == len(windows) - 1 and not pieces)
+                if piece is not None:
+                    pieces.append(piece)
+            written = sum(piece.summary.rows for piece in pieces)
+            if written != expected.rows:
+                raise VerificationFailed(f"{chunk.display}: {written} merged rows were written but "
                                          f"{expected.rows} were merged")
-            put = writer.commit()
         except BaseException:
-            writer.abort()
+            remove_pieces(store, pieces)
             raise
     release_free_memory()
-    read_back(store, key, plans, info.time_column, expected, chunk.display)
-    return ExportResult(chunk, key, put, summary, expected, exported_at, now(), time.monotonic() - started,
+    read_back(store, pieces, plans, info, expected, chunk.display)
+    return ExportResult(chunk, pieces, expected, exported_at, now(), time.monotonic() - started,
                         database_fingerprint=in_database,
                         archived_only_rows=expected.rows - (in_database.rows if in_database else 0))
+
+
+def _write_day(store: Store, staging: pg_staging.Staging, sql: str, target: Target, plans: list[ColumnPlan],
+               day: date, settings: parquet.WriterSettings, *, keep_empty: bool) -> Piece | None:
+    key = target.key(day)
+    writer = store.writer(key, content_type="application/vnd.apache.parquet")
+    try:
+        summary = parquet.write_batches(staging.batches(sql, batch_bytes=ADBC_BATCH_BYTES), writer,
+                                        target.schema(plans, day), settings)
+        if not summary.rows and not keep_empty:
+            writer.abort()
+            return None
+        return Piece(key, day, writer.commit(), summary)
+    except BaseException:
+        writer.abort()
+        raise

@@ -28,15 +28,20 @@ from ..storage.base import Store, sha256_of
 from ..storage.integrity import CheckedObject, ObjectMismatch
 from . import identity as ident
 from . import parquet, typemap
+from .manifest import object_rows, objects_of
 
 READ_BATCH_ROWS = 64 * 1024
 INTERVAL_PARTS = ("months", "days", "nanoseconds")
 
 
-def embedded_problem(metadata: dict[str, str], rows: int, document: dict[str, Any]) -> str | None:
-    """What the file says about itself that contradicts its manifest, or None."""
-    if rows != int(document["rows"]):
-        return f"holds {rows} rows, the manifest says {document['rows']}"
+def embedded_problem(metadata: dict[str, str], rows: int, document: dict[str, Any],
+                     entry: dict[str, Any] | None = None) -> str | None:
+    """What the file (the manifest's object ``entry``; its only one by default) says about itself
+    that contradicts its manifest, or None."""
+    entry = entry if entry is not None else objects_of(document)[0]
+    recorded_rows = object_rows(document, entry)
+    if rows != recorded_rows:
+        return f"holds {rows} rows, the manifest says {recorded_rows}"
     table = metadata.get("source_table")
     if table is not None and table != document["table"]:
         return f"holds rows of {table}, the manifest is of {document['table']}"
@@ -47,6 +52,8 @@ def embedded_problem(metadata: dict[str, str], rows: int, document: dict[str, An
             return f"holds the range {embedded}, the manifest describes {recorded}"
         if str(metadata.get("version")) != str(document.get("version")):
             return f"is version {metadata.get('version')} of its range, the manifest says {document.get('version')}"
+        if "day" in entry and metadata.get("day") != entry["day"]:
+            return f"holds the rows of day {metadata.get('day')}, the manifest lists it for {entry['day']}"
         return None
     expected = f"{document['chunk']['schema']}.{document['chunk']['name']}"
     span = document.get("range") or {}
@@ -61,13 +68,20 @@ def embedded_problem(metadata: dict[str, str], rows: int, document: dict[str, An
 
 
 def check_object(store: Store, document: dict[str, Any], *, thorough: bool = False) -> str | None:
-    """Does the store still hold exactly the object the manifest describes? The problem, or None.
+    """Does the store still hold exactly the objects the manifest describes? The first problem, or None.
 
-    Always: it exists with the recorded size, and its footer agrees with the manifest. Then the
+    Always: each exists with the recorded size, and its footer agrees with the manifest. Then the
     ETag when both sides have one; ``thorough`` (before a drop) reads every byte for the SHA-256
     whatever the ETag says.
     """
-    recorded = document["object"]
+    for recorded in objects_of(document):
+        problem = _check_one(store, document, recorded, thorough=thorough)
+        if problem:
+            return problem
+    return None
+
+
+def _check_one(store: Store, document: dict[str, Any], recorded: dict[str, Any], *, thorough: bool) -> str | None:
     key = recorded["key"]
     info = store.head(key)
     if info is None:
@@ -89,7 +103,7 @@ def check_object(store: Store, document: dict[str, Any], *, thorough: bool = Fal
         with store.open_seekable(key) as source:
             parquet_file = parquet.open_file(source)
             problem = embedded_problem(parquet.archiver_metadata(parquet_file), parquet_file.metadata.num_rows,
-                                       document)
+                                       document, recorded)
     except (pa.ArrowException, OSError, StoreError, ValueError) as exc:
         return f"the object {store.describe(key)} is not readable Parquet ({exc})"
     return f"the object {store.describe(key)} {problem}" if problem else None
@@ -97,34 +111,44 @@ def check_object(store: Store, document: dict[str, Any], *, thorough: bool = Fal
 
 @dataclass(frozen=True)
 class LocalCopy:
+    """The objects of one manifest (one per UTC day), downloaded and checked."""
+
     document: dict[str, Any]
-    path: Path
+    paths: list[Path]
 
 
 @contextlib.contextmanager
 def downloaded(store: Store, documents: list[dict[str, Any]], work_dir: str | None) -> Iterator[list[LocalCopy]]:
-    """Each object in a private temp directory, its size and SHA-256 proven while it downloads and
-    its footer checked against the manifest; ObjectMismatch (exit 4) otherwise."""
+    """Every object of each manifest in a private temp directory, its size and SHA-256 proven while
+    it downloads and its footer checked against the manifest; ObjectMismatch (exit 4) otherwise."""
     directory = Path(tempfile.mkdtemp(prefix="archiver-archive-", dir=work_dir))
     try:
         copies = []
         for index, document in enumerate(documents):
-            path = directory / f"{index}.parquet"
-            entry = {**document["object"], "codec": "none"}
-            what = f"the archive of {document['table']} {document.get('identity', {}).get('stem') or document['chunk']['name']}"
-            with CheckedObject(store, entry, what) as obj, open(path, "wb") as out:
-                for piece in obj.chunks():
-                    out.write(piece)
-                obj.finish()
-            parquet_file = pq.ParquetFile(path)
-            problem = embedded_problem(parquet.archiver_metadata(parquet_file), parquet_file.metadata.num_rows, document)
-            if problem:
-                raise ObjectMismatch(f"{what} {store.describe(entry['key'])} {problem}", key=str(entry["key"]),
-                                     reason="contents")
-            copies.append(LocalCopy(document, path))
+            paths = []
+            for part, recorded in enumerate(objects_of(document)):
+                path = directory / f"{index}.{part}.parquet"
+                _download(store, document, recorded, path)
+                paths.append(path)
+            copies.append(LocalCopy(document, paths))
         yield copies
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _download(store: Store, document: dict[str, Any], recorded: dict[str, Any], path: Path) -> None:
+    entry = {**recorded, "codec": "none"}
+    what = f"the archive of {document['table']} {document.get('identity', {}).get('stem') or document['chunk']['name']}"
+    with CheckedObject(store, entry, what) as obj, open(path, "wb") as out:
+        for piece in obj.chunks():
+            out.write(piece)
+        obj.finish()
+    parquet_file = pq.ParquetFile(path)
+    problem = embedded_problem(parquet.archiver_metadata(parquet_file), parquet_file.metadata.num_rows, document,
+                               recorded)
+    if problem:
+        raise ObjectMismatch(f"{what} {store.describe(entry['key'])} {problem}", key=str(entry["key"]),
+                             reason="contents")
 
 
 def staging_reader(paths: list[Path]) -> tuple[pa.RecordBatchReader, list[StagedColumn]]:
@@ -141,7 +165,8 @@ def staging_reader(paths: list[Path]) -> tuple[pa.RecordBatchReader, list[Staged
             staged.append(StagedColumn(f.name, parts, "interval"))
         else:
             fields.append(f.remove_metadata())
-            staged.append(StagedColumn(f.name, (f.name,)))
+            encoded = (f.metadata or {}).get(b"encoding") == typemap.TIME_MICROS.encode()
+            staged.append(StagedColumn(f.name, (f.name,), "time_micros" if encoded else "value"))
     out_schema = pa.schema(fields)
 
     def batches() -> Iterator[pa.RecordBatch]:

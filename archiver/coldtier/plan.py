@@ -13,8 +13,10 @@ from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
 from .archive import run_archive
+from .decisions import Decision
 from .retention import run_retention
 from .steps import archive_section
+from .summary import summarise, summary_line
 
 _SEVERITY = {"ok": 0, "held_back": 1, "verification_failed": 2}
 _TASK_LABEL = {"archive": "archive", "retention": "retention", "expiry": "cold files"}
@@ -29,22 +31,22 @@ def run_plan(policy: Policy, *, now: datetime | None = None, store: Store | None
     order = [table.qualified_name for table in config.tables]
     order += sorted({d["table"] for d in decisions} - set(order))
     lines: list[str] = []
+    every: list[str] = []
     for table in order:
-        mine = [d for d in decisions if d["table"] == table]
+        mine = [Decision(**d) for d in decisions if d["table"] == table]
         if not mine:
             continue
         lines.append(table or "storage")
-        for decision in mine:
-            verb = decision["action"]
-            if verb in ("export", "drop", "expire"):
-                verb = f"would {verb}"
-            subject = f"{decision['subject']}: " if decision["subject"] else ""
-            lines.append(f"  {_TASK_LABEL[decision['task']]:<10} {verb:<14} {subject}{decision['reason']}")
-    result = TaskResult(policy=policy.name or "", task="plan", lines=lines,
+        every.append(table or "storage")
+        for task in _TASK_LABEL:
+            of_task = [d for d in mine if d.task == task]
+            lines += [f"  {_TASK_LABEL[task]:<10} {line}" for line in summarise(of_task, dry_run=True, table=False)]
+            every += [f"  {_TASK_LABEL[task]:<10} {summary_line([d], dry_run=True, table=False)}" for d in of_task]
+    result = TaskResult(policy=policy.name or "", task="plan", lines=every,
                         summary=f"archive: {archive.summary.removeprefix('dry run: ')}; "
                                 f"retention: {retention.summary.removeprefix('dry run: ')}")
     result.status = max((archive.status, retention.status), key=lambda status: _SEVERITY[status])
-    result.data = {"decisions": decisions}
+    result.data = {"decisions": decisions, "summary_lines": lines}
     result.metrics = {f"archive_{k}": v for k, v in archive.metrics.items()}
     result.metrics.update({f"retention_{k}": v for k, v in retention.metrics.items()})
     return result

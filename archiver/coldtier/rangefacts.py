@@ -21,6 +21,7 @@ from .decisions import RangeFacts
 from .export import database_fingerprint
 from .fingerprint import Fingerprint
 from .identity import Identity
+from .manifest import describe_objects
 from .objects import check_object
 
 
@@ -73,7 +74,7 @@ def gather(current: Session, dsn: str, store: Store, info: TableInfo, chunk: Chu
     if archived is None:
         return facts, None
     document = archived.document
-    facts = replace(facts, version=archived.version, rows=document.get("rows"), key=document["object"]["key"],
+    facts = replace(facts, version=archived.version, rows=document.get("rows"), key=describe_objects(document),
                     archived_only=int(document.get("archived_only_rows", 0)),
                     duplicates=len(archived.duplicates), object_problem=check_object(store, document, thorough=thorough),
                     archived_only_columns=tuple(merge.columns_only_archived(info, [document])))

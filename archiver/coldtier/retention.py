@@ -76,6 +76,13 @@ class _Table:
     info: TableInfo
     catalog: TableCatalog
     decisions: list[Decision]
+    _drop_chunk: bool | None = None
+
+    def can_drop_one(self) -> bool:
+        """Does this TimescaleDB have the function that drops one chunk? (asked once per table)"""
+        if self._drop_chunk is None:
+            self._drop_chunk = timescaledb_function_exists(self.current, DROP_CHUNK_FUNCTION)
+        return self._drop_chunk
 
 
 @dataclass(frozen=True)
@@ -156,7 +163,8 @@ def _precheck(table: _Table, chunk: Chunk, dry_run: bool) -> _Candidate | None:
     action, reason = decide.retention_decision(assumed, require_archive=require,
                                                  accept_command=accept_command(table.policy, info, identity))
     if action == HOLD or dry_run:
-        record(table.decisions, Decision("retention", info.display, chunk.display, action, reason),
+        record(table.decisions, Decision("retention", info.display, chunk.display, action, reason,
+                                         show_value(chunk.start), show_value(chunk.end)),
                "retention.decision")
         return None
     rehydration = table.catalog.rehydrated.get(identity.stem)
@@ -241,7 +249,7 @@ def _drop_all_at_once(table: _Table, chosen: list[_Candidate]) -> int | None:
 
 def _drop_one(table: _Table, candidate: _Candidate) -> int:
     info, current, chunk = table.info, table.current, candidate.chunk
-    if info.kind == chunks.HYPERTABLE and not timescaledb_function_exists(current, DROP_CHUNK_FUNCTION):
+    if info.kind == chunks.HYPERTABLE and not table.can_drop_one():
         record(table.decisions, Decision("retention", info.display, chunk.display, HOLD,
                                          f"this TimescaleDB has no {DROP_CHUNK_FUNCTION} to drop a single chunk safely"),
                "retention.decision")
@@ -285,5 +293,5 @@ def _result(policy: Policy, decisions: list[Decision], counts: Counts, *, dry_ru
         result.status = "held_back"
     metrics: dict[str, float] = {"chunks_dropped": counts.dropped, "chunks_held_back": held,
                                  "cold_files_expired": counts.expired, "orphans_removed": counts.orphans,
-                                 "seconds": seconds}
+                                 "duration_seconds": seconds}
     return finish(result, decisions, dry_run=dry_run, metrics=metrics, event="retention.done")

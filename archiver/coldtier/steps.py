@@ -11,21 +11,23 @@ from ..common import log, sysinfo
 from ..common.result import TaskResult
 from ..common.timeutil import isoformat, utcnow
 from ..errors import TaskFailed, UsageError
-from ..pg.locks import DatabaseLock
 from ..policy.schema import ArchiveConfig, ArchiveTable, Policy
-from ..storage.base import Store
+from ..storage.base import IncompleteWrite, Store
 from ..storage.uploads import abort_dead_uploads
 from . import decisions as decide
 from .catalog import TableCatalog, orphans
 from .chunks import TableInfo, data_prefix
 from .decisions import Decision
 from .identity import key_part
+from .lock import COLD_TIER
 from .manifest import archive_catalog_prefix
+from .shard import Shard
+from .summary import summarise
 
 # Archive, retention and restore-archive share one lock on the database: archive and retention decide
 # about the same ranges (a range being re-exported must not be dropped meanwhile), and restore-archive
 # writes rows into the ranges they look at.
-COLD_TIER_LOCK = DatabaseLock("cold-tier", shared="the cold tier (archive, retention, restore-archive)")
+COLD_TIER_LOCK = COLD_TIER
 
 MiB = 1024 * 1024
 
@@ -78,6 +80,7 @@ def finish(result: TaskResult, decisions: list[Decision], *, dry_run: bool, metr
     metrics["peak_rss_bytes"] = sysinfo.peak_rss_bytes()
     result.metrics.update(metrics)
     result.lines = [decision.line(dry_run=dry_run) for decision in decisions]
+    result.data["summary_lines"] = summarise(decisions, dry_run=dry_run)
     result.data["decisions"] = [decision.to_json() for decision in decisions]
     result.data["dry_run"] = dry_run
     actions = {decision.action for decision in decisions}
@@ -96,10 +99,13 @@ def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
 ORPHAN_LIMIT = 10  # more unreferenced objects than this (and than 10% of the archive): refuse to sweep
 
 
-def clean_table(store: Store, catalog: TableCatalog, decisions: list[Decision], *, task: str, dry_run: bool) -> int:
+def clean_table(store: Store, catalog: TableCatalog, decisions: list[Decision], *, task: str, dry_run: bool,
+                shard: Shard | None = None) -> int:
     """What killed runs left in a table's part of the store, removed under the cold-tier lock (no
     export can be running): superseded manifests and their objects, objects no manifest
-    references, unfinished uploads. Returns how many objects were removed."""
+    references, unfinished uploads. Returns how many objects were removed. A shard (whose
+    catalog holds only its own ranges) touches only its own ranges' objects: the other shards'
+    exports may be running beside it."""
     removed = 0
     for archived in catalog.archived.values():
         for stale in list(archived.stale):
@@ -110,7 +116,7 @@ def clean_table(store: Store, catalog: TableCatalog, decisions: list[Decision], 
                                        "would remove" if dry_run else "removed",
                                        f"manifest {stale.key} of version {(stale.document or {}).get('version')}, "
                                        "superseded by a newer version (left by an interrupted run)"), f"{task}.stale")
-    leftovers = orphans(store, catalog)
+    leftovers = [key for key in orphans(store, catalog) if shard is None or shard.holds_key(key)]
     verdict = decide.orphan_verdict(len(leftovers), len(catalog.referenced_objects()),
                                       unreadable=len(catalog.unreadable), limit=ORPHAN_LIMIT) if leftovers else None
     if verdict is not None:
@@ -123,8 +129,13 @@ def clean_table(store: Store, catalog: TableCatalog, decisions: list[Decision], 
             record(decisions, Decision(task, catalog.table, key, "would remove" if dry_run else "removed",
                                        "no manifest references it (left by an interrupted run)"), f"{task}.orphan")
     started = utcnow()  # under the cold-tier lock nothing pending from before now has a live writer
+    def others(write: IncompleteWrite) -> str | None:
+        return None if shard is None or shard.holds_key(write.key) else f"not of {shard.describe()}"
+
     for upload in abort_dead_uploads(store, data_prefix(catalog.database, catalog.table), older_than=started,
-                                     dry_run=dry_run):
+                                     dry_run=dry_run, protect=others):
+        if shard is not None and not shard.holds_key(upload.key):
+            continue  # another shard's: not ours to judge, nor to mention
         action = ("would remove" if dry_run else "removed") if upload.abort else "keep"
         record(decisions, Decision(task, catalog.table, upload.key, action,
                                    f"unfinished upload ({upload.write.description}, started "

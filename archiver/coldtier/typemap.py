@@ -24,6 +24,11 @@ domains                         as their base type
 anything else                   string holding its text form
 ==============================  =====================================================
 
+The ``portable`` profile (``parquet: {profile: portable}``) differs where engines balk: uuid as its
+36-character string, time as int64 microseconds since midnight, interval as an ISO 8601 string
+(``P1Y2M3DT4H5M6.5S``), enum as a plain string, arrays of those as the array's text form; such
+fields say so in their metadata (``encoding``), and restore-archive reads them back.
+
 Every field carries its PostgreSQL type in the field metadata (``pg_type``), and text-form
 columns are marked (``pg_text_form``), so the original type is never lost.
 """
@@ -44,6 +49,7 @@ BOOL, INT, FLOAT, DECIMAL, NUMERIC_TEXT, TIMESTAMP, DATE, TIME, INTERVAL, UUID, 
     "binary", "list")
 
 MAX_DECIMAL128_PRECISION = 38
+EXACT, PORTABLE = "exact", "portable"  # profiles (archive.parquet.profile)
 
 _SCALARS: dict[str, tuple[pa.DataType, str]] = {
     "bool": (pa.bool_(), BOOL),
@@ -106,13 +112,20 @@ class ColumnPlan:
     text_form: bool = False
     elem_kind: str | None = None  # lists: the element's kind
     length_sql: str = ""  # texts: the exported value as text, for octet_length (json/enum need a cast)
+    encoding: str = ""  # the portable profile's encodings (ENCODINGS); "" where the value keeps its type
 
     @property
     def field(self) -> pa.Field:
         metadata = {"pg_type": self.pg_type}
         if self.text_form:
             metadata["pg_text_form"] = "true"
+        if self.encoding:
+            metadata["encoding"] = self.encoding
         return pa.field(self.name, self.arrow_type, nullable=True, metadata=metadata)
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "pg_type": self.pg_type, "arrow_type": str(self.arrow_type),
+                "text_form": self.text_form, **({"encoding": self.encoding} if self.encoding else {})}
 
 
 def numeric_precision_scale(typmod: int) -> tuple[int, int] | None:
@@ -168,7 +181,7 @@ def _text_sql(column: CatalogColumn, value_sql: str) -> str:
     return f"({value_sql})::text"
 
 
-def plan_column(column: CatalogColumn, *, text_form: bool = False) -> ColumnPlan:
+def plan_column(column: CatalogColumn, *, text_form: bool = False, profile: str = EXACT) -> ColumnPlan:
     """How one column is read, typed and fingerprinted."""
     ident = quote_ident(column.name)
     value_sql = f"{ident}::{column.base_type}" if column.is_domain else ident
@@ -179,6 +192,8 @@ def plan_column(column: CatalogColumn, *, text_form: bool = False) -> ColumnPlan
 
     if text_form:
         return as_text()
+    if profile == PORTABLE and (portable := _portable(column, value_sql)) is not None:
+        return portable
     if column.typname == "numeric" and column.typtype == "b":
         decimal = _decimal_type(column.typmod)
         if decimal is None:
@@ -197,6 +212,52 @@ def plan_column(column: CatalogColumn, *, text_form: bool = False) -> ColumnPlan
     return ColumnPlan(column.name, column.pg_type, arrow_type, kind, value_sql, value_sql, length_sql=as_text_sql)
 
 
+# -- the portable profile: strings and integers where engines balk -------------------------------
+
+UUID_TEXT, TIME_MICROS, INTERVAL_ISO, ENUM_TEXT, ARRAY_TEXT = (
+    "uuid_text", "time_micros", "interval_iso8601", "enum_text", "array_text")
+_NOT_PORTABLE = ("uuid", "time", "interval")
+
+
+def _portable(column: CatalogColumn, value_sql: str) -> ColumnPlan | None:
+    """The portable profile's plan where it differs from the exact one, else None: Spark rejects
+    Parquet's UUID type, Athena/Glue have no TIME or UUID, intervals are a struct only archiver
+    reads back, and dictionary-encoded enums are not every engine's string."""
+    if column.category == "A" and (column.elem_typname in _NOT_PORTABLE or column.elem_typtype == "e"):
+        text = _text_sql(column, value_sql)  # the array's text form, e.g. {a0eebc99-...,...}
+        return ColumnPlan(column.name, column.pg_type, pa.string(), TEXT, value_sql, text, length_sql=text,
+                          encoding=ARRAY_TEXT)
+    if column.typtype == "e":
+        text = _text_sql(column, value_sql)
+        return ColumnPlan(column.name, column.pg_type, pa.string(), TEXT, value_sql, text, length_sql=text,
+                          encoding=ENUM_TEXT)
+    if column.typtype != "b" or column.category == "A":
+        return None
+    if column.typname == "uuid":  # 36 characters, lowercase, with hyphens
+        text = f"({value_sql})::text"
+        return ColumnPlan(column.name, column.pg_type, pa.string(), TEXT, value_sql, text, length_sql=text,
+                          encoding=UUID_TEXT)
+    if column.typname == "time":  # microseconds since midnight
+        micros = f"(extract(epoch FROM {value_sql}) * 1000000)::int8"
+        return ColumnPlan(column.name, column.pg_type, pa.int64(), TIME, value_sql, micros, encoding=TIME_MICROS)
+    if column.typname == "interval":
+        iso = iso_interval_sql(value_sql)
+        return ColumnPlan(column.name, column.pg_type, pa.string(), TEXT, value_sql, iso, length_sql=iso,
+                          encoding=INTERVAL_ISO)
+    return None
+
+
+def iso_interval_sql(value_sql: str) -> str:
+    """An interval as ISO 8601 with designators, every field present and signed on its own (as
+    PostgreSQL's IntervalStyle iso_8601 signs them, and as its interval input reads them back):
+    ``P1Y2M3DT4H5M6.5S``, ``P0Y-1M0DT0H0M0S``."""
+    def part(field: str) -> str:
+        return f"extract({field} FROM {value_sql})::int8::text"
+    seconds = f"pg_catalog.trim_scale(extract(second FROM {value_sql})::numeric)::text"
+    return (f"CASE WHEN {value_sql} IS NULL THEN NULL ELSE 'P' || {part('year')} || 'Y' || {part('month')} || 'M' || "
+            f"{part('day')} || 'DT' || {part('hour')} || 'H' || {part('minute')} || 'M' || {seconds} || 'S' END")
+
+
 def _plan_array(column: CatalogColumn, value_sql: str) -> ColumnPlan | None:
     if column.elem_typname == "numeric":
         decimal = _decimal_type(column.typmod)
@@ -212,7 +273,7 @@ def _plan_array(column: CatalogColumn, value_sql: str) -> ColumnPlan | None:
 
 
 def plan_columns(columns: list[CatalogColumn], *, time_column: str, text_columns: list[str] | None = None,
-                 table: str = "") -> list[ColumnPlan]:
+                 table: str = "", profile: str = EXACT) -> list[ColumnPlan]:
     """Plans for every column; refuses unknown text_columns and a time column of an unusable type."""
     names = {column.name for column in columns}
     forced = list(text_columns or [])
@@ -222,7 +283,7 @@ def plan_columns(columns: list[CatalogColumn], *, time_column: str, text_columns
                          f"(columns: {', '.join(sorted(names))})")
     if time_column in forced:
         raise UsageError(f"{table}: the time column {time_column!r} cannot be exported as text")
-    plans = [plan_column(column, text_form=column.name in forced) for column in columns]
+    plans = [plan_column(column, text_form=column.name in forced, profile=profile) for column in columns]
     time_plan = next((plan for plan in plans if plan.name == time_column), None)
     if time_plan is None:
         raise UsageError(f"{table}: time column {time_column!r} does not exist")
@@ -237,3 +298,23 @@ def select_sql(plans: list[ColumnPlan], relation: str) -> str:
     """The export query: every column under its own name, typed as planned."""
     columns = ", ".join(f"{plan.select_sql} AS {quote_ident(plan.name)}" for plan in plans)
     return f"SELECT {columns} FROM {relation}"
+
+
+def plans_of_schema(schema: pa.Schema) -> list[ColumnPlan]:
+    """Plans for fingerprinting a file by its own Arrow schema alone (its rows compared with a copy
+    of themselves, as when an archive moves to a new layout): every string by its bytes."""
+    return [ColumnPlan(field.name, (field.metadata or {}).get(b"pg_type", b"").decode(), field.type, kind, "", "",
+                       elem_kind=elem)
+            for field in schema for kind, elem in [_kind_of(field.type)]]
+
+
+def _kind_of(arrow_type: pa.DataType) -> tuple[str, str | None]:
+    if isinstance(arrow_type, pa.BaseExtensionType):
+        return (UUID, None) if arrow_type.extension_name == "arrow.uuid" else _kind_of(arrow_type.storage_type)
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return LIST, _kind_of(arrow_type.value_type)[0]
+    checks = ((pa.types.is_boolean, BOOL), (pa.types.is_integer, INT), (pa.types.is_floating, FLOAT),
+              (pa.types.is_decimal, DECIMAL), (pa.types.is_timestamp, TIMESTAMP), (pa.types.is_date, DATE),
+              (pa.types.is_time, TIME), (pa.types.is_struct, INTERVAL), (pa.types.is_fixed_size_binary, UUID),
+              (pa.types.is_binary, BINARY), (pa.types.is_large_binary, BINARY))
+    return next((kind for check, kind in checks if check(arrow_type)), TEXT), None

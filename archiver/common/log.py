@@ -71,7 +71,7 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        moment = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        moment = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%SZ")  # UTC, like everything else
         extras = " ".join(f"{k}={_short(v)}" for k, v in _record_fields(record).items())
         line = f"{moment} {record.levelname.lower():7s} {record.getMessage()}" + (f"  {extras}" if extras else "")
         if record.exc_info:
@@ -84,14 +84,24 @@ def _short(value: Any) -> str:
     return text if " " not in text else json.dumps(text)
 
 
+def level_for(verbosity: int, terminal: bool) -> int:
+    """On a terminal, warnings and errors (the progress line and the results stay readable), -v info,
+    -vv debug, -q errors only; elsewhere (logs collected by cron, Kubernetes, the worker) info, -v debug,
+    -q warnings."""
+    if terminal:
+        return {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(max(-1, min(verbosity, 2)), logging.DEBUG)
+    return logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+
+
 def setup(log_format: str = "auto", verbosity: int = 0, stream: Any = None) -> None:
-    """Configure the ``archiver`` logger: -v debug, default info, -q warnings only."""
+    """Configure the ``archiver`` logger (levels: :func:`level_for`)."""
     stream = stream or sys.stderr
+    terminal = bool(getattr(stream, "isatty", lambda: False)())
     if log_format == "auto":
-        log_format = "text" if getattr(stream, "isatty", lambda: False)() else "json"
+        log_format = "text" if terminal else "json"
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers[:] = [handler]
     logger.propagate = False
-    logger.setLevel(logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO)
+    logger.setLevel(level_for(verbosity, terminal))

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from ..common.owner import holder_description
 from ..errors import UsageError
 from ..pg import locks
+from ..pg.lockspec import DatabaseLock
 from ..policy.schema import Policy
 from ..storage.base import Store
 from ..storage.leases import StoreLease
@@ -28,24 +29,26 @@ def task_locks(task: str) -> Locks:
     try:
         return named(task).locks
     except UsageError:
-        return Locks(database=locks.DatabaseLock(task))
+        return Locks(database=DatabaseLock(task))
 
 
 @contextlib.contextmanager
 def database_lock(policy: Policy, task: str, *, dsn: str | None = None) -> Iterator[None]:
     """The advisory lock of ``task`` on the policy's database, or on ``dsn`` (a restore target)."""
-    lock = task_locks(task).database or locks.DatabaseLock(task)
+    lock = task_locks(task).database or DatabaseLock(task)
     with locks.database_lock(dsn or policy.database.resolved_dsn(), lock, policy=policy.name, task=task, target=dsn):
         yield
 
 
 @contextlib.contextmanager
-def task_lock(policy: Policy, task: str, store: Store) -> Iterator[None]:
-    """Take every lock ``task`` needs for ``policy``; LockBusy (exit 3) at once if one is taken."""
-    needed = task_locks(task)
+def task_lock(policy: Policy, task: str, store: Store, needed: Locks | None = None) -> Iterator[None]:
+    """Take every lock ``task`` needs for ``policy`` (``needed``, else its descriptor's); LockBusy
+    (exit 3) at once if one is taken."""
+    needed = needed or task_locks(task)
     with contextlib.ExitStack() as stack:
         if needed.database is not None:
-            stack.enter_context(database_lock(policy, task))
+            stack.enter_context(locks.database_lock(policy.database.resolved_dsn(), needed.database,
+                                                    policy=policy.name, task=task))
         if needed.store:
             stack.enter_context(StoreLease(store, task, holder_description(task, policy.name or "")).held())
         yield

@@ -26,7 +26,7 @@ from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.documents import ManifestError, read_json, write_json
-from ..tasks import OptionsT, Task, named
+from ..tasks import Locks, OptionsT, Task, named
 from . import notify
 from .locking import task_lock
 from .metrics import Metrics
@@ -85,7 +85,7 @@ def _safely(what: str, action: Any, *args: Any, **kwargs: Any) -> None:
 
 @contextlib.contextmanager
 def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: Metrics | None = None,
-             lock: bool = True, record: bool = True) -> Iterator[Run]:
+             lock: bool = True, record: bool = True, locks: Locks | None = None) -> Iterator[Run]:
     """Run ``task`` for ``policy`` inside the block; set ``run.result`` before leaving it."""
     for secret in policy.secret_values():
         log.register_secret(secret)
@@ -97,7 +97,7 @@ def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: 
     fields = {"policy": name, "task": task}
     _log.info("task.start", extra=log.fields(**fields))
     try:
-        with task_lock(policy, task, store) if lock else contextlib.nullcontext():
+        with task_lock(policy, task, store, locks) if lock else contextlib.nullcontext():
             yield run
     except LockBusy:
         metrics.record_failure(name, task, time.monotonic() - started, result="lock_busy")
@@ -128,7 +128,8 @@ def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: 
             entry = {"finished_at": isoformat(utcnow()), "started_at": isoformat(run.started_at),
                      "duration_seconds": round(duration, 3), "error": message[-4000:], "exit_code": int(exit_code)}
             _safely("run_record", _write_run_record, store, task, name, "failure", entry)
-            _safely("notify", notify.send, policy, "failure", f"{task} failed: {message[-1500:]}", task=task)
+            _safely("notify", notify.send, policy, "failure", f"{task} failed: {message[-1500:]}", task=task,
+                    metrics=metrics)
         raise
     result = run.result
     if result is None:
@@ -149,9 +150,9 @@ def task_run(policy: Policy, task: str, *, store: Store | None = None, metrics: 
         outcome = "failure" if result.status == "verification_failed" else "success"
         _safely("run_record", _write_run_record, store, task, name, outcome, entry)
         if result.status == "held_back":
-            _safely("notify", notify.send, policy, "held_back", result.summary, task=task)
+            _safely("notify", notify.send, policy, "held_back", result.summary, task=task, metrics=metrics)
         elif result.status == "verification_failed":
-            _safely("notify", notify.send, policy, "drill_failed", result.summary, task=task)
+            _safely("notify", notify.send, policy, "drill_failed", result.summary, task=task, metrics=metrics)
 
 
 def run_task(task: Task[OptionsT], policy: Policy, options: OptionsT, *, progress: Progress = NULL_PROGRESS,
@@ -160,6 +161,7 @@ def run_task(task: Task[OptionsT], policy: Policy, options: OptionsT, *, progres
     run``, the worker's children) runs a task. A dry run changes nothing, so it takes no lock and leaves no
     run record."""
     task.configured(policy)
-    with task_run(policy, task.name, metrics=metrics, lock=not options.dry_run, record=not options.dry_run) as run:
+    with task_run(policy, task.name, metrics=metrics, lock=not options.dry_run, record=not options.dry_run,
+                  locks=task.locks_of(options)) as run:
         run.result = task.run(policy, options, run.store, progress)
     return run.result

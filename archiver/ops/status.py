@@ -13,7 +13,7 @@ is set and it answers. A policy file that does not load is a failing row of its 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..backup.manifest import list_backups
@@ -81,7 +81,7 @@ def _backup_status(policy: Policy, store: Store, now: datetime, status: PolicySt
     status.newest_backup = {"id": newest.id, "time": isoformat(newest.time), "age_seconds": int(age.total_seconds()),
                             "size": newest.size, "schedule": policy.backup.schedule,
                             "interval_seconds": int(interval.total_seconds()), "stale": stale,
-                            "verified": newest.verified}
+                            "verified": newest.verified == "yes"}
     if stale:
         status.problems.append(f"newest backup {newest.id} is {format_duration(age)} old; the schedule "
                                f"({policy.backup.schedule}) runs every {format_duration(interval)} "
@@ -164,19 +164,28 @@ def _span(ranges: list[Range]) -> dict[str, Any]:
             "to": isoformat(max(r[1] for r in ranges)) if ranges else None}
 
 
-def _archived_ranges(store: Store) -> dict[str, dict[str, tuple[Range, int]]]:
-    """table -> chunk -> (UTC range, rows), from the archive manifests."""
-    found: dict[str, dict[str, tuple[Range, int]]] = {}
-    for loaded in list_archive_manifests(store, ARCHIVE_CATALOG_PREFIX).values():
+def _archived_ranges(store: Store) -> dict[str, dict[str, tuple[Range, int, int, int]]]:
+    """table -> range (its identity's stem) -> (UTC range, rows, object bytes, objects), from the
+    current archive manifests. Ranges, not chunk names: a chunk re-created for an archived range
+    (by a late row or restore-archive) has another name and is the same range."""
+    from ..coldtier.catalog import superseded_keys
+    from ..coldtier.identity import of_manifest
+    from ..coldtier.manifest import objects_of
+
+    found: dict[str, dict[str, tuple[Range, int, int, int]]] = {}
+    manifests = list_archive_manifests(store, ARCHIVE_CATALOG_PREFIX)
+    superseded = superseded_keys(manifests.values())
+    for key, loaded in manifests.items():
         document = loaded.document
-        if not document:
+        if not document or key in superseded:
             continue
         span = document.get("range", {})
         if not span.get("start_utc") or not span.get("end_utc"):
             continue
-        chunk = document.get("chunk", {})
-        found.setdefault(str(document["table"]), {})[f"{chunk.get('schema')}.{chunk.get('name')}"] = (
-            (parse_timestamp(span["start_utc"]), parse_timestamp(span["end_utc"])), int(document.get("rows", 0)))
+        objects = objects_of(document)
+        found.setdefault(str(document["table"]), {})[of_manifest(document).stem] = (
+            (parse_timestamp(span["start_utc"]), parse_timestamp(span["end_utc"])), int(document.get("rows", 0)),
+            sum(int(entry.get("size") or 0) for entry in objects), len(objects))
     return found
 
 
@@ -197,7 +206,7 @@ def _hot_ranges(policy: Policy) -> tuple[dict[str, dict[str, Range]] | None, str
             for table in policy.archive.tables:
                 info = chunks.discover(current, table)
                 unit = table.time_unit
-                hot[info.display] = {chunk.display: (_utc(chunk.start, unit), _utc(chunk.end, unit))
+                hot[info.display] = {info.identity(chunk).stem: (_utc(chunk.start, unit), _utc(chunk.end, unit))
                                      for chunk in info.chunks if chunk.start is not None and chunk.end is not None}
         return hot, "checked"
     except ArchiverError as exc:
@@ -212,6 +221,12 @@ def _utc(value: Any, unit: str | None) -> datetime:
     return value if isinstance(value, datetime) else datetime.combine(value, datetime.min.time(), tzinfo=UTC)
 
 
+def _lag_seconds(waiting: list[Range], archive_after: timedelta, now: datetime) -> int:
+    """How long the oldest range not archived yet has been due (its end + archive_after); 0: none is due."""
+    due = [now - (end + archive_after) for _, end in waiting if end + archive_after <= now]
+    return int(max(due).total_seconds()) if due else 0
+
+
 def _archive_status(policy: Policy, store: Store, status: PolicyStatus, *, check_database: bool) -> None:
     if policy.archive is None:
         return
@@ -221,14 +236,18 @@ def _archive_status(policy: Policy, store: Store, status: PolicyStatus, *, check
     for table in policy.archive.tables:
         name = table.qualified_name
         cold = archived.get(name, {})
-        entry: dict[str, Any] = {"archived": {**_span([r for r, _ in cold.values()]),
-                                              "rows": sum(rows for _, rows in cold.values())}}
-        ranges = [r for r, _ in cold.values()]
+        entry: dict[str, Any] = {"archived": {**_span([r for r, _, _, _ in cold.values()]),
+                                              "rows": sum(rows for _, rows, _, _ in cold.values()),
+                                              "bytes": sum(size for _, _, size, _ in cold.values()),
+                                              "objects": sum(count for _, _, _, count in cold.values())}}
+        ranges = [r for r, _, _, _ in cold.values()]
         if hot is not None:
             in_db = hot.get(name, {})
+            waiting = [in_db[c] for c in set(in_db) - set(cold)]
             entry["hot"] = _span(list(in_db.values()))
-            entry["hot_not_archived"] = len(set(in_db) - set(cold))
+            entry["hot_not_archived"] = len(waiting)
             entry["dropped"] = _span([cold[c][0] for c in set(cold) - set(in_db)])
+            entry["lag_seconds"] = _lag_seconds(waiting, table.archive_after, status.checked_at)
             ranges += list(in_db.values())
         entry["gaps"] = _gaps(ranges)
         tables[name] = entry

@@ -40,14 +40,12 @@ from apscheduler.triggers.base import BaseTrigger
 from ..common import log, signals
 from ..common.cron import cron_trigger
 from ..common.result import TaskResult
-from ..common.timeutil import parse_timestamp, utcnow
-from ..errors import ArchiverError, ExitCode, UsageError
-from ..pitr.overview import pitr_overview
+from ..errors import ExitCode, UsageError
 from ..policy.files import load
 from ..policy.schema import Policy
-from ..storage.backends import open_store
 from ..tasks import TASKS, task_schedules
-from . import notify
+from . import gauges, notify
+from .defaults import METRICS_PORT
 from .metrics import Metrics
 from .receivers import ReceiverSupervisor
 from .status import policy_status
@@ -67,7 +65,7 @@ class WorkerConfig:
     grace_period: float = 300.0
     abort_period: float = 60.0
     listen: str = "0.0.0.0"
-    port: int | None = 9187
+    port: int | None = METRICS_PORT
     log_format: str = "json"
     run_at_start: tuple[str, ...] = ()
     status_interval: float = 300.0  # seconds between status checks (ages in /metrics, stale notifications)
@@ -105,7 +103,7 @@ def _relay_lines(stream: IO[str] | None, tail: deque[str]) -> None:
 class Worker:
     def __init__(self, config: WorkerConfig, metrics: Metrics | None = None) -> None:
         self.config = config
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(process=True)
         self.policies: dict[str, Policy] = {}
         self._sources: dict[str, str] = {}  # policy file -> policy name
         self._policy_locks: dict[str, threading.Lock] = {}
@@ -211,33 +209,22 @@ class Worker:
         return max(1.0, min(signals.grace_seconds(), self.config.abort_period - 5))
 
     def refresh_status(self, names: list[str] | None = None) -> None:
-        """Backup ages for /metrics, and one `stale` notification per policy when it goes stale."""
+        """Backup ages, schedules, archive lag and the cold tier for /metrics, and one `stale` notification per
+        policy when it goes stale."""
         for name in names or sorted(self.policies):
             policy = self.policies.get(name)
-            if policy is not None and policy.pitr is not None:
-                self._refresh_pitr(name, policy)
-            if policy is None or policy.backup is None:
+            if policy is None:
                 continue
             status = policy_status(policy)
-            newest, proven = status.newest_backup, status.newest_verified
-            self.metrics.set_newest_backup(name, parse_timestamp(newest["time"]) if newest else None)
-            self.metrics.set_newest_backup(name, parse_timestamp(proven["time"]) if proven else None, verified=True)
+            gauges.set_all(self.metrics, policy, status)
+            newest = status.newest_backup
             stale = bool(newest and newest["stale"])
             if stale and name not in self._stale_notified:
-                notify.send(policy, "stale", status.problems[0] if status.problems else "backup is stale")
+                notify.send(policy, "stale", status.problems[0] if status.problems else "backup is stale",
+                            metrics=self.metrics)
                 self._stale_notified.add(name)
             elif not stale:
                 self._stale_notified.discard(name)
-
-    def _refresh_pitr(self, name: str, policy: Policy) -> None:
-        """The WAL archive's gauges from the store (the receivers move the last-archived one at once)."""
-        try:
-            overview = pitr_overview(policy, open_store(policy.storage), utcnow())
-        except ArchiverError as exc:
-            _log.warning("status.pitr_failed", extra=log.fields(policy=name, error=log.scrub(str(exc))))
-            return
-        self.metrics.pitr.archived(name, overview.last_archived)
-        self.metrics.pitr.window(name, overview.window_start)
 
     def _record(self, outcome: RunOutcome) -> None:
         self.history.append(outcome)
@@ -273,7 +260,8 @@ class Worker:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
-                    body, status, kind = worker.metrics.exposition(), 200, "text/plain; version=0.0.4; charset=utf-8"
+                    body, kind = worker.metrics.exposition(self.headers.get("Accept", ""))
+                    status = 200
                 elif self.path.split("?")[0] == "/healthz":
                     healthy = worker.scheduler.running and not worker._stopping.is_set()
                     body = json.dumps({"status": "ok" if healthy else "stopping", "policies": sorted(worker.policies),

@@ -5,26 +5,41 @@ All catalog SQL of the cold tier is here; :mod:`archiver.coldtier.chunks` turns 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import collections
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 from ..errors import DatabaseError
 from .connect import Session
 from .quote import qualified, quote_ident
 
-# --------------------------------------------------------------------------------------------
-# Catalog facts for the cold tier (chunks.py and the tasks call these; all catalog SQL is here)
+P = ParamSpec("P")
+R = TypeVar("R")
+# Catalog reads per function, for tests that prove a run's catalog work does not grow with its chunks.
+CALLS: collections.Counter[str] = collections.Counter()
 
 
+def counted(function: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(function)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        CALLS[function.__name__] += 1
+        return function(*args, **kwargs)
+    return call
+
+
+@counted
 def current_database(current: Session) -> str:
     return str(current.scalar("SELECT current_database()"))
 
 
+@counted
 def timescaledb_version(current: Session) -> str | None:
     value = current.scalar("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
     return str(value) if value is not None else None
 
 
+@counted
 def relation_facts(current: Session, schema: str, table: str) -> dict[str, Any] | None:
     """relkind, partition strategy and key columns of ``schema.table``; None when it does not exist."""
     rows = current.query_dicts(
@@ -42,6 +57,7 @@ def relation_facts(current: Session, schema: str, table: str) -> dict[str, Any] 
     return rows[0] if rows else None
 
 
+@counted
 def table_columns(current: Session, schema: str, table: str) -> list[dict[str, Any]]:
     """Columns in order with their declared type and the base type behind any domain. Type names
     are schema-qualified unless they are in pg_catalog (format_type under a safe search_path), so
@@ -79,6 +95,7 @@ def _table_columns(current: Session, schema: str, table: str) -> list[dict[str, 
         """, (schema, table))
 
 
+@counted
 def is_hypertable(current: Session, schema: str, table: str) -> bool:
     return bool(current.scalar(
         "SELECT count(*) FROM timescaledb_information.hypertables "
@@ -86,6 +103,7 @@ def is_hypertable(current: Session, schema: str, table: str) -> bool:
         (schema, table)))
 
 
+@counted
 def hypertable_dimensions(current: Session, schema: str, table: str) -> list[dict[str, Any]]:
     return current.query_dicts(
         """
@@ -102,6 +120,7 @@ def hypertable_dimensions(current: Session, schema: str, table: str) -> list[dic
         """, (schema, table))
 
 
+@counted
 def hypertable_chunks(current: Session, schema: str, table: str) -> list[dict[str, Any]]:
     return current.query_dicts(
         """
@@ -113,6 +132,7 @@ def hypertable_chunks(current: Session, schema: str, table: str) -> list[dict[st
         """, (schema, table))
 
 
+@counted
 def chunk_space_slices(current: Session, schema: str, table: str) -> list[dict[str, Any]]:
     """Each chunk's slice of every closed (space) dimension of a hypertable: what, with its time
     range, identifies the rows a chunk holds (chunk names change when a chunk is re-created)."""
@@ -129,6 +149,7 @@ def chunk_space_slices(current: Session, schema: str, table: str) -> list[dict[s
         """, (schema, table))
 
 
+@counted
 def range_partitions(current: Session, schema: str, table: str) -> list[dict[str, Any]]:
     """Direct partitions of a partitioned table with their bound expression (as text, UTC, ISO)."""
     return current.query_dicts(
@@ -144,26 +165,58 @@ def range_partitions(current: Session, schema: str, table: str) -> list[dict[str
         """, (schema, table))
 
 
+@counted
 def call_integer_now(current: Session, function_call: str) -> int:
     """The hypertable's integer "now", from its own integer_now function (a quoted, qualified name)."""
     return int(current.scalar(f"SELECT {function_call}()"))
 
 
+@counted
 def relation_exists(current: Session, schema: str, name: str) -> bool:
     return current.scalar("SELECT to_regclass(%s) IS NOT NULL", (qualified(schema, name),)) is True
 
 
-def relation_size(current: Session, schema: str, name: str) -> int:
-    """On-disk size of a chunk/partition with its indexes and TOAST (compressed chunk data included)."""
-    relation = qualified(schema, name)
-    size = current.scalar("SELECT pg_total_relation_size(%s::regclass)", (relation,)) or 0
-    compressed = current.scalar(
+@counted
+def relation_sizes(current: Session, relations: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """On-disk size of each chunk/partition with its indexes and TOAST (compressed chunk data
+    included), in one query however many there are; relations that do not exist are left out."""
+    if not relations:
+        return {}
+    schemas, names = [schema for schema, _ in relations], [name for _, name in relations]
+    rows = current.query(
         """
-        SELECT sum(pg_total_relation_size(format('%%I.%%I', cc.schema_name, cc.table_name)::regclass))
-        FROM _timescaledb_catalog.chunk ch JOIN _timescaledb_catalog.chunk cc ON cc.id = ch.compressed_chunk_id
-        WHERE ch.schema_name = %s AND ch.table_name = %s
-        """, (schema, name)) if timescaledb_version(current) else None
-    return int(size) + int(compressed or 0)
+        SELECT r.schema, r.name, pg_catalog.pg_total_relation_size(c.oid)
+        FROM unnest(%s::text[], %s::text[]) AS r(schema, name)
+        JOIN pg_catalog.pg_namespace n ON n.nspname = r.schema
+        JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = r.name
+        """, (schemas, names))
+    sizes = {(str(schema), str(name)): int(size or 0) for schema, name, size in rows}
+    if timescaledb_version(current):
+        for schema, name, size in current.query(
+                """
+                SELECT ch.schema_name::text, ch.table_name::text,
+                       pg_catalog.sum(pg_catalog.pg_total_relation_size(
+                           pg_catalog.format('%%I.%%I', cc.schema_name, cc.table_name)::pg_catalog.regclass))
+                FROM _timescaledb_catalog.chunk ch JOIN _timescaledb_catalog.chunk cc ON cc.id = ch.compressed_chunk_id
+                JOIN unnest(%s::text[], %s::text[]) AS r(schema, name)
+                  ON r.schema = ch.schema_name AND r.name = ch.table_name
+                GROUP BY 1, 2
+                """, (schemas, names)):
+            sizes[(schema, name)] = sizes.get((schema, name), 0) + int(size or 0)
+    return sizes
+
+
+@counted
+def existing_relations(current: Session, relations: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of ``relations`` exist, in one query."""
+    if not relations:
+        return set()
+    rows = current.query(
+        """
+        SELECT r.schema, r.name FROM unnest(%s::text[], %s::text[]) AS r(schema, name)
+        WHERE pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', r.schema, r.name)) IS NOT NULL
+        """, ([schema for schema, _ in relations], [name for _, name in relations]))
+    return {(str(schema), str(name)) for schema, name in rows}
 
 
 def _job_offset_sql(key: str) -> str:
@@ -174,6 +227,7 @@ def _job_offset_sql(key: str) -> str:
             f"AS {key}_integer, j.config ->> '{key}' AS {key}_text")
 
 
+@counted
 def retention_jobs(current: Session, schema: str, table: str) -> list[dict[str, Any]]:
     """TimescaleDB retention policy jobs on a hypertable (they drop chunks on their own schedule)."""
     return current.query_dicts(
@@ -185,6 +239,7 @@ def retention_jobs(current: Session, schema: str, table: str) -> list[dict[str, 
         """, (schema, table))
 
 
+@counted
 def cagg_refresh_jobs(current: Session, schema: str, table: str) -> list[dict[str, Any]]:
     """Continuous aggregates on a hypertable, each with its refresh policy's start_offset (if any)."""
     return current.query_dicts(
@@ -200,6 +255,7 @@ def cagg_refresh_jobs(current: Session, schema: str, table: str) -> list[dict[st
         """, (schema, table))
 
 
+@counted
 def timescaledb_function_exists(current: Session, signature: str) -> bool:
     return current.scalar("SELECT to_regprocedure(%s) IS NOT NULL", (signature,)) is True
 
@@ -235,6 +291,7 @@ EXTENSION_SCHEMA_SQL = ("SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg
 
 # -- restore-archive targets ------------------------------------------------------------------------
 
+@counted
 def target_table(current: Session, schema: str, name: str) -> tuple[str | None, dict[str, str]]:
     """(kind, columns) of a table: kind ``hypertable``, ``partitioned``, ``table`` or None when it does not exist."""
     facts = relation_facts(current, schema, name)
@@ -253,6 +310,7 @@ def create_plain_table(current: Session, schema: str, name: str, columns: Sequen
     current.execute(f"CREATE TABLE {qualified(schema, name)} ({definition})")
 
 
+@counted
 def unknown_types(current: Session, types: Sequence[str]) -> set[str]:
     """The type names of ``types`` this database does not know (a domain or enum of another database)."""
     return {name for name in set(types) if current.scalar("SELECT to_regtype(%s)", (name,)) is None}

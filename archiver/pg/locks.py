@@ -16,6 +16,7 @@ from ..common.timeutil import isoformat, utcnow
 from ..errors import DatabaseError, LockBusy
 from .connect import first_connection, maintenance_dsns, open_connection
 from .dsn import parse_dsn, redact_dsn, scrub
+from .lockspec import DatabaseLock
 
 # -- advisory locks ----------------------------------------------------------------------------
 
@@ -52,7 +53,7 @@ class AdvisoryLockBusy(Exception):
 
 
 @contextlib.contextmanager
-def advisory_lock(dsn: str, name: str, *, holder: str) -> Iterator[None]:
+def advisory_lock(dsn: str, name: str, *, holder: str, shared: bool = False, also: str | None = None) -> Iterator[None]:
     """Hold a session advisory lock on its own connection for the duration of the block.
 
     The server frees it if this process dies (the connection closes; TCP keepalives catch a
@@ -60,7 +61,7 @@ def advisory_lock(dsn: str, name: str, *, holder: str) -> Iterator[None]:
     Raises AdvisoryLockBusy at once when another session holds it (no waiting).
     """
     conn = open_connection(dsn, application_name=holder)
-    with _holding_advisory_lock(conn, dsn, name):
+    with _holding_advisory_lock(conn, dsn, name, shared=shared, also=also):
         yield
 
 
@@ -78,29 +79,24 @@ def server_advisory_lock(dsn: str, name: str, *, holder: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _holding_advisory_lock(conn: psycopg.Connection[Any], dsn: str, name: str) -> Iterator[None]:
-    key = advisory_key(name)
+def _holding_advisory_lock(conn: psycopg.Connection[Any], dsn: str, name: str, *, shared: bool = False,
+                           also: str | None = None) -> Iterator[None]:
+    """``name`` (in shared mode when ``shared``), then ``also`` exclusively, on ``conn``; both freed
+    when the connection closes."""
     try:
-        got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_NAMESPACE, key)).fetchone()
-        if not got or not got[0]:
-            raise AdvisoryLockBusy(_advisory_holder(conn, key))
+        for lock, mode in ((name, "shared" if shared else "exclusive"), (also, "exclusive")):
+            if lock is None:
+                continue
+            key = advisory_key(lock)
+            function = "pg_try_advisory_lock_shared" if mode == "shared" else "pg_try_advisory_lock"
+            got = conn.execute(f"SELECT pg_catalog.{function}(%s, %s)", (ADVISORY_NAMESPACE, key)).fetchone()
+            if not got or not got[0]:
+                raise AdvisoryLockBusy(_advisory_holder(conn, key))
         yield
     except psycopg.Error as exc:
         raise DatabaseError(f"advisory lock {name!r} on {redact_dsn(dsn)}: {scrub(str(exc), dsn).strip()}") from None
     finally:
         conn.close()  # ends the session, which releases the lock
-
-
-@dataclass(frozen=True)
-class DatabaseLock:
-    """A task's advisory lock on its policy's database.
-
-    ``name``: the lock within the policy (tasks that must not overlap share one); ``shared``: who
-    shares it, as the busy message names them (None: the task's own lock).
-    """
-
-    name: str
-    shared: str | None = None
 
 
 @contextlib.contextmanager
@@ -109,7 +105,8 @@ def database_lock(dsn: str, lock: DatabaseLock, *, policy: str | None, task: str
     """Hold ``lock`` of ``policy`` for ``task`` on ``dsn`` (its database, or ``target``); LockBusy at once if taken."""
     where = "the database lock" if target is None else f"the lock on {redact_dsn(target)}"
     try:
-        with advisory_lock(dsn, f"{policy}:{lock.name}", holder=holder_description(task, policy or "")):
+        with advisory_lock(dsn, f"{policy}:{lock.name}", holder=holder_description(task, policy or ""),
+                           shared=lock.share_mode, also=f"{policy}:{lock.name}:{lock.part}" if lock.part else None):
             yield
     except AdvisoryLockBusy as busy:
         what = f"{task} of policy {policy!r}" + (

@@ -21,7 +21,6 @@ from .stats import (
     CHECKSUM_METHOD,
     CHECKSUM_METHODS,
     PINNED_SETTINGS,
-    ROW_HASHES,
     ContentStats,
     DatabaseFacts,
     HypertableStats,
@@ -33,8 +32,8 @@ from .stats import (
     TableStats,
     combine_checksum,
     empty_checksum,
-    row_hash_sql,
 )
+from .tablestats import table_stats
 
 _TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relispartition,
@@ -47,28 +46,6 @@ WHERE c.relkind IN ('r', 'p')
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                   AND d.deptype = 'e')
 ORDER BY n.nspname, c.relname
-"""
-
-_COLUMN_NAMES_SQL = ("SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = %s::pg_catalog.regclass "
-                     "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum")
-
-# Does a table have a column whose values hash by OID (enums, reg* types), looking through
-# domains, arrays, composite types and ranges?
-_OID_HASHED_COLUMNS_SQL = """
-WITH RECURSIVE types(oid) AS (
-    SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
-  UNION
-    SELECT x.next FROM types t JOIN pg_type ty ON ty.oid = t.oid
-    CROSS JOIN LATERAL (
-        SELECT ty.typbasetype WHERE ty.typtype = 'd'
-        UNION ALL SELECT ty.typelem WHERE ty.typelem <> 0 AND ty.typlen = -1
-        UNION ALL SELECT a.atttypid FROM pg_attribute a
-                  WHERE ty.typtype = 'c' AND a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped
-        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = ty.oid OR r.rngmultitypid = ty.oid
-    ) AS x(next)
-)
-SELECT EXISTS (SELECT 1 FROM types t JOIN pg_type ty ON ty.oid = t.oid
-               WHERE ty.typtype = 'e' OR (ty.typname LIKE 'reg%%' AND ty.typnamespace = 'pg_catalog'::regnamespace))
 """
 
 _TIMESCALE_SQL = """
@@ -136,7 +113,10 @@ class SnapshotSession:
             row = self._conn.execute(
                 "SELECT current_database(), current_setting('server_version'), "
                 "current_setting('server_version_num')::int, pg_database_size(current_database()), "
-                "clock_timestamp()").fetchone()
+                "clock_timestamp(), (SELECT pg_catalog.count(*) + 2 * pg_catalog.count(*) FILTER (WHERE "
+                "c.reltoastrelid <> 0) FROM pg_catalog.pg_class c "
+                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN "
+                "('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)')").fetchone()
             assert row is not None
             extensions: dict[str, str] = {}
             schemas: dict[str, str] = {}
@@ -144,7 +124,7 @@ class SnapshotSession:
                     "SELECT e.extname, e.extversion, n.nspname FROM pg_catalog.pg_extension e "
                     "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace ORDER BY e.extname").fetchall():
                 extensions[name], schemas[name] = version, schema
-        return DatabaseFacts(row[0], row[1], int(row[2]), int(row[3]), extensions, row[4], schemas)
+        return DatabaseFacts(row[0], row[1], int(row[2]), int(row[3]), extensions, row[4], schemas, int(row[5]))
 
     def database_properties(self) -> dict[str, Any]:
         """Encoding, locale, owner, settings, comment and privileges of the database (see dbprops)."""
@@ -241,60 +221,10 @@ class SnapshotSession:
         for table in tables:
             if stop is not None and stop():
                 raise DatabaseError("row counting stopped")
-            results.append(self._table_stats(table, checksums, method))
+            with self._errors(f"counting rows of {table.qualified_name}"):
+                results.append(table_stats(self._conn, table, checksums=checksums, method=method))
         large_objects = self._large_object_stats(checksums, method)
         return ContentStats(results, large_objects, self.matview_stats(matviews))
-
-    def _table_stats(self, table: TableRef, checksums: bool, method: str) -> TableStats:
-        if table.data_excluded:
-            return TableStats(table, 0, empty_checksum(method) if checksums else None, "record" if checksums else None)
-        # A hypertable is read whole (its chunks, decompressed); a plain table ONLY, since its
-        # inheritance children are listed themselves.
-        source = sql.SQL("{only}{schema}.{name} AS t").format(
-            only=sql.SQL("" if table.kind in ("hypertable", "continuous_aggregate") else "ONLY "),
-            schema=sql.Identifier(table.schema), name=sql.Identifier(table.name))
-        with self._errors(f"counting rows of {table.qualified_name}"):
-            if not checksums:
-                row = self._conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {source}").format(
-                    source=source)).fetchone()
-                assert row is not None
-                return TableStats(table, int(row[0]), None)
-            columns, oid_hashed = self._columns(table)
-            for row_hash in self._row_hashes(table, oid_hashed):
-                row = self._hash_rows(source, row_hash_sql(method, row_hash, columns), row_hash)
-                if row is not None:
-                    checksum = combine_checksum(int(row[0]), row[1], row_hash, method)
-                    return TableStats(table, int(row[0]), checksum, row_hash)
-        raise DatabaseError(f"cannot checksum {table.qualified_name}")  # unreachable: text hashing always works
-
-    def _columns(self, table: TableRef) -> tuple[list[str], bool]:
-        """The table's column names, and whether a column's values hash by OID (see _OID_HASHED_COLUMNS_SQL)."""
-        relation = sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.name)).as_string(self._conn)
-        names = [str(name) for (name,) in self._conn.execute(_COLUMN_NAMES_SQL, (relation,)).fetchall()]
-        row = self._conn.execute(_OID_HASHED_COLUMNS_SQL, (relation,)).fetchone()
-        return names, bool(row and row[0])
-
-    def _row_hashes(self, table: TableRef, oid_hashed: bool) -> list[str]:
-        """The row hashes to try, in order (see ROW_HASHES): the one a manifest recorded first."""
-        candidates = ["text"] if self._conn.info.server_version < 140000 or oid_hashed else ["record", "text"]
-        if table.row_hash in ROW_HASHES:
-            return [table.row_hash] + [row_hash for row_hash in candidates if row_hash != table.row_hash]
-        return candidates
-
-    def _hash_rows(self, source: sql.Composable, hash_sql: str, row_hash: str) -> tuple[Any, ...] | None:
-        """(count, hash sum), or None when a column type cannot be hashed that way."""
-        query = sql.SQL("SELECT pg_catalog.count(*), {hash} FROM {source}").format(hash=sql.SQL(hash_sql),
-                                                                                    source=source)
-        if row_hash == "text":
-            return self._conn.execute(query).fetchone()
-        self._conn.execute("SAVEPOINT archiver_hash")
-        try:
-            row = self._conn.execute(query).fetchone()
-        except psycopg.errors.UndefinedFunction:  # "could not identify an extended hash function for type"
-            self._conn.execute("ROLLBACK TO SAVEPOINT archiver_hash")
-            return None
-        self._conn.execute("RELEASE SAVEPOINT archiver_hash")
-        return row
 
     def _large_object_stats(self, checksums: bool, method: str) -> LargeObjectStats:
         with self._errors("counting large objects"):

@@ -29,6 +29,7 @@ class StagedColumn:
 
     ``kind`` ``value``: one staging column, cast to the target type; ``interval``: the three
     columns (months, days, nanoseconds) of an interval archived as Arrow's month-day-nano struct;
+    ``time_micros``: a time archived as int64 microseconds since midnight (the portable profile);
     ``missing``: the archive has no such column (added to the table later): NULL.
     """
 
@@ -53,6 +54,10 @@ def _range_condition(alias: str, column: str, low_sql: str | None, high_sql: str
 def _staged_expression(column: StagedColumn, pg_type: str) -> str:
     if column.kind == "missing":
         return f"CAST(NULL AS {pg_type})"
+    if column.kind == "time_micros":  # the portable profile's time: microseconds since midnight
+        micros = f"s.{quote_ident(column.staging[0])}"
+        return (f"CASE WHEN {micros} IS NULL THEN NULL WHEN {micros} >= 86400000000 THEN TIME '24:00:00' "
+                f"ELSE TIME '00:00' + {micros} * interval '1 microsecond' END::{pg_type}")
     if column.kind == "interval":
         months, days, nanos = (f"s.{quote_ident(part)}" for part in column.staging)
         return (f"CASE WHEN {months} IS NULL THEN NULL ELSE pg_catalog.make_interval(months => {months}, "

@@ -81,6 +81,9 @@ class DatabaseFacts:
     extensions: dict[str, str]  # name -> installed version (pg_extension.extversion)
     snapshot_time: datetime
     extension_schemas: dict[str, str] = field(default_factory=dict)  # name -> schema (pg_extension.extnamespace)
+    # relations outside the system schemas (tables, chunks, indexes, sequences, views) and their
+    # TOAST tables and indexes: a restore in one transaction locks about as many
+    relations: int = 0
 
 
 @dataclass(frozen=True)

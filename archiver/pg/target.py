@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +124,9 @@ class TargetFacts:
     roles: frozenset[str]
     tablespaces: frozenset[str]
     contents: TargetContents
+    # the shared lock table: max_locks_per_transaction x (max_connections + max_prepared_transactions)
+    lock_slots: int = 0
+    max_locks_per_transaction: int = 0
 
 
 def inspect_target(dsn: str, extensions: Sequence[str] = (), *, connect_timeout: int = 10) -> TargetFacts:
@@ -131,7 +134,9 @@ def inspect_target(dsn: str, extensions: Sequence[str] = (), *, connect_timeout:
     with connect(dsn, application_name="archiver restore (inspect)", connect_timeout=connect_timeout) as conn:
         row = conn.execute(
             "SELECT current_database(), current_setting('server_version'), current_setting('server_version_num')::int, "
-            "current_user, r.rolsuper, r.rolcreaterole, r.rolcreatedb, current_setting('shared_preload_libraries') "
+            "current_user, r.rolsuper, r.rolcreaterole, r.rolcreatedb, current_setting('shared_preload_libraries'), "
+            "current_setting('max_locks_per_transaction')::int, current_setting('max_connections')::int "
+            "+ current_setting('max_prepared_transactions')::int "
             "FROM pg_roles r WHERE r.rolname = current_user").fetchone()
         assert row is not None
         available: dict[str, list[str]] = {}
@@ -154,7 +159,8 @@ def inspect_target(dsn: str, extensions: Sequence[str] = (), *, connect_timeout:
             extensions=installed)
     preload = tuple(part.strip() for part in str(row[7]).split(",") if part.strip())
     return TargetFacts(row[0], row[1], int(row[2]), row[3], bool(row[4]), bool(row[5]), bool(row[6]), available,
-                       preload, roles, tablespaces, contents)
+                       preload, roles, tablespaces, contents, lock_slots=int(row[8]) * int(row[9]),
+                       max_locks_per_transaction=int(row[8]))
 
 
 def inspect_server(dsn: str, extensions: Sequence[str] = ()) -> TargetFacts:
@@ -341,11 +347,19 @@ def matview_stats(dsn: str, views: Sequence[MatviewRef], *, connect_timeout: int
 
 
 def content_stats(dsn: str, *, checksums: bool = True, connect_timeout: int = 10,
-                  tables: Sequence[TableRef] | None = None, method: str = CHECKSUM_METHOD) -> ContentStats:
-    """Row counts and checksums of a database (a restored one, say), computed as a backup does (by ``method``)."""
+                  tables: Sequence[TableRef] | None = None, method: str = CHECKSUM_METHOD,
+                  on_table: Callable[[], None] | None = None) -> ContentStats:
+    """Row counts and checksums of a database (a restored one, say), computed as a backup does (by ``method``).
+    ``on_table`` is called before each table is read (progress)."""
+
+    def tick() -> bool:
+        if on_table is not None:
+            on_table()
+        return False
+
     with reading_session(dsn, connect_timeout=connect_timeout, application_name="archiver checksums") as session:
         return session.content_stats(session.tables() if tables is None else tables, checksums=checksums,
-                                     method=method)
+                                     method=method, stop=tick)
 
 
 def timescale_inventory(dsn: str, *, connect_timeout: int = 10) -> list[HypertableStats]:

@@ -117,6 +117,12 @@ class BaseBackup:
         return [str(obj["key"]) for obj in self.manifest.get("objects", {}).values() if obj.get("key")]
 
     @property
+    def verification_result(self) -> str | None:
+        """The newest drill's verdict ("passed" or "failed"), None when none ran."""
+        result = self.verification.get("result") if self.verification else None
+        return str(result) if result in ("passed", "failed") else None
+
+    @property
     def verified(self) -> str:
         if not self.verification:
             return "no"

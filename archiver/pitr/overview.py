@@ -46,7 +46,8 @@ class PitrOverview:
         return {
             "base_backups": len(self.bases),
             "newest_base_backup": {"id": newest.id, "time": isoformat(newest.stop_time),
-                                   "verified": newest.verified} if newest else None,
+                                   "verified": newest.verified == "yes",
+                                   "verification": newest.verification_result} if newest else None,
             "window": [{"from": isoformat(start), "to": isoformat(end)} for start, end in self.window],
             "gaps": self.gaps, "last_archived_wal": self.newest_wal,
             "last_archived_at": isoformat(self.last_archived) if self.last_archived else None,

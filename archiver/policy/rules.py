@@ -142,10 +142,24 @@ def _check_archive(policy: Policy, b: Builder) -> None:
                                                    f"expire while their rows are still in the database (got "
                                                    f"{format_duration(cold)} < {format_duration(table.drop_after)}; "
                                                    "allowed >= every drop_after)")
+        _check_partition_key(table, path, b)
         name = table.qualified_name
         if name in seen:
             b.issue(path + ("table",), f"is listed twice (got {name!r}, also archive.tables[{seen[name]}])")
         seen[name] = index
+
+
+def _check_partition_key(table: ArchiveTable, path: KeyPath, b: Builder) -> None:
+    """The partition key must not be a column's name: readers with Hive partitioning on would replace the
+    column's values with the partition's. The columns the policy names are checked here; the others when
+    archive reads the table."""
+    key = table.partition_key
+    named = [("time_column", table.time_column)] + [("text_columns", column) for column in table.text_columns or []]
+    for setting, column in named:
+        if key and column == key:
+            b.issue(path + ("partition_key",), f"is the name of a column of {table.qualified_name} (got {key!r}, also its "
+                                               f"{setting}): readers with Hive partitioning would replace the column's "
+                                               "values with the partition's (allowed: a name no column has, e.g. dt)")
 
 
 def _check_verify(policy: Policy, b: Builder) -> None:

@@ -8,7 +8,7 @@ Nothing heavy is imported here.
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -31,6 +31,7 @@ from .fields import (
     parse_expect,
     text_pattern,
 )
+from .kubernetes import KubernetesConfig
 
 # --------------------------------------------------------------------------------------------
 # The schema
@@ -171,6 +172,20 @@ class BackupConfig:
 TABLE_NAME = r"[A-Za-z_][\w$]*(\.[A-Za-z_][\w$]*)?"
 TABLE_NAME_HELP = "schema.table (unquoted identifiers)"
 TIME_UNITS = ("ns", "us", "ms", "s", "min", "h", "d")
+# the Hive partition key of the cold tier's files: one directory per UTC day, <key>=YYYY-MM-DD
+PARTITION_KEY = r"[a-z][a-z0-9_]{0,62}"
+PARTITION_KEY_HELP = "a lowercase name such as dt (letters, digits, '_'; starting with a letter)"
+DEFAULT_PARTITION_KEY = "dt"
+PARQUET_PROFILES = ("exact", "portable")
+
+
+@dataclass(frozen=True)
+class ParquetConfig:
+    """How values are written: ``exact`` keeps every PostgreSQL type's own Parquet type (UUID, TIME,
+    an interval struct, dictionary-encoded enums); ``portable`` writes strings and integers where
+    engines balk (Spark rejects UUID, Athena/Glue have no TIME or UUID)."""
+
+    profile: Literal[PARQUET_PROFILES] = "exact"  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
@@ -184,10 +199,17 @@ class ArchiveTable:
     time_unit: Literal[TIME_UNITS] | None = None  # type: ignore[valid-type]
     # columns exported as their PostgreSQL text form (e.g. a numeric(p,s) column that holds NaN)
     text_columns: list[str] = field(default_factory=list)
+    # the Hive partition key of the table's files (<key>=YYYY-MM-DD): must not be a column's name
+    partition_key: Annotated[str, text_pattern(PARTITION_KEY, PARTITION_KEY_HELP)] = DEFAULT_PARTITION_KEY
+    parquet: ParquetConfig | None = None  # None: archive.parquet
 
     @property
     def qualified_name(self) -> str:
         return self.table if "." in self.table else f"public.{self.table}"
+
+    @property
+    def profile(self) -> str:
+        return self.parquet.profile if self.parquet is not None else "exact"
 
 
 @dataclass(frozen=True)
@@ -202,7 +224,18 @@ class ArchiveConfig:
     row_group_mib: Annotated[int, int_range(4, 1024)] = 48
     zstd_level: Annotated[int, int_range(1, 22)] = 3
     parallel: Annotated[int, int_range(1, 8)] = 1
+    # Kubernetes only: the archive CronJob becomes an Indexed Job of this many pods, pod K running
+    # `archive --shard K/N`; cron and the worker run every range in one process (see `parallel`)
+    shards: Annotated[int, int_range(1, 64)] = 1
     late_data_check: bool = True
+    parquet: ParquetConfig = field(default_factory=ParquetConfig)  # tables without their own parquet: use this
+
+    def __post_init__(self) -> None:
+        """A table without its own ``parquet`` section takes the archive's."""
+        if isinstance(self.tables, list):
+            object.__setattr__(self, "tables", [
+                replace(table, parquet=self.parquet) if isinstance(table, ArchiveTable) and table.parquet is None
+                and isinstance(self.parquet, ParquetConfig) else table for table in self.tables])
 
 
 @dataclass(frozen=True)
@@ -299,6 +332,7 @@ class Policy:
     pitr: PitrConfig | None = None
     notify: NotifyConfig | None = None
     metrics: MetricsConfig | None = None
+    kubernetes: KubernetesConfig | None = None  # pod sizes for `archiver render kubernetes` only
     source: str = field(default="", metadata={"internal": True})
 
     def __post_init__(self) -> None:

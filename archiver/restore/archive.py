@@ -209,7 +209,7 @@ def _load(store: Store, current: Session, target: _Target, archived: ArchivedRan
     with downloaded(store, archived.documents, work_dir) as copies, \
             pg_staging.staging(target.dsn, columns, what="restore-archive", isolation="READ COMMITTED") as staging:
         for copy in copies:
-            reader, staged = staging_reader([copy.path])
+            reader, staged = staging_reader(copy.paths)
             staging.stage(reader, staged)
         rows = staging.combined(distinct=_may_overlap(archived))
         in_window = int(staging.scalar(f"SELECT count(*) FROM {rows} AS t WHERE {condition}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,15 +39,17 @@ class TableCheck:
                 "expected_checksum": self.expected_checksum, "checksum": self.checksum}
 
 
-def compare_tables(dsn: str, source: Source, *, checksums: bool) -> list[TableCheck]:
-    """Every table of the manifest, counted in the restored database (and checksummed, if asked and recorded)."""
+def compare_tables(dsn: str, source: Source, *, checksums: bool,
+                   on_table: Callable[[], None] | None = None) -> list[TableCheck]:
+    """Every table of the manifest, counted in the restored database (and checksummed, if asked and recorded);
+    ``on_table`` is called as each table is counted (progress)."""
     refs = {f"{t['schema']}.{t['name']}": (TableRef.from_json(t), t) for t in source.tables}
     missing = {ref.qualified_name for ref in missing_tables(dsn, [ref for ref, _ in refs.values()])}
     method = source.checksum_method
     use_checksums = checksums and method is not None
     present = [ref for name, (ref, _) in refs.items() if name not in missing]
     stats = {item.table.qualified_name: item for item in content_stats(
-        dsn, checksums=use_checksums, tables=present, method=method or CHECKSUM_METHOD).tables}
+        dsn, checksums=use_checksums, tables=present, method=method or CHECKSUM_METHOD, on_table=on_table).tables}
     results = []
     for name, (_, recorded) in refs.items():
         counted = stats.get(name)

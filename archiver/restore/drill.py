@@ -67,8 +67,16 @@ logger = log.get_logger("verify")
 ENVIRONMENT_FAILURES = ("No space left on device", "could not extend file", "out of shared memory",
                         "max_locks_per_transaction", "could not connect to server", "connection to server",
                         "server closed the connection", "terminating connection", "Cannot allocate memory")
-# A scratch cluster that also lets a restore hold a lock per table, index and chunk in one transaction.
-SCRATCH_SETTINGS = {"max_locks_per_transaction": "1024"}
+# A scratch cluster lets a restore hold a lock per table, index and chunk in one transaction:
+# at least this many per connection, more when the backup has more relations.
+SCRATCH_LOCKS_PER_TRANSACTION = 1024
+SCRATCH_CONNECTIONS = 60
+
+
+def scratch_settings(source: Source) -> dict[str, str]:
+    """Server settings of a drill's scratch instance, sized for this backup."""
+    locks = max(SCRATCH_LOCKS_PER_TRANSACTION, -(-2 * source.locks_needed // SCRATCH_CONNECTIONS))
+    return {"max_locks_per_transaction": str(locks)}
 
 
 @dataclass
@@ -114,7 +122,7 @@ def scratch_instance(kind: str, config: ScratchConfig, source: Source, *, owner:
         else:
             initdb = binaries.find("initdb", server_major=source.major or None, configured=config.pg_bin_dir or pg_bin_dir)
             instance = LocalPostgres(bin_dir=str(initdb.parent), base_dir=config.work_dir,
-                                     timescaledb=bool(source.timescaledb), settings=SCRATCH_SETTINGS,
+                                     timescaledb=bool(source.timescaledb), settings=scratch_settings(source),
                                      startup_timeout=config.startup_timeout.total_seconds(), listen_tcp=False)
         instance.start()
     except UsageError as exc:

@@ -9,6 +9,7 @@ target is still as the plan found it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,11 +63,33 @@ def plan_restore(store: Store, entry: BackupEntry, target_dsn: str, *, policy: s
     _plan_roles(plan, store)
     props.plan_properties(plan)
     _plan_mode(plan, work_dir)
+    _check_locks(plan)
     if source_dsn is not None and _same_database(source_dsn, target_dsn):
         plan.notes.insert(0, "the target IS the policy's own database (same host, port and dbname)")
     if entry.verified == "failed":
         plan.notes.append("the newest restore drill of this backup FAILED: " + BACKUPS_HINT.format(policy=policy))
     return plan
+
+
+# Other sessions hold locks too: a restore may count on this share of the lock table.
+LOCK_SHARE = 0.8
+
+
+def _check_locks(plan: RestorePlan) -> None:
+    """A restore in one transaction holds a lock per relation until it commits; a target whose
+    lock table is too small fails at the end ("out of shared memory") after all the work: refuse
+    now, naming the setting and the value to raise it to."""
+    target, needed = plan.target, plan.source.locks_needed
+    if not plan.single_transaction or not target.lock_slots or needed <= target.lock_slots * LOCK_SHARE:
+        return
+    sessions = target.lock_slots // max(target.max_locks_per_transaction, 1)
+    enough = math.ceil(needed / LOCK_SHARE / max(sessions, 1))
+    raise TargetUnsuitable(
+        f"the restore runs in one transaction and needs about {needed:,} locks (one per table, index and chunk of "
+        f"the backup); the target's lock table holds {target.lock_slots:,} (max_locks_per_transaction "
+        f"{target.max_locks_per_transaction} x {sessions} connections and prepared transactions)",
+        hint=f"set max_locks_per_transaction = {enough} on the target (it takes a restart)"
+             + ("" if plan.source.timescaledb else ", or restore with --jobs N, which is not one transaction"))
 
 
 def _precheck(store: Store, entry: dict[str, Any], what: str, policy: str) -> None:

@@ -24,6 +24,7 @@ from ..storage.documents import ManifestError, read_json
 
 PROGRAM_MAJOR = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 
+LOCK_MARGIN = 100  # the restore's own catalog work (the database, extensions, roles)
 BACKUPS_HINT = "choose another backup (archiver backups list {policy}) with --backup ID"
 
 
@@ -132,6 +133,16 @@ class Source:
     def pg_dump_major(self) -> int | None:
         match = PROGRAM_MAJOR.search(str(self.document.get("tools", {}).get("pg_dump", {}).get("version", "")))
         return int(match.group(1)) if match else None
+
+    @property
+    def locks_needed(self) -> int:
+        """About how many locks a restore in one transaction takes: one per relation it creates (the
+        manifest records how many the source had; older manifests: three per table and chunk)."""
+        recorded = self.database.get("relations")
+        if recorded:
+            return int(recorded) + LOCK_MARGIN
+        chunks = sum(int(entry.get("chunks", 0)) for entry in self.document.get("content", {}).get("hypertables", []))
+        return 3 * (len(self.tables) + chunks) + LOCK_MARGIN
 
     def describe(self) -> str:
         parts = [f"database {self.database.get('name', '?')} on PostgreSQL {self.database.get('server_version', '?')}"]

@@ -100,7 +100,8 @@ def run_restore(policy: Policy, request: RestoreRequest, *, confirm: Confirm, pr
         clock = time.monotonic()
         progress.phase("counting rows", total=len(plan.source.tables), unit="tables")
         try:
-            checks = compare_tables(request.target, plan.source, checksums=request.checksums)
+            checks = compare_tables(request.target, plan.source, checksums=request.checksums,
+                                    on_table=lambda: progress.advance(1))
             matviews = props.compare_matviews(request.target, plan.source)
         except BaseException as exc:
             _withdraw_unproven(plan, outcome, exc)

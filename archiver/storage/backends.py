@@ -12,7 +12,6 @@ from typing import Protocol
 from ..errors import UsageError
 from .base import Store
 from .local import LocalStore
-from .s3 import S3Store
 from .url import parse_storage_url
 
 
@@ -52,6 +51,8 @@ def open_store(config: StoreSettings | str) -> Store:
         raise UsageError(f"storage.url {url!r}: {exc}") from None
     if location.scheme == "file":
         return LocalStore(location.prefix)
+    from .s3 import S3Store  # boto3: loaded only for an s3:// store
+
     if isinstance(config, str):
         return S3Store(location.bucket, location.prefix)
     return S3Store(location.bucket, location.prefix, endpoint_url=config.endpoint_url, region=config.region,

@@ -174,7 +174,7 @@ def test_a_sigkilled_archiver_leaves_no_backup_and_prune_cleans_up_after_the_gra
 
     # No manifest: the killed run is not a backup; what it left is visible only to prune.
     listed = run_cli("--policies", str(tmp_path / "policies"), "backups", "list", "app", "--json")
-    assert listed.code == 0 and [b["id"] for b in json.loads(listed.stdout)] == [previous]
+    assert listed.code == 0 and [b["id"] for b in json.loads(listed.stdout)["backups"]] == [previous]
     leftovers = [info.key for info in s3_store.list(BACKUPS_PREFIX)
                  if not info.key.startswith(backup_prefix(previous))]
     assert leftovers and all(key.endswith("globals.sql") for key in leftovers)

@@ -92,7 +92,7 @@ def test_prune_end_to_end_on_s3(tmp_path: Path, s3_store: S3Store, s3_endpoint: 
     assert real.code == 0, real.stderr
     assert decisions_of(real.stdout) == decided
     assert ids_under(s3_store) == before - doomed
-    listed = json.loads(run_cli("--policies", str(path.parent), "backups", "list", "app", "--json").stdout)
+    listed = json.loads(run_cli("--policies", str(path.parent), "backups", "list", "app", "--json").stdout)["backups"]
     assert {b["id"] for b in listed} == set(decided) - doomed
     assert s3_store.head(globals_key(orphan_id, ".zst")) is not None
 

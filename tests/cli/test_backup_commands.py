@@ -108,10 +108,12 @@ def test_backups_list_every_policy_newest_first(tmp_path: Path, s3_store: S3Stor
                            f"{size / 1024:.1f}", "KiB", "42.0s", "no"]
 
     listed = json.loads(run_cli("--policies", str(policies), "backups", "list", "telemetry", "--json").stdout)
+    assert listed["schema"] == "archiver.backups-list/1" and listed["errors"] == {}
+    listed = listed["backups"]
     document = read_manifest(s3_store, middle)
     assert listed == [{"policy": "telemetry", "id": middle, "time": document["snapshot_time"],
-                       "size": sum(o["size"] for o in document["objects"].values()), "duration": 42.0,
-                       "verified": "failed", "database": "app"}]
+                       "size": sum(o["size"] for o in document["objects"].values()), "duration_seconds": 42.0,
+                       "verified": False, "verification": "failed", "database": "app"}]
     assert listed[0]["time"] == isoformat(now - timedelta(days=2))
 
 
@@ -123,7 +125,8 @@ def test_backups_list_reports_a_broken_store_and_lists_the_rest(tmp_path: Path, 
     only = fake_backup(files, utcnow() - timedelta(hours=2))
     result = run_cli("--policies", str(policies), "backups", "list", "--json")
     assert result.code == 1
-    assert [b["id"] for b in json.loads(result.stdout)] == [only]
+    assert [b["id"] for b in json.loads(result.stdout)["backups"]] == [only]
+    assert "bucket does not exist" in json.loads(result.stdout)["errors"]["telemetry"]
     assert "error: telemetry: cannot list" in result.stderr and "bucket does not exist" in result.stderr
     empty = run_cli("--policies", str(policies), "backups", "list", "identity-nope")
     assert empty.code == 2 and "no valid policy named 'identity-nope'" in empty.stderr
@@ -134,8 +137,8 @@ def test_a_real_backup_is_listed_with_its_size(tmp_path: Path, database: str) ->
     store = LocalStore(tmp_path / "store")
     path = write_policy(tmp_path / "policies", "app", database, store.url)
     backup_id = run_cli("--policies", str(path.parent), "backup", "app").stdout.strip()
-    listed = json.loads(run_cli("--policies", str(path.parent), "backups", "list", "--json").stdout)
+    listed = json.loads(run_cli("--policies", str(path.parent), "backups", "list", "--json").stdout)["backups"]
     document = read_manifest(store, backup_id)
-    assert [(b["id"], b["size"], b["verified"]) for b in listed] == [
-        (backup_id, document["objects"]["dump"]["size"] + document["objects"]["globals"]["size"], "no")]
+    assert [(b["id"], b["size"], b["verified"], b["verification"]) for b in listed] == [
+        (backup_id, document["objects"]["dump"]["size"] + document["objects"]["globals"]["size"], False, None)]
     assert b"CREATE TABLE public.users" in fetch_object(store, document["objects"]["dump"])

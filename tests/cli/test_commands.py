@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tests.helpers import run_cli
 
-COMMANDS = ["policy", "backup", "backups", "prune", "archive", "retention", "plan", "restore", "restore-archive",
-            "verify", "run", "worker", "status", "demo"]
+COMMANDS = ["policy", "render", "backup", "backups", "prune", "archive", "retention", "plan", "restore", "restore-archive",
+            "verify", "run", "worker", "status", "demo", "cold"]
 COMMANDS += ["basebackup", "wal-push", "wal-fetch", "wal-receive"]  # point-in-time recovery
 
 

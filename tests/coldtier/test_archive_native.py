@@ -26,6 +26,7 @@ from archiver.storage.backends import open_store
 from tests.coldtier_helpers import (
     ARCHIVED,
     create_device_metrics,
+    first_key,
     make_policy,
     manifests,
     parquet_keys,
@@ -145,11 +146,11 @@ def test_parquet_files_carry_what_readers_and_auditors_need(database: str, tmp_p
     run_archive(policy)
     store = open_store(storage)
     document = manifests(store)["device_metrics_d100"]
-    key = document["object"]["key"]
+    key = first_key(document)
     day = (datetime.now(UTC).date().toordinal() - 100)
     start = datetime.fromordinal(day).replace(tzinfo=UTC)
-    assert key == (f"archive/{database.split('dbname=')[1]}/public.device_metrics/year={start:%Y}/month={start:%m}/"
-                   f"day={start:%d}/{start:%Y%m%dT000000Z}_{datetime.fromordinal(day + 1):%Y%m%dT000000Z}.v1.parquet")
+    assert key == (f"archive/{database.split('dbname=')[1]}/public.device_metrics/dt={start:%Y-%m-%d}/"
+                   f"{start:%Y%m%dT000000Z}_{datetime.fromordinal(day + 1):%Y%m%dT000000Z}.v1.parquet")
     parquet = pq.ParquetFile(store.path_of(key))  # type: ignore[attr-defined]
     meta = parquet.metadata
     kv = {k.decode(): v.decode() for k, v in meta.metadata.items() if k.startswith(b"archiver.")}
@@ -229,7 +230,7 @@ def test_integer_date_and_naive_timestamp_partition_keys(database: str, tmp_path
     assert result.status == "ok" and result.metrics["chunks_archived"] == 6, result.lines
     found = manifests(open_store(storage))
     assert found["events_d40"]["range"]["end_utc"].endswith("T00:00:00Z")
-    assert found["events_d40"]["object"]["key"].endswith(
+    assert first_key(found["events_d40"]).endswith(
         f"/{found['events_d40']['range']['start']}_{found['events_d40']['range']['end']}.v1.parquet")
     assert found["daily_totals_d40"]["min_time"] == found["daily_totals_d40"]["range"]["start"][:10]
     assert found["local_readings_d20"]["rows"] == 24

@@ -14,7 +14,7 @@ from archiver.coldtier.retention import run_retention
 from archiver.errors import UsageError
 from archiver.policy.schema import StorageConfig
 from archiver.storage.backends import open_store
-from tests.coldtier_helpers import ASSET_METRICS, make_policy, manifests, parquet_keys, read_archive, sql, table
+from tests.coldtier_helpers import ASSET_METRICS, first_key, make_policy, manifests, parquet_keys, read_archive, sql, table
 
 pytestmark = pytest.mark.timescaledb
 
@@ -108,7 +108,7 @@ def test_integer_time_uses_the_hypertables_integer_now(database: str, storage: S
     first = min(found.values(), key=lambda d: d["range"]["start"])
     assert first["range"] == {"start": 60 * 86400, "end": 61 * 86400, "start_utc": "1970-03-02T00:00:00Z",
                               "end_utc": "1970-03-03T00:00:00Z"}
-    assert first["object"]["key"].endswith("/year=1970/month=03/day=02/5184000_5270400.v1.parquet")
+    assert first_key(first).endswith("/dt=1970-03-02/5184000_5270400.v1.parquet")
     archive = read_archive(store, first)
     expected = chunk_rows(database, f"_timescaledb_internal.{first['chunk']['name']}", "ts, area, price, volume::text",
                           "ts")
@@ -146,7 +146,7 @@ def test_space_partitioned_chunks_share_ranges_and_are_dropped_one_by_one_when_o
         assert total == 24 * 4
 
     victim = min(found.values(), key=lambda d: d["range"]["start"])
-    store.put_bytes(victim["object"]["key"], b"not parquet any more")
+    store.put_bytes(first_key(victim), b"not parquet any more")
     retained = run_retention(policy)
     assert retained.status == "held_back"
     assert any(line.startswith("note") and "drop_chunks not used" in line for line in retained.lines) is False

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from archiver.coldtier import chunks
+from archiver.coldtier import chunks, layout
 from archiver.coldtier.chunks import Chunk, TableInfo
 from archiver.coldtier.identity import SLICE_MAX, SLICE_MIN, SpaceSlice
 from tests.coldtier_helpers import table
@@ -53,8 +53,8 @@ def test_keys_name_the_range_not_the_chunk_and_manifests_live_outside_the_parque
                   datetime(2026, 11, 2, tzinfo=UTC))
     recreated = Chunk("_timescaledb_internal", "_hyper_1_93_chunk", chunk.start, chunk.end)
     assert info().identity(chunk) == info().identity(recreated), "a re-created chunk is the same range"
-    assert chunks.data_key("telemetry", info(), info().identity(chunk), 3) == (
-        "archive/telemetry/public.asset_metrics/year=2026/month=11/day=01/20261101T000000Z_20261102T000000Z.v3.parquet")
+    assert layout.data_key("telemetry", info(), info().identity(chunk), 3, date(2026, 11, 1)) == (
+        "archive/telemetry/public.asset_metrics/dt=2026-11-01/20261101T000000Z_20261102T000000Z.v3.parquet")
     assert chunks.manifest_key("telemetry", info(), info().identity(recreated)) == (
         "catalog/archive/telemetry/public.asset_metrics/20261101T000000Z_20261102T000000Z.json")
 
@@ -69,8 +69,9 @@ def test_space_partitions_are_part_of_a_range_identity() -> None:
 
 def test_integer_ranges_appear_as_integers_and_dates_come_from_the_unit() -> None:
     chunk = Chunk("_timescaledb_internal", "_hyper_2_1_chunk", 1_762_000_000, 1_762_086_400)
-    key = chunks.data_key("telemetry", info("integer", "s"), info("integer", "s").identity(chunk), 1)
-    assert key.endswith("/year=2025/month=11/day=01/1762000000_1762086400.v1.parquet")
+    day = layout.day_of(1_762_000_000, "integer", "s")
+    key = layout.data_key("telemetry", info("integer", "s"), info("integer", "s").identity(chunk), 1, day)
+    assert key.endswith("/dt=2025-11-01/1762000000_1762086400.v1.parquet")
 
 
 def test_odd_table_names_cannot_escape_their_key_segment() -> None:
@@ -84,3 +85,25 @@ def test_odd_table_names_cannot_escape_their_key_segment() -> None:
                                          (datetime(2026, 1, 1, tzinfo=UTC), "2026-01-01T00:00:00Z")])
 def test_values_are_shown_plainly(value: object, text: str) -> None:
     assert chunks.show_value(value) == text  # type: ignore[arg-type]
+
+
+def test_a_range_is_split_into_the_utc_days_it_touches() -> None:
+    late = datetime(2026, 11, 8, 23, tzinfo=UTC)
+    assert layout.range_days(late, late + timedelta(days=7), "timestamptz", None) == [
+        date(2026, 11, 8) + timedelta(days=offset) for offset in range(8)], "a week from 23:00 touches 8 UTC days"
+    assert layout.range_days(datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC), "timestamptz",
+                             None) == [date(2026, 11, 1)], "a range ends before its end"
+    assert layout.range_days(86_400 * 3, 86_400 * 5, "integer", "s") == [date(1970, 1, 4), date(1970, 1, 5)]
+    assert layout.day_of(-1, "integer", "s") == date(1969, 12, 31), "integer days are floored"
+    assert layout.day_of(1_440 * 2 + 5, "integer", "min") == date(1970, 1, 3)
+
+
+def test_no_data_path_component_starts_with_an_underscore_or_a_dot() -> None:
+    hidden = TableInfo("_private", "_metrics", chunks.PARTITIONED, "time", "timestamptz", [], [],
+                       table("_private._metrics", 7, 90))
+    chunk = Chunk("_private", "_metrics_p1", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC))
+    key = layout.data_key(".db", hidden, hidden.identity(chunk), 1, date(2026, 11, 1))
+    assert key == "archive/%2Edb/%5Fprivate._metrics/dt=2026-11-01/20261101T000000Z_20261102T000000Z.v1.parquet"
+    assert not any(part.startswith(("_", ".")) for part in key.split("/"))
+    assert layout.data_prefixes(".db", "_private._metrics") == ["archive/%2Edb/%5Fprivate._metrics/",
+                                                                "archive/.db/_private._metrics/"]

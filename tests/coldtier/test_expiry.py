@@ -74,7 +74,7 @@ def test_orphans_are_removed_by_the_next_run_but_never_in_bulk(database: str, tm
     storage = StorageConfig(url=f"file://{tmp_path}/store")
     store = open_store(storage)
     run_archive(policy(database, storage))
-    prefix = parquet_keys(store)[0].rsplit("/year=", 1)[0]
+    prefix = parquet_keys(store)[0].rsplit("/dt=", 1)[0]
     store.put_bytes(f"{prefix}/year=2020/month=01/day=01/gone_chunk_1_2.parquet", b"left by a killed run")
 
     dry = run_retention(policy(database, storage), dry_run=True)

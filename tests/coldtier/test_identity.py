@@ -29,6 +29,7 @@ from tests.coldtier_helpers import (
     ASSET_METRICS,
     create_device_metrics,
     days_ago,
+    first_key,
     make_policy,
     manifests,
     parquet_keys,
@@ -48,7 +49,7 @@ def lake_ids(store: Store, column: str = "id") -> collections.Counter[Any]:
     """Every value of ``column`` in the current archive objects (those a manifest references)."""
     found: collections.Counter[Any] = collections.Counter()
     for document in manifests(store).values():
-        with store.open_seekable(document["object"]["key"]) as source:
+        with store.open_seekable(first_key(document)) as source:
             found.update(pq.read_table(source, columns=[column]).column(column).to_pylist())
     return found
 
@@ -159,7 +160,7 @@ def test_a_manifest_whose_checksum_no_longer_matches_its_object_blocks_the_drop(
     assert run_archive(policy).status == "ok"
     document = manifests(store)["device_metrics_d100"]
     key = f"catalog/archive/{document['database']}/public.device_metrics/{document['identity']['stem']}.json"
-    document["object"]["sha256"] = "0" * 64  # the object is intact; its manifest no longer vouches for it
+    document["objects"][0]["sha256"] = "0" * 64  # the object is intact; its manifest no longer vouches for it
     write_json(store, key, document)
 
     result = run_retention(policy)
@@ -176,8 +177,8 @@ def test_an_object_swapped_for_another_ranges_archive_is_refused_by_every_reader
     assert run_archive(policy).status == "ok"
     found = manifests(store)
     victim, other = found["device_metrics_d100"], found["device_metrics_d80"]
-    store.put_bytes(victim["object"]["key"], store.get_bytes(other["object"]["key"]))
-    victim["object"] = {**other["object"], "key": victim["object"]["key"]}  # manifest edited to match, rows too
+    store.put_bytes(first_key(victim), store.get_bytes(first_key(other)))
+    victim["objects"] = [{**other["objects"][0], "key": first_key(victim)}]  # manifest edited to match, rows too
     victim["rows"] = other["rows"]
     write_json(store, f"catalog/archive/{victim['database']}/public.device_metrics/"
                          f"{victim['identity']['stem']}.json", victim)
@@ -205,11 +206,12 @@ def test_archives_of_one_range_written_under_two_chunk_names_are_merged_into_one
     archived = sum(lake_ids(store).values())
     document = manifests(store)["device_metrics_d100"]
     root = Path(storage.url.removeprefix("file://"))
-    legacy_object = document["object"]["key"].replace(".v1.parquet", "_copy.parquet")
-    shutil.copy(root / document["object"]["key"], root / legacy_object)
-    legacy = {key: value for key, value in document.items() if key not in ("identity", "supersedes")}
+    legacy_object = first_key(document).replace(".v1.parquet", "_copy.parquet")
+    shutil.copy(root / first_key(document), root / legacy_object)
+    legacy = {key: value for key, value in document.items()
+              if key not in ("identity", "supersedes", "objects", "layout")}
     legacy.update(format_version=1, chunk={**document["chunk"], "name": "device_metrics_d100_restored"},
-                  object={**document["object"], "key": legacy_object})
+                  object={**document["objects"][0], "key": legacy_object})
     write_json(store, f"catalog/archive/{document['database']}/public.device_metrics/"
                          f"device_metrics_d100_restored_x_y.json", legacy)
     assert max(lake_ids(store).values()) == 2, "readers see those rows twice"
@@ -247,7 +249,7 @@ def test_every_archive_object_says_which_range_and_version_it_holds(database: st
     store = open_store(storage)
     assert run_archive(policy).status == "ok"
     for document in manifests(store).values():
-        with store.open_seekable(document["object"]["key"]) as source:
+        with store.open_seekable(first_key(document)) as source:
             metadata = {k.decode(): v.decode() for k, v in pq.ParquetFile(source).metadata.metadata.items()}
         assert json.loads(metadata["archiver.identity"])["stem"] == document["identity"]["stem"]
         assert metadata["archiver.version"] == "1" and document["format_version"] == 2
@@ -314,7 +316,7 @@ def test_an_upload_left_pending_by_a_killed_export_is_aborted_by_the_next_archiv
     store = open_store(storage)
     assert run_archive(policy).status == "ok"
     document = manifests(store)["device_metrics_d100"]
-    pending = document["object"]["key"].replace(".v1.parquet", ".v2.parquet")
+    pending = first_key(document).replace(".v1.parquet", ".v2.parquet")
     writer = store.writer(pending, size_hint=64 * 1024 * 1024)
     writer.write(b"\0" * (9 * 1024 * 1024))  # one part uploaded; then the process "dies" (no commit, no abort)
     assert len(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
@@ -323,4 +325,4 @@ def test_an_upload_left_pending_by_a_killed_export_is_aborted_by_the_next_archiv
     assert any(line.startswith("removed") and pending in line and "unfinished upload" in line
                for line in result.lines), result.lines
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    assert manifests(store)["device_metrics_d100"]["object"]["key"] == document["object"]["key"]
+    assert first_key(manifests(store)["device_metrics_d100"]) == first_key(document)

@@ -31,6 +31,7 @@ from archiver.tasks import ARCHIVE, RETENTION
 from tests.coldtier_helpers import READING_AGES as AGES
 from tests.coldtier_helpers import (
     create_readings,
+    first_key,
     manifests,
     parquet_keys,
     policy_for,
@@ -67,11 +68,11 @@ def test_a_deleted_or_altered_archive_object_is_never_dropped_and_the_next_archi
     store = open_store(storage)
     run_archive(policy)
     found = manifests(store)
-    store.delete(found["readings_d90"]["object"]["key"])
-    original = store.get_bytes(found["readings_d80"]["object"]["key"])
+    store.delete(first_key(found["readings_d90"]))
+    original = store.get_bytes(first_key(found["readings_d80"]))
     altered = bytearray(original)
     altered[len(altered) // 2] ^= 0x01
-    store.put_bytes(found["readings_d80"]["object"]["key"], bytes(altered))
+    store.put_bytes(first_key(found["readings_d80"]), bytes(altered))
 
     result = run_retention(policy)
     assert result.status == "held_back" and result.exit_code == 5
@@ -113,7 +114,7 @@ def test_late_rows_become_a_new_version_and_changed_rows_wait_for_the_operator(
     found = manifests(store)
     assert (found["readings_d70"]["version"], found["readings_d70"]["rows"]) == (2, 51)
     assert found["readings_d90"]["version"] == 1, "an archive is never replaced by other rows unasked"
-    assert len(parquet_keys(store)) == len(keys) and found["readings_d70"]["object"]["key"] not in keys
+    assert len(parquet_keys(store)) == len(keys) and first_key(found["readings_d70"]) not in keys
     assert found["readings_d70"]["supersedes"][0]["version"] == 1, "the new version says what it replaced"
 
     assert "`archiver archive telemetry --table public.readings --accept-deletes 20" in changed

@@ -21,14 +21,14 @@ def test_demo_runs_the_whole_cycle_and_cleans_up_on_request(tmp_path: Path) -> N
 
     status = run_cli("--policies", str(directory / "policies"), "status", "--json", "--no-database")
     assert status.code == 0, status.output
-    by_policy = {entry["policy"]: entry for entry in json.loads(status.stdout)}
+    by_policy = {entry["policy"]: entry for entry in json.loads(status.stdout)["policies"]}
     assert set(by_policy) == {"identity", "app", "telemetry"}
     assert all(entry["newest_verified"] for entry in by_policy.values())
     metrics = by_policy["telemetry"]["archive"]["tables"]["public.asset_metrics"]
     assert metrics["archived"]["count"] > 80 and metrics["archived"]["rows"] > 0 and metrics["gaps"] == []
     listing = run_cli("--policies", str(directory / "policies"), "backups", "list", "--json")
-    assert sorted(item["policy"] for item in json.loads(listing.stdout)) == ["app", "identity", "telemetry"]
-    assert all(item["verified"] == "yes" for item in json.loads(listing.stdout))
+    assert sorted(item["policy"] for item in json.loads(listing.stdout)["backups"]) == ["app", "identity", "telemetry"]
+    assert all(item["verified"] is True for item in json.loads(listing.stdout)["backups"])
 
     assert run_cli("demo", "--clean", "--dir", str(directory)).code == 0
     assert not directory.exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import threading
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,6 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from archiver.backup.manifest import list_backups
 from archiver.ops.worker import Worker, WorkerConfig, _relay_lines
-from archiver.pg.scratch import free_port
 from archiver.storage.local import LocalStore
 from archiver.storage.s3 import S3Store
 from tests.backup_helpers import write_policy
@@ -83,31 +80,6 @@ def test_run_of_a_task_the_policy_lacks_is_a_usage_error(tmp_path: Path) -> None
     assert result.code == 2 and "has no archive section" in result.stderr
 
 
-@pytest.fixture
-def pushgateway() -> Iterator[str]:
-    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-    if not binary:
-        pytest.skip("Prometheus Pushgateway not installed (Debian: prometheus-pushgateway)")
-    port = free_port()
-    process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _reachable(url), what="the Pushgateway")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def _reachable(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def test_run_pushes_its_metrics_to_a_pushgateway(database: str, tmp_path: Path, pushgateway: str) -> None:
     store = LocalStore(tmp_path / "store")
     policy = write_policy(tmp_path / "policies", "app", "${APP_DSN}", store.url)
@@ -119,6 +91,15 @@ def test_run_pushes_its_metrics_to_a_pushgateway(database: str, tmp_path: Path, 
     lines = [line for line in exposition.splitlines() if line.startswith("archiver_task_rows{")]
     assert lines and 'policy="app"' in lines[0] and 'task="backup"' in lines[0] and lines[0].endswith(" 200")
     assert any(line.startswith("archiver_task_last_success_timestamp_seconds{") for line in exposition.splitlines())
+    again = run_cli("--policies", str(policy.parent), "run", "app", "backup",
+                    env={"APP_DSN": database, "ARCHIVER_PUSHGATEWAY": pushgateway})
+    assert again.code == 0, again.stderr
+    with urllib.request.urlopen(f"{pushgateway}/metrics", timeout=10) as response:
+        exposition = response.read().decode()
+    assert 'archiver_task_runs_total{instance="",job="archiver",policy="app",result="ok",task="backup"} 2' in exposition, \
+        "the second run's push adds to the first run's count"
+    assert 'archiver_task_schedule_interval_seconds{instance="",job="archiver",policy="app",task="backup"} 86400' \
+        in exposition
 
 
 def interval_trigger(seconds: float):  # type: ignore[no-untyped-def]
@@ -149,6 +130,9 @@ def test_worker_runs_each_task_on_its_cadence_without_overlap_and_serves_metrics
     for earlier, later in zip(runs, runs[1:]):  # one policy's tasks never run at the same time
         assert later.started >= earlier.finished
     assert 'archiver_task_runs_total{policy="app",result="ok",task="backup"}' in exposition
+    assert "_created" not in exposition and "archiver_build_info{" in exposition
+    assert "process_resident_memory_bytes" in exposition and \
+        'archiver_task_schedule_interval_seconds{policy="app",task="backup"}' in exposition
     assert len(list_backups(store)) >= 3
     prune_lines = [line for o in runs if o.task == "prune" for line in (o.result or {}).get("lines", [])]
     assert any("keep: last #1" in line for line in prune_lines), prune_lines  # prune's reasons reach the worker

@@ -70,9 +70,23 @@ def test_lock_busy_is_not_a_failure(database: str, file_store: LocalStore) -> No
     assert sample(metrics, "archiver_task_runs_total", policy="app", task="backup", result="lock_busy") == 1
 
 
-def test_undeliverable_webhook_does_not_raise(database: str, file_store: LocalStore) -> None:
+def test_undeliverable_webhook_is_retried_counted_and_does_not_raise(database: str, file_store: LocalStore) -> None:
+    metrics = Metrics()
     with WebhookReceiver(status=500) as hook:
         policy = policy_with_hook(database, file_store, hook.url)
-        assert send(policy, "failure", "boom", task="backup") is False
-        assert len(hook.posts) == 1
+        assert send(policy, "failure", "boom", task="backup", metrics=metrics) is False
+        assert len(hook.posts) == 3, "a 5xx answer is retried, three tries in all"
+    assert sample(metrics, "archiver_notify_failures_total", policy="app", event="failure") == 1
+    with WebhookReceiver(status=404) as hook:
+        assert send(policy_with_hook(database, file_store, hook.url), "failure", "boom", metrics=metrics) is False
+        assert len(hook.posts) == 1, "a 4xx answer is final: retrying cannot help"
+    assert sample(metrics, "archiver_notify_failures_total", policy="app", event="failure") == 2
     assert send(policy_with_hook(database, file_store, None), "failure", "boom") is False
+
+
+def test_a_webhook_that_fails_once_gets_the_notification_on_the_retry(database: str, file_store: LocalStore) -> None:
+    metrics = Metrics()
+    with WebhookReceiver(fail_first=1) as hook:
+        assert send(policy_with_hook(database, file_store, hook.url), "failure", "boom", metrics=metrics) is True
+        assert [post["body"]["text"] for post in hook.posts] == [":red_circle: archiver task failed: app: boom"] * 2
+    assert sample(metrics, "archiver_notify_failures_total", policy="app", event="failure") is None

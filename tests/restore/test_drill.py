@@ -17,7 +17,7 @@ from archiver.storage.base import Store
 from archiver.storage.documents import read_json
 from archiver.storage.local import LocalStore
 from tests.backup_helpers import TELEMETRY_SCHEMA, backup_policy, load_policy, read_manifest
-from tests.coldtier_helpers import manifests
+from tests.coldtier_helpers import first_key, manifests
 from tests.helpers import CliResult, run_cli
 from tests.restore_helpers import CORRUPTIONS, add_verify_section, damage, rewrite_manifest
 
@@ -39,7 +39,8 @@ def verify(policy_path: Path, *args: str) -> CliResult:
 def listed(policy_path: Path) -> dict[str, str]:
     result = run_cli("--policies", str(policy_path.parent), "backups", "list", "app", "--json")
     assert result.code == 0, result.output
-    return {item["id"]: item["verified"] for item in json.loads(result.stdout)}
+    verdicts = {"passed": "yes", "failed": "failed", None: "no"}
+    return {item["id"]: verdicts[item["verification"]] for item in json.loads(result.stdout)["backups"]}
 
 
 def test_a_drill_restores_checks_and_records_a_passed_verdict(
@@ -52,6 +53,7 @@ def test_a_drill_restores_checks_and_records_a_passed_verdict(
     result = verify(path, "--json")
     assert result.code == 0, result.output
     record = json.loads(result.stdout)
+    assert record.pop("schema") == "archiver.verify/1"
     assert record == read_json(store, verification_key(backup_id))
     assert record["result"] == "passed" and record["backup_id"] == backup_id and record["failed"] == []
     checks = {(check["kind"], check["name"]): check for check in record["checks"]}
@@ -197,7 +199,7 @@ def test_a_drill_with_archives_checks_every_cold_object(tmp_path: Path, database
     assert archives["public.device_metrics device_metrics_d100"]["actual"] == {"rows": 150}
 
     store = LocalStore(tmp_path / "store")
-    key = manifests(store)["device_metrics_d80"]["object"]["key"]
+    key = first_key(manifests(store)["device_metrics_d80"])
     store.put_bytes(key, store.get_bytes(key)[:-50])
     damaged = verify(path)
     assert damaged.code == 4, damaged.output

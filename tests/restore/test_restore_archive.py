@@ -22,6 +22,7 @@ from tests.coldtier_helpers import (
     DROPPED,
     create_device_metrics,
     days_ago,
+    first_key,
     make_policy,
     manifests,
     relations,
@@ -93,7 +94,7 @@ def test_a_damaged_archive_is_not_loaded_and_the_command_says_so(database: str, 
     assert run_archive(policy).status == "ok"
     assert run_retention(policy).metrics["chunks_dropped"] == 4
     store = open_store(storage)
-    key = manifests(store)["device_metrics_d100"]["object"]["key"]
+    key = first_key(manifests(store)["device_metrics_d100"])
     data = bytearray(store.get_bytes(key))
     data[len(data) // 2] ^= 0x01
     store.put_bytes(key, bytes(data))
