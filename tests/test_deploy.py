@@ -191,6 +191,37 @@ def test_archive_shards_render_an_indexed_job_whose_pods_take_one_shard_each(tmp
     assert bad.code == 2 and "archive.shards" in bad.stderr + bad.stdout and "65" in bad.stderr + bad.stdout
 
 
+def test_a_pitr_policy_renders_a_base_backup_cronjob_and_its_receiver_stays_in_the_worker(tmp_path: Path) -> None:
+    """Base backups are a scheduled task like any other (a CronJob); the WAL receiver never ends, so it is the
+    worker's (its Deployment carries the spool), never a CronJob."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    text = (PROJECT / "policies" / "app.yaml").read_text().replace(
+        "kubernetes:", "pitr:\n  wal: {method: stream, slot: archiver_app}\n"
+        "  base_backup: {schedule: \"15 1 * * *\", retention: {keep_last: 2}}\n  rpo: 5min\nkubernetes:", 1)
+    (policies / "app.yaml").write_text(text.replace("  verify: {deadline: 3h", "  basebackup: {memory_limit: 768Mi}\n"
+                                                    "  verify: {deadline: 3h", 1))
+    out = tmp_path / "out"
+    result = run_cli("--policies", str(policies), "render", "kubernetes", "-o", str(out))
+    assert result.code == 0, result.stderr
+    assert sorted(p.name for p in (out / "cronjobs").glob("app-*.yaml")) == [
+        "app-backup.yaml", "app-basebackup.yaml", "app-prune.yaml", "app-verify.yaml"]
+    (job,) = load_docs(out / "cronjobs" / "app-basebackup.yaml")
+    assert job["spec"]["schedule"] == "15 1 * * *" and container(job)["args"] == ["run", "app", "basebackup"]
+    spec = job["spec"]["jobTemplate"]["spec"]
+    assert spec["backoffLimit"] == 1 and spec["activeDeadlineSeconds"] == 7200
+    assert container(job)["resources"]["limits"] == {"cpu": "2", "memory": "768Mi"}
+    assert [entry["name"] for entry in container(job)["env"]][0] == "APP_DSN"
+    assert "ARCHIVER_WAL_SPOOL" not in env_of(job)
+    assert "app-basebackup.yaml" in load_docs(out / "cronjobs" / "kustomization.yaml")[0]["resources"]
+    assert not any("wal-receive" in path.read_text() for path in (out / "cronjobs").glob("*.yaml"))
+    (deployment,) = load_docs(out / "worker" / "deployment.yaml")
+    assert env_of(deployment)["ARCHIVER_WAL_SPOOL"]["value"] == WAL_SPOOL
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[test]' installs it")
+    for version in (MIN_KUBERNETES + ".0", kubernetes_validate.latest_version()):
+        kubernetes_validate.validate(job, version, strict=True)
+
+
 # -- Dockerfile -----------------------------------------------------------------------------
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
