@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -35,6 +36,7 @@ from archiver.pg.scratch import LocalPostgres
 from archiver.pitr.walstore import stored_versions
 from archiver.storage.backends import open_store
 from archiver.storage.base import Store
+from tests.cli.test_json_documents import SCHEMAS, conventions
 from tests.helpers import CliResult, run_cli
 
 SERVER_USER = "postgres"
@@ -236,3 +238,14 @@ def wait_receiving(dsn: str, slot: str = "archiver_app", timeout: float = 60) ->
 
 __all__ = ["Rig", "markers", "pitr_rig", "public_dir", "receiver", "server_clock", "switch_wal", "wait_receiving",
            "wait_stored"]
+
+
+def json_document(command: str, text: str) -> dict[str, Any]:
+    """A --json document of ``command``, validated against its schema under docs/schemas/ and the shared
+    conventions (tests/cli/test_json_documents.py)."""
+    document: dict[str, Any] = json.loads(text)
+    assert document["schema"] == f"archiver.{command}/1"
+    schema = json.loads((SCHEMAS / f"archiver.{command}.v1.json").read_text())
+    jsonschema.validate(document, schema, cls=jsonschema.Draft202012Validator)
+    conventions(document)
+    return document

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import shutil
@@ -19,12 +18,14 @@ from archiver.pitr.catalog import base_verification_key, scan_base_backups
 from archiver.pitr.state import load_state
 from archiver.pitr.walstore import scan_wal, stored_versions
 from archiver.storage.documents import read_json
-from tests.pitr_helpers import Rig, markers, pitr_rig, public_dir, server_clock, wait_stored
+from tests.pitr_helpers import Rig, json_document, markers, pitr_rig, public_dir, server_clock, wait_stored
 
 
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Rig]:
-    verify = {"checks": [{"name": "markers", "sql": "SELECT count(*) FROM markers", "expect": ">= 1"}]}
+    # True at every point of the window (the drill's default point is random, maybe before the first marker)
+    verify = {"checks": [{"name": "markers", "sql": "SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = "
+                          "'markers'", "expect": "== 1"}]}
     with pitr_rig("archive_command", {"url": "file://"}, retention={"keep_last": 1}, verify=verify) as made:
         execute(made.dsn, "CREATE TABLE markers (name text PRIMARY KEY)")
         yield made
@@ -59,6 +60,12 @@ def test_a_timeline_switch_is_archived_and_a_second_recovery_follows_it(rig: Rig
                       str(rig.restore_dir("never")), "--yes")
     assert outside.code == 2 and "time 2001-01-01T00:00:00Z is outside the recoverable window: 20" in outside.stderr
 
+    planned = rig.cli("restore", "app", "--pitr", "--to-time", point, "--data-dir", str(rig.restore_dir("planned")),
+                      "--dry-run", "--json")
+    plan = json_document("restore", planned.stdout)
+    assert planned.code == 0 and plan["dry_run"] is True and plan["data"]["plan"]["base_backup"], planned.output
+    assert not rig.restore_dir("planned").exists() or not any(rig.restore_dir("planned").iterdir())
+
     first, port = rig.restore_dir("branch"), free_port()
     result = rig.cli("restore", "app", "--pitr", "--to-time", point, "--data-dir", str(first), "--start", "--port",
                      str(port), "--keep-archiving", "--yes")
@@ -89,14 +96,16 @@ def test_a_drill_recovers_to_a_point_checks_it_and_records_the_verdict(rig: Rig)
     rig.switch_and_wait()
     result = rig.cli("verify", "app", "--pitr", "--json")
     assert result.code == 0, result.output
-    record = json.loads(result.stdout)
+    record = json_document("verify", result.stdout)
     assert record["result"] == "passed" and record["target_chosen"] == "random point inside the recoverable window"
     kinds = {check["kind"]: check["status"] for check in record["checks"]}
     assert kinds == {"object": "pass", "recovery": "pass", "amcheck": "pass", "sql": "pass"}
     stored = read_json(rig.store, base_verification_key(record["base_backup_id"]))
     assert stored["target_time"] == record["target_time"]
-    listed = json.loads(rig.cli("backups", "list", "app", "--json").stdout)
-    assert any(entry["id"] == record["base_backup_id"] and entry["verified"] == "yes" for entry in listed)
+    listed = json_document("backups-list", rig.cli("backups", "list", "app", "--json").stdout)
+    assert any(entry["id"] == record["base_backup_id"] and entry["verified"] is True
+               and entry["verification"] == "passed" for entry in listed["base_backups"])
+    assert listed["pitr"]["app"]["newest_base_backup"]["verified"] is True and listed["pitr"]["app"]["window"]
     runs = read_json(rig.store, "runs/verify.json")
     assert runs["last_success"]["status"] == "ok"
 
@@ -129,7 +138,7 @@ def test_status_flags_a_wal_lag_over_rpo_and_the_metrics_gauges(tmp_path: Path) 
         lagging.switch_and_wait()
         healthy = lagging.cli("status", "--json", "--no-database")
         assert healthy.code == 0, healthy.output
-        (entry,) = json.loads(healthy.stdout)
+        (entry,) = json_document("status", healthy.stdout)["policies"]
         assert entry["pitr"]["lag_seconds"] < 60 and entry["pitr"]["window"]
         for item in scan_wal(lagging.store):  # the same WAL, as if it had been archived in 2020
             if item.file.kind == "segment":
