@@ -204,6 +204,7 @@ def test_a_pitr_policy_renders_a_base_backup_cronjob_and_its_receiver_stays_in_t
     out = tmp_path / "out"
     result = run_cli("--policies", str(policies), "render", "kubernetes", "-o", str(out))
     assert result.code == 0, result.stderr
+    assert "note: app streams its WAL (pitr.wal.method: stream): only the worker alternative" in result.stderr
     assert sorted(p.name for p in (out / "cronjobs").glob("app-*.yaml")) == [
         "app-backup.yaml", "app-basebackup.yaml", "app-prune.yaml", "app-verify.yaml"]
     (job,) = load_docs(out / "cronjobs" / "app-basebackup.yaml")
