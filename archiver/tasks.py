@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .backup.task import BackupOptions
     from .coldtier.archive import ArchiveOptions
     from .coldtier.retention import RetentionOptions
+    from .pitr.basebackup import BaseBackupOptions
     from .restore.drill import VerifyOptions
 
 OptionsT = TypeVar("OptionsT", bound=TaskOptions)
@@ -49,7 +50,7 @@ class Locks:
 @dataclass(frozen=True)
 class Task(Generic[OptionsT]):
     name: str
-    section: Literal["backup", "archive", "verify"]  # the policy section it needs
+    section: Literal["backup", "archive", "verify", "pitr"]  # the policy section it needs
     locks: Locks
     store_only: bool  # touches only the store: the policy's database variables need not be set
     schedule: Callable[[Policy], str | None]  # its cron expression in a policy (None: not scheduled there)
@@ -59,6 +60,7 @@ class Task(Generic[OptionsT]):
     options: Callable[[], OptionsT]  # the options of a scheduled run (archiver run, the worker)
     newest_backup: Literal["taken", "verified"] | None = None  # a success moves this freshness gauge
     refreshes_status: bool = False  # the worker re-reads the policy's status (backup ages) after a run
+    also_with: tuple[str, ...] = ()  # other sections that give the task something to do (prune: pitr)
     locks_for: Callable[[OptionsT], Locks] | None = None  # locks that depend on the options (a shard's)
 
     def locks_of(self, options: OptionsT) -> Locks:
@@ -66,7 +68,7 @@ class Task(Generic[OptionsT]):
 
     def configured(self, policy: Policy) -> None:
         """Refuse (exit 2) a policy without the section this task needs, before any lock or connection."""
-        if getattr(policy, self.section) is None:
+        if all(getattr(policy, section) is None for section in (self.section, *self.also_with)):
             raise UsageError(f"policy {policy.name!r} has no {self.section} section ({policy.source}), so it has no "
                              f"{self.name} task", hint=f"add {self.section}: {{schedule: ...}} to the policy")
 
@@ -75,10 +77,16 @@ def _backup_schedule(policy: Policy) -> str | None:
     return policy.backup.schedule if policy.backup else None
 
 
+def _basebackup_schedule(policy: Policy) -> str | None:
+    return policy.pitr.base_backup.schedule if policy.pitr else None
+
+
 def _prune_schedule(policy: Policy) -> str | None:
     """Prune follows the backup schedule unless it has its own (it then waits for the backup: tasks of one
-    policy run one after another)."""
+    policy run one after another); a policy with base backups only prunes after its base backups."""
     if policy.backup is None or policy.backup.retention is None:
+        if policy.pitr is not None and policy.pitr.base_backup.retention is not None:
+            return policy.pitr.base_backup.schedule
         return None
     return policy.backup.prune_schedule or policy.backup.schedule
 
@@ -108,14 +116,25 @@ def _backup_options() -> BackupOptions:
     return BackupOptions()
 
 
-def _prune(policy: Policy, options: PruneOptions, store: Store, progress: Progress) -> TaskResult:
-    from .backup.prune import prune_task
-    return prune_task(policy, options, store, progress)
+def _prune_all(policy: Policy, options: PruneOptions, store: Store, progress: Progress) -> TaskResult:
+    """Logical backups and, with a pitr section, base backups and the WAL they no longer need."""
+    from .pitr.prune import prune_all_task
+    return prune_all_task(policy, options, store, progress)
 
 
 def _prune_options() -> PruneOptions:
     from .backup.prune import PruneOptions
     return PruneOptions()
+
+
+def _basebackup(policy: Policy, options: BaseBackupOptions, store: Store, progress: Progress) -> TaskResult:
+    from .pitr.basebackup import basebackup_task
+    return basebackup_task(policy, options, store, progress)
+
+
+def _basebackup_options() -> BaseBackupOptions:
+    from .pitr.basebackup import BaseBackupOptions
+    return BaseBackupOptions()
 
 
 def _archive(policy: Policy, options: ArchiveOptions, store: Store, progress: Progress) -> TaskResult:
@@ -154,11 +173,17 @@ BACKUP: Task[BackupOptions] = Task(
     interrupted="nothing was changed (no manifest was written; a backup without one is not a backup)",
     run=_backup, options=_backup_options, newest_backup="taken", refreshes_status=True)
 
+BASEBACKUP: Task[BaseBackupOptions] = Task(
+    name="basebackup", section="pitr", locks=Locks(database=DatabaseLock("basebackup")), store_only=False,
+    schedule=_basebackup_schedule, metrics=("bytes", "peak_rss_bytes"),
+    interrupted="nothing was changed (no manifest was written; a base backup without one is not a base backup)",
+    run=_basebackup, options=_basebackup_options, refreshes_status=True)
+
 PRUNE: Task[PruneOptions] = Task(
     name="prune", section="backup", locks=Locks(store=True), store_only=True,
     schedule=_prune_schedule, metrics=(),
     interrupted="nothing else was changed: backups deleted before the interruption stay deleted (see the log)",
-    run=_prune, options=_prune_options, refreshes_status=True)
+    run=_prune_all, options=_prune_options, refreshes_status=True, also_with=("pitr",))
 
 def _archive_locks(options: ArchiveOptions) -> Locks:
     """One shard of a run shares the cold-tier lock with the other shards (see DatabaseLock)."""
@@ -187,11 +212,11 @@ VERIFY: Task[VerifyOptions] = Task(
     name="verify", section="verify", locks=Locks(store=True), store_only=True,
     schedule=_verify_schedule, metrics=("rows", "bytes"),
     interrupted="nothing was changed (no verdict was written; the scratch instance was removed)",
-    run=_verify, options=_verify_options, newest_backup="verified", refreshes_status=True)
+    run=_verify, options=_verify_options, newest_backup="verified", refreshes_status=True, also_with=("pitr",))
 
 # In the order a policy's tasks are listed and scheduled.
-TASKS: tuple[Task[BackupOptions], Task[PruneOptions], Task[ArchiveOptions], Task[RetentionOptions],
-             Task[VerifyOptions]] = (BACKUP, PRUNE, ARCHIVE, RETENTION, VERIFY)
+TASKS: tuple[Task[BackupOptions], Task[BaseBackupOptions], Task[PruneOptions], Task[ArchiveOptions],
+             Task[RetentionOptions], Task[VerifyOptions]] = (BACKUP, BASEBACKUP, PRUNE, ARCHIVE, RETENTION, VERIFY)
 TASK_NAMES = tuple(task.name for task in TASKS)
 
 

@@ -81,7 +81,7 @@ def grow_to(dsn: str, target_bytes: int, batches_done: int) -> int:
     """Insert 10-day batches until the database is at least ``target_bytes``; returns batches done."""
     while database_size(dsn) < target_bytes:
         start = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=10 * batches_done)
-        with connect(dsn) as conn:
+        with connect(dsn, safe_search_path=False) as conn:  # our own SQL: unqualified names, as psql runs it
             conn.execute(BATCH, {"start": start})
         batches_done += 1
         print(f"  generated batch {batches_done}: database {database_size(dsn) / GB:.2f} GB", flush=True)

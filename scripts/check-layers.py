@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"ops"},
     {"tasks"},
     {"restore"},
-    {"coldtier", "backup"},
+    {"coldtier", "backup", "pitr"},
     {"policy"},
     {"pg", "storage"},
     {"common"},

@@ -191,6 +191,38 @@ def test_archive_shards_render_an_indexed_job_whose_pods_take_one_shard_each(tmp
     assert bad.code == 2 and "archive.shards" in bad.stderr + bad.stdout and "65" in bad.stderr + bad.stdout
 
 
+def test_a_pitr_policy_renders_a_base_backup_cronjob_and_its_receiver_stays_in_the_worker(tmp_path: Path) -> None:
+    """Base backups are a scheduled task like any other (a CronJob); the WAL receiver never ends, so it is the
+    worker's (its Deployment carries the spool), never a CronJob."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    text = (PROJECT / "policies" / "app.yaml").read_text().replace(
+        "kubernetes:", "pitr:\n  wal: {method: stream, slot: archiver_app}\n"
+        "  base_backup: {schedule: \"15 1 * * *\", retention: {keep_last: 2}}\n  rpo: 5min\nkubernetes:", 1)
+    (policies / "app.yaml").write_text(text.replace("  verify: {deadline: 3h", "  basebackup: {memory_limit: 768Mi}\n"
+                                                    "  verify: {deadline: 3h", 1))
+    out = tmp_path / "out"
+    result = run_cli("--policies", str(policies), "render", "kubernetes", "-o", str(out))
+    assert result.code == 0, result.stderr
+    assert "note: app streams its WAL (pitr.wal.method: stream): only the worker alternative" in result.stderr
+    assert sorted(p.name for p in (out / "cronjobs").glob("app-*.yaml")) == [
+        "app-backup.yaml", "app-basebackup.yaml", "app-prune.yaml", "app-verify.yaml"]
+    (job,) = load_docs(out / "cronjobs" / "app-basebackup.yaml")
+    assert job["spec"]["schedule"] == "15 1 * * *" and container(job)["args"] == ["run", "app", "basebackup"]
+    spec = job["spec"]["jobTemplate"]["spec"]
+    assert spec["backoffLimit"] == 1 and spec["activeDeadlineSeconds"] == 7200
+    assert container(job)["resources"]["limits"] == {"cpu": "2", "memory": "768Mi"}
+    assert [entry["name"] for entry in container(job)["env"]][0] == "APP_DSN"
+    assert "ARCHIVER_WAL_SPOOL" not in env_of(job)
+    assert "app-basebackup.yaml" in load_docs(out / "cronjobs" / "kustomization.yaml")[0]["resources"]
+    assert not any("wal-receive" in path.read_text() for path in (out / "cronjobs").glob("*.yaml"))
+    (deployment,) = load_docs(out / "worker" / "deployment.yaml")
+    assert env_of(deployment)["ARCHIVER_WAL_SPOOL"]["value"] == WAL_SPOOL
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[test]' installs it")
+    for version in (MIN_KUBERNETES + ".0", kubernetes_validate.latest_version()):
+        kubernetes_validate.validate(job, version, strict=True)
+
+
 # -- Dockerfile -----------------------------------------------------------------------------
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -355,7 +387,7 @@ def test_kustomizations_keep_the_two_alternatives_apart() -> None:
     cronjob_files = sorted(p.name for p in (KUBE / "cronjobs").glob("*.yaml") if p.name != "kustomization.yaml")
     cronjobs = kustomization("cronjobs")
     assert cronjobs["resources"][0] == "../base" and sorted(cronjobs["resources"][1:]) == cronjob_files
-    assert kustomization("worker")["resources"] == ["../base", "deployment.yaml", "service.yaml"]
+    assert kustomization("worker")["resources"] == ["../base", "deployment.yaml", "service.yaml", "wal-spool-pvc.yaml"]
     for name, other in (("cronjobs", "worker"), ("worker", "cronjobs")):
         assert other not in str(kustomization(name)["resources"])
         assert kustomization(name)["namespace"] == "archiver"
@@ -457,7 +489,8 @@ def test_pods_write_only_to_size_limited_emptydirs() -> None:
         for path in ("/scratch", "/tmp"):
             assert quantity(volumes[mounts[path]["name"]]["emptyDir"]["sizeLimit"]) > 0, (where, path)
         writable = {path for path, mount in mounts.items() if not mount.get("readOnly")}
-        assert writable <= {"/scratch", "/tmp", "/dev/shm"}, where
+        spool = {WAL_SPOOL} if obj["kind"] == "Deployment" else set()  # the worker's WAL receivers (a PVC)
+        assert writable <= {"/scratch", "/tmp", "/dev/shm"} | spool, where
         env = env_of(obj)
         assert env["TMPDIR"]["value"] == "/scratch" and env["ARCHIVER_POLICIES"]["value"] == "/etc/archiver/policies"
     jobs = cronjobs_by_task()
@@ -547,6 +580,25 @@ def test_worker_deployment_is_a_single_recreated_scheduler_with_probes() -> None
     assert service["spec"]["ports"] == [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]
     assert service["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     assert service["metadata"]["annotations"]["prometheus.io/port"] == str(METRICS_PORT)
+
+
+WAL_SPOOL = "/var/lib/archiver/wal-spool"
+
+
+def test_the_worker_hosts_wal_receivers_on_a_persistent_spool() -> None:
+    """CronJobs cannot run a WAL receiver (it never ends): the worker does, spooling on a PVC that
+    outlives the pod (pg_receivewal's slot lets the server drop WAL once it is in the spool)."""
+    (deployment,) = objects_of("Deployment")
+    assert env_of(deployment)["ARCHIVER_WAL_SPOOL"]["value"] == WAL_SPOOL
+    mounts = {mount["mountPath"]: mount for mount in container(deployment)["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod_spec(deployment)["volumes"]}
+    claim = volumes[mounts[WAL_SPOOL]["name"]]["persistentVolumeClaim"]["claimName"]
+    (pvc,) = objects_of("PersistentVolumeClaim")
+    assert pvc["metadata"]["name"] == claim and pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert quantity(pvc["spec"]["resources"]["requests"]["storage"]) >= 10 * 2**30
+    assert pod_spec(deployment)["securityContext"]["fsGroup"] == APP_UID, "the volume must be writable by uid 10001"
+    for job in objects_of("CronJob"):
+        assert "ARCHIVER_WAL_SPOOL" not in env_of(job)
 
 
 # -- cron -----------------------------------------------------------------------------------
@@ -800,6 +852,28 @@ def test_compose_init_sql_builds_databases_the_trial_policies_can_work_on() -> N
                               f"'{table.table.split('.')[1]}' AND range_end < now() - interval "
                               f"'{int(table.drop_after.total_seconds())} seconds'", "telemetry")
             assert int(old) >= 10, (table.table, old)
+
+
+def test_compose_trial_streams_the_app_databases_wal_through_the_worker() -> None:
+    services = compose()["services"]
+    command = services["timescaledb"]["command"]
+    settings = dict(item.split("=", 1) for item in command[2::2])
+    assert command[0] == "postgres" and set(command[1::2]) == {"-c"}
+    assert settings["wal_level"] == "replica" and int(settings["max_wal_senders"]) >= 2
+    assert int(settings["archive_timeout"]) <= 300
+    mounted = {volume.split(":")[1]: COMPOSE / volume.split(":")[0] for volume in services["timescaledb"]["volumes"]
+               if volume.startswith("./")}
+    script = mounted["/docker-entrypoint-initdb.d/020_replication.sh"].read_text()
+    assert 'echo "host replication all all scram-sha-256" >> "$PGDATA/pg_hba.conf"' in script
+    from archiver.policy.files import load
+
+    policies = {p.name: p for p in load([COMPOSE / "policies"], environ=compose_environment(), strict_env=True).policies}
+    app = policies["app"]
+    assert app.pitr is not None and app.pitr.wal.method == "stream" and app.pitr.wal.slot
+    assert app.pitr.wal.spool_dir and app.pitr.wal.spool_dir.startswith("/scratch/"), "the persistent volume"
+    assert "scratch:/scratch" in services["archiver"]["volumes"]
+    assert "basebackup" in services["archiver"]["command"]
+    assert all(policies[name].pitr is None for name in ("identity", "telemetry"))
 
 
 # -- README -----------------------------------------------------------------------------------

@@ -56,3 +56,20 @@ def test_the_pure_modules_load_no_driver_yaml_scheduler_or_cloud_sdk() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+HEAVY = ("psycopg", "yaml", "apscheduler", "boto3", "botocore", "pyarrow", "prometheus_client", "zstandard", "tenacity",
+         "adbc_driver_manager")
+
+
+def test_the_command_line_loads_no_heavy_package_until_a_command_runs() -> None:
+    """``archiver --help`` (and shell completion) read the commands and the task descriptors only: a driver,
+    SDK or Parquet library is imported by the command that uses it (bench/startup_bench.py measures the time)."""
+    code = f"import sys, archiver.cli; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    from archiver.cli.cold_cmd import FORMATS
+    from archiver.coldtier.engines import FORMATS as ENGINES
+
+    assert FORMATS == ENGINES, "cli/cold_cmd.FORMATS must list the formats coldtier/engines renders"

@@ -9,7 +9,7 @@ from tests.helpers import PROJECT
 
 
 def test_tasks_are_listed_once_in_schedule_order_and_found_by_name() -> None:
-    assert TASK_NAMES == ("backup", "prune", "archive", "retention", "verify")
+    assert TASK_NAMES == ("backup", "basebackup", "prune", "archive", "retention", "verify")
     assert [named(name).name for name in TASK_NAMES] == list(TASK_NAMES)
 
 

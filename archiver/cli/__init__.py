@@ -19,6 +19,7 @@ from .backup_cmd import backup_command, backups_group, prune_command
 from .cold_cmd import cold_group
 from .context import AppContext, default_policies_path
 from .demo_cmd import demo_command
+from .pitr_cmd import basebackup_command, wal_fetch_command, wal_push_command, wal_receive_command
 from .policy_cmd import policy_group
 from .render_cmd import render_group
 from .restore_cmd import restore_archive_command, restore_command
@@ -67,6 +68,10 @@ for command in (
     run_command,
     status_command,
     demo_command,
+    basebackup_command,
+    wal_push_command,
+    wal_fetch_command,
+    wal_receive_command,
 ):
     cli.add_command(command)
 

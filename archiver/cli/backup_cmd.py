@@ -12,6 +12,7 @@ from ..tasks import BACKUP, PRUNE
 from . import params
 from .context import AppContext, pass_app
 from .jsonout import emit, task_document
+from .pitr_cmd import list_base_backups, render_base_backups
 from .progress import progress_for_terminal
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ def _render_table(listing: BackupListing) -> None:
 def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
     """List backups (those with a manifest), newest first: every policy's, or NAME's.
 
+    Policies with a pitr section also get their base backups and the recoverable window (with its gaps).
+
     A store that cannot be listed, or (without NAME) a policy file that does not load, is reported
     on stderr and makes the exit code 1; the other policies' backups are listed all the same.
     """
@@ -81,10 +84,16 @@ def list_command(app: AppContext, name: str | None, as_json: bool) -> int:
         errors.update({item.name: f"the policy file does not load: {item.summary}" for item in broken})
     listing = list_backups(policies)
     errors.update(listing.errors)
+    bases = list_base_backups(app, name)  # point-in-time recovery: base backups and the recoverable window
+    errors.update(bases.errors)
     if as_json:  # the errors travel inside the document: an empty list alone would claim there are no backups
-        emit("backups-list", {"backups": [item.to_json() for item in listing.backups], "errors": dict(sorted(errors.items()))})
-    elif listing.backups:
-        _render_table(listing)
+        emit("backups-list", {"backups": [item.to_json() for item in listing.backups], "base_backups": bases.entries,
+                              "pitr": {overview.policy: overview.to_json() for overview in bases.overviews},
+                              "errors": dict(sorted(errors.items()))})
+    elif listing.backups or bases.entries:
+        if listing.backups:
+            _render_table(listing)
+        render_base_backups(bases)
     elif not errors:
         click.echo("no backups" + (f" for {name}" if name else ""), err=True)
     elif listed := [policy.name for policy in policies if policy.name not in errors]:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from ..coldtier.engines import FORMATS, render
-from ..coldtier.lake import lake_tables
 from ..common.timeutil import format_bytes
-from ..storage.backends import open_store
-from ..storage.base import Store
 from . import params
 from .context import AppContext
 from .jsonout import emit
+
+if TYPE_CHECKING:
+    from ..storage.base import Store
+
+# archiver.coldtier.engines.FORMATS, which imports pyarrow: the lake and its engines load when a command
+# runs, not for ``archiver --help`` (tests/test_layers.py keeps the two equal).
+FORMATS = ("duckdb", "athena", "spark", "json")
 
 
 @click.group("cold")
@@ -23,6 +28,8 @@ def cold_group(ctx: click.Context, name: str) -> None:
 
 
 def _store_of(ctx: click.Context) -> Store:
+    from ..storage.backends import open_store
+
     app, name = ctx.obj
     return open_store(app.policy_for(name, store_only=True).storage)
 
@@ -35,6 +42,9 @@ def _store_of(ctx: click.Context) -> Store:
 @click.pass_context
 def schema_command(ctx: click.Context, form: str, table: str | None) -> int:
     """Print ready-to-run definitions of every archived table."""
+    from ..coldtier.engines import render
+    from ..coldtier.lake import lake_tables
+
     store = _store_of(ctx)
     tables, problems = lake_tables(store, table=table, with_schema=True)
     click.echo(render(tables, form))
@@ -51,6 +61,8 @@ def schema_command(ctx: click.Context, form: str, table: str | None) -> int:
 @click.pass_context
 def files_command(ctx: click.Context, table: str | None, start: str | None, end: str | None, as_json: bool) -> int:
     """List the current objects of the cold tier (what a reader should read; never superseded versions)."""
+    from ..coldtier.lake import lake_tables
+
     store = _store_of(ctx)
     tables, problems = lake_tables(store, table=table, start=start, end=end)
     files = [item for entry in tables for item in entry.files]

@@ -45,4 +45,8 @@ def kubernetes(app: AppContext, image: str, output: Path, check: bool) -> int:
         return ExitCode.TASK_FAILED if stale else ExitCode.OK
     for path in write_files(output, files):
         click.echo(f"wrote {path}", err=True)
+    for policy in result.policies:
+        if policy.pitr is not None and policy.pitr.wal.method == "stream":
+            click.echo(f"note: {policy.name} streams its WAL (pitr.wal.method: stream): only the worker alternative "
+                       "(worker/) runs its receiver; the cronjobs/ alternative takes its base backups only", err=True)
     return ExitCode.OK

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -12,6 +12,7 @@ from ..errors import UsageError
 from . import params
 from .context import AppContext, pass_app
 from .jsonout import emit, task_document
+from .pitr_cmd import pitr_options, pitr_requested, restore_pitr
 from .progress import progress_for_terminal
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def _confirmation(yes: bool) -> Confirm:
 
 @click.command("restore")
 @click.argument("name", shell_complete=params.complete_policy)
-@click.option("--target", required=True, envvar="ARCHIVER_RESTORE_TARGET", show_envvar=True, callback=params.target_dsn,
+@click.option("--target", envvar="ARCHIVER_RESTORE_TARGET", show_envvar=True, callback=params.target_dsn,
               help="libpq DSN of the database to restore into; created when it does not exist. No password here: "
                    "PGPASSWORD, ~/.pgpass, or the whole DSN in ARCHIVER_RESTORE_TARGET.")
 @click.option("--backup", "backup_id", metavar="ID", callback=params.backup_id,
@@ -49,11 +50,13 @@ def _confirmation(yes: bool) -> Confirm:
 @click.option("--dry-run", is_flag=True, help="Print the plan and the checks of the target; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (with --dry-run: the plan) as one JSON document.")
+@pitr_options
 @click.pass_context
 @pass_app
-def restore_command(app: AppContext, ctx: click.Context, name: str, target: str, backup_id: str | None,
+def restore_command(app: AppContext, ctx: click.Context, name: str, target: str | None, backup_id: str | None,
                     before: str | None, clean: bool, jobs: int, work_dir: str | None, checksums: bool, dry_run: bool,
-                    yes: bool, as_json: bool) -> int:
+                    yes: bool, as_json: bool, pitr: bool, to_time: str | None, to_lsn: str | None, to_latest: bool,
+                    data_dir: str | None, start: bool, port: int | None, keep_archiving: bool) -> int:
     """Restore a backup of policy NAME into the database --target.
 
     Prints the plan (backup, its age and size, source versions, target, what --clean drops) and asks
@@ -62,7 +65,19 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str,
     target is running, 4 the backup does not match its manifest (corrupt or missing object, or
     restored rows differ: a database the restore created is dropped again), 5 restored, but some of
     the source database's settings, comment or privileges could not be applied (each is listed).
+
+    With --pitr: a base backup and the WAL after it into the new data directory --data-dir, recovered to
+    --to-time, --to-lsn or --to-latest (see README, "Point-in-time recovery").
     """
+    logical = {"--backup": backup_id, "--before": before, "--clean": clean, "--jobs": jobs != 1,
+               "--work-dir": work_dir, "--checksums": checksums}
+    flags: dict[str, Any] = {"pitr": pitr, "to_time": to_time, "to_lsn": to_lsn, "to_latest": to_latest,
+                             "data_dir": data_dir, "start": start, "port": port, "keep_archiving": keep_archiving}
+    if pitr_requested(ctx, flags, target, logical):
+        return restore_pitr(app, name, dry_run=dry_run, yes=yes, as_json=as_json, **flags)
+    if target is None:
+        raise UsageError("--target is required (the database to restore into), or --pitr with --data-dir for a "
+                         "point-in-time recovery", hint="or set ARCHIVER_RESTORE_TARGET")
     from ..restore.select import parse_before
     from ..restore.task import RestoreRequest, run_restore
 

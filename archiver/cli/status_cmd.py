@@ -38,6 +38,8 @@ def render_status(statuses: list[PolicyStatus]) -> None:
             click.echo(f"{status.policy}: {note}")
         for table, entry in ((status.archive or {}).get("tables") or {}).items():
             click.echo(f"{status.policy}: {table}: {_coverage(entry)}")
+        if status.pitr:
+            click.echo(f"{status.policy}: {pitr_line(status.pitr)}")
         if status.held_back:
             click.echo(f"{status.policy}: {len(status.held_back)} chunk(s) held back from drop by the last retention run")
         found = status.protection
@@ -45,6 +47,13 @@ def render_status(statuses: list[PolicyStatus]) -> None:
             from ..policy.protect import describe_protection
 
             click.echo(f"{status.policy}: protection: {describe_protection(found)}")
+
+
+def pitr_line(pitr: dict[str, Any]) -> str:
+    lag = pitr.get("lag_seconds")
+    lag_text = "no WAL archived yet" if lag is None else (f"WAL lag {_age(lag)} (rpo {_age(pitr['rpo_seconds'])}, "
+                                                         f"newest {pitr.get('last_archived_wal')})")
+    return f"point-in-time recovery: {pitr.get('window_text')}; {lag_text}"
 
 
 def _coverage(entry: dict[str, object]) -> str:

@@ -1,4 +1,5 @@
-"""What ``archiver status`` knows, as gauges: schedules, the newest backups, archive lag, the cold tier.
+"""What ``archiver status`` knows, as gauges: schedules, the newest backups, archive lag, the cold tier, the
+WAL archive.
 
 The worker sets them after every status check; ``archiver run`` sets the policy's schedules on every
 push, and the archive tables' gauges after an archive or retention run (so a Pushgateway has them too).
@@ -41,7 +42,18 @@ def set_archive(metrics: Metrics, status: PolicyStatus) -> None:
                                   cold_bytes=int(archived.get("bytes") or 0), cold_objects=int(objects or 0))
 
 
+def set_pitr(metrics: Metrics, status: PolicyStatus) -> None:
+    """The WAL archive's gauges (a status that could not read the store leaves them as they were; the worker's
+    receivers move the last-archived one as each segment is stored)."""
+    if status.pitr is None:
+        return
+    archived, window = status.pitr.get("last_archived_at"), status.pitr.get("window") or []
+    metrics.pitr.archived(status.policy, parse_timestamp(archived) if archived else None)
+    metrics.pitr.window(status.policy, parse_timestamp(window[0]["from"]) if window else None)
+
+
 def set_all(metrics: Metrics, policy: Policy, status: PolicyStatus) -> None:
     set_schedules(metrics, policy)
     set_backups(metrics, status)
     set_archive(metrics, status)
+    set_pitr(metrics, status)

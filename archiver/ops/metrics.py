@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..common.result import TaskResult
+from .pitr_metrics import PitrGauges
 
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series say nothing an alert or dashboard uses
 
@@ -126,6 +127,7 @@ class Metrics:
         self.push_failures = Counter("archiver_push_failures",
                                      "Pushgateway push attempts that failed (visible once a later attempt gets through)",
                                      registry=r)
+        self.pitr = PitrGauges(r)  # WAL archive, recoverable window, receivers (ops/pitr_metrics.py)
         self.newest_backup_times: dict[str, float] = {}
         self.newest_verified_times: dict[str, float] = {}
         r.register(_AgeCollector(self))

@@ -35,6 +35,8 @@ DEFAULT_IMAGE = "registry.example.com/platform/archiver:0.1.0"
 TASK_DEFAULTS = {
     "backup": KubernetesTask(deadline=timedelta(hours=2), cpu="250m", memory="256Mi", cpu_limit="2",
                              memory_limit="512Mi", scratch="2Gi"),
+    "basebackup": KubernetesTask(deadline=timedelta(hours=2), cpu="250m", memory="256Mi", cpu_limit="2",
+                                 memory_limit="512Mi", scratch="1Gi"),
     "prune": KubernetesTask(deadline=timedelta(minutes=30), cpu="100m", memory="128Mi", cpu_limit="1",
                             memory_limit="256Mi", scratch="256Mi"),
     "archive": KubernetesTask(deadline=timedelta(hours=4), cpu="500m", memory="384Mi", cpu_limit="2",
@@ -59,6 +61,10 @@ TASK_TEXT = {
                        "a failed backup wrote no manifest, so one blind retry is safe and may\n"
                        "still give today's backup. Exit codes 2-5 are answers, not glitches: they fail the Job at once.",
                        "well above a normal backup; a hung pg_dump is killed."),
+    "basebackup": TaskText("pg_basebackup of the server to storage (point-in-time recovery), manifest last.", 1,
+                           "a failed base backup wrote no manifest, so one blind retry is safe. The WAL\n"
+                           "receiver is not here: it never ends, so the worker runs it (deploy/kubernetes/worker).",
+                           "well above a normal base backup; a hung pg_basebackup is killed."),
     "prune": TaskText("backup retention (keep_* rules); never deletes the newest good backup.", 0,
                       "prune deletes backups. If it failed (say the listing failed), a person looks\n"
                       "before anything is deleted; the next scheduled run tries again.",

@@ -8,6 +8,9 @@ WORKER_DEPLOYMENT = """\
 # Changed policies: a ConfigMap update reaches the mounted files within a minute or so; then
 #   kubectl -n archiver exec deploy/archiver-worker -- sh -c 'kill -HUP 1'
 # makes the worker reload them (tini passes SIGHUP on; an invalid file keeps its old policy).
+# Point-in-time recovery: the worker also keeps one WAL receiver (archiver wal-receive) per policy
+# with pitr.wal.method: stream - CronJobs cannot, a receiver never ends - spooling on the
+# archiver-wal-spool PersistentVolumeClaim.
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -75,6 +78,8 @@ spec:
               value: /etc/archiver/policies
             - name: TMPDIR
               value: /scratch
+            - name: ARCHIVER_WAL_SPOOL
+              value: /var/lib/archiver/wal-spool
           # S3 keys, if any; optional so that IRSA / EKS pod identity (no keys at all) works.
           envFrom:
             - secretRef:
@@ -123,6 +128,8 @@ spec:
               mountPath: /tmp
             - name: shm
               mountPath: /dev/shm
+            - name: wal-spool
+              mountPath: /var/lib/archiver/wal-spool
       volumes:
         - name: policies
           configMap:
@@ -140,6 +147,9 @@ spec:
           emptyDir:
             medium: Memory
             sizeLimit: 256Mi
+        - name: wal-spool
+          persistentVolumeClaim:
+            claimName: archiver-wal-spool
 """
 
 WORKER_SERVICE = """\

@@ -22,6 +22,7 @@ from ..common import log
 from ..common.cron import cron_interval
 from ..common.timeutil import format_duration, isoformat, parse_timestamp, utcnow
 from ..errors import ArchiverError
+from ..pitr.overview import pitr_overview
 from ..policy.protect import protection
 from ..policy.schema import Policy
 from ..storage.backends import open_store
@@ -41,6 +42,7 @@ class PolicyStatus:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     held_back: list[Any] = field(default_factory=list)
     archive: dict[str, Any] | None = None
+    pitr: dict[str, Any] | None = None  # point-in-time recovery: window, WAL lag against rpo
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # shown, but not a problem (an interrupted run)
     protection: dict[str, Any] | None = None  # encryption and object lock, as the policy says
@@ -54,7 +56,7 @@ class PolicyStatus:
     def to_json(self) -> dict[str, Any]:
         document = {"policy": self.policy, "healthy": self.healthy, "checked_at": isoformat(self.checked_at),
                     "newest_backup": self.newest_backup, "newest_verified": self.newest_verified,
-                    "tasks": self.tasks, "held_back": self.held_back, "archive": self.archive,
+                    "tasks": self.tasks, "held_back": self.held_back, "archive": self.archive, "pitr": self.pitr,
                     "problems": self.problems, "notes": self.notes, "protection": self.protection}
         if self.error is not None:
             document.update(source=self.source, error=self.error)
@@ -254,6 +256,14 @@ def _archive_status(policy: Policy, store: Store, status: PolicyStatus, *, check
     status.archive = {"database": database_state, "tables": tables}
 
 
+def _pitr_status(policy: Policy, store: Store, now: datetime, status: PolicyStatus) -> None:
+    if policy.pitr is None:
+        return
+    overview = pitr_overview(policy, store, now)
+    status.pitr = {**overview.to_json(), "window_text": overview.describe_window()}
+    status.problems += overview.problems
+
+
 def policy_status(policy: Policy, *, store: Store | None = None, now: datetime | None = None,
                   check_database: bool = True) -> PolicyStatus:
     """``check_database``: also look at the hot chunks (when the DSN is set and the server answers)."""
@@ -264,6 +274,7 @@ def policy_status(policy: Policy, *, store: Store | None = None, now: datetime |
         _backup_status(policy, store, now, status)
         _task_status(policy, store, status)
         _archive_status(policy, store, status, check_database=check_database)
+        _pitr_status(policy, store, now, status)
     except ArchiverError as exc:
         status.problems.append(f"cannot read the store: {exc}")
     return status

@@ -47,6 +47,7 @@ from ..tasks import TASKS, task_schedules
 from . import gauges, notify
 from .defaults import METRICS_PORT
 from .metrics import Metrics
+from .receivers import ReceiverSupervisor
 from .status import policy_status
 
 _log = log.get_logger("worker")
@@ -119,6 +120,7 @@ class Worker:
         self._http: http.server.ThreadingHTTPServer | None = None
         self._job_schedules: dict[str, str] = {}
         self._stale_notified: set[str] = set()
+        self.receivers = ReceiverSupervisor(self._archiver_base_argv(), self.metrics, config.abort_period)
 
     # -- policies and jobs ------------------------------------------------------------------
     def load_policies(self, *, initial: bool = False) -> None:
@@ -136,6 +138,8 @@ class Worker:
         self.policies = {**valid, **kept}
         self._sources = {policy.source: name for name, policy in self.policies.items()}
         self._sync_jobs()
+        if self.scheduler.running or initial:
+            self.receivers.sync(self.policies)
 
     def _sync_jobs(self) -> None:
         wanted: dict[str, tuple[str, str, str]] = {}
@@ -171,9 +175,12 @@ class Worker:
                     return None
                 return self._run_child(name, task)
 
+    def _archiver_base_argv(self) -> list[str]:
+        return [*self.config.archiver_argv, "--policies", self.config.policies_path, "--log-format",
+                self.config.log_format, "--stop-grace", f"{self.child_stop_grace():g}"]
+
     def _run_child(self, name: str, task: str) -> RunOutcome:
-        argv = [*self.config.archiver_argv, "--policies", self.config.policies_path, "--log-format",
-                self.config.log_format, "--stop-grace", f"{self.child_stop_grace():g}", "run", name, task, "--json"]
+        argv = [*self._archiver_base_argv(), "run", name, task, "--json"]
         started = time.time()
         _log.info("job.start", extra=log.fields(policy=name, task=task))
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -317,6 +324,7 @@ class Worker:
         self._stopping.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        self.receivers.stop_all()
         deadline = time.monotonic() + self.config.grace_period
         while self.running_jobs() and time.monotonic() < deadline:
             time.sleep(0.2)

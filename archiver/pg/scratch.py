@@ -20,7 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -68,7 +68,10 @@ class LocalPostgres:
 
     def __init__(self, *, major: int | None = None, bin_dir: str | None = None, base_dir: str | None = None,
                  timescaledb: bool | None = None, settings: dict[str, str] | None = None,
-                 startup_timeout: float = 120.0, listen_tcp: bool = True) -> None:
+                 startup_timeout: float = 120.0, listen_tcp: bool = True,
+                 populate: Callable[[Path], None] | None = None, start_server: bool = True) -> None:
+        # populate: fills the data directory instead of initdb (a restored base backup keeps its settings);
+        # start_server False: the caller starts it (recovery is watched from outside); stop() still cleans up
         initdb = binaries.find("initdb", server_major=major, configured=bin_dir)
         self.bindir = initdb.parent
         self.major = binaries.program_version(str(initdb))[0]
@@ -85,6 +88,8 @@ class LocalPostgres:
         self.settings = dict(settings or {})
         self.startup_timeout = startup_timeout
         self.listen_tcp = listen_tcp
+        self.populate = populate
+        self.start_server = start_server
         self.workdir: Path | None = None
         self.port: int | None = None
         self.started = False
@@ -124,9 +129,10 @@ class LocalPostgres:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         try:
             self._check_workdir_access()
-            self._initdb()
+            self.populate(self.datadir) if self.populate is not None else self._initdb()
             self._configure()
-            self._pg_ctl_start()
+            if self.start_server:
+                self._pg_ctl_start()
         except BaseException:
             self.stop()
             raise
@@ -165,7 +171,8 @@ class LocalPostgres:
             # a drill restores production data, which other local users must not read.
             "listen_addresses": "'127.0.0.1'" if self.listen_tcp else "''",
             "unix_socket_directories": f"'{self.socket_dir}'",
-            "max_connections": "60",
+            # A restored base backup keeps its own: recovery refuses fewer connections than its source had.
+            **({} if self.populate is not None else {"max_connections": "60"}),
             # A scratch cluster is thrown away: durability only costs time here.
             "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
             "max_wal_size": "2GB", "logging_collector": "off",

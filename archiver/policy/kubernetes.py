@@ -30,6 +30,7 @@ class KubernetesTask:
 @dataclass(frozen=True)
 class KubernetesConfig:
     backup: KubernetesTask | None = None
+    basebackup: KubernetesTask | None = None
     prune: KubernetesTask | None = None
     archive: KubernetesTask | None = None
     retention: KubernetesTask | None = None

@@ -10,7 +10,7 @@ from ..storage.url import StorageLocation, bucket_name_problem, parse_storage_ur
 from .build import Builder
 from .issues import KeyPath, dotted, show
 from .protect_rules import check_protection
-from .schema import ArchiveTable, Policy
+from .schema import ArchiveTable, CompressionConfig, Policy, RetentionConfig
 
 # --------------------------------------------------------------------------------------------
 # Rules that span several keys
@@ -39,7 +39,9 @@ def _check_storage(policy: Policy, b: Builder) -> None:
     except ValueError as exc:
         b.issue(("storage", "url"), f"{exc} (got {show(url)}; allowed s3://bucket/prefix or file:///absolute/path)")
         return
-    prunes = bool(policy.backup and policy.backup.retention is not None) or bool(policy.archive and policy.archive.cold_retention)
+    prunes = (bool(policy.backup and policy.backup.retention is not None)
+              or bool(policy.archive and policy.archive.cold_retention)
+              or bool(policy.pitr and policy.pitr.base_backup and policy.pitr.base_backup.retention is not None))
     if location.scheme == "s3":
         if problem := bucket_name_problem(location.bucket):
             b.issue(("storage", "url"), f"bucket name {problem} (got {location.bucket!r}; allowed an S3 bucket name)")
@@ -68,19 +70,56 @@ def _check_database(policy: Policy, b: Builder) -> None:
         b.issue(("database",), "set exactly one of dsn or dsn_file" + (" (got both)" if has_dsn else " (got neither)"))
 
 
-def _check_backup(policy: Policy, b: Builder) -> None:
-    if not policy.backup:
-        return
-    retention = policy.backup.retention
+def _check_retention(retention: RetentionConfig | None, path: KeyPath, b: Builder) -> None:
     if retention is not None and not retention.rules():
-        b.issue(("backup", "retention"), "has no keep_* rule (allowed keep_last, keep_hourly, keep_daily, keep_weekly, "
-                                         "keep_monthly, keep_yearly)")
-    compression = policy.backup.compression
+        b.issue(path, "has no keep_* rule (allowed keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, "
+                      "keep_yearly)")
+
+
+def _check_compression(compression: CompressionConfig | None, path: KeyPath, b: Builder) -> None:
     if compression is not None and compression.level is not None and compression.codec is not None:
         limits = {"zstd": (1, 19), "gzip": (1, 9), "none": (0, 0)}[compression.codec]
         if not limits[0] <= compression.level <= limits[1]:
-            b.issue(("backup", "compression", "level"),
+            b.issue(path + ("level",),
                     f"out of range for {compression.codec} (got {compression.level}; allowed {limits[0]}..{limits[1]})")
+
+
+def _check_backup(policy: Policy, b: Builder) -> None:
+    if not policy.backup:
+        return
+    _check_retention(policy.backup.retention, ("backup", "retention"), b)
+    _check_compression(policy.backup.compression, ("backup", "compression"), b)
+
+
+def _check_pitr(policy: Policy, b: Builder) -> None:
+    """The WAL method's own keys (slot and spool for stream only), and what base backups keep."""
+    if not policy.pitr:
+        return
+    wal = policy.pitr.wal
+    if wal is not None and wal.method is not None:
+        if wal.method == "stream" and wal.slot is None and dotted(("pitr", "wal", "slot")) not in _given(b):
+            b.issue(("pitr", "wal"), "method stream needs a replication slot: pg_receivewal keeps the server's WAL "
+                                     "in it until received (allowed e.g. slot: archiver_app; created if missing)")
+        if wal.method == "archive_command":
+            for key in ("slot", "spool_dir"):
+                if getattr(wal, key) is not None:
+                    b.issue(("pitr", "wal", key), "applies to method stream only (got method archive_command; the "
+                                                  "server pushes each segment itself with archiver wal-push)")
+        if wal.spool_dir is not None and not wal.spool_dir.startswith("/"):
+            b.issue(("pitr", "wal", "spool_dir"), f"needs an absolute path (got {show(wal.spool_dir)})")
+        _check_compression(wal.compression, ("pitr", "wal", "compression"), b)
+    base = policy.pitr.base_backup
+    if base is not None:
+        _check_retention(base.retention, ("pitr", "base_backup", "retention"), b)
+        _check_compression(base.compression, ("pitr", "base_backup", "compression"), b)
+
+
+def _given(b: Builder) -> set[str]:
+    """Dotted keys present in the file (a key given with an invalid value is reported already)."""
+    data = b.loaded.data if isinstance(b.loaded.data, dict) else {}
+    pitr = data.get("pitr") if isinstance(data.get("pitr"), dict) else {}
+    wal = pitr.get("wal") if isinstance(pitr, dict) and isinstance(pitr.get("wal"), dict) else {}
+    return {dotted(("pitr", "wal", key)) for key in (wal or {})}
 
 
 def _check_archive(policy: Policy, b: Builder) -> None:
@@ -138,7 +177,7 @@ def _check_name(policy: Policy, b: Builder) -> None:
 
 
 POLICY_RULES = (_check_name, _check_database, _check_storage, _check_backup, _check_archive, _check_verify,
-                check_protection)
+                _check_pitr, check_protection)
 
 
 def _overlapping(a: StorageLocation, b: StorageLocation) -> bool:

@@ -269,6 +269,46 @@ class VerifyConfig:
     archives: bool = False
 
 
+SLOT_NAME = r"[a-z0-9_]{1,63}"
+SLOT_NAME_HELP = "a replication slot name: lowercase letters, digits and '_', at most 63 characters"
+
+
+def _rpo_range(value: timedelta) -> str | None:
+    if not timedelta(minutes=1) <= value <= timedelta(days=7):
+        return f"out of range (got {format_duration(value)}; allowed 1min..7d)"
+    return None
+
+
+@dataclass(frozen=True)
+class WalConfig:
+    """How WAL reaches the store: ``stream`` (pg_receivewal with a slot, run by the worker or ``archiver
+    wal-receive``) or ``archive_command`` (the server calls ``archiver wal-push NAME %p``)."""
+
+    method: Literal["stream", "archive_command"]
+    slot: Annotated[str, text_pattern(SLOT_NAME, SLOT_NAME_HELP)] | None = None  # stream only; created if missing
+    # stream only: pg_receivewal's spool (default $ARCHIVER_WAL_SPOOL, else $TMPDIR/archiver-wal-spool), per policy
+    spool_dir: str | None = None
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+
+
+@dataclass(frozen=True)
+class BaseBackupConfig:
+    schedule: Cron
+    retention: RetentionConfig | None = None
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    checkpoint: Literal["fast", "spread"] = "fast"
+
+
+@dataclass(frozen=True)
+class PitrConfig:
+    """Point-in-time recovery: base backups (pg_basebackup) and a continuous WAL archive in the store."""
+
+    wal: WalConfig
+    base_backup: BaseBackupConfig
+    # status and metrics flag the policy when the newest archived WAL is older than this
+    rpo: Annotated[Duration, Check(_rpo_range)] = timedelta(minutes=5)
+
+
 NOTIFY_EVENTS = ("failure", "stale", "drill_failed", "held_back")
 
 
@@ -292,6 +332,7 @@ class Policy:
     backup: BackupConfig | None = None
     archive: ArchiveConfig | None = None
     verify: VerifyConfig | None = None
+    pitr: PitrConfig | None = None
     notify: NotifyConfig | None = None
     metrics: MetricsConfig | None = None
     kubernetes: KubernetesConfig | None = None  # pod sizes for `archiver render kubernetes` only

@@ -58,6 +58,7 @@ from .checks import (
 )
 from .compare import compare_tables
 from .execute import execute_restore
+from .pitr_drill import run_pitr_drill
 from .plan import plan_restore
 from .props import TargetUnsuitable
 from .select import Source, select_backup
@@ -157,6 +158,8 @@ class VerifyOptions:
     backup_id: str | None = None  # the backup to drill (default: the newest)
     scratch: str | None = None  # "local" or "container" (default: the policy's)
     archives: bool | None = None  # also check every cold archive object (default: the policy's)
+    pitr: bool | None = None  # a point-in-time drill (default: when the policy has pitr and no backup section)
+    to_time: datetime | None = None  # --pitr: the point (default: a random point inside the recoverable window)
 
     @property
     def dry_run(self) -> bool:
@@ -165,6 +168,8 @@ class VerifyOptions:
 
 def verify_task(policy: Policy, options: VerifyOptions, store: Store, progress: Progress) -> TaskResult:
     """The verify task (:data:`archiver.tasks.VERIFY`): a restore drill."""
+    if options.pitr or (options.pitr is None and policy.pitr is not None and policy.backup is None):
+        return run_pitr_drill(policy, store=store, progress=progress, to_time=options.to_time, scratch=options.scratch)
     return run_verify(policy, store=store, progress=progress, backup_id=options.backup_id,
                       scratch=options.scratch, archives=options.archives)
 

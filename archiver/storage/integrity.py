@@ -25,7 +25,8 @@ from .compress import TruncatedStream, iter_decompressed
 from .crypt import PROBE_BYTES, DamagedCiphertext, iter_decrypted, opens
 
 READ_SIZE = 1024 * 1024
-_DECOMPRESSION_ERRORS = (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, OSError, ValueError)
+# what a decompressor raises on a damaged stream
+DECOMPRESSION_ERRORS = (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, OSError, ValueError)
 
 
 class ObjectMismatch(VerificationFailed):
@@ -116,7 +117,7 @@ class CheckedObject:
             raise self._mismatch("corrupt", f"cannot be decrypted: {exc}") from None
         except TruncatedStream as exc:
             raise self._mismatch("truncated", f"ends in the middle of its compressed stream ({exc})") from None
-        except _DECOMPRESSION_ERRORS as exc:
+        except DECOMPRESSION_ERRORS as exc:
             raise self._mismatch("corrupt", f"cannot be decompressed ({type(exc).__name__}: {exc})") from None
 
     def chunks(self) -> Iterator[bytes]:

@@ -6,6 +6,7 @@ from tests.helpers import run_cli
 
 COMMANDS = ["policy", "render", "backup", "backups", "prune", "archive", "retention", "plan", "restore", "restore-archive",
             "verify", "run", "worker", "status", "demo", "cold"]
+COMMANDS += ["basebackup", "wal-push", "wal-fetch", "wal-receive"]  # point-in-time recovery
 
 
 def test_every_command_of_the_contract_exists() -> None:
