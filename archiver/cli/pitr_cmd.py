@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from ..common.timeutil import format_bytes, isoformat, parse_timestamp, utcnow
 from ..errors import ArchiverError, ExitCode, UsageError
 from ..tasks import BASEBACKUP
 from . import params
+from .confirm import confirmed
 from .context import AppContext, pass_app
 from .jsonout import emit, task_document
 from .progress import progress_for_terminal
@@ -187,15 +187,7 @@ def _target(to_time: str | None, to_lsn: str | None, to_latest: bool) -> Target:
 
 def _confirmation(yes: bool) -> Callable[[PitrPlan], bool]:
     def confirm(plan: PitrPlan) -> bool:
-        for line in plan.lines():
-            click.echo(line, err=True)
-        if yes:
-            return True
-        if not sys.stdin.isatty():
-            raise UsageError("refusing to restore without a confirmation: stdin is not a terminal",
-                             hint="read the plan above, then rerun with --yes")
-        return click.confirm(f"Restore base backup {plan.base.id} into {plan.request.data_dir}?", default=False,
-                             err=True, abort=True)
+        return confirmed(plan.lines(), f"Restore base backup {plan.base.id} into {plan.request.data_dir}?", yes=yes)
     return confirm
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -10,6 +9,7 @@ from click.core import ParameterSource
 
 from ..errors import UsageError
 from . import params
+from .confirm import confirmed
 from .context import AppContext, pass_app
 from .jsonout import emit, task_document
 from .pitr_cmd import pitr_options, pitr_requested, restore_pitr
@@ -22,15 +22,7 @@ if TYPE_CHECKING:
 
 def _confirmation(yes: bool) -> Confirm:
     def confirm(plan: RestorePlan) -> bool:
-        for line in plan.lines():
-            click.echo(line, err=True)
-        if yes:
-            return True
-        if not sys.stdin.isatty():
-            raise UsageError("refusing to restore without a confirmation: stdin is not a terminal",
-                             hint="read the plan above, then rerun with --yes")
-        return click.confirm(f"Restore backup {plan.source.entry.id} into {plan.target_name}?", default=False,
-                             err=True, abort=True)
+        return confirmed(plan.lines(), f"Restore backup {plan.source.entry.id} into {plan.target_name}?", yes=yes)
     return confirm
 
 

@@ -22,29 +22,6 @@ from .stats import ROW_HASHES, TableRef, TableStats, combine_checksum, empty_che
 # measured 2.8 s for 10,000 one-row chunks (500: 3.2 s, 100: 4.8 s).
 CHUNKS_PER_QUERY = 1000
 
-_COLUMN_NAMES_SQL = ("SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = %s::pg_catalog.regclass "
-                     "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum")
-
-# Does a table have a column whose values hash by OID (enums, reg* types), looking through
-# domains, arrays, composite types and ranges?
-_OID_HASHED_COLUMNS_SQL = """
-WITH RECURSIVE types(oid) AS (
-    SELECT a.atttypid FROM pg_catalog.pg_attribute a
-     WHERE a.attrelid = %s::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
-  UNION
-    SELECT x.next FROM types t JOIN pg_catalog.pg_type ty ON ty.oid = t.oid
-    CROSS JOIN LATERAL (
-        SELECT ty.typbasetype WHERE ty.typtype = 'd'
-        UNION ALL SELECT ty.typelem WHERE ty.typelem <> 0 AND ty.typlen = -1
-        UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a
-                  WHERE ty.typtype = 'c' AND a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped
-        UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = ty.oid OR r.rngmultitypid = ty.oid
-    ) AS x(next)
-)
-SELECT EXISTS (SELECT 1 FROM types t JOIN pg_catalog.pg_type ty ON ty.oid = t.oid
-               WHERE ty.typtype = 'e' OR (ty.typname LIKE 'reg%%' AND ty.typnamespace = 'pg_catalog'::regnamespace))
-"""
-
 # The chunks of a hypertable, from TimescaleDB's catalog (read in the caller's snapshot).
 _CHUNKS_SQL = """
 SELECT c.schema_name::text, c.table_name::text
@@ -103,11 +80,12 @@ def _sum_over(conn: psycopg.Connection[Any], sources: Sequence[sql.Composable], 
 
 
 def _columns(conn: psycopg.Connection[Any], table: TableRef) -> tuple[list[str], bool]:
-    """The table's column names, and whether a column's values hash by OID (see _OID_HASHED_COLUMNS_SQL)."""
-    relation = sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.name)).as_string(conn)
-    names = [str(name) for (name,) in conn.execute(_COLUMN_NAMES_SQL, (relation,)).fetchall()]
-    row = conn.execute(_OID_HASHED_COLUMNS_SQL, (relation,)).fetchone()
-    return names, bool(row and row[0])
+    """The table's column names, and whether a column's values hash by OID (see _BATCH_COLUMNS_SQL)."""
+    found = conn.execute(_BATCH_COLUMNS_SQL, ([table.schema], [table.name])).fetchall()
+    if not found:
+        raise psycopg.errors.UndefinedTable(f"relation {table.qualified_name} does not exist")
+    _, names, oid_hashed = found[0]
+    return [str(name) for name in names], bool(oid_hashed)
 
 
 def _row_hashes(conn: psycopg.Connection[Any], table: TableRef, oid_hashed: bool) -> list[str]:
@@ -133,8 +111,8 @@ def _hash_rows(conn: psycopg.Connection[Any], sources: Sequence[sql.Composable],
     return row
 
 
-# The columns of many tables at once, and whether each has a column hashed by OID (the recursive
-# walk of _OID_HASHED_COLUMNS_SQL, carried per relation). Tables not found are not returned.
+# The columns of tables, and whether each has a column whose values hash by OID (enums, reg*
+# types), looking through domains, arrays, composite types and ranges. Tables not found are not returned.
 _BATCH_COLUMNS_SQL = """
 WITH RECURSIVE wanted AS (
     SELECT x.i, c.oid AS rel
