@@ -16,10 +16,9 @@ from ..common.timeutil import format_bytes, isoformat, parse_timestamp, utcnow
 from ..errors import ArchiverError, ExitCode, UsageError
 from ..tasks import BASEBACKUP
 from . import params
-from .confirm import confirmed
 from .context import AppContext, pass_app
-from .jsonout import emit, task_document
 from .progress import progress_for_terminal
+from .restoring import confirmed, print_restore
 
 if TYPE_CHECKING:
     from ..pitr.overview import PitrOverview
@@ -205,13 +204,7 @@ def restore_pitr(app: AppContext, name: str, *, dry_run: bool, yes: bool, as_jso
                           keep_archiving=keep_archiving, dry_run=dry_run)
     result = run_pitr_restore(app.policy_for(name, store_only=True), request, confirm=_confirmation(yes),
                               progress=progress_for_terminal(quiet=app.verbosity < 0))
-    if as_json:
-        emit("restore", task_document(result, dry_run=dry_run))
-        return result.exit_code
-    for line in result.lines:
-        click.echo(line)
-    click.echo(result.summary, err=True)
-    return result.exit_code
+    return print_restore(result, as_json=as_json, dry_run=dry_run)
 
 
 # -- backups list: base backups and the recoverable window ---------------------------------------------

@@ -9,11 +9,11 @@ from click.core import ParameterSource
 
 from ..errors import UsageError
 from . import params
-from .confirm import confirmed
 from .context import AppContext, pass_app
 from .jsonout import emit, task_document
 from .pitr_cmd import pitr_options, pitr_requested, restore_pitr
 from .progress import progress_for_terminal
+from .restoring import confirmed, print_restore
 
 if TYPE_CHECKING:
     from ..restore.planned import RestorePlan
@@ -79,13 +79,7 @@ def restore_command(app: AppContext, ctx: click.Context, name: str, target: str 
     # restore reads backups and writes to --target: the policy's database variables need not be set
     result = run_restore(app.policy_for(name, store_only=True), request, confirm=_confirmation(yes),
                          progress=progress_for_terminal(quiet=app.verbosity < 0))
-    if as_json:
-        emit("restore", task_document(result, dry_run=dry_run))
-        return result.exit_code
-    for line in result.lines:
-        click.echo(line)
-    click.echo(result.summary, err=True)
-    return result.exit_code
+    return print_restore(result, as_json=as_json, dry_run=dry_run)
 
 
 @click.command("restore-archive")
