@@ -22,7 +22,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from archiver.pg.arrow import arrow_batches
-from archiver.pg.catalog import relation_size
+from archiver.pg.catalog import relation_sizes
 from archiver.pg.connect import session
 from archiver.pg.dsn import dsn_env
 from archiver.pg.scratch import LocalPostgres, free_port
@@ -96,7 +96,7 @@ def create_data(pg: LocalPostgres, dsn: str, rows: int, days: int) -> tuple[str,
                 "ORDER BY range_start", (TABLE,))]
         else:
             chunks = [f"public.{TABLE}_{index}" for index in range(days)]
-        size = sum(relation_size(current, *chunk.split(".")) for chunk in chunks)
+        size = sum(relation_sizes(current, [tuple(chunk.split(".", 1)) for chunk in chunks]).values())
     return ("TimescaleDB hypertable" if timescale else "native range partitions"), chunks, size
 
 
