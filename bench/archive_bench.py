@@ -72,6 +72,8 @@ def load_average() -> float:
 
 def create_data(pg: LocalPostgres, dsn: str, rows: int, days: int) -> tuple[str, list[str], int]:
     with session(dsn) as current:
+        # the bench's own fresh database: its generator SQL names its objects unqualified
+        current.execute("SET search_path = public, pg_catalog")
         timescale = pg.timescaledb
         if timescale:
             current.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
