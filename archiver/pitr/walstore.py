@@ -7,7 +7,7 @@ success. A name stored already with the same content is a success that writes no
 retries, and may archive a segment twice); with other content it is an error that overwrites
 nothing (:class:`WalConflict`, exit 4). Versions of a ``.partial`` segment replace each other: the
 older ones (and every partial of a segment once the complete segment is stored) are deleted once
-the newer object has been read back.
+the newer object has been read back, unless Object Lock still holds them (then prune takes them later).
 
 A fetch (``restore_command``) picks the stored file for a name (for a segment that was never
 completed, its newest ``.partial``), decompresses it into a temporary file beside the
@@ -27,12 +27,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..common import log
-from ..common.timeutil import utcnow
+from ..common.timeutil import isoformat, utcnow
 from ..errors import ObjectExists, ObjectNotFound, UsageError, VerificationFailed
 from ..policy.schema import CompressionConfig
 from ..storage.base import Store
 from ..storage.compress import SUFFIXES, CompressingWriter, TruncatedStream, iter_decompressed
 from ..storage.integrity import DECOMPRESSION_ERRORS, ObjectMismatch
+from ..storage.objectlock import locked_until
 from .walnames import WAL_PREFIX, StoredWal, WalFile, WalNameError, parse_wal_key, parse_wal_name, versions_prefix, wal_key
 
 READ_SIZE = 1024 * 1024
@@ -180,6 +181,11 @@ def _drop_superseded(store: Store, stored: StoredWal) -> None:
     else:
         return
     for version in doomed:
+        until = locked_until(store, [version.key], utcnow())
+        if until is not None:  # harmless: a fetch prefers the complete segment, or the newest partial
+            _log.info("wal.partial_kept_locked", extra=log.fields(key=version.key, by=stored.key,
+                                                                  locked_until=isoformat(until)))
+            continue
         store.delete(version.key)
         _log.info("wal.partial_superseded", extra=log.fields(key=version.key, by=stored.key))
 
