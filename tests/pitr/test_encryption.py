@@ -63,19 +63,25 @@ def sealed_rig() -> Iterator[tuple[Rig, str]]:
         yield rig, recipient
 
 
-def _by_hand(rig: Rig, base_tar: bytes, segment: bytes, segment_sha256: str) -> None:
-    """The README's "Restoring by hand" pipelines with Debian's age, zstd and tar."""
+def _by_hand(rig: Rig, base_id: str, segment: bytes, segment_sha256: str) -> None:
+    """``backups show --commands`` for the base backup, run as printed (fetch, sha256sum -c, age -d | zstd -d |
+    tar -x, pg_verifybackup), and the WAL pipeline of "Restoring by hand", with Debian's age and zstd."""
     if shutil.which("age") is None or shutil.which("zstd") is None:
         return  # CI installs both (.ci/run); the rest of the test does not need them
+    shown = rig.cli("backups", "show", "app", base_id, "--commands")
+    assert shown.code == 0, shown.output
+    assert f"age -d -i {rig.directory / 'key.txt'} base.tar.zst.age | zstd -d | tar -x -C \"$PGDATA\"" in shown.stdout
+    script = "set -e\n" + "\n".join(line for line in shown.stdout.splitlines() if not line.startswith("#"))
     work = rig.directory / "by-hand"
-    (work / "DIR").mkdir(parents=True)
-    (work / "base.tar.zst.age").write_bytes(base_tar)
-    (work / "wal.zst.age").write_bytes(segment)
-    key = rig.directory / "key.txt"
-    subprocess.run(f"age -d -i {key} base.tar.zst.age | zstd -d | tar -x -C DIR", shell=True, cwd=work, check=True)
+    work.mkdir()
+    env = {**os.environ, "PGDATA": str(work / "DIR"), "PATH": f"{rig.server.bindir}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "backup successfully verified" in done.stdout + done.stderr
     assert (work / "DIR" / "PG_VERSION").read_text().strip() == "15"
-    plain = subprocess.run(f"age -d -i {key} wal.zst.age | zstd -d", shell=True, cwd=work, check=True,
-                           capture_output=True).stdout
+    (work / "wal.zst.age").write_bytes(segment)
+    plain = subprocess.run(f"age -d -i {rig.directory / 'key.txt'} wal.zst.age | zstd -d", shell=True, cwd=work,
+                           check=True, capture_output=True).stdout
     assert hashlib.sha256(plain).hexdigest() == segment_sha256
 
 
@@ -110,7 +116,7 @@ def test_an_encrypted_archive_is_age_on_the_store_restores_to_a_point_and_refuse
     with store.open(wal.key) as source:
         sealed_wal = source.read()
     assert sealed_wal.startswith(AGE_HEADER)
-    _by_hand(rig, stored, sealed_wal, wal.sha256)
+    _by_hand(rig, base_id, sealed_wal, wal.sha256)
 
     keyless = _policy_copy(rig, "keyless", identities=None)
     data_dir = rig.restore_dir("keyless")
