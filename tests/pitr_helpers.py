@@ -104,9 +104,9 @@ class Rig:
         return open_store(self._storage_config())
 
     def _storage_config(self) -> Any:
-        from archiver.policy.schema import StorageConfig
+        from archiver.policy.files import get_policy
 
-        return StorageConfig(**self.storage)
+        return get_policy([self.policy_path], "app").storage  # as the policy says (object_lock and all)
 
     def cli(self, *args: str, timeout: float = 600) -> CliResult:
         return run_cli("--policies", str(self.policy_path), *args, env={"ARCHIVER_BIN": self.archiver, **self.env},

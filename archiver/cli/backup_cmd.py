@@ -17,6 +17,8 @@ from .progress import progress_for_terminal
 
 if TYPE_CHECKING:
     from ..backup.listing import BackupListing
+    from ..policy.schema import Policy
+    from ..storage.base import Store
 
 
 @click.command("backup")
@@ -122,6 +124,8 @@ def show_command(app: AppContext, name: str, backup_id: str, commands: bool, ide
 
     (policy,) = app.policies_without_secrets(name)
     store = open_store(policy.storage)
+    if commands and _show_base_commands(store, policy, backup_id, identity):
+        return ExitCode.OK
     entry = select_backup(store, backup_id=backup_id, policy=name)
     objects = entry.manifest.get("objects") or {}
     if commands:
@@ -140,6 +144,25 @@ def show_command(app: AppContext, name: str, backup_id: str, commands: bool, ide
                    f"{obj.get('codec')}{sealed}  sha256 {obj['sha256']}")
     click.echo(f"restore by hand: archiver backups show {name} {entry.id} --commands", err=True)
     return ExitCode.OK
+
+
+def _show_base_commands(store: Store, policy: Policy, backup_id: str, identity: str | None) -> bool:
+    """``--commands`` for a base backup of point-in-time recovery (False: ``backup_id`` is not one)."""
+    from ..pitr.catalog import base_manifest_key
+    from ..pitr.handbook import base_restore_commands
+    from ..pitr.walnames import WAL_PREFIX
+    from ..storage.documents import read_json
+
+    if "/" in backup_id or store.head(base_manifest_key(backup_id)) is None:
+        return False
+    manifest = read_json(store, base_manifest_key(backup_id))
+    paths = policy.encryption.identity_paths() if policy.encryption else []
+    urls = {role: store.describe(str(obj["key"])) for role, obj in (manifest.get("objects") or {}).items()}
+    for line in base_restore_commands(manifest, urls, store.describe(WAL_PREFIX),
+                                      identity=identity or (paths[0] if paths else "key.txt"),
+                                      endpoint_url=policy.storage.endpoint_url):
+        click.echo(line)
+    return True
 
 
 @click.command("prune")

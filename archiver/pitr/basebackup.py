@@ -5,7 +5,10 @@ the archive, not the backup); the stream is compressed into the store as it come
 of the backup's size), the server's ``backup_manifest`` (appended to that tar by pg_basebackup) is
 picked out on the way and stored beside it, and our manifest is written last: objects with
 SHA-256 and sizes, start and stop LSN, timeline, start and stop time (the stop time on the
-server's clock), PostgreSQL and extension versions.
+server's clock), PostgreSQL and extension versions. With ``encryption.recipients`` the tar is
+compressed, then age-encrypted, then stored (``base.tar.zst.age``; the manifest records the
+recipients' fingerprints and the SHA-256 of the stored bytes); the server's ``backup_manifest`` (file
+names, sizes and checksums, no data) stays readable, like our manifest.
 
 Like pg_dump it works from any host that may open a replication connection (the role needs
 REPLICATION, pg_hba.conf a ``replication`` line). Tablespaces other than the default are refused:
@@ -37,11 +40,14 @@ from ..pg.replication import ServerFacts, server_clock, server_facts, slot_state
 from ..policy.schema import PitrConfig, Policy
 from ..storage.base import PutResult, Store
 from ..storage.compress import SUFFIXES, CompressingWriter
+from ..storage.crypt import SUFFIX as AGE_SUFFIX
+from ..storage.crypt import sealed
 from ..storage.documents import FORMAT_VERSION, write_json
 from ..storage.leases import backup_lease
 from .catalog import SERVER_MANIFEST, base_manifest_key, base_tar_key, pitr_config, server_manifest_key
 from .tarstream import TarMemberCapture
 from .walnames import format_lsn, parse_lsn, segment_name, segno_of
+from .walstore import wal_recipients
 
 logger = log.get_logger("basebackup")
 NOTHING_KEPT = "nothing of this base backup was kept; earlier base backups are untouched"
@@ -107,7 +113,8 @@ def run_basebackup(policy: Policy, *, store: Store, progress: Progress) -> TaskR
     written: list[str] = []
     with backup_lease(store, backup_id, policy.name or "").held():
         try:
-            base, server_manifest = _stream_base(store, backup_id, dsn, tool, config, progress, written)
+            base, server_manifest = _stream_base(store, backup_id, dsn, tool, config, progress, written,
+                                                 wal_recipients(policy))
             stored_manifest = store.put_bytes(server_manifest_key(backup_id), server_manifest, if_absent=True,
                                               content_type="application/json")
             written.append(stored_manifest.key)
@@ -138,29 +145,33 @@ def _stream_warnings(dsn: str, config: PitrConfig) -> list[str]:
 
 
 def _stream_base(store: Store, backup_id: str, dsn: str, tool: Tool, config: PitrConfig, progress: Progress,
-                 written: list[str]) -> tuple[StoredObject, bytes]:
+                 written: list[str], recipients: list[str]) -> tuple[StoredObject, bytes]:
+    """pg_basebackup -> compress -> encrypt (with recipients) -> store, streaming."""
     compression = config.base_backup.compression
-    key = base_tar_key(backup_id, SUFFIXES[compression.codec])
+    key = base_tar_key(backup_id, SUFFIXES[compression.codec] + (AGE_SUFFIX if recipients else ""))
     argv = basebackup_argv(str(tool.path), checkpoint=config.base_backup.checkpoint, label=f"archiver {backup_id}")
     env = child_env(dsn_env(dsn), f"archiver pg_basebackup {backup_id}")
     capture = TarMemberCapture(SERVER_MANIFEST)
     progress.phase("base backup")
     with StreamingCommand(argv, env, "pg_basebackup", what=f"base backup {backup_id} failed") as child:
-        with store.writer(key, if_absent=True, content_type="application/x-tar") as out:
+        with store.writer(key, if_absent=True, content_type="application/x-tar") as out, \
+                sealed(out, recipients) as sink:
             written.append(key)
-            compressor = CompressingWriter(out, compression.codec, compression.effective_level(), compression.threads)
+            compressor = CompressingWriter(sink, compression.codec, compression.effective_level(), compression.threads)
             for chunk in child.chunks():
                 capture.feed(chunk)
                 compressor.write(chunk)
                 progress.advance(len(chunk))
             child.finish()
             compressor.finish()
+            sink.finish()
     progress.done()
     if capture.captured is None:
         raise TaskFailed(f"the tar pg_basebackup wrote holds no {SERVER_MANIFEST} (PostgreSQL 13+ writes one; was it "
                          "disabled with --no-manifest?)")
     assert out.result is not None
-    return StoredObject(out.result, compression.codec, compressor.level, compressor.bytes_in), capture.captured
+    return (StoredObject(out.result, compression.codec, compressor.level, compressor.bytes_in, sink.describe()),
+            capture.captured)
 
 
 def _wal_range(server_manifest: dict[str, Any]) -> tuple[int, int, int]:

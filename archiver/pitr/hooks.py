@@ -17,11 +17,12 @@ from pathlib import Path
 
 from ..common import log
 from ..common.timeutil import isoformat, utcnow
-from ..errors import ArchiverError
+from ..errors import ArchiverError, UsageError
 from ..policy.schema import Policy
+from ..storage.agekeys import Keyring
 from ..storage.backends import open_store
 from .catalog import pitr_config
-from .walstore import Pushed, fetch_wal, push_wal, wal_file
+from .walstore import Pushed, choose_version, fetch_wal_version, push_wal, wal_file, wal_recipients
 
 _log = log.get_logger("wal")
 RECOVERY_ABORT_EXIT = 255  # > 125: PostgreSQL treats it like a signal and stops recovery
@@ -29,7 +30,7 @@ RECOVERY_ABORT_EXIT = 255  # > 125: PostgreSQL treats it like a signal and stops
 
 def wal_push(policy: Policy, path: Path) -> Pushed:
     config = pitr_config(policy)
-    pushed = push_wal(open_store(policy.storage), path, config.wal.compression)
+    pushed = push_wal(open_store(policy.storage), path, config.wal.compression, wal_recipients(policy))
     _log.info("wal.pushed", extra=log.fields(policy=policy.name, file=path.name, new=pushed.new,
                                              completed_at=isoformat(pushed.stored.completed),
                                              seconds=round(pushed.seconds, 3)))
@@ -37,11 +38,25 @@ def wal_push(policy: Policy, path: Path) -> Pushed:
 
 
 def wal_fetch(policy: Policy, name: str, dest: Path) -> str:
-    """Deliver ``name`` to ``dest``: "store", or "missing" (nothing written)."""
+    """Deliver ``name`` to ``dest``: "store", or "missing" (nothing written). The identities are read only
+    for an encrypted file (exit 2 naming encryption.identities when none is set, before DEST is written)."""
     pitr_config(policy)
     wal_file(name)
-    stored = fetch_wal(open_store(policy.storage), name, dest)
-    return "missing" if stored is None else "store"
+    store = open_store(policy.storage)
+    stored = choose_version(store, name)
+    if stored is None:
+        return "missing"
+    keyring = wal_keyring(policy, "wal-fetch") if stored.encrypted else None
+    fetch_wal_version(store, stored, dest, keyring)
+    return "store"
+
+
+def wal_keyring(policy: Policy, task: str) -> Keyring:
+    """The identities that decrypt this policy's WAL; exit 2 naming encryption.identities without them."""
+    if policy.encryption is None:
+        raise UsageError(f"{task} needs encryption.identities to read encrypted WAL, and the policy has no "
+                         "encryption section", hint="add encryption: {recipients: [...], identities: ...}")
+    return policy.encryption.keyring(task)
 
 
 def write_recovery_report(path: Path, name: str, exc: ArchiverError) -> None:

@@ -16,6 +16,7 @@ from ..common.timeutil import format_bytes, format_duration, isoformat, utcnow
 from ..errors import UsageError
 from ..pg import binaries
 from ..policy.schema import Policy
+from ..storage.agekeys import Keyring
 from .settings import Target
 from .state import PitrState
 from .walnames import StoredWal, format_lsn, history_name, parse_lsn, segment_name, segno_of
@@ -44,6 +45,7 @@ class PitrPlan:
     pg_verifybackup: Path
     notes: list[str] = field(default_factory=list)
     host_notes: list[str] = field(default_factory=list)  # what unpacking had to adapt to this host
+    keyring: Keyring | None = None  # identities of an encrypted archive (set by the restore or drill)
 
     @property
     def base(self) -> Any:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..common import log
 from ..pg.recovery import chown_tree
+from ..storage.agekeys import Keyring
 from ..storage.base import Store
 from .walnames import StoredWal
 from .walstore import fetch_wal_version
@@ -27,12 +28,14 @@ def cached_name(name: str, sha256: str) -> str:
 
 
 class Prefetcher(threading.Thread):
-    def __init__(self, store: Store, files: list[tuple[str, StoredWal]], cache: Path, *, ahead: int = 6) -> None:
+    def __init__(self, store: Store, files: list[tuple[str, StoredWal]], cache: Path, *, ahead: int = 6,
+                 keyring: Keyring | None = None) -> None:
         super().__init__(name="wal-prefetch", daemon=True)
         self.store = store
         self.files = files  # (the name recovery asks for, the stored file that answers it), in recovery's order
         self.cache = cache
         self.ahead = ahead
+        self.keyring = keyring  # decrypts encrypted WAL in this process (restore_command then only renames)
         self.fetched = 0
         self._halt = threading.Event()
 
@@ -54,7 +57,7 @@ class Prefetcher(threading.Thread):
                 if self._halt.is_set():
                     return
                 target = self.cache / cached_name(name, stored.sha256)
-                fetch_wal_version(self.store, stored, target)
+                fetch_wal_version(self.store, stored, target, self.keyring)
                 chown_tree(target)
                 self.fetched += 1
         except Exception as exc:  # wal-fetch falls back to the store and reports the problem itself

@@ -6,6 +6,11 @@ as logical backups, by each base backup's stop time); the newest base backup tha
 oldest kept base backup's start segment is deleted: only a prefix of the archive goes, so no gap
 opens inside what the kept base backups need. Timeline history files are always kept.
 
+Under ``storage.object_lock`` nothing is tried before its retain-until date: a base backup the rules
+would delete stays while any of its objects is locked ("keep: object locked until ..."), and it
+counts as kept for the WAL cutoff; old WAL goes oldest first up to the first locked file, which
+stays with everything after it, so what remains is still one run without a gap.
+
 Nothing is deleted on a failed or empty listing (no base backups, or no WAL at all: a wrong prefix
 or credentials look exactly like that). A base backup in progress holds a lease on its id; its
 objects, and the writes it or a killed ``wal-push`` left pending, are removed only once older than
@@ -14,6 +19,7 @@ objects, and the writes it or a killed ``wal-push`` left pending, are removed on
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -22,11 +28,12 @@ from ..backup.rotation import Record, RotationDecision, decide
 from ..common import log
 from ..common.progress import Progress
 from ..common.result import TaskResult
-from ..common.timeutil import format_duration, utcnow
+from ..common.timeutil import format_duration, isoformat, utcnow
 from ..errors import ArchiverError, TaskFailed, UsageError
 from ..policy.schema import Policy
 from ..storage.base import ObjectInfo, Store
 from ..storage.leases import BACKUP_LEASE_PREFIX, read_leases
+from ..storage.objectlock import locked_until
 from ..storage.uploads import UploadVerdict, abort_uploads, judge_pending_uploads
 from .catalog import BASE_PREFIX, BaseBackup, base_id_of, base_manifest_key, base_prefix, pitr_config
 from .state import PitrState, load_state
@@ -76,17 +83,21 @@ def run_pitr_prune(policy: Policy, *, dry_run: bool, store: Store, now: datetime
         raise TaskFailed(f"refusing to prune {policy.name}: no WAL found under {store.describe(WAL_PREFIX)}",
                          hint="base backups without WAL cannot be restored, so the listing is suspect; nothing was "
                               "deleted")
-    decisions = _decisions(state, rules.rules(), now, rules.min_keep)
+    decisions = [(entry, _unless_locked(store, entry, decision, now))
+                 for entry, decision in _decisions(state, rules.rules(), now, rules.min_keep)]
     doomed = [entry for entry, decision in decisions if not decision.keep]
     kept = [entry for entry, decision in decisions if decision.keep]
     cutoff = min(entry.start_segno for entry in kept)
     segment_size = state.index.segment_size
-    old_wal = [item for item in state.wal if item.file.kind != "history" and item.file.segno(segment_size) < cutoff]
-    orphans = [info for info in state.bases.orphans if _orphan_removable(info, running, now, rules.orphan_grace)]
+    old_wal, locked_wal = _deletable_wal(store, [item for item in state.wal if item.file.kind != "history"
+                                                 and item.file.segno(segment_size) < cutoff], segment_size, now)
+    orphans, locked_orphans = _unlocked(store, [info for info in state.bases.orphans
+                                                if _orphan_removable(info, running, now, rules.orphan_grace)], now)
     lines = [f"base {entry.id}  {entry.stop_time:%Y-%m-%d %H:%M:%S}  {decision.text}" for entry, decision in decisions]
-    lines += _wal_lines(old_wal, state, cutoff)
+    lines += _wal_lines(old_wal, locked_wal, state, cutoff)
     lines += [f"orphan  {info.key}  delete: no manifest, older than orphan_grace "
               f"{format_duration(rules.orphan_grace)}" for info in orphans]
+    lines += [f"orphan  {info.key}  keep: object locked until {isoformat(until)}" for info, until in locked_orphans]
     lines += [verdict.line(now) for verdict in pending]
     if not dry_run:
         for entry in doomed:
@@ -126,12 +137,57 @@ def _decisions(state: PitrState, rules: dict[str, int], now: datetime,
     return adjusted
 
 
-def _wal_lines(old_wal: list[StoredWal], state: PitrState, cutoff: int) -> list[str]:
-    if not old_wal:
-        return [f"wal  nothing older than segment {cutoff:X} (the oldest kept base backup's start)"]
-    names = sorted(item.name for item in old_wal)
-    return [f"wal  {len(old_wal)} file(s) {names[0]} .. {names[-1]}  delete: older than the oldest kept base "
-            f"backup's start segment (of {len(state.wal)} stored)"]
+def _unless_locked(store: Store, entry: BaseBackup, decision: RotationDecision, now: datetime) -> RotationDecision:
+    """A base backup the rules would delete stays while any of its objects is locked: prune never tries early."""
+    if decision.keep:
+        return decision
+    until = locked_until(store, sorted({base_manifest_key(entry.id), *entry.object_keys,
+                                        *(info.key for info in entry.stored)}), now)
+    if until is None:
+        return decision
+    return replace(decision, keep=True, reasons=(f"object locked until {isoformat(until)} (retention alone would "
+                                                 f"delete it: {', '.join(decision.reasons)})",))
+
+
+LockedWal = tuple[list[StoredWal], datetime] | None
+
+
+def _deletable_wal(store: Store, old_wal: list[StoredWal], segment_size: int,
+                   now: datetime) -> tuple[list[StoredWal], LockedWal]:
+    """Of the WAL older than the cutoff, oldest first, what precedes the first locked file; that file and every
+    later one stay (with that file's retain-until date), so no gap opens in what remains."""
+    ordered = sorted(old_wal, key=lambda item: (item.file.segno(segment_size), item.file.timeline, item.completed))
+    for index, item in enumerate(ordered):
+        until = locked_until(store, [item.key], now)
+        if until is not None:
+            return ordered[:index], (ordered[index:], until)
+    return ordered, None
+
+
+def _unlocked(store: Store, infos: list[ObjectInfo],
+              now: datetime) -> tuple[list[ObjectInfo], list[tuple[ObjectInfo, datetime]]]:
+    free, locked = [], []
+    for info in infos:
+        until = locked_until(store, [info.key], now)
+        if until is None:
+            free.append(info)
+        else:
+            locked.append((info, until))
+    return free, locked
+
+
+def _wal_lines(old_wal: list[StoredWal], locked: LockedWal, state: PitrState, cutoff: int) -> list[str]:
+    lines = []
+    if old_wal:
+        names = sorted(item.name for item in old_wal)
+        lines.append(f"wal  {len(old_wal)} file(s) {names[0]} .. {names[-1]}  delete: older than the oldest kept base "
+                     f"backup's start segment (of {len(state.wal)} stored)")
+    if locked is not None:
+        names = sorted(item.name for item in locked[0])
+        lines.append(f"wal  {len(names)} file(s) {names[0]} .. {names[-1]}  keep: object locked until "
+                     f"{isoformat(locked[1])} (older than the oldest kept base backup's start segment; the WAL "
+                     "after a locked file stays too, so no gap opens)")
+    return lines or [f"wal  nothing older than segment {cutoff:X} (the oldest kept base backup's start)"]
 
 
 def _delete_base(store: Store, entry: BaseBackup) -> None:

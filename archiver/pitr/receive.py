@@ -44,7 +44,7 @@ from ..storage.base import Store
 from ..storage.leases import StoreLease
 from .catalog import pitr_config
 from .walnames import WalNameError, parse_wal_name
-from .walstore import Pushed, push_wal
+from .walstore import Pushed, push_wal, wal_recipients
 
 _log = log.get_logger("wal")
 SPOOL_ENV = "ARCHIVER_WAL_SPOOL"
@@ -116,7 +116,7 @@ class Receiver:
 
     # -- pushing -------------------------------------------------------------------------------
     def push(self, path: Path, *, keep: bool = False) -> Pushed:
-        pushed = push_wal(self.store, path, self.config.wal.compression)
+        pushed = push_wal(self.store, path, self.config.wal.compression, wal_recipients(self.policy))
         if not keep:
             path.unlink()
         self.pushed += 1

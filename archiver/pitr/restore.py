@@ -38,6 +38,7 @@ from ..policy.schema import Policy
 from ..storage.backends import open_store
 from ..storage.base import Store
 from ..storage.integrity import ObjectMismatch
+from .keys import check_opens, restore_keyring
 from .plan import PitrPlan, PitrRequest, plan_pitr
 from .prefetch import Prefetcher
 from .settings import (
@@ -90,7 +91,7 @@ def recover(plan: PitrPlan, store: Store, server: RecoveryServer, data_dir: Path
             progress: Progress = NULL_PROGRESS) -> Recovered:
     """Start the restored server, fetch WAL ahead of it, wait until it is promoted (see the module docstring)."""
     clock = time.monotonic()
-    prefetcher = Prefetcher(store, plan.files, data_dir / PREFETCH_DIR)
+    prefetcher = Prefetcher(store, plan.files, data_dir / PREFETCH_DIR, keyring=plan.keyring)
     prefetcher.start()
     to_end = False
     progress.phase("recovery", unit="steps")
@@ -141,10 +142,13 @@ def _stopped(plan: PitrPlan, exc: RecoveryStopped) -> TaskFailed:
 def run_pitr_restore(policy: Policy, request: PitrRequest, *, confirm: Confirm, progress: Progress = NULL_PROGRESS,
                      store: Store | None = None) -> TaskResult:
     clock = time.monotonic()
+    keyring = restore_keyring(policy, "restore --pitr")
     data_dir = request.data_dir
     check_destination(data_dir)
     store = store or open_store(policy.storage)
     plan = plan_pitr(policy, load_state(store), request)
+    plan.keyring = keyring
+    check_opens(store, plan.base, plan.files, keyring)
     if request.dry_run:
         return TaskResult(policy=policy.name or "", task="restore", summary="dry run: nothing was changed",
                           lines=plan.lines(), data={"plan": plan.to_json(), "dry_run": True})
@@ -157,7 +161,7 @@ def run_pitr_restore(policy: Policy, request: PitrRequest, *, confirm: Confirm, 
     logger.info("restore.pitr_start", extra=log.fields(policy=policy.name, base_backup=plan.base.id,
                                                        target=request.target.describe(), data_dir=str(data_dir)))
     unpacked, _ = unpack_checked(store, plan.base, data_dir, plan.pg_verifybackup,
-                                 prepare=prepare_data_dir(plan, prefetch=request.start))
+                                 prepare=prepare_data_dir(plan, prefetch=request.start), keyring=keyring)
     unpack_seconds = time.monotonic() - clock
     if not request.start:
         return _result(plan, unpacked, unpack_seconds, None, time.monotonic() - clock)

@@ -23,6 +23,7 @@ from typing import Any
 from ..common.process import run_captured
 from ..errors import UsageError, VerificationFailed
 from ..pg.recovery import chown_tree
+from ..storage.agekeys import Keyring
 from ..storage.base import Store
 from ..storage.integrity import CheckedObject, ObjectMismatch, read_verified
 from .catalog import BaseBackup
@@ -76,10 +77,11 @@ def staging_directory(data_dir: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def extract_base(store: Store, base: BaseBackup, staging: Path) -> int:
-    """Unpack the base backup's tar into ``staging``, checked against our manifest; the bytes unpacked."""
+def extract_base(store: Store, base: BaseBackup, staging: Path, keyring: Keyring | None = None) -> int:
+    """Unpack the base backup's tar into ``staging`` (decrypted in the stream when it is encrypted), checked
+    against our manifest; the bytes unpacked."""
     entry = base.manifest["objects"]["base"]
-    with CheckedObject(store, entry, f"base backup {base.id}") as obj:
+    with CheckedObject(store, entry, f"base backup {base.id}", keyring) as obj:
         reader = io.BufferedReader(_ChunkReader(obj.chunks()), buffer_size=1024 * 1024)
         with tarfile.open(fileobj=reader, mode="r|") as archive:
             archive.extractall(staging, filter=_member_filter)
@@ -126,12 +128,12 @@ def move_into_place(staging: Path, data_dir: Path) -> None:
 
 
 def unpack_checked(store: Store, base: BaseBackup, data_dir: Path, pg_verifybackup: Path,
-                   prepare: Any = None) -> tuple[int, str]:
+                   prepare: Any = None, keyring: Keyring | None = None) -> tuple[int, str]:
     """Everything above in order; ``prepare(staging)`` writes the recovery settings before the move.
     A mismatch raises ObjectMismatch / VerificationFailed (exit 4) with ``data_dir`` untouched."""
     with staging_directory(data_dir) as staging:
         try:
-            unpacked = extract_base(store, base, staging)
+            unpacked = extract_base(store, base, staging, keyring)
         except tarfile.TarError as exc:
             raise ObjectMismatch(f"base backup {base.id} is not a readable tar ({exc})",
                                  key=str(base.manifest["objects"]["base"]["key"]), reason="corrupt") from None

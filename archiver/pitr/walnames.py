@@ -11,7 +11,10 @@ PostgreSQL names what it archives:
 A stored WAL file's key carries what restore needs to trust it and what the window needs to place
 it, so that one listing holds everything (as pgBackRest puts the checksum in the name)::
 
-    pitr/wal/<timeline>/<name>.<completed YYYYMMDDTHHMMSS.ffffffZ>.<sha256 of the original bytes><codec suffix>
+    pitr/wal/<timeline>/<name>.<completed YYYYMMDDTHHMMSS.ffffffZ>.<sha256 of the original bytes><codec suffix>[.age]
+
+``.age``: the compressed file is encrypted to the policy's ``encryption.recipients`` (segments and
+partial segments; timeline and backup history files hold no data and stay readable without a key).
 
 ``completed`` is when the file was last written before it was archived (its mtime): every WAL
 record written before that moment is in this file or an older one.
@@ -27,6 +30,7 @@ from typing import Literal
 WAL_PREFIX = "pitr/wal/"
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 WalKind = Literal["segment", "partial", "history", "backup"]
+ENCRYPTED_KINDS = ("segment", "partial")  # the kinds that hold data: encrypted when the policy has recipients
 
 _PATTERNS: tuple[tuple[WalKind, re.Pattern[str]], ...] = (
     ("segment", re.compile(r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})")),
@@ -35,7 +39,8 @@ _PATTERNS: tuple[tuple[WalKind, re.Pattern[str]], ...] = (
     ("backup", re.compile(r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\.[0-9A-F]{8}\.backup")),
 )
 _SUFFIX_CODECS = {".zst": "zstd", ".gz": "gzip", "": "none"}
-_KEY = re.compile(r"(?P<name>[0-9A-F.a-z]+)\.(?P<stamp>\d{8}T\d{6}\.\d{6}Z)\.(?P<sha>[0-9a-f]{64})(?P<suffix>\.zst|\.gz)?")
+_KEY = re.compile(r"(?P<name>[0-9A-F.a-z]+)\.(?P<stamp>\d{8}T\d{6}\.\d{6}Z)\.(?P<sha>[0-9a-f]{64})"
+                  r"(?P<suffix>\.zst|\.gz)?(?P<age>\.age)?")
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 
 
@@ -132,6 +137,7 @@ class StoredWal:
     sha256: str  # of the original (uncompressed) bytes
     codec: str
     size: int = 0  # stored (compressed) bytes, from the listing
+    encrypted: bool = False  # age-encrypted after compression (the key ends in .age)
 
     @property
     def name(self) -> str:
@@ -167,4 +173,5 @@ def parse_wal_key(key: str, size: int = 0) -> StoredWal | None:
     if directory != f"{file.timeline:08X}":
         return None
     completed = datetime.strptime(match.group("stamp"), "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC)
-    return StoredWal(key, file, completed, match.group("sha"), _SUFFIX_CODECS[match.group("suffix") or ""], size)
+    return StoredWal(key, file, completed, match.group("sha"), _SUFFIX_CODECS[match.group("suffix") or ""], size,
+                     encrypted=match.group("age") is not None)

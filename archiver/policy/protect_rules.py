@@ -43,22 +43,32 @@ def _check_object_lock(policy: Policy, b: Builder) -> None:
         b.issue(("storage", "object_lock"), f"applies to s3:// storage only (got {policy.storage.url!r})")
         return
     retain = lock.retain
-    retention = policy.backup.retention if policy.backup else None
-    if retention is not None and retention.rules() and policy.backup and policy.backup.schedule:
-        shortest, longest = kept_for(retention, _interval(policy.backup.schedule))
-        held = f"object_lock.retain {format_duration(retain)}"
-        if longest < retain:
-            b.issue(("backup", "retention"), f"always deletes backups before their lock ends: no rule keeps a backup "
-                                             f"longer than {format_duration(longest)} < {held} (allowed: rules that "
-                                             f"keep backups at least {format_duration(retain)}, or a shorter retain)")
-        elif shortest < retain:
-            b.warn(("backup", "retention"), f"sometimes deletes backups before their lock ends: backups no longer rule "
-                                            f"keeps go after about {format_duration(shortest)} < {held}; prune keeps "
-                                            "them, reporting 'keep: object locked until ...', until the lock ends")
+    if policy.backup is not None:
+        _check_retention(b, ("backup", "retention"), "backup", policy.backup.retention, policy.backup.schedule, retain)
+    if policy.pitr is not None:
+        base = policy.pitr.base_backup
+        _check_retention(b, ("pitr", "base_backup", "retention"), "base backup", base.retention, base.schedule, retain)
     cold = policy.archive.cold_retention if policy.archive else None
     if cold is not None and cold < retain:
         b.issue(("archive", "cold_retention"), f"always expires cold files before their lock ends (got "
                                                f"{format_duration(cold)} < object_lock.retain {format_duration(retain)})")
+
+
+def _check_retention(b: Builder, where: tuple[str, ...], what: str, retention: RetentionConfig | None,
+                     schedule: str | None, retain: timedelta) -> None:
+    """``what`` is "backup" or "base backup" (a base backup's WAL goes with the oldest kept one)."""
+    if retention is None or not retention.rules() or not schedule:
+        return
+    shortest, longest = kept_for(retention, _interval(schedule))
+    held = f"object_lock.retain {format_duration(retain)}"
+    if longest < retain:
+        b.issue(where, f"always deletes {what}s before their lock ends: no rule keeps a {what} longer than "
+                       f"{format_duration(longest)} < {held} (allowed: rules that keep {what}s at least "
+                       f"{format_duration(retain)}, or a shorter retain)")
+    elif shortest < retain:
+        b.warn(where, f"sometimes deletes {what}s before their lock ends: {what}s no longer rule keeps go after "
+                      f"about {format_duration(shortest)} < {held}; prune keeps them, reporting 'keep: object locked "
+                      "until ...', until the lock ends")
 
 
 def _interval(schedule: str) -> timedelta:

@@ -32,6 +32,7 @@ from ..pg.dsn import parse_dsn
 from ..pg.recovery import RecoveryServer, RecoveryStopped
 from ..pg.scratch import LocalPostgres, free_port
 from ..pitr.catalog import base_verification_key
+from ..pitr.keys import check_opens, restore_keyring
 from ..pitr.plan import PitrPlan, PitrRequest, plan_pitr
 from ..pitr.restore import Recovered, point_reached, prepare_data_dir, recover
 from ..pitr.settings import Target
@@ -99,12 +100,15 @@ def run_pitr_drill(policy: Policy, *, store: Store, progress: Progress = NULL_PR
     if (scratch or config.scratch.kind) == "container":
         raise UsageError("verify --pitr restores into a local scratch only: the restored server calls archiver "
                          "wal-fetch, which a PostgreSQL image does not have", hint="--scratch local")
+    keyring = restore_keyring(policy, "verify --pitr")
     state = load_state(store)
     started_at, clock = utcnow(), time.monotonic()
     target_time = to_time or random_point(state.window)
     request = PitrRequest(data_dir=Path("/nonexistent"), target=Target("time", time=target_time),
                           policies_path=str(Path(policy.source).absolute()), start=True)
     plan = plan_pitr(policy, state, request)
+    plan.keyring = keyring
+    check_opens(store, plan.base, plan.files, keyring)
     if plan.bindir is None:
         raise TaskFailed(f"the drill could not run: PostgreSQL {plan.major} server programs are not installed here")
     checks: list[Check] = []
@@ -124,7 +128,8 @@ def _restore_and_check(policy: Policy, store: Store, plan: PitrPlan, config: Ver
 
     def populate(datadir: Path) -> None:
         plan.request = replace(plan.request, data_dir=datadir)
-        unpack_checked(store, plan.base, datadir, plan.pg_verifybackup, prepare=prepare_data_dir(plan, prefetch=True))
+        unpack_checked(store, plan.base, datadir, plan.pg_verifybackup, prepare=prepare_data_dir(plan, prefetch=True),
+                       keyring=plan.keyring)
 
     instance = LocalPostgres(bin_dir=str(plan.bindir), base_dir=config.scratch.work_dir, timescaledb=False,
                              settings=SCRATCH_SETTINGS, listen_tcp=False, populate=populate, start_server=False,

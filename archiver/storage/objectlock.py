@@ -3,11 +3,13 @@
 early. The bucket must have been created with Object Lock enabled: that is checked before the first
 write, with a clear error.
 
-Only the objects worth protecting are locked: backups (dumps, globals, manifests, drill records) and
-the cold tier's Parquet files and manifests. Leases and run records are rewritten and deleted all
-the time and stay unlocked. Object Lock needs a versioned bucket: a plain DELETE of a locked object
-only hides it behind a delete marker, which is why prune and expiry decide by the retain-until date
-and never try; a lifecycle rule expiring noncurrent versions frees the space once locks end.
+Only the objects worth protecting are locked: backups (dumps, globals, manifests, drill records), the
+point-in-time archive (base backups with their manifests and drill records, WAL segments, partial
+segments and timeline history files) and the cold tier's Parquet files and manifests. Leases and run
+records are rewritten and deleted all the time and stay unlocked. Object Lock needs a versioned
+bucket: a plain DELETE of a locked object only hides it behind a delete marker, which is why prune
+and expiry decide by the retain-until date and never try; a lifecycle rule expiring noncurrent
+versions frees the space once locks end.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..common.timeutil import format_duration, utcnow
 from ..errors import UsageError
 from .base import Store
 
-LOCKED_PREFIXES = ("backups/", "archive/", "catalog/archive/")
+LOCKED_PREFIXES = ("backups/", "archive/", "catalog/archive/", "pitr/base/", "pitr/wal/")
 MODES = ("GOVERNANCE", "COMPLIANCE")
 
 

@@ -122,3 +122,26 @@ def test_kept_for_follows_the_rules_and_the_schedule() -> None:
     assert kept_for(RetentionConfig(keep_daily=7, keep_weekly=4), day) == (7 * day, 28 * day)
     assert kept_for(RetentionConfig(keep_weekly=4), day) == (day, 28 * day)  # the other days' backups go next day
     assert kept_for(RetentionConfig(keep_last=2, keep_monthly=12), 7 * day) == (14 * day, 372 * day)
+
+
+def test_object_lock_against_base_backup_retention_refuses_always_and_warns_sometimes(tmp_path: Path) -> None:
+    def policy(retention: str) -> Path:
+        return write(tmp_path, "app.yaml", f"""\
+            database: {{dsn: "host=db dbname=app"}}
+            storage: {{url: "s3://bucket/app", object_lock: {{mode: governance, retain: 35d}}}}
+            pitr:
+              wal: {{method: archive_command}}
+              base_backup: {{schedule: "0 1 * * *", retention: {retention}}}
+            """)
+
+    code, errors, _ = validate(policy("{keep_last: 2, keep_daily: 7}"))
+    assert code == 2 and errors == [
+        "5:51 pitr.base_backup.retention: always deletes base backups before their lock ends: no rule keeps a base "
+        "backup longer than 7d < object_lock.retain 35d (allowed: rules that keep base backups at least 35d, or a "
+        "shorter retain)"]
+    code, errors, warnings = validate(policy("{keep_last: 2, keep_weekly: 8}"))
+    assert (code, errors) == (0, [])
+    assert warnings == ["5:51 pitr.base_backup.retention: sometimes deletes base backups before their lock ends: "
+                        "base backups no longer rule keeps go after about 2d < object_lock.retain 35d; prune keeps "
+                        "them, reporting 'keep: object locked until ...', until the lock ends"]
+    assert validate(policy("{keep_daily: 40}")) == (0, [], [])
