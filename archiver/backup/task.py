@@ -26,7 +26,7 @@ from ..common.process import StderrCapture, StreamingCommand
 from ..common.progress import NULL_PROGRESS, Progress
 from ..common.result import TaskResult
 from ..common.timeutil import format_bytes, isoformat, utcnow
-from ..errors import ArchiverError, TaskFailed, UsageError
+from ..errors import ArchiverError, UsageError
 from ..pg.binaries import Tool, find_tool
 from ..pg.dsn import dsn_env, parse_dsn, redact_dsn
 from ..pg.snapshot import SnapshotSession, exported_snapshot
@@ -47,7 +47,8 @@ from ..storage.compress import SUFFIXES, CompressingWriter
 from ..storage.crypt import SUFFIX as AGE_SUFFIX
 from ..storage.crypt import sealed
 from ..storage.documents import FORMAT_VERSION, write_json
-from ..storage.leases import StoreLease, backup_lease
+from ..storage.leases import backup_lease
+from ..storage.uploads import check_before_manifest, remove_quietly
 from . import manifest as backup_manifest
 from .dump import (
     child_env,
@@ -199,12 +200,13 @@ def run_backup(policy: Policy, *, progress: Progress = NULL_PROGRESS, store: Sto
                 duration=duration, pg_dump=pg_dump, pg_dumpall=pg_dumpall, argv=argv, config=config,
                 dump_object=dump_object, globals_object=globals_object, stats=stats, stderr=stderr,
                 hypertables=hypertables, properties=properties)
-            _check_stored(store, [obj for obj in (dump_object, globals_object) if obj is not None], lease)
+            check_before_manifest(store, [obj.result for obj in (dump_object, globals_object) if obj is not None],
+                                  meanwhile=f"; the backup's lease {lease.key} was lost meanwhile" if lease.lost else "")
             manifest_result = write_json(store, backup_manifest_key(backup_id), document,
                                                   if_absent=True)
         except BaseException as exc:
             stats_job.cancel()
-            _remove(store, written)
+            remove_quietly(store, written, event="backup.cleanup_failed")
             if isinstance(exc, ArchiverError) and exc.hint is None:
                 exc.hint = NOTHING_KEPT
             logger.error("backup.failed", extra=log.fields(policy=policy.name, backup_id=backup_id, error=str(exc)))
@@ -268,26 +270,6 @@ def _dump_database(store: Store, backup_id: str, dsn: str, facts: DatabaseFacts,
     assert out.result is not None
     return (StoredObject(out.result, compression.codec, compressor.level, compressor.bytes_in, sink.describe()),
             child.stderr)
-
-
-def _check_stored(store: Store, objects: list[StoredObject], lease: StoreLease) -> None:
-    """Right before the manifest vouches for them: each object is there with the size that was written."""
-    for obj in objects:
-        info = store.head(obj.result.key)
-        if info is None or info.size != obj.result.size:
-            found = "missing" if info is None else f"{info.size} bytes"
-            lost = f"; the backup's lease {lease.key} was lost meanwhile" if lease.lost else ""
-            raise TaskFailed(f"{store.describe(obj.result.key)} is {found} before its manifest was written "
-                             f"(wrote {obj.result.size} bytes{lost}): no manifest written")
-
-
-def _remove(store: Store, keys: list[str]) -> None:
-    """Best effort: what cannot be removed now is an orphan that prune removes after its grace period."""
-    for key in keys:
-        try:
-            store.delete(key)
-        except ArchiverError as exc:
-            logger.warning("backup.cleanup_failed", extra=log.fields(key=key, error=str(exc)))
 
 
 def _manifest_document(*, policy: Policy, backup_id: str, dsn: str, facts: DatabaseFacts, started: datetime,

@@ -26,7 +26,7 @@ from ..policy.kubernetes import KubernetesTask
 from ..policy.schema import Policy
 from ..tasks import task_schedules
 from .defaults import METRICS_PORT
-from .render_worker import kustomization, policies_configmap, worker_deployment, worker_service
+from .render_worker import container_hardening, kustomization, policies_configmap, worker_deployment, worker_service
 
 MIN_KUBERNETES = "1.29"
 DEFAULT_IMAGE = "registry.example.com/platform/archiver:0.1.0"
@@ -231,21 +231,7 @@ metadata:
                 limits:
                   cpu: {_cpu(size.cpu_limit)}
                   memory: {_quantity(size.memory_limit)}
-              securityContext:
-                allowPrivilegeEscalation: false
-                readOnlyRootFilesystem: true
-                runAsNonRoot: true
-                capabilities:
-                  drop: [ALL]
-              volumeMounts:
-                - name: policies
-                  mountPath: /etc/archiver/policies
-                  readOnly: true
-                - name: scratch
-                  mountPath: /scratch
-                - name: tmp
-                  mountPath: /tmp
-{_shm_mount() if drill else ""}          volumes:
+{container_hardening(14)}{_shm_mount() if drill else ""}          volumes:
             - name: policies
               configMap:
                 name: archiver-policies

@@ -2,6 +2,31 @@
 
 from __future__ import annotations
 
+# Every archiver container, CronJob or worker: no privilege, a read-only root filesystem, the
+# policies mounted read-only, writes only to /scratch and /tmp.
+_CONTAINER_HARDENING = """\
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  runAsNonRoot: true
+  capabilities:
+    drop: [ALL]
+volumeMounts:
+  - name: policies
+    mountPath: /etc/archiver/policies
+    readOnly: true
+  - name: scratch
+    mountPath: /scratch
+  - name: tmp
+    mountPath: /tmp
+"""
+
+
+def container_hardening(indent: int) -> str:
+    """The container's securityContext and its three volume mounts, at ``indent`` spaces."""
+    return "".join(" " * indent + line + "\n" for line in _CONTAINER_HARDENING.splitlines())
+
+
 WORKER_DEPLOYMENT = """\
 # `archiver worker`: every policy's tasks on their cron schedules (UTC), each run a child
 # `archiver run NAME TASK` in this pod. Serves /metrics and /healthz on port {port}.
@@ -112,21 +137,7 @@ spec:
             limits:
               cpu: "2"
               memory: 5Gi
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            runAsNonRoot: true
-            capabilities:
-              drop: [ALL]
-          volumeMounts:
-            - name: policies
-              mountPath: /etc/archiver/policies
-              readOnly: true
-            - name: scratch
-              mountPath: /scratch
-            - name: tmp
-              mountPath: /tmp
-            - name: shm
+{hardening}            - name: shm
               mountPath: /dev/shm
             - name: wal-spool
               mountPath: /var/lib/archiver/wal-spool
@@ -209,7 +220,7 @@ POLICIES_CONFIGMAP_HEAD = (
 
 
 def worker_deployment(image: str, port: int, env: str) -> str:
-    return WORKER_DEPLOYMENT.format(image=image, port=port, env=env)
+    return WORKER_DEPLOYMENT.format(image=image, port=port, env=env, hardening=container_hardening(10))
 
 
 def worker_service(port: int) -> str:

@@ -44,6 +44,7 @@ from ..storage.crypt import SUFFIX as AGE_SUFFIX
 from ..storage.crypt import sealed
 from ..storage.documents import FORMAT_VERSION, write_json
 from ..storage.leases import backup_lease
+from ..storage.uploads import check_before_manifest, remove_quietly
 from .catalog import SERVER_MANIFEST, base_manifest_key, base_tar_key, pitr_config, server_manifest_key
 from .tarstream import TarMemberCapture
 from .walnames import format_lsn, parse_lsn, segment_name, segno_of
@@ -121,10 +122,10 @@ def run_basebackup(policy: Policy, *, store: Store, progress: Progress) -> TaskR
             stop_time = server_clock(dsn, connect_timeout=policy.database.connect_timeout)
             document = _manifest(policy, backup_id, dsn, facts, tool, config, base, stored_manifest,
                                  json.loads(server_manifest), started, stop_time, time.monotonic() - clock)
-            _check_stored(store, [base.result, stored_manifest])
+            check_before_manifest(store, [base.result, stored_manifest])
             manifest = write_json(store, base_manifest_key(backup_id), document, if_absent=True)
         except BaseException as exc:
-            _remove(store, written)
+            remove_quietly(store, written, event="basebackup.cleanup_failed")
             if isinstance(exc, ArchiverError) and exc.hint is None:
                 exc.hint = NOTHING_KEPT
             logger.error("basebackup.failed", extra=log.fields(policy=policy.name, backup_id=backup_id, error=str(exc)))
@@ -207,23 +208,6 @@ def _manifest(policy: Policy, backup_id: str, dsn: str, facts: ServerFacts, tool
                                         "uncompressed_size": stored_manifest.size,
                                         **({"etag": stored_manifest.etag} if stored_manifest.etag else {})}},
     }
-
-
-def _check_stored(store: Store, results: list[PutResult]) -> None:
-    for result in results:
-        info = store.head(result.key)
-        if info is None or info.size != result.size:
-            found = "missing" if info is None else f"{info.size} bytes"
-            raise TaskFailed(f"{store.describe(result.key)} is {found} before its manifest was written (wrote "
-                             f"{result.size} bytes): no manifest written")
-
-
-def _remove(store: Store, keys: list[str]) -> None:
-    for key in keys:
-        try:
-            store.delete(key)
-        except ArchiverError as exc:
-            logger.warning("basebackup.cleanup_failed", extra=log.fields(key=key, error=str(exc)))
 
 
 def _result(policy: Policy, document: dict[str, Any], manifest: PutResult, base: StoredObject,

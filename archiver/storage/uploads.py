@@ -21,13 +21,14 @@ A failed listing raises: nothing is aborted on a listing that may be incomplete.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ..common import log
 from ..common.timeutil import format_duration, isoformat, utcnow
-from .base import IncompleteWrite, Store
+from ..errors import ArchiverError, TaskFailed
+from .base import IncompleteWrite, PutResult, Store
 
 logger = log.get_logger("uploads")
 
@@ -103,3 +104,24 @@ def abort_dead_uploads(store: Store, prefix: str, *, older_than: datetime, prote
     if not dry_run:
         abort_uploads(store, verdicts)
     return verdicts
+
+
+def check_before_manifest(store: Store, results: Iterable[PutResult], *, meanwhile: str = "") -> None:
+    """Right before a manifest vouches for them: each object is there with the size that was written
+    (``meanwhile``: what else the error should say, e.g. a lease lost during the run)."""
+    for result in results:
+        info = store.head(result.key)
+        if info is None or info.size != result.size:
+            found = "missing" if info is None else f"{info.size} bytes"
+            raise TaskFailed(f"{store.describe(result.key)} is {found} before its manifest was written "
+                             f"(wrote {result.size} bytes{meanwhile}): no manifest written")
+
+
+def remove_quietly(store: Store, keys: Iterable[str], *, event: str) -> None:
+    """Best effort, after a failed run: what cannot be removed now is an orphan that prune removes
+    after its grace period (a warning ``event`` says which)."""
+    for key in keys:
+        try:
+            store.delete(key)
+        except ArchiverError as exc:
+            logger.warning(event, extra=log.fields(key=key, error=str(exc)))
